@@ -1,0 +1,203 @@
+"""``react``: the command line. Pure commands call react_core; pipeline commands run the Prefect flows."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+import yaml
+
+from react_core.config import ConfigError, ReactConfig, load_config
+
+_logger = logging.getLogger("react")
+
+
+def _env_defaults() -> None:
+    # Set before prefect/img2dataset are imported (see INSTALL-NOTES.md): the ephemeral server's
+    # telemetry otherwise fights over its sqlite file, and albumentations phones home at import.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def _config(args: argparse.Namespace) -> ReactConfig:
+    return load_config(args.config, args.set or [])
+
+
+def _storage(cfg: ReactConfig):
+    from react_core.storage import Storage
+
+    return Storage(cfg.storage.root, cfg.storage.options)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    print(yaml.safe_dump(_config(args).model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    bad = 0
+    for path in args.files:
+        try:
+            load_config(path)
+            print(f"ok      {path}")
+        except ConfigError as exc:
+            bad += 1
+            print(f"invalid {exc}")
+    return 1 if bad else 0
+
+
+def cmd_miniweb_generate(args: argparse.Namespace) -> int:
+    from react_core.miniweb.generate import generate
+
+    cfg = _config(args)
+    storage = _storage(cfg)
+    uri = generate(cfg.miniweb, storage, processes=args.processes, progress=not args.quiet)
+    manifest = storage.stage_manifest(uri)
+    print(uri)
+    for k, v in sorted(manifest["counts"].items()):
+        print(f"  {k:28s} {v:>10,}")
+    return 0
+
+
+def cmd_miniweb_serve(args: argparse.Namespace) -> int:
+    from react_core.miniweb.generate import generate
+    from react_core.miniweb.serve import MiniWebServer
+
+    cfg = _config(args)
+    storage = _storage(cfg)
+    uri = args.uri or generate(cfg.miniweb, storage, progress=not args.quiet)
+    server = MiniWebServer(storage, uri, host="127.0.0.1", port=args.port)
+    if args.write_urls:
+        server.urls().to_parquet(args.write_urls)
+        print(f"wrote {args.write_urls} (key, url, caption) for {server.base_url}")
+    print(f"serving {uri}/kb at {server.base_url} (Ctrl-C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_base_pretrain(args: argparse.Namespace) -> int:
+    from react_core.miniweb.generate import generate
+    from react_core.tracking import make_tracker
+    from react_core.training.pretrain import pretrain_base
+
+    cfg = _config(args)
+    storage = _storage(cfg)
+    miniweb = generate(cfg.miniweb, storage, progress=not args.quiet)
+    tracker = make_tracker(cfg.tracking, storage)
+    with tracker.run(f"pretrain-base-{cfg.model.pretrain.split}") as t:
+        t.log_params({"model": cfg.model.model_dump(mode="json")})
+        uri = pretrain_base(cfg.model, storage, miniweb, tracker=t, progress=not args.quiet)
+    print(uri)
+    print(json.dumps(storage.stage_manifest(uri)["metrics"], indent=2))
+    return 0
+
+
+def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
+    from react_core.miniweb.generate import TASK_NAMES
+    from react_core.tracking import default_tracking_uri
+
+    rep = result["report"]
+    lines = ["", "REACT on the mini-web: the base CLIP pretrained here (customization arrives with the customize flow)", ""]
+    lines.append(f"{'target task':18s} {'classes':>7s} {'chance':>7s} {'base zero-shot':>15s}")
+    classes = {"miniweb-fine": cfg.miniweb.fine_grained_classes, "miniweb-coarse": cfg.miniweb.coarse_classes}
+    for task in TASK_NAMES.values():
+        n = classes[task]
+        lines.append(f"{task:18s} {n:>7d} {1 / n:>7.3f} {rep[f'{task}.top1']:>15.3f}")
+    lines.append("")
+    lines.append(f"base model: {result['base']}/model.pt ({rep['train_pairs']:,} pairs, {rep['wall_s']:.0f} s)")
+    tracking = cfg.tracking.tracking_uri or default_tracking_uri(_storage(cfg))[0]
+    if cfg.tracking.enabled:
+        lines.append(f"MLflow:  run {result['mlflow_run_id']}; see it with: mlflow ui --backend-store-uri {tracking}")
+    lines.append(f"Prefect: flow run {result['flow_run_id']}; see it with: prefect server start  (http://127.0.0.1:4200)")
+    return "\n".join(lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    _storage(cfg).check_writable()
+    from flows.world import prepare_world
+
+    result = prepare_world(config=cfg)
+    print(_demo_table(cfg, result))
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="a preset YAML (see deployments/); defaults otherwise")
+    p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override, e.g. -s training.lr=1e-4")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="react", description="REACT: customize a CLIP model to a task from its class names alone."
+    )
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help="run the pipeline on the embedded mini-web and print the results")
+    _common(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    config = sub.add_parser("config", help="show or validate configurations")
+    csub = config.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    show = csub.add_parser("show", help="print the validated config tree as YAML")
+    _common(show)
+    show.set_defaults(func=cmd_config_show)
+    val = csub.add_parser("validate", help="validate preset files")
+    val.add_argument("files", nargs="+")
+    val.set_defaults(func=cmd_config_validate)
+
+    mw = sub.add_parser("miniweb", help="the generated mini-web world")
+    msub = mw.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    gen = msub.add_parser("generate", help="generate the corpus, knowledge base and target tasks")
+    _common(gen)
+    gen.add_argument("--processes", type=int, default=None)
+    gen.set_defaults(func=cmd_miniweb_generate)
+    serve = msub.add_parser("serve", help="serve the knowledge base's images on 127.0.0.1 over HTTP")
+    _common(serve)
+    serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    serve.add_argument("--uri", help="a mini-web stage URI (default: generate/find it from the config)")
+    serve.add_argument("--write-urls", metavar="PARQUET", help="write key,url,caption with this server's URLs")
+    serve.set_defaults(func=cmd_miniweb_serve)
+
+    base = sub.add_parser("base", help="the mini-web's tiny base CLIP")
+    bsub = base.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+    pre = bsub.add_parser("pretrain", help="pretrain it (model.pretrain.split=kb gives the oracle)")
+    _common(pre)
+    pre.set_defaults(func=cmd_base_pretrain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _env_defaults()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from react_core.data import DatasetError
+    from react_core.models import ModelLoadError
+    from react_core.storage import StorageError
+
+    known: tuple[type[BaseException], ...] = (ConfigError, StorageError, ModelLoadError, DatasetError)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except known as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

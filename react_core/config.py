@@ -1,0 +1,305 @@
+"""One typed, validated configuration tree for every REACT stage.
+
+The same tree is read by the CLI, rendered by Prefect as flow-parameter forms, and stored in
+``deployments/*.yaml`` presets. Every model is frozen and rejects unknown keys; :func:`load_config`
+collects *all* problems into one :class:`ConfigError` whose lines each name the field and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A configuration was rejected; the message has one line per problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Section):
+    """Where artifacts live: an fsspec URI (``file://``, ``s3://``, ``memory://``) or a local path."""
+
+    root: str = Field("./react-artifacts", description="artifact root: a local path or an fsspec URI")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec storage options, e.g. {endpoint_url: http://127.0.0.1:9000} for an S3-compatible server",
+    )
+
+    @field_validator("root")
+    @classmethod
+    def _root_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("storage root is empty; set it to a folder such as ./react-artifacts or s3://bucket/react")
+        return v.strip()
+
+
+class PretrainConfig(_Section):
+    """How the mini-web's tiny base CLIP is pretrained (only used when ``model.pretrained == 'miniweb'``)."""
+
+    split: Literal["generic", "kb"] = Field(
+        "generic", description="'generic' for the real base; 'kb' trains with the target concepts in view (the oracle)"
+    )
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    seed: int = 0
+    max_samples: int | None = Field(None, ge=1, description="cap on training pairs (None: the whole split)")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
+
+
+class ModelConfig(_Section):
+    """The base CLIP: an open_clip architecture name and where its weights come from."""
+
+    name: str = Field("react-tiny-vit", description="open_clip model name (ViT-B-32, ...) or one of react_core's")
+    pretrained: str | None = Field(
+        "miniweb",
+        description="open_clip pretrained tag (openai, laion400m_e32, ...), a checkpoint URI, 'miniweb' "
+        "(the tiny base pretrained here on the mini-web) or null for random weights",
+    )
+    precision: Literal["fp32", "bf16", "fp16", "amp", "amp_bf16"] = "fp32"
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+
+
+class MiniWebConfig(_Section):
+    """Sizes and seed of the generated mini-web world (corpus, knowledge base, target tasks)."""
+
+    seed: int = 0
+    n_concepts: int = Field(160, ge=8, description="number of visual concepts (>= 8)")
+    fine_grained_classes: int = Field(16, ge=2, description="classes of the fine-grained target task")
+    coarse_classes: int = Field(12, ge=2, description="classes of the coarse target task")
+    image_size: int = Field(32, ge=16, le=256)
+    generic_size: int = Field(60_000, ge=1, description="pairs in the generic (pretraining) split")
+    kb_size: int = Field(120_000, ge=1, description="pairs in the knowledge base")
+    target_rate_generic: float = Field(
+        0.1, ge=0, le=1, description="how often target concepts appear in the generic split, relative to others"
+    )
+    target_rate_kb: float = Field(
+        3.0, ge=0, description="how often target concepts appear in the knowledge base, relative to others"
+    )
+    test_per_class: int = Field(50, ge=1, description="held-out test images per target class")
+    train_per_class: int = Field(20, ge=0, description="held-out train images per target class (few-shot)")
+    caption_noise: float = Field(0.2, ge=0, le=1, description="share of captions unrelated to their image")
+    dead_link_rate: float = Field(
+        0.01, ge=0, lt=1, description="share of knowledge-base urls whose image is missing (404), as on the real web"
+    )
+    shard_size: int = Field(5_000, ge=1, description="pairs per webdataset shard")
+    write_image_files: bool = Field(True, description="also write the knowledge base as image files + url parquet")
+
+
+class KnowledgeBaseConfig(_Section):
+    """The image-text corpus to retrieve from."""
+
+    source: str = Field("miniweb", description="'miniweb', or the URI of webdataset shards / a url parquet")
+    batch_size: int = Field(256, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class IndexConfig(_Section):
+    index_key: str | None = Field(None, description="force a faiss index key (e.g. 'IVF256,Flat'); null lets autofaiss choose")
+    max_index_memory_usage: str = "4G"
+    current_memory_available: str = "8G"
+    recall_queries: int = Field(200, ge=1, description="held-out queries used to measure recall@K")
+
+
+class RetrievalConfig(_Section):
+    k: int = Field(50, ge=1, description="neighbours per prompt and per index")
+    modes: list[Literal["t2t", "t2i"]] = Field(default_factory=lambda: ["t2t", "t2i"])
+    per_class_cap: int | None = Field(None, ge=1)
+    min_similarity: float | None = None
+    target_size: int | None = Field(None, ge=1)
+
+    @field_validator("modes")
+    @classmethod
+    def _modes_not_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("modes is empty; use [t2t, t2i] (the paper's default), [t2t] or [t2i]")
+        return v
+
+
+class DownloadConfig(_Section):
+    processes_count: int = Field(2, ge=1)
+    thread_count: int = Field(16, ge=1)
+    timeout: int = Field(10, ge=1)
+    retries: int = Field(2, ge=0)
+    image_size: int = Field(32, ge=8)
+
+
+class TrainingConfig(_Section):
+    mode: Literal["gated-image", "locked-text"] = "gated-image"
+    gated_layers: int = Field(6, ge=1, description="insert gated blocks before each of the last k image blocks")
+    loss: Literal["clip", "unicl"] = "clip"
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(5000, ge=0)
+    epochs: int = Field(32, ge=1)
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "amp", "amp_bf16"] = "amp_bf16"
+    grad_checkpointing: bool = False
+
+
+class EvaluationConfig(_Section):
+    tasks: list[str] = Field(default_factory=lambda: ["miniweb-fine", "miniweb-coarse"])
+    batch_size: int = Field(256, ge=1)
+    split: Literal["test", "train"] = "test"
+
+
+class TrackingConfig(_Section):
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; null: a sqlite file under the storage root")
+    experiment: str = "react"
+    enabled: bool = True
+
+
+class ReactConfig(_Section):
+    """The whole tree."""
+
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    miniweb: MiniWebConfig = Field(default_factory=MiniWebConfig)
+    knowledge_base: KnowledgeBaseConfig = Field(default_factory=KnowledgeBaseConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading, overriding and error formatting
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at ``loc`` (minus its last element)."""
+    model: type[BaseModel] = ReactConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def _describe(model: type[BaseModel], name: str) -> str:
+    field = model.model_fields[name]
+    bits = []
+    if field.description:
+        bits.append(field.description)
+    if field.default is not None and not isinstance(field.default, BaseModel) and field.default_factory is None:
+        bits.append(f"default {field.default!r}")
+    return "; ".join(bits)
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    """One line per problem: ``source: field.path: what is wrong (got X); fix: ...``."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "<root>"
+        owner = _model_at(loc)
+        if e["type"] == "extra_forbidden":
+            valid = sorted(owner.model_fields) if owner else []
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            lines.append(
+                f"{source}: unknown key '{path}'; {hint}valid keys here are: {', '.join(valid)}; fix: remove or rename it"
+            )
+            continue
+        got = e.get("input")
+        got_s = json.dumps(got, default=str) if not isinstance(got, Mapping) else "a mapping"
+        msg = e["msg"].removeprefix("Value error, ")
+        fix = ""
+        if owner is not None and str(loc[-1]) in owner.model_fields:
+            d = _describe(owner, str(loc[-1]))
+            fix = f"; fix: {d}" if d else ""
+        lines.append(f"{source}: {path}: {msg} (got {got_s}){fix}")
+    return "\n".join(lines)
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _deep_merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Turn ``["training.lr=1e-4", "miniweb.kb_size=1000"]`` into a nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected dotted.key=value, e.g. training.lr=1e-4")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | list[str] | None = None,
+) -> ReactConfig:
+    """Build a validated :class:`ReactConfig`.
+
+    Args:
+        source: a YAML file path, a mapping, or None for the defaults. A preset may contain a
+            ``config:`` key (the rest of the file being deployment metadata), otherwise the whole
+            file is the config.
+        overrides: a nested mapping or ``dotted.key=value`` strings applied on top.
+
+    Raises:
+        ConfigError: listing every problem, one line each, naming the field and the fix.
+    """
+    name = "config"
+    data: dict[str, Any] = {}
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        name = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{name}: no such config file; fix: pass an existing YAML file (see deployments/)")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{name}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(f"{name}: expected a mapping at the top level, got {type(loaded).__name__}")
+        data = dict(loaded.get("config", loaded)) if "config" in loaded else dict(loaded)
+    elif isinstance(source, Mapping):
+        data = dict(source)
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        return ReactConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, name)) from None
+
+
+def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
+    """JSON-ready dict of a config (or section)."""
+    return cfg.model_dump(mode="json")

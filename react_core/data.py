@@ -1,0 +1,133 @@
+"""Readers: webdataset shards and vision-datasets (ELEVATER) image-classification folders, over fsspec."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from PIL import Image
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from react_core.storage import Storage, StorageError, join
+
+_logger = logging.getLogger(__name__)
+
+_MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+_STD = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+
+
+class DatasetError(ValueError):
+    """A dataset is malformed; the message names the file and the fix."""
+
+
+def iter_shard(storage: Storage, uri: str) -> Iterator[dict[str, Any]]:
+    """Samples of one webdataset tar (any fsspec URI), as dicts of raw bytes keyed by extension."""
+    with storage.open(uri, "rb") as f:
+        files = ({**rec, "__url__": uri} for rec in tar_file_iterator(f))
+        yield from group_by_keys(files)
+
+
+def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
+    """JPEG/PNG bytes -> (H, W, 3) uint8, resized to ``size`` x ``size`` when given."""
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return np.asarray(img)
+
+
+def load_pairs(
+    storage: Storage, shard_uris: Sequence[str], image_size: int, max_samples: int | None = None
+) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Decode image-caption pairs from shards into memory.
+
+    Returns:
+        images (N, 3, H, W) uint8, captions, keys.
+    """
+    images, captions, keys = [], [], []
+    for uri in shard_uris:
+        for s in iter_shard(storage, uri):
+            if "jpg" not in s or "txt" not in s:
+                continue
+            images.append(decode_image(s["jpg"], image_size))
+            captions.append(s["txt"].decode("utf-8"))
+            keys.append(s["__key__"])
+            if max_samples is not None and len(images) >= max_samples:
+                break
+        if max_samples is not None and len(images) >= max_samples:
+            break
+    if not images:
+        raise DatasetError(f"no image-caption pairs in {len(shard_uris)} shard(s) starting at {shard_uris[:1]}")
+    arr = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+    return arr, captions, keys
+
+
+def normalize(images_u8: torch.Tensor, image_size: int | None = None) -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> float normalised with CLIP's mean/std, resized to ``image_size`` if needed."""
+    x = images_u8.float().div_(255.0)
+    if image_size is not None and x.shape[-1] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", align_corners=False).clamp_(0, 1)
+    return (x - _MEAN.to(x.device)) / _STD.to(x.device)
+
+
+@dataclass
+class ClassificationSet:
+    """An image-classification split in memory."""
+
+    name: str
+    images: torch.Tensor  # (N, 3, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+    classnames: list[str]
+    templates: list[str]
+
+
+def load_ic_task(storage: Storage, task_uri: str, split: str = "test", image_size: int | None = None) -> ClassificationSet:
+    """Read a vision-datasets (COCO-format) image-classification task folder.
+
+    The folder holds ``dataset_info.json`` (DatasetHub entry), ``{split}.json`` (COCO images /
+    annotations / categories, ids from 1), ``labels.txt`` and ``templates.json``.
+    """
+    info_uri = join(task_uri, "dataset_info.json")
+    try:
+        info = storage.read_json(info_uri)
+    except StorageError:
+        raise DatasetError(f"{info_uri} not found; fix: point at a vision-datasets task folder") from None
+    if split not in info:
+        raise DatasetError(f"{info_uri} has no '{split}' split; it has: {[k for k in ('train', 'val', 'test') if k in info]}")
+    coco = storage.read_json(join(task_uri, info[split]["index_path"]))
+    cats = sorted(coco["categories"], key=lambda c: c["id"])
+    classnames = [c["name"] for c in cats]
+    cat_index = {c["id"]: i for i, c in enumerate(cats)}
+    label_of: dict[int, int] = {}
+    for a in coco["annotations"]:
+        if a["category_id"] not in cat_index:
+            raise DatasetError(
+                f"{task_uri}/{info[split]['index_path']}: annotation {a['id']} has category_id {a['category_id']}, "
+                f"not among the {len(cats)} categories; fix the annotation or the categories list"
+            )
+        label_of[a["image_id"]] = cat_index[a["category_id"]]
+    images, labels = [], []
+    for im in coco["images"]:
+        if im["id"] not in label_of:
+            continue
+        images.append(decode_image(storage.read_bytes(join(task_uri, im["file_name"])), image_size))
+        labels.append(label_of[im["id"]])
+    if not images:
+        raise DatasetError(f"{task_uri}: split '{split}' has no labelled images; fix: check {info[split]['index_path']}")
+    try:
+        templates = json.loads(storage.read_bytes(join(task_uri, "templates.json")))
+    except StorageError:
+        templates = ["a photo of a {}."]
+    return ClassificationSet(
+        name=info.get("name", task_uri.rsplit("/", 1)[-1]),
+        images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+        labels=torch.tensor(labels, dtype=torch.long),
+        classnames=classnames,
+        templates=list(templates),
+    )

@@ -1,0 +1,265 @@
+"""Artifact storage over fsspec: the same code on a local disk, S3 (s3fs) and ``memory://``.
+
+Layout: ``{root}/{stage}/{version}/...`` where ``version`` is a short hash of the stage's config and
+its upstream URIs. A stage writes all its files, then ``_SUCCESS`` (a small JSON manifest: counts,
+config, inputs). A stage folder with a marker is complete and is never recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import fsspec
+from fsspec.core import url_to_fs
+from pydantic import BaseModel
+
+_logger = logging.getLogger(__name__)
+
+SUCCESS = "_SUCCESS"
+
+
+class StorageError(RuntimeError):
+    """A storage root or artifact could not be used; the message names the URI and the fix."""
+
+
+def normalize_uri(uri: str) -> str:
+    """Local paths become absolute ``file://`` URIs; other URIs are returned without a trailing slash."""
+    uri = uri.strip()
+    if not uri:
+        raise StorageError("storage root is empty; fix: set storage.root to a folder or an s3:// URI")
+    if "://" not in uri:
+        return "file://" + str(Path(uri).expanduser().resolve())
+    if uri.startswith("file://"):
+        return "file://" + str(Path(uri[len("file://") :]).expanduser().resolve())
+    return uri.rstrip("/")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join URI parts with '/' (never os.sep)."""
+    out = uri.rstrip("/")
+    for p in parts:
+        if p:
+            out = out + "/" + p.strip("/")
+    return out
+
+
+def local_path(uri: str) -> str | None:
+    """The local filesystem path of a ``file://`` URI (or plain path), else None."""
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
+    if "://" not in uri:
+        return str(Path(uri).resolve())
+    return None
+
+
+def version_hash(config: BaseModel | Mapping[str, Any] | None, inputs: Mapping[str, str] | None = None) -> str:
+    """Short, stable hash of a stage's config and its upstream URIs (the stage's ``version``)."""
+    if isinstance(config, BaseModel):
+        config = config.model_dump(mode="json")
+    payload = json.dumps({"config": config or {}, "inputs": dict(inputs or {})}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def _fs(uri: str, options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    opts = dict(options or {})
+    if uri.startswith("s3://"):
+        # One attempt and short timeouts so an unreachable endpoint fails in seconds, not minutes
+        # (botocore's default retries a refused connection for a long time).
+        cfg = dict(opts.pop("config_kwargs", {}) or {})
+        cfg.setdefault("connect_timeout", 5)
+        cfg.setdefault("read_timeout", 60)
+        cfg.setdefault("retries", {"max_attempts": 2})
+        opts["config_kwargs"] = cfg
+        if "endpoint_url" in opts:
+            opts.setdefault("client_kwargs", {})
+            opts["client_kwargs"] = {**opts["client_kwargs"], "endpoint_url": opts.pop("endpoint_url")}
+    return url_to_fs(uri, **opts)
+
+
+@dataclass
+class Storage:
+    """A storage root and its filesystem.
+
+    Args:
+        root: local path or fsspec URI.
+        options: fsspec storage options (``endpoint_url`` for S3-compatible servers, credentials, ...).
+    """
+
+    root: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = normalize_uri(self.root)
+        self.fs, self._root_path = _fs(self.root, self.options)
+
+    # -- addressing ---------------------------------------------------------------------------
+    def uri(self, *parts: str) -> str:
+        return join(self.root, *parts)
+
+    def path(self, uri: str) -> str:
+        """The filesystem-internal path of a URI under any root of this filesystem."""
+        return self.fs._strip_protocol(uri)
+
+    def url(self, path: str) -> str:
+        return self.fs.unstrip_protocol(path)
+
+    # -- checks ---------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Write and delete a probe object under the root; raise :class:`StorageError` naming the fix."""
+        probe = self.uri(f".probe-{uuid.uuid4().hex[:8]}")
+        try:
+            if local_path(self.root) is not None:
+                os.makedirs(local_path(self.root), exist_ok=True)
+            self.fs.pipe_file(self.path(probe), b"ok")
+            self.fs.rm_file(self.path(probe))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
+            kind = type(exc).__name__
+            hint = "check that it exists and that you may write there"
+            if self.root.startswith("s3://"):
+                endpoint = (self.options or {}).get("endpoint_url") or os.environ.get("FSSPEC_S3_ENDPOINT_URL")
+                hint = (
+                    f"check the bucket exists, the credentials, and that the endpoint "
+                    f"{endpoint or '(AWS default)'} is reachable (storage.options.endpoint_url)"
+                )
+            raise StorageError(f"storage root {self.root} is not writable ({kind}: {exc}); fix: {hint}") from None
+
+    # -- files ------------------------------------------------------------------------------------
+    def exists(self, uri: str) -> bool:
+        return self.fs.exists(self.path(uri))
+
+    def read_bytes(self, uri: str) -> bytes:
+        try:
+            return self.fs.cat_file(self.path(uri))
+        except FileNotFoundError:
+            raise StorageError(f"artifact {uri} does not exist; fix: run the stage that writes it first") from None
+
+    def read_json(self, uri: str) -> Any:
+        return json.loads(self.read_bytes(uri))
+
+    def write_bytes(self, uri: str, data: bytes) -> str:
+        """Atomic single-file write.
+
+        Local disk: write a temporary sibling then ``os.replace``. Object stores (S3, memory): a single
+        PUT is already atomic (readers see the old object or the new one, never a part), so write directly.
+        """
+        lp = local_path(uri)
+        if lp is not None:
+            os.makedirs(os.path.dirname(lp), exist_ok=True)
+            tmp = f"{lp}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, lp)
+        else:
+            self.fs.pipe_file(self.path(uri), data)
+        return uri
+
+    def write_json(self, uri: str, obj: Any) -> str:
+        return self.write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def put_file(self, local: str, uri: str) -> str:
+        """Copy a finished local file to ``uri`` atomically (rename on local disk, one upload elsewhere)."""
+        lp = local_path(uri)
+        if lp is not None:
+            os.makedirs(os.path.dirname(lp), exist_ok=True)
+            tmp = f"{lp}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(local, "rb") as src, open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            os.replace(tmp, lp)
+        else:
+            self.fs.put_file(local, self.path(uri))
+        return uri
+
+    def open(self, uri: str, mode: str = "rb"):
+        if "w" in mode and local_path(uri) is not None:
+            os.makedirs(os.path.dirname(local_path(uri)), exist_ok=True)
+        return self.fs.open(self.path(uri), mode)
+
+    def ls(self, uri: str, pattern: str = "*") -> list[str]:
+        """Sorted URIs matching ``pattern`` in folder ``uri``."""
+        found = self.fs.glob(posixpath.join(self.path(uri), pattern))
+        return sorted(self.url(p) for p in found)
+
+    def rm(self, uri: str, recursive: bool = True) -> None:
+        if self.exists(uri):
+            self.fs.rm(self.path(uri), recursive=recursive)
+
+    # -- stages ----------------------------------------------------------------------------------
+    def stage_manifest(self, stage_uri: str) -> dict[str, Any]:
+        """The ``_SUCCESS`` manifest of a completed stage folder."""
+        marker = join(stage_uri, SUCCESS)
+        if not self.exists(marker):
+            raise StorageError(f"stage {stage_uri} is not complete (no {SUCCESS}); fix: run that stage again")
+        return self.read_json(marker)
+
+    def stage(
+        self, name: str, config: BaseModel | Mapping[str, Any] | None, inputs: Mapping[str, str] | None = None
+    ) -> "Stage":
+        return Stage(self, name, config, dict(inputs or {}))
+
+
+@dataclass
+class Stage:
+    """One stage's versioned folder: ``{root}/{name}/{version}``."""
+
+    storage: Storage
+    name: str
+    config: BaseModel | Mapping[str, Any] | None
+    inputs: dict[str, str]
+
+    @property
+    def version(self) -> str:
+        return version_hash(self.config, self.inputs)
+
+    @property
+    def uri(self) -> str:
+        return self.storage.uri(self.name, self.version)
+
+    def file(self, *parts: str) -> str:
+        return join(self.uri, *parts)
+
+    @property
+    def done(self) -> bool:
+        return self.storage.exists(self.file(SUCCESS))
+
+    def manifest(self) -> dict[str, Any]:
+        return self.storage.read_json(self.file(SUCCESS))
+
+    def clear(self) -> None:
+        """Remove leftovers of an interrupted attempt (no marker) before writing again."""
+        if not self.done:
+            self.storage.rm(self.uri)
+
+    def complete(self, counts: Mapping[str, Any] | None = None, **extra: Any) -> str:
+        """Write the ``_SUCCESS`` marker last; returns the stage URI."""
+        cfg = self.config.model_dump(mode="json") if isinstance(self.config, BaseModel) else self.config
+        self.storage.write_json(
+            self.file(SUCCESS),
+            {
+                "stage": self.name,
+                "version": self.version,
+                "counts": dict(counts or {}),
+                "config": cfg,
+                "inputs": self.inputs,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                **extra,
+            },
+        )
+        return self.uri
+
+
+def iter_lines(storage: Storage, uri: str) -> Iterator[str]:
+    with storage.open(uri, "rt") as f:
+        for line in f:
+            yield line.rstrip("\n")

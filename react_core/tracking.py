@@ -1,0 +1,160 @@
+"""Experiment tracking behind a small interface, so the library runs (and is tested) without a server.
+
+``MLflowTracker`` is the real one (a sqlite file under the storage root by default, or any tracking
+URI); ``MemoryTracker`` records calls for tests; ``NullTracker`` does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any, Iterator, Mapping
+
+from react_core.config import TrackingConfig
+from react_core.storage import Storage, join, local_path
+
+_logger = logging.getLogger(__name__)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class Tracker:
+    """No-op base; subclasses record."""
+
+    run_id: str | None = None
+
+    @contextlib.contextmanager
+    def run(
+        self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
+    ) -> Iterator["Tracker"]:
+        """Open a run; ``parent_run_id`` nests it under a run opened elsewhere (another process)."""
+        yield self
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    def log_artifact(self, local: str, artifact_path: str | None = None) -> None: ...
+
+    def log_dict(self, obj: Any, name: str) -> None: ...
+
+    def log_figure(self, fig: Any, name: str) -> None: ...
+
+
+NullTracker = Tracker
+
+
+class MemoryTracker(Tracker):
+    """Keeps everything in lists (tests, dry runs)."""
+
+    def __init__(self) -> None:
+        self.runs: list[dict[str, Any]] = []
+        self.params: dict[str, Any] = {}
+        self.metrics: list[tuple[str, float, int | None]] = []
+        self.artifacts: list[str] = []
+
+    @contextlib.contextmanager
+    def run(
+        self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
+    ) -> Iterator["Tracker"]:
+        self.runs.append({"name": name, "tags": dict(tags or {}), "parent_run_id": parent_run_id})
+        prev, self.run_id = self.run_id, f"run-{len(self.runs)}"
+        try:
+            yield self
+        finally:
+            self.run_id = prev
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.params.update(_flatten(params))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.metrics.extend((k, float(v), step) for k, v in metrics.items())
+
+    def log_artifact(self, local: str, artifact_path: str | None = None) -> None:
+        self.artifacts.append(local)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        self.artifacts.append(name)
+
+    def log_figure(self, fig: Any, name: str) -> None:
+        self.artifacts.append(name)
+
+
+class MLflowTracker(Tracker):
+    """MLflow tracking; ``mlflow`` is imported lazily (it is slow to import)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None) -> None:
+        import mlflow
+
+        self._mlflow = mlflow
+        self.tracking_uri = tracking_uri
+        mlflow.set_tracking_uri(tracking_uri)
+        exp = mlflow.get_experiment_by_name(experiment)
+        if exp is None:
+            exp_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
+        else:
+            exp_id = exp.experiment_id
+        self.experiment_id = exp_id
+
+    @contextlib.contextmanager
+    def run(
+        self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
+    ) -> Iterator["Tracker"]:
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            # MLflow's own nesting tag: works across processes, unlike start_run(nested=True).
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        nested = self._mlflow.active_run() is not None
+        with self._mlflow.start_run(
+            run_name=name, experiment_id=self.experiment_id, nested=nested, tags=all_tags
+        ) as r:
+            prev = self.run_id
+            self.run_id = r.info.run_id
+            try:
+                yield self
+            finally:
+                self.run_id = prev
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        flat = {k: (str(v)[:5000]) for k, v in _flatten(params).items()}
+        self._mlflow.log_params(flat)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, local: str, artifact_path: str | None = None) -> None:
+        self._mlflow.log_artifact(local, artifact_path)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        self._mlflow.log_dict(obj, name)
+
+    def log_figure(self, fig: Any, name: str) -> None:
+        self._mlflow.log_figure(fig, name)
+
+
+def default_tracking_uri(storage: Storage) -> tuple[str, str | None]:
+    """(tracking URI, artifact location): sqlite + artifacts under a local root; else ./react-mlflow.db."""
+    lp = local_path(storage.root)
+    if lp is not None:
+        os.makedirs(lp, exist_ok=True)
+        return f"sqlite:///{os.path.join(lp, 'mlflow.db')}", join(storage.root, "mlartifacts")
+    return f"sqlite:///{os.path.abspath('react-mlflow.db')}", join(storage.root, "mlartifacts")
+
+
+def make_tracker(cfg: TrackingConfig, storage: Storage) -> Tracker:
+    if not cfg.enabled:
+        return NullTracker()
+    if cfg.tracking_uri:
+        return MLflowTracker(cfg.tracking_uri, cfg.experiment)
+    uri, artifacts = default_tracking_uri(storage)
+    return MLflowTracker(uri, cfg.experiment, artifacts)

@@ -1,0 +1,55 @@
+"""What every REACT task shares: the cache policy, transient-only retries and the storage/tracker builders."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import Any
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from react_core.config import StorageConfig
+from react_core.storage import Storage
+
+_logger = logging.getLogger(__name__)
+
+# Cache across runs on the task's inputs (configs and URIs hash as JSON) and its source; the MLflow
+# parent run id changes every run and must not bust the cache.
+CACHE = INPUTS + TASK_SOURCE - "parent_run_id"
+
+_TRANSIENT = (ConnectionError, TimeoutError, socket.timeout)
+_TRANSIENT_ERRNO = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE, errno.EAGAIN}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Network hiccups and timeouts are worth a retry; bad inputs (config, data, model) are not."""
+    if isinstance(exc, _TRANSIENT):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNO:
+        return True
+    name = type(exc).__name__
+    return name in {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ClientConnectorError"}
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn`` for Prefect tasks: retry only transient failures."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as e:  # noqa: BLE001 - a result that cannot be read is not worth retrying
+        _logger.debug("could not read failed state: %s", e)
+        return False
+    return isinstance(exc, BaseException) and is_transient(exc)
+
+
+TASK_OPTIONS: dict[str, Any] = {
+    "cache_policy": CACHE,
+    "persist_result": True,
+    "retries": 2,
+    "retry_delay_seconds": 5,
+    "retry_condition_fn": retry_transient,
+}
+
+
+def storage_of(config: StorageConfig) -> Storage:
+    return Storage(config.root, config.options)

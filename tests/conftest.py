@@ -1,0 +1,75 @@
+"""Shared fixtures: offline environment, a tiny generated world, local servers on free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+# Before anything imports prefect, mlflow or img2dataset (see shared/INSTALL-NOTES.md).
+_HOME = tempfile.mkdtemp(prefix="react-tests-")
+os.environ.setdefault("PREFECT_HOME", os.path.join(_HOME, "prefect"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+import pytest  # noqa: E402
+
+from react_core.config import ReactConfig, load_config  # noqa: E402
+from react_core.storage import Storage  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_PRESET = REPO / "deployments" / "tiny.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_config(root: str | Path, **overrides) -> ReactConfig:
+    """The tiny preset with its storage root moved to ``root`` (plus dotted overrides)."""
+    extra = [f"{k}={v}" for k, v in overrides.items()]
+    return load_config(TINY_PRESET, [f"storage.root={root}", *extra])
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> tuple[ReactConfig, Storage, str]:
+    """A tiny mini-web generated once per session: (config, storage, stage URI)."""
+    from react_core.miniweb.generate import generate
+
+    root = tmp_path_factory.mktemp("world")
+    cfg = tiny_config(root)
+    storage = Storage(cfg.storage.root)
+    return cfg, storage, generate(cfg.miniweb, storage, processes=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API: moto's server on 127.0.0.1 (a free port), with a bucket 'react-test'."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="react-test")
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Prefect's test harness (a temporary ephemeral API) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,52 @@
+"""The same storage code against a real S3 API (moto's server on 127.0.0.1)."""
+
+import time
+import urllib.request
+
+import pytest
+
+from react_core.data import load_ic_task
+from react_core.miniweb.generate import generate
+from react_core.miniweb.serve import MiniWebServer
+from react_core.storage import Storage, StorageError, join
+from tests.conftest import free_port, tiny_config
+
+pytestmark = pytest.mark.integration
+
+
+def test_stage_on_s3(s3_endpoint):
+    st = Storage("s3://react-test/stages", {"endpoint_url": s3_endpoint})
+    st.check_writable()
+    stage = st.stage("x", {"a": 1})
+    st.write_json(stage.file("data.json"), {"v": 1})
+    assert not stage.done
+    stage.complete(counts={"n": 1})
+    assert stage.done and st.stage_manifest(stage.uri)["counts"] == {"n": 1}
+    assert st.read_json(stage.file("data.json")) == {"v": 1}
+    assert st.ls(stage.uri) == [stage.file("_SUCCESS"), stage.file("data.json")]
+
+
+def test_miniweb_generated_onto_s3_reads_back_and_serves(s3_endpoint):
+    cfg = tiny_config(
+        "s3://react-test/world", **{"storage.options": f"{{endpoint_url: {s3_endpoint}}}", "miniweb.kb_size": 300,
+                                    "miniweb.generic_size": 300}
+    )
+    st = Storage(cfg.storage.root, cfg.storage.options)
+    uri = generate(cfg.miniweb, st, processes=1, progress=False)
+    assert uri.startswith("s3://react-test/world/miniweb/")
+    assert st.stage_manifest(uri)["counts"]["kb.pairs"] == 300
+    data = load_ic_task(st, join(uri, "tasks", "miniweb-fine"), "test")
+    assert len(data.labels) == cfg.miniweb.fine_grained_classes * cfg.miniweb.test_per_class
+    with MiniWebServer(st, uri) as server:
+        row = server.urls().iloc[0]
+        if st.exists(join(uri, "kb", row["url"][len(server.base_url):])):
+            with urllib.request.urlopen(row["url"], timeout=10) as r:
+                assert r.read()[:2] == b"\xff\xd8"  # a JPEG
+
+
+def test_unreachable_endpoint_fails_fast_with_the_fix():
+    st = Storage("s3://react-test/x", {"endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    t0 = time.time()
+    with pytest.raises(StorageError, match="not writable.*endpoint_url"):
+        st.check_writable()
+    assert time.time() - t0 < 60

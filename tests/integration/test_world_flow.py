@@ -1,0 +1,58 @@
+"""The prepare-world flow under Prefect (ephemeral test API), tracked in MLflow (sqlite under the root)."""
+
+import asyncio
+
+import pytest
+
+from react_core.storage import Storage
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.integration
+
+
+def _task_states(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def go():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+
+    return asyncio.run(go())
+
+
+def test_prepare_world_flow_tracks_and_caches(prefect_harness, tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from flows.world import prepare_world
+
+    cfg = tiny_config(tmp_path / "root")
+    first = prepare_world(config=cfg)
+    assert first["miniweb"].startswith(f"file://{tmp_path}/root/miniweb/")
+    assert first["base"].startswith(f"file://{tmp_path}/root/base/")
+    assert {"miniweb-fine.top1", "miniweb-coarse.top1", "wall_s"} <= set(first["report"])
+    st = Storage(cfg.storage.root)
+    assert st.stage_manifest(first["base"])["inputs"] == {"miniweb": first["miniweb"]}
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/root/mlflow.db")
+    parent = client.get_run(first["mlflow_run_id"])
+    assert parent.data.tags["prefect.flow_run_id"] == str(first["flow_run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert [c.info.run_name for c in children] == ["pretrain-base"]
+    assert "zeroshot/miniweb-fine/top1" in children[0].data.metrics
+    assert parent.data.params["miniweb.kb_size"] == str(cfg.miniweb.kb_size)
+    mlflow.set_tracking_uri(None)
+
+    second = prepare_world(config=cfg)
+    assert (second["miniweb"], second["base"]) == (first["miniweb"], first["base"])
+    states = _task_states(second["flow_run_id"])
+    assert states["generate-miniweb"] == "Cached" and states["pretrain-base"] == "Cached"
+    # a different pretraining config re-runs pretraining but not the world
+    third = prepare_world(config=tiny_config(tmp_path / "root", **{"model.pretrain.seed": 3}))
+    assert third["miniweb"] == first["miniweb"] and third["base"] != first["base"]
+    states = _task_states(third["flow_run_id"])
+    assert states["generate-miniweb"] == "Cached" and states["pretrain-base"] == "Completed"

@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from react_core.config import ConfigError, ReactConfig, load_config, parse_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+PRESETS = sorted((REPO / "deployments").glob("*.yaml"))
+
+
+def test_defaults_are_valid_and_frozen():
+    cfg = load_config()
+    assert cfg.training.mode == "gated-image" and cfg.training.gated_layers == 6
+    with pytest.raises(ValidationError):
+        cfg.training.lr = 1.0  # frozen
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_every_shipped_preset_validates(preset):
+    cfg = load_config(preset)
+    assert isinstance(cfg, ReactConfig)
+    # every key in the file is a real field: the round trip keeps the values given
+    given = yaml.safe_load(preset.read_text())
+    dumped = cfg.model_dump(mode="json")
+    for section, values in given.items():
+        for key, value in values.items():
+            if not isinstance(value, dict):
+                assert dumped[section][key] == value
+
+
+def test_unknown_key_names_the_field_and_suggests():
+    with pytest.raises(ConfigError) as e:
+        load_config({"training": {"learning_rate": 1e-3}})
+    msg = str(e.value)
+    assert "training.learning_rate" in msg and "valid keys" in msg and "fix:" in msg
+
+
+def test_close_misspelling_gets_a_did_you_mean():
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        load_config({"training": {"epoch": 3}})
+
+
+def test_wrong_type_names_field_value_and_fix():
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["training.lr=fast"])
+    line = str(e.value)
+    assert "training.lr" in line and '"fast"' in line
+
+
+def test_every_problem_is_listed_one_line_each():
+    with pytest.raises(ConfigError) as e:
+        load_config({"miniweb": {"kb_size": 0, "generic_size": -1}, "bogus": {}})
+    lines = str(e.value).splitlines()
+    assert len(lines) == 3
+    assert any("miniweb.kb_size" in x for x in lines) and any("miniweb.generic_size" in x for x in lines)
+    assert any("'bogus'" in x for x in lines)
+
+
+def test_empty_storage_root_is_rejected():
+    with pytest.raises(ConfigError, match="storage.root.*empty"):
+        load_config(overrides=["storage.root=' '"])
+
+
+def test_empty_retrieval_modes_rejected():
+    with pytest.raises(ConfigError, match="retrieval.modes"):
+        load_config({"retrieval": {"modes": []}})
+
+
+def test_overrides_parse_yaml_values_and_nest():
+    assert parse_overrides(["a.b=1", "a.c=[t2t]", "d=null"]) == {"a": {"b": 1, "c": ["t2t"]}, "d": None}
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        parse_overrides(["nokey"])
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: {lr: -1}\n")
+    with pytest.raises(ConfigError, match=str(bad)):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+    bad.write_text("[1, 2]\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)

@@ -1,0 +1,87 @@
+import os
+import uuid
+
+import pytest
+
+from react_core.config import load_config
+from react_core.storage import SUCCESS, Storage, StorageError, normalize_uri, version_hash
+
+
+@pytest.fixture(params=["memory", "file"])
+def storage(request, tmp_path):
+    if request.param == "memory":
+        return Storage(f"memory://react-{uuid.uuid4().hex[:8]}")
+    return Storage(str(tmp_path / "root"))
+
+
+def test_local_paths_become_absolute_file_uris(tmp_path):
+    assert normalize_uri(str(tmp_path)) == f"file://{tmp_path}"
+    assert normalize_uri("s3://bucket/x/") == "s3://bucket/x"
+    with pytest.raises(StorageError, match="empty"):
+        normalize_uri("  ")
+
+
+def test_version_hash_is_stable_and_sensitive_to_config_and_inputs():
+    a = load_config().miniweb
+    b = load_config(overrides=["miniweb.seed=1"]).miniweb
+    assert version_hash(a, {"x": "u"}) == version_hash(load_config().miniweb, {"x": "u"})
+    assert version_hash(a, {"x": "u"}) != version_hash(b, {"x": "u"})
+    assert version_hash(a, {"x": "u"}) != version_hash(a, {"x": "v"})
+    assert len(version_hash(a)) == 12
+
+
+def test_stage_lifecycle(storage):
+    stage = storage.stage("embed", {"k": 1}, {"up": "file:///x"})
+    assert stage.uri == storage.uri("embed", stage.version)
+    assert not stage.done
+    storage.write_bytes(stage.file("part-0.bin"), b"abc")
+    assert not stage.done  # files without the marker are not a finished stage
+    stage.complete(counts={"rows": 3})
+    assert stage.done
+    m = storage.stage_manifest(stage.uri)
+    assert m["counts"] == {"rows": 3} and m["inputs"] == {"up": "file:///x"} and m["config"] == {"k": 1}
+    assert storage.read_bytes(stage.file("part-0.bin")) == b"abc"
+
+
+def test_clear_removes_leftovers_of_an_interrupted_attempt(storage):
+    stage = storage.stage("s", {"k": 2})
+    storage.write_bytes(stage.file("half.bin"), b"x")
+    stage.clear()
+    assert not storage.exists(stage.file("half.bin"))
+    storage.write_bytes(stage.file("whole.bin"), b"y")
+    stage.complete()
+    stage.clear()  # a complete stage is never cleared
+    assert storage.exists(stage.file("whole.bin"))
+
+
+def test_incomplete_stage_manifest_is_a_clear_error(storage):
+    with pytest.raises(StorageError, match=f"no {SUCCESS}"):
+        storage.stage_manifest(storage.uri("x", "y"))
+
+
+def test_atomic_local_write_leaves_no_temporary_files(tmp_path):
+    st = Storage(str(tmp_path))
+    for i in range(3):
+        st.write_json(st.uri("a", "b.json"), {"i": i})
+    assert os.listdir(tmp_path / "a") == ["b.json"]
+    assert st.read_json(st.uri("a", "b.json")) == {"i": 2}
+
+
+def test_missing_artifact_names_uri(storage):
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.read_bytes(storage.uri("nope.bin"))
+
+
+def test_unwritable_root_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    st = Storage(str(blocker / "sub"))  # a folder below a regular file cannot exist
+    with pytest.raises(StorageError, match="not writable.*fix:"):
+        st.check_writable()
+
+
+def test_ls_lists_sorted_uris(storage):
+    for n in ("b", "a", "c"):
+        storage.write_bytes(storage.uri("d", f"{n}.tar"), b"")
+    storage.write_bytes(storage.uri("d", "x.txt"), b"")
+    assert [u.rsplit("/", 1)[1] for u in storage.ls(storage.uri("d"), "*.tar")] == ["a.tar", "b.tar", "c.tar"]
