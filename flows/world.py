@@ -9,9 +9,11 @@ from prefect import flow, runtime
 from react_core.config import ReactConfig
 from tasks.world import base_report, generate_miniweb, pretrain_base_model, start_tracking
 
+DEFAULT_CONFIG = ReactConfig()
+
 
 @flow(name="prepare-world")
-def prepare_world(config: ReactConfig = ReactConfig()) -> dict[str, Any]:
+def prepare_world(config: ReactConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Generate the mini-web, pretrain the base CLIP on its generic split, report zero-shot accuracy."""
     parent = start_tracking(config, "prepare-world", runtime.flow_run.id)
     miniweb = generate_miniweb(config.storage, config.miniweb)

@@ -7,7 +7,8 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import yaml
 
@@ -107,7 +108,11 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
     from react_core.tracking import default_tracking_uri
 
     rep = result["report"]
-    lines = ["", "REACT on the mini-web: the base CLIP pretrained here (customization arrives with the customize flow)", ""]
+    lines = [
+        "",
+        "REACT on the mini-web: the base CLIP pretrained here (customization arrives with the customize flow)",
+        "",
+    ]
     lines.append(f"{'target task':18s} {'classes':>7s} {'chance':>7s} {'base zero-shot':>15s}")
     classes = {"miniweb-fine": cfg.miniweb.fine_grained_classes, "miniweb-coarse": cfg.miniweb.coarse_classes}
     for task in TASK_NAMES.values():
@@ -118,7 +123,9 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
     tracking = cfg.tracking.tracking_uri or default_tracking_uri(_storage(cfg))[0]
     if cfg.tracking.enabled:
         lines.append(f"MLflow:  run {result['mlflow_run_id']}; see it with: mlflow ui --backend-store-uri {tracking}")
-    lines.append(f"Prefect: flow run {result['flow_run_id']}; see it with: prefect server start  (http://127.0.0.1:4200)")
+    lines.append(
+        f"Prefect: flow run {result['flow_run_id']}; see it with: prefect server start  (http://127.0.0.1:4200)"
+    )
     return "\n".join(lines)
 
 

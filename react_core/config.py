@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -108,7 +109,9 @@ class KnowledgeBaseConfig(_Section):
 
 
 class IndexConfig(_Section):
-    index_key: str | None = Field(None, description="force a faiss index key (e.g. 'IVF256,Flat'); null lets autofaiss choose")
+    index_key: str | None = Field(
+        None, description="force a faiss index key (e.g. 'IVF256,Flat'); null lets autofaiss choose"
+    )
     max_index_memory_usage: str = "4G"
     current_memory_available: str = "8G"
     recall_queries: int = Field(200, ge=1, description="held-out queries used to measure recall@K")
@@ -158,7 +161,9 @@ class EvaluationConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI; null: a sqlite file under the storage root")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; null: a sqlite file under the storage root"
+    )
     experiment: str = "react"
     enabled: bool = True
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,7 +88,9 @@ class ClassificationSet:
     templates: list[str]
 
 
-def load_ic_task(storage: Storage, task_uri: str, split: str = "test", image_size: int | None = None) -> ClassificationSet:
+def load_ic_task(
+    storage: Storage, task_uri: str, split: str = "test", image_size: int | None = None
+) -> ClassificationSet:
     """Read a vision-datasets (COCO-format) image-classification task folder.
 
     The folder holds ``dataset_info.json`` (DatasetHub entry), ``{split}.json`` (COCO images /
@@ -99,7 +102,9 @@ def load_ic_task(storage: Storage, task_uri: str, split: str = "test", image_siz
     except StorageError:
         raise DatasetError(f"{info_uri} not found; fix: point at a vision-datasets task folder") from None
     if split not in info:
-        raise DatasetError(f"{info_uri} has no '{split}' split; it has: {[k for k in ('train', 'val', 'test') if k in info]}")
+        raise DatasetError(
+            f"{info_uri} has no '{split}' split; it has: {[k for k in ('train', 'val', 'test') if k in info]}"
+        )
     coco = storage.read_json(join(task_uri, info[split]["index_path"]))
     cats = sorted(coco["categories"], key=lambda c: c["id"])
     classnames = [c["name"] for c in cats]
@@ -119,7 +124,9 @@ def load_ic_task(storage: Storage, task_uri: str, split: str = "test", image_siz
         images.append(decode_image(storage.read_bytes(join(task_uri, im["file_name"])), image_size))
         labels.append(label_of[im["id"]])
     if not images:
-        raise DatasetError(f"{task_uri}: split '{split}' has no labelled images; fix: check {info[split]['index_path']}")
+        raise DatasetError(
+            f"{task_uri}: split '{split}' has no labelled images; fix: check {info[split]['index_path']}"
+        )
     try:
         templates = json.loads(storage.read_bytes(join(task_uri, "templates.json")))
     except StorageError:

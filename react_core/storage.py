@@ -14,9 +14,10 @@ import os
 import posixpath
 import time
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -130,7 +131,8 @@ class Storage:
                     f"check the bucket exists, the credentials, and that the endpoint "
                     f"{endpoint or '(AWS default)'} is reachable (storage.options.endpoint_url)"
                 )
-            raise StorageError(f"storage root {self.root} is not writable ({kind}: {exc}); fix: {hint}") from None
+            detail = " ".join(str(exc).split())  # one line, whatever the backend's message looks like
+            raise StorageError(f"storage root {self.root} is not writable ({kind}: {detail}); fix: {hint}") from None
 
     # -- files ------------------------------------------------------------------------------------
     def exists(self, uri: str) -> bool:
@@ -205,7 +207,7 @@ class Storage:
 
     def stage(
         self, name: str, config: BaseModel | Mapping[str, Any] | None, inputs: Mapping[str, str] | None = None
-    ) -> "Stage":
+    ) -> Stage:
         return Stage(self, name, config, dict(inputs or {}))
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from react_core.config import TrackingConfig
 from react_core.storage import Storage, join, local_path
@@ -36,7 +37,7 @@ class Tracker:
     @contextlib.contextmanager
     def run(
         self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
-    ) -> Iterator["Tracker"]:
+    ) -> Iterator[Tracker]:
         """Open a run; ``parent_run_id`` nests it under a run opened elsewhere (another process)."""
         yield self
 
@@ -66,7 +67,7 @@ class MemoryTracker(Tracker):
     @contextlib.contextmanager
     def run(
         self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
-    ) -> Iterator["Tracker"]:
+    ) -> Iterator[Tracker]:
         self.runs.append({"name": name, "tags": dict(tags or {}), "parent_run_id": parent_run_id})
         prev, self.run_id = self.run_id, f"run-{len(self.runs)}"
         try:
@@ -109,15 +110,13 @@ class MLflowTracker(Tracker):
     @contextlib.contextmanager
     def run(
         self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
-    ) -> Iterator["Tracker"]:
+    ) -> Iterator[Tracker]:
         all_tags = dict(tags or {})
         if parent_run_id:
             # MLflow's own nesting tag: works across processes, unlike start_run(nested=True).
             all_tags["mlflow.parentRunId"] = parent_run_id
         nested = self._mlflow.active_run() is not None
-        with self._mlflow.start_run(
-            run_name=name, experiment_id=self.experiment_id, nested=nested, tags=all_tags
-        ) as r:
+        with self._mlflow.start_run(run_name=name, experiment_id=self.experiment_id, nested=nested, tags=all_tags) as r:
             prev = self.run_id
             self.run_id = r.info.run_id
             try:

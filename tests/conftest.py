@@ -18,10 +18,10 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-import pytest  # noqa: E402
+import pytest
 
-from react_core.config import ReactConfig, load_config  # noqa: E402
-from react_core.storage import Storage  # noqa: E402
+from react_core.config import ReactConfig, load_config
+from react_core.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PRESET = REPO / "deployments" / "tiny.yaml"
@@ -73,3 +73,24 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say, per tier, what ran and what was skipped or deselected (CI's log shows what it did not run)."""
+    tiers: dict[str, dict[str, int]] = {}
+    for status in ("passed", "failed", "skipped", "error"):
+        for rep in terminalreporter.stats.get(status, []):
+            if getattr(rep, "when", "call") != "call" and status in ("passed", "failed"):
+                continue
+            keywords = getattr(rep, "keywords", {})
+            tier = next((m for m in ("slow", "integration") if m in keywords), "unit")
+            tiers.setdefault(tier, {}).setdefault(status, 0)
+            tiers[tier][status] += 1
+    deselected = len(terminalreporter.stats.get("deselected", []))
+    terminalreporter.section("tiers")
+    for tier in ("unit", "integration", "slow"):
+        got = tiers.get(tier, {})
+        line = ", ".join(f"{n} {s}" for s, n in sorted(got.items())) or "none run"
+        terminalreporter.write_line(f"{tier:12s} {line}")
+    if deselected:
+        terminalreporter.write_line(f"deselected   {deselected} (not run: see -m in the command line)")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +69,7 @@ def evaluate_zero_shot(
         "dataset": data.name,
         "top1": float(correct.mean()),
         "mean_per_class": float(per_class.nanmean()),
-        "n": int(len(correct)),
+        "n": len(correct),
         "classes": len(data.classnames),
         "chance": 1.0 / len(data.classnames),
     }

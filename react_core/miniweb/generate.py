@@ -94,9 +94,7 @@ def _write_shard(job: _ShardJob) -> list[dict[str, Any]]:
             key = f"{job.split}-{index:08d}"
             rel = f"images/{job.shard:05d}/{key}.jpg"
             dead = bool(job.write_files and rng.random() < cfg.dead_link_rate)
-            sink.write(
-                {"__key__": key, "jpg": jpg, "txt": caption.encode(), "json": json.dumps({"key": key}).encode()}
-            )
+            sink.write({"__key__": key, "jpg": jpg, "txt": caption.encode(), "json": json.dumps({"key": key}).encode()})
             if job.write_files and not dead:
                 with open(os.path.join(img_dir, f"{key}.jpg"), "wb") as img:
                     img.write(jpg)

@@ -14,7 +14,9 @@ from react_core.miniweb.world import BACKGROUNDS, COLORS, Concept
 _SS = 2  # supersampling factor for anti-aliased shape edges
 
 
-def _regular(n: int, cx: float, cy: float, r: float, rot: float, inner: float | None = None) -> list[tuple[float, float]]:
+def _regular(
+    n: int, cx: float, cy: float, r: float, rot: float, inner: float | None = None
+) -> list[tuple[float, float]]:
     pts = []
     k = 2 * n if inner is not None else n
     for i in range(k):

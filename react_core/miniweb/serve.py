@@ -39,7 +39,7 @@ class MiniWebServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 rel = unquote(urlsplit(self.path).path).lstrip("/")
                 if ".." in rel.split("/") or not rel.startswith("images/"):
                     self.send_error(404)
@@ -67,7 +67,7 @@ class MiniWebServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/"
 
-    def start(self) -> "MiniWebServer":
+    def start(self) -> MiniWebServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="miniweb-http", daemon=True)
         self._thread.start()
         return self
@@ -81,7 +81,7 @@ class MiniWebServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def __enter__(self) -> "MiniWebServer":
+    def __enter__(self) -> MiniWebServer:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -56,7 +56,30 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 }
 COUNT_WORDS = {1: "a", 2: "two", 3: "three"}
 
-_SYL_ON = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gl", "kr", "pl", "sk", "tr", "zh"]
+_SYL_ON = [
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "gl",
+    "kr",
+    "pl",
+    "sk",
+    "tr",
+    "zh",
+]
 _SYL_NU = ["a", "e", "i", "o", "u", "ai", "ou", "ee"]
 _SYL_CO = ["", "", "n", "r", "l", "x", "m", "sk", "th"]
 
@@ -129,9 +152,11 @@ def make_concepts(seed: int, n_concepts: int, fine: int, coarse: int) -> list[Co
     n_col = int(np.ceil(np.sqrt(fine)))
     f_colors = [c for c in rng.permutation(color_names[:10]).tolist() if c != f_c2][:n_col]
     f_patterns = rng.permutation([p for p in PATTERNS if p != "solid"]).tolist()
-    combos = list(itertools.product(f_colors, f_patterns))[: fine]
+    combos = list(itertools.product(f_colors, f_patterns))[:fine]
     if len(combos) < fine:
-        raise ConfigError(f"miniweb.fine_grained_classes: at most {len(f_colors) * len(f_patterns)} fine-grained classes are supported")
+        raise ConfigError(
+            f"miniweb.fine_grained_classes: at most {len(f_colors) * len(f_patterns)} fine-grained classes are supported"
+        )
     for col, pat in combos:
         add(f_shape, col, f_c2, pat, f_bg, 1, 0.36, "fine")
     # Coarse: distinct shapes first, distinct colours where possible.

@@ -11,8 +11,9 @@ import io
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import open_clip
 import torch
@@ -104,7 +105,7 @@ def _strip(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     out = {}
     for k, v in state.items():
-        out[k[len("module.") :] if k.startswith("module.") else k] = v
+        out[k.removeprefix("module.")] = v
     return out
 
 
@@ -118,7 +119,9 @@ def load_state_dict(source: str, storage: Storage | None = None) -> dict[str, to
             st = storage or Storage(source.rsplit("/", 1)[0])
             obj = torch.load(io.BytesIO(st.read_bytes(source)), map_location="cpu", weights_only=True)
     except (StorageError, FileNotFoundError):
-        raise ModelLoadError(f"checkpoint {source} not found; fix: check the URI or run the stage that writes it") from None
+        raise ModelLoadError(
+            f"checkpoint {source} not found; fix: check the URI or run the stage that writes it"
+        ) from None
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"checkpoint {source} could not be read ({type(exc).__name__}: {exc})") from None
     return _strip(obj)

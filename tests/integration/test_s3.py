@@ -28,8 +28,8 @@ def test_stage_on_s3(s3_endpoint):
 
 def test_miniweb_generated_onto_s3_reads_back_and_serves(s3_endpoint):
     cfg = tiny_config(
-        "s3://react-test/world", **{"storage.options": f"{{endpoint_url: {s3_endpoint}}}", "miniweb.kb_size": 300,
-                                    "miniweb.generic_size": 300}
+        "s3://react-test/world",
+        **{"storage.options": f"{{endpoint_url: {s3_endpoint}}}", "miniweb.kb_size": 300, "miniweb.generic_size": 300},
     )
     st = Storage(cfg.storage.root, cfg.storage.options)
     uri = generate(cfg.miniweb, st, processes=1, progress=False)
@@ -39,7 +39,7 @@ def test_miniweb_generated_onto_s3_reads_back_and_serves(s3_endpoint):
     assert len(data.labels) == cfg.miniweb.fine_grained_classes * cfg.miniweb.test_per_class
     with MiniWebServer(st, uri) as server:
         row = server.urls().iloc[0]
-        if st.exists(join(uri, "kb", row["url"][len(server.base_url):])):
+        if st.exists(join(uri, "kb", row["url"][len(server.base_url) :])):
             with urllib.request.urlopen(row["url"], timeout=10) as r:
                 assert r.read()[:2] == b"\xff\xd8"  # a JPEG
 

@@ -4,6 +4,7 @@ import glob
 import json
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,7 +24,7 @@ def test_server_serves_images_and_404s_dead_links(tiny_world):
         alive = urls[~truth["dead"].values].iloc[0]
         with urllib.request.urlopen(alive["url"], timeout=10) as r:
             assert r.headers["Content-Type"] == "image/jpeg"
-            assert r.read() == storage.read_bytes(join(uri, "kb", alive["url"][len(server.base_url):]))
+            assert r.read() == storage.read_bytes(join(uri, "kb", alive["url"][len(server.base_url) :]))
         dead = urls[truth["dead"].values]
         assert len(dead) > 0
         with pytest.raises(urllib.error.HTTPError) as e:
@@ -59,7 +60,7 @@ def test_img2dataset_downloads_every_live_image(tiny_world, tmp_path):
             enable_wandb=False,
             distributor="multiprocessing",
         )
-    stats = [json.load(open(p)) for p in glob.glob(str(out / "*_stats.json"))]
+    stats = [json.loads(Path(p).read_text()) for p in glob.glob(str(out / "*_stats.json"))]
     truth = pd.read_parquet(storage.path(join(uri, "kb", "truth.parquet"))).iloc[:300]
     assert sum(s["count"] for s in stats) == 300
     assert sum(s["successes"] for s in stats) == int((~truth["dead"]).sum())

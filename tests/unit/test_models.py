@@ -14,7 +14,7 @@ def test_json_architectures_are_registered_with_open_clip():
 
 def test_checkpoint_round_trip_through_any_storage_and_layout(tmp_path):
     torch.manual_seed(0)
-    model, tok = create_model("react-micro-vit")
+    model, _ = create_model("react-micro-vit")
     st = Storage("memory://ckpt-test")
     uri = save_checkpoint(model, st, st.uri("m", "model.pt"), {"note": "x"})
     assert st.read_json(st.uri("m", "model.json")) == {"note": "x"}
