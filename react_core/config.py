@@ -85,7 +85,7 @@ class MiniWebConfig(_Section):
     generic_size: int = Field(60_000, ge=1, description="pairs in the generic (pretraining) split")
     kb_size: int = Field(120_000, ge=1, description="pairs in the knowledge base")
     target_rate_generic: float = Field(
-        0.1, ge=0, le=1, description="how often target concepts appear in the generic split, relative to others"
+        0.03, ge=0, le=1, description="how often target concepts appear in the generic split, relative to others"
     )
     target_rate_kb: float = Field(
         3.0, ge=0, description="how often target concepts appear in the knowledge base, relative to others"
