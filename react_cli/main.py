@@ -192,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our loggers at the chosen level; third parties (httpx, open_clip's root logging) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("react", "react_core", "react_cli", "tasks", "flows"):
+        logging.getLogger(name).setLevel(args.log_level.upper())
     from react_core.data import DatasetError
     from react_core.models import ModelLoadError
     from react_core.storage import StorageError
