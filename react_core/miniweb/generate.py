@@ -233,7 +233,8 @@ def _generate_into(
 
 
 def _upload_tree(storage: Storage, local_dir: str, uri: str, progress: bool) -> None:
-    files = [os.path.join(d, f) for d, _, fs in os.walk(local_dir) for f in fs]
-    for path in tqdm(files, desc="upload", unit="file", disable=not progress):
-        rel = os.path.relpath(path, local_dir).replace(os.sep, "/")
-        storage.put_file(path, join(uri, rel))
+    # One recursive put: s3fs uploads the (many, small) files concurrently. The stage marker is
+    # written after it returns, so a half-finished upload is never mistaken for a finished stage.
+    n = sum(len(fs) for _, _, fs in os.walk(local_dir))
+    _logger.info("uploading %d files to %s", n, uri)
+    storage.fs.put(local_dir.rstrip("/") + "/", storage.path(uri), recursive=True)

@@ -76,6 +76,11 @@ def create_model(
             architecture, or a tag that cannot be downloaded (offline).
     """
     model_config(name)
+    if pretrained == "miniweb":
+        raise ModelLoadError(
+            "pretrained='miniweb' names the base CLIP that the prepare-world flow trains; "
+            "fix: pass its checkpoint URI ({root}/base/{version}/model.pt) or run the flow"
+        )
     if pretrained and _is_uri_or_path(pretrained):
         model = open_clip.create_model(name, pretrained=None, device="cpu")
         state = load_state_dict(pretrained, storage)

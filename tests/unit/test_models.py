@@ -48,3 +48,8 @@ def test_missing_checkpoint_and_unknown_model_are_clear_errors():
 def test_pretrained_tag_that_cannot_be_fetched_offline_is_a_clear_error():
     with pytest.raises(ModelLoadError, match="could not load pretrained weights 'openai'"):
         create_model("react-micro-vit", "openai")
+
+
+def test_miniweb_tag_points_at_the_prepare_world_flow():
+    with pytest.raises(ModelLoadError, match="prepare-world"):
+        create_model("react-micro-vit", "miniweb")
