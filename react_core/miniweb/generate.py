@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from react_core.config import MiniWebConfig
 from react_core.miniweb.render import render, to_jpeg
 from react_core.miniweb.world import TASK_TEMPLATES, Concept, caption_for, make_concepts
-from react_core.storage import Storage, join, local_path
+from react_core.storage import Storage, local_path
 
 _logger = logging.getLogger(__name__)
 
