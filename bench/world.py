@@ -18,7 +18,7 @@ import time
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from react_core.config import load_config
-from react_core.miniweb.generate import TASK_NAMES, generate
+from react_core.miniweb.generate import TASK_NAMES, generate, miniweb_stage
 from react_core.storage import Storage
 from react_core.training.pretrain import pretrain_base
 
@@ -32,7 +32,7 @@ def main() -> None:
     cfg = load_config(args.config, args.set)
     storage = Storage(cfg.storage.root, cfg.storage.options)
     t0 = time.time()
-    stage = storage.stage("miniweb", cfg.miniweb)
+    stage = miniweb_stage(cfg.miniweb, storage)
     cached = stage.done
     uri = generate(cfg.miniweb, storage, progress=False)
     gen_s = time.time() - t0

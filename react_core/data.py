@@ -40,7 +40,7 @@ def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
     img = Image.open(io.BytesIO(data)).convert("RGB")
     if size is not None and img.size != (size, size):
         img = img.resize((size, size), Image.BICUBIC)
-    return np.asarray(img)
+    return np.array(img)  # writable (torch.from_numpy warns on read-only arrays)
 
 
 def load_pairs(

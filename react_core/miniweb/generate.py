@@ -36,11 +36,13 @@ from tqdm.auto import tqdm
 from react_core.config import MiniWebConfig
 from react_core.miniweb.render import render, to_jpeg
 from react_core.miniweb.world import TASK_TEMPLATES, Concept, caption_for, make_concepts
-from react_core.storage import Storage, local_path
+from react_core.storage import Stage, Storage, local_path
 
 _logger = logging.getLogger(__name__)
 
 SPLIT_IDS = {"generic": 1, "kb": 2, "test": 3, "train": 4}
+# Part of the stage identity: bump it when the generator's output changes for the same config.
+GENERATOR_VERSION = 2
 TASK_NAMES = {"fine": "miniweb-fine", "coarse": "miniweb-coarse"}
 
 
@@ -94,7 +96,8 @@ def _write_shard(job: _ShardJob) -> list[dict[str, Any]]:
             key = f"{job.split}-{index:08d}"
             rel = f"images/{job.shard:05d}/{key}.jpg"
             dead = bool(job.write_files and rng.random() < cfg.dead_link_rate)
-            sink.write({"__key__": key, "jpg": jpg, "txt": caption.encode(), "json": json.dumps({"key": key}).encode()})
+            meta = {"key": key, "url": rel} if job.write_files else {"key": key}
+            sink.write({"__key__": key, "jpg": jpg, "txt": caption.encode(), "json": json.dumps(meta).encode()})
             if job.write_files and not dead:
                 with open(os.path.join(img_dir, f"{key}.jpg"), "wb") as img:
                     img.write(jpg)
@@ -154,6 +157,11 @@ def _write_task(cfg: MiniWebConfig, concepts: list[Concept], group: str, out_dir
     return {f"{name}.{k}": v for k, v in counts.items()}
 
 
+def miniweb_stage(cfg: MiniWebConfig, storage: Storage) -> Stage:
+    """The mini-web's stage folder for ``cfg`` (its version hashes the config and the generator version)."""
+    return storage.stage("miniweb", {"generator": GENERATOR_VERSION, **cfg.model_dump(mode="json")})
+
+
 def generate(cfg: MiniWebConfig, storage: Storage, processes: int | None = None, progress: bool = True) -> str:
     """Generate the mini-web into its stage folder (skipped when already complete).
 
@@ -166,7 +174,7 @@ def generate(cfg: MiniWebConfig, storage: Storage, processes: int | None = None,
     Returns:
         The stage URI.
     """
-    stage = storage.stage("miniweb", cfg)
+    stage = miniweb_stage(cfg, storage)
     if stage.done:
         _logger.info("mini-web %s already complete", stage.uri)
         return stage.uri

@@ -46,6 +46,9 @@ def prefect_server(tmp_path_factory):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",
+        # prefect.yaml's pull step is set_working_directory: {{ $PWD }}, resolved at deploy time; a
+        # subprocess's cwd= does not update PWD, so say it here rather than trust the caller's shell.
+        "PWD": str(REPO),
     }
     log = open(home / "server.log", "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
