@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from react_core.config import IndexConfig
+from react_core.knowledge.embed import embed_knowledge_base, load_embeddings
+from react_core.knowledge.index import (
+    IndexBuildError,
+    IndexMismatchError,
+    build_indices,
+    build_one,
+    load_index,
+    metadata_rows,
+    recall_at_k,
+)
+from react_core.models import create_model
+from react_core.storage import Storage, join
+
+
+@pytest.fixture(scope="module")
+def embedded(tiny_world, tmp_path_factory):
+    _, storage, uri = tiny_world
+    torch.manual_seed(0)
+    model, tok = create_model("react-micro-vit")
+    out = Storage(str(tmp_path_factory.mktemp("emb")))
+    shards = storage.ls(join(uri, "kb", "shards"), "*.tar")
+    return out, embed_knowledge_base(model.eval(), tok, storage, shards, out.stage("embed", {}), progress=False)
+
+
+def test_flat_indices_have_perfect_recall_and_pass_load_checks(embedded):
+    st, emb_uri = embedded
+    stage = st.stage("index", {"k": "Flat"})
+    uri = build_indices(st, emb_uri, stage, IndexConfig(index_key="Flat", recall_queries=50), k=10)
+    for name in ("image", "text"):
+        infos = st.read_json(join(uri, f"{name}_infos.json"))
+        assert infos["recall_at_k"] == 1.0 and infos["k"] == 10 and infos["recall_queries"] == 50
+        assert infos["rows"] == metadata_rows(st, emb_uri) and infos["dim"] == 32
+        index = load_index(st, uri, name, metadata_rows(st, emb_uri), 32)
+        assert index.ntotal == 800
+    assert st.stage_manifest(uri)["counts"]["image.recall_at_10"] == 1.0
+
+
+def test_an_approximate_index_reports_recall_below_one(embedded):
+    st, emb_uri = embedded
+    emb = load_embeddings(st, emb_uri, "img").astype(np.float32)
+    import faiss
+
+    index = faiss.index_factory(emb.shape[1], "IVF16,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(emb)
+    index.add(emb)
+    index.nprobe = 1
+    r = recall_at_k(index, emb, load_embeddings(st, emb_uri, "text")[:50].astype(np.float32), 20)
+    assert 0.0 < r < 1.0
+
+
+def test_load_checks_name_the_mismatch(embedded):
+    st, emb_uri = embedded
+    uri = build_indices(st, emb_uri, st.stage("index", {"k": "Flat2"}), IndexConfig(index_key="Flat"), k=5)
+    with pytest.raises(IndexMismatchError, match="800 rows but the metadata has 798"):
+        load_index(st, uri, "image", 798, 32)
+    with pytest.raises(IndexMismatchError, match="dimension 32 but the model embeds in 512"):
+        load_index(st, uri, "text", 800, 512)
+
+
+def test_failed_autofaiss_build_raises(tmp_path):
+    emb = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    with pytest.raises(IndexBuildError, match="index_key"):
+        build_one(emb, IndexConfig(index_key="NotAnIndex,Flat"), str(tmp_path), "image")
