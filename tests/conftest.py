@@ -94,3 +94,36 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(f"{tier:12s} {line}")
     if deselected:
         terminalreporter.write_line(f"deselected   {deselected} (not run: see -m in the command line)")
+
+
+@pytest.fixture(scope="session")
+def tiny_chain(tiny_world, tmp_path_factory):
+    """The library chain on the tiny world, up to downloaded pairs for the fine task.
+
+    Returns a dict of URIs: base (pretrained stage), embed, index, retrieve, download, and the storage.
+    """
+    from react_core.config import DownloadConfig, IndexConfig, RetrievalConfig
+    from react_core.data import load_ic_task
+    from react_core.knowledge.download import download
+    from react_core.knowledge.embed import embed_knowledge_base
+    from react_core.knowledge.index import build_indices
+    from react_core.knowledge.retrieve import TaskSpec, retrieve
+    from react_core.miniweb.serve import MiniWebServer
+    from react_core.models import create_model
+    from react_core.storage import join
+    from react_core.training.pretrain import checkpoint_uri, pretrain_base
+
+    cfg, storage, world = tiny_world
+    st = Storage(str(tmp_path_factory.mktemp("chain")))
+    base = pretrain_base(cfg.model, st, world, progress=False)
+    model, tok = create_model(cfg.model.name, checkpoint_uri(base), storage=st)
+    shards = storage.ls(join(world, "kb", "shards"), "*.tar")
+    emb = embed_knowledge_base(model, tok, storage, shards, st.stage("embed", {}), progress=False)
+    idx = build_indices(st, emb, st.stage("index", {}), IndexConfig(index_key="Flat", recall_queries=20), k=30)
+    task_data = load_ic_task(storage, join(world, "tasks", "miniweb-fine"), "test")
+    task = TaskSpec("miniweb-fine", task_data.classnames, task_data.templates)
+    ret = retrieve(model, tok, st, emb, idx, task, RetrievalConfig(k=30), st.stage("retrieve", {}))
+    with MiniWebServer(storage, world) as server:
+        dl = download(st, ret, st.stage("download", {}), DownloadConfig(processes_count=1), server.base_url)
+    return {"storage": st, "world": world, "base": base, "embed": emb, "index": idx, "retrieve": ret,
+            "download": dl, "config": cfg}  # fmt: skip

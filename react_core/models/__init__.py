@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -84,6 +85,17 @@ def create_model(
     if pretrained and _is_uri_or_path(pretrained):
         model = open_clip.create_model(name, pretrained=None, device="cpu")
         state = load_state_dict(pretrained, storage)
+        gated = _gated_layers_in(state)
+        if gated:  # a customized checkpoint (ours or a published REACT one): same blocks, then a strict load
+            from react_core.models.gated import add_gated_blocks
+
+            n_blocks = len(model.visual.transformer.resblocks)
+            if gated != list(range(n_blocks - len(gated), n_blocks)):
+                raise ModelLoadError(
+                    f"checkpoint {pretrained} has gated blocks at image layers {gated}, not the last "
+                    f"{len(gated)} of '{name}' ({n_blocks} layers); fix: pass the architecture it was trained with"
+                )
+            add_gated_blocks(model, len(gated))
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -103,6 +115,15 @@ def create_model(
             ) from None
     model.to(device)
     return model, open_clip.get_tokenizer(name)
+
+
+def _gated_layers_in(state: Mapping[str, Any]) -> list[int]:
+    """Image-layer indices that carry ``gated_attn_block`` weights in a state dict."""
+    found = {int(m.group(1)) for k in state if (m := _GATED_KEY.match(k))}
+    return sorted(found)
+
+
+_GATED_KEY = re.compile(r"^visual\.transformer\.resblocks\.(\d+)\.gated_attn_block\.")
 
 
 def _strip(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,36 @@
+"""Gated-image customization on pairs retrieved and downloaded from the tiny mini-web."""
+
+import pytest
+import torch
+
+from react_core.config import TrainingConfig
+from react_core.knowledge.download import downloaded_shards
+from react_core.models import create_model, load_state_dict
+from react_core.tracking import MemoryTracker
+from react_core.training.customize import checkpoint_of, customize
+from react_core.training.pretrain import checkpoint_uri
+
+pytestmark = pytest.mark.integration
+
+
+def test_gated_training_keeps_clip_frozen_and_reloads(tiny_chain):
+    st, cfg = tiny_chain["storage"], tiny_chain["config"]
+    train_cfg = TrainingConfig(gated_layers=2, batch_size=32, lr=5e-3, warmup_steps=2, epochs=4, precision="fp32")
+    tracker = MemoryTracker()
+    base_ckpt = checkpoint_uri(tiny_chain["base"])
+    shards = downloaded_shards(st, tiny_chain["download"])
+    uri = customize(cfg.model.name, base_ckpt, train_cfg, st, shards, st.stage("train", {}), tracker, progress=False)
+    info = st.read_json(uri + "/model.json")
+    assert info["gated_layers"] == [0, 1] and info["pairs"] > 0
+    base = load_state_dict(base_ckpt)
+    tuned = load_state_dict(checkpoint_of(uri))
+    for k, v in base.items():
+        if k != "logit_scale":
+            assert torch.equal(v, tuned[k]), f"frozen weight {k} changed"
+    assert len(set(tuned) - set(base)) == 2 * 14  # two gated blocks of 14 tensors each
+    assert any(abs(g) > 1e-4 for pair in info["gates"].values() for g in pair)
+    losses = [v for k, v, _ in tracker.metrics if k == "train/loss"]
+    assert losses[-1] < losses[0]
+    # the customized checkpoint loads through the one loading path, gated blocks and all
+    model, _ = create_model(cfg.model.name, checkpoint_of(uri), storage=st)
+    assert len([k for k in model.state_dict() if "gated_attn_block" in k]) == 28
