@@ -118,6 +118,7 @@ class IndexConfig(_Section):
 
 
 class RetrievalConfig(_Section):
+    task: str = Field("miniweb-fine", description="the target task whose class names drive retrieval")
     k: int = Field(50, ge=1, description="neighbours per prompt and per index")
     modes: list[Literal["t2t", "t2i"]] = Field(default_factory=lambda: ["t2t", "t2i"])
     per_class_cap: int | None = Field(None, ge=1)
@@ -181,6 +182,16 @@ class ReactConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @property
+    def uses_miniweb(self) -> bool:
+        """Whether any stage reads the generated mini-web (base weights, knowledge base or tasks)."""
+        return (
+            self.model.pretrained == "miniweb"
+            or self.knowledge_base.source == "miniweb"
+            or self.retrieval.task.startswith("miniweb-")
+            or any(t.startswith("miniweb-") for t in self.evaluation.tasks)
+        )
 
 
 # ---------------------------------------------------------------------------------------------

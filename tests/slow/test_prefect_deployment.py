@@ -81,7 +81,7 @@ def test_deploy_all_and_run_tiny_on_a_process_worker(prefect_server, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     out = _prefect(env, "--no-prompt", "deploy", "--all")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "prepare-world/demo" in out.stdout and "prepare-world/tiny" in out.stdout
+    assert "customize/demo" in out.stdout and "customize/tiny" in out.stdout
 
     worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
     worker = subprocess.Popen(
@@ -98,7 +98,7 @@ def test_deploy_all_and_run_tiny_on_a_process_worker(prefect_server, tmp_path):
             env,
             "deployment",
             "run",
-            "prepare-world/tiny",
+            "customize/tiny",
             "--params",
             json.dumps({"config": config}),
             "--watch",
@@ -114,8 +114,8 @@ def test_deploy_all_and_run_tiny_on_a_process_worker(prefect_server, tmp_path):
             worker.kill()
         worker_log.close()
 
-    assert any((root / "base").glob("*/_SUCCESS")), "the flow ran but wrote no base model"
+    assert any((root / "evaluate").glob("*/_SUCCESS")), "the flow ran but wrote no evaluation"
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
     exp = client.get_experiment_by_name("react-tiny")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`prefect.flow_name` = 'prepare-world'")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`prefect.flow_name` = 'customize'")
     assert len(runs) == 1 and runs[0].data.tags["prefect.flow_run_id"]

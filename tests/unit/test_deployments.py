@@ -23,5 +23,5 @@ def test_deployment_entrypoints_resolve(dep):
 
     module, func = dep["entrypoint"].split(":")
     flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
-    assert flow.name == "prepare-world"
+    assert flow.name == "customize"
     assert "config" in flow.parameters.properties

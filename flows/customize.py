@@ -1,0 +1,54 @@
+"""The ``customize`` flow: REACT end to end for one target task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, runtime
+
+from react_core.config import ReactConfig
+from tasks import customize as t
+from tasks.world import generate_miniweb, pretrain_base_model, start_tracking
+
+DEFAULT_CONFIG = ReactConfig()
+
+
+@flow(name="customize")
+def customize(config: ReactConfig = DEFAULT_CONFIG) -> dict[str, Any]:
+    """Embed the knowledge base, index it, retrieve for the task's class names, download, train, evaluate."""
+    parent = start_tracking(config, "customize", runtime.flow_run.id)
+    world = generate_miniweb(config.storage, config.miniweb) if config.uses_miniweb else None
+    base_stage = None
+    if config.model.pretrained == "miniweb":
+        base_stage = pretrain_base_model(config.storage, config.model, config.tracking, world, parent_run_id=parent)
+    checkpoint = t.resolve_base(config.model, base_stage)
+    embedded = t.embed(config.storage, config.model, config.knowledge_base, checkpoint, world)
+    indexed = t.index(config.storage, config.index, config.retrieval.k, embedded)
+    retrieved = t.retrieve(config.storage, config.model, checkpoint, config.retrieval, embedded, indexed, world)
+    downloaded = t.download(config.storage, config.download, retrieved, world)
+    trained = t.train(
+        config.storage, config.model, checkpoint, config.training, config.tracking, downloaded, parent_run_id=parent
+    )
+    evaluated = t.evaluate(
+        config.storage,
+        config.model,
+        checkpoint,
+        trained,
+        config.evaluation,
+        config.tracking,
+        world,
+        parent_run_id=parent,
+    )
+    return {
+        "miniweb": world,
+        "base": checkpoint,
+        "embed": embedded,
+        "index": indexed,
+        "retrieve": retrieved,
+        "download": downloaded,
+        "train": trained,
+        "evaluate": evaluated,
+        "table": t.report(config.storage, evaluated),
+        "mlflow_run_id": parent,
+        "flow_run_id": runtime.flow_run.id,
+    }

@@ -1,0 +1,187 @@
+"""REACT's stages as functions of config sections and upstream URIs (what the Prefect tasks call).
+
+Each function derives its stage's identity (``{root}/{stage}/{version}``) from exactly the config it
+reads and the URIs it consumes, skips a finished stage, and returns its URI. Nothing here knows about
+Prefect; the CLI, a notebook or another orchestrator can run the same sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from react_core.config import (
+    DownloadConfig,
+    EvaluationConfig,
+    IndexConfig,
+    KnowledgeBaseConfig,
+    ModelConfig,
+    RetrievalConfig,
+    TrainingConfig,
+)
+from react_core.data import DatasetError, load_ic_task
+from react_core.evaluation.zeroshot import evaluate_zero_shot, model_image_size
+from react_core.knowledge.download import download, downloaded_shards
+from react_core.knowledge.embed import embed_knowledge_base
+from react_core.knowledge.index import build_indices
+from react_core.knowledge.retrieve import TaskSpec, retrieve
+from react_core.models import create_model
+from react_core.storage import Storage, StorageError, join
+from react_core.tracking import NullTracker, Tracker
+from react_core.training.customize import checkpoint_of, customize
+from react_core.training.pretrain import checkpoint_uri
+
+_logger = logging.getLogger(__name__)
+
+
+def base_checkpoint(model: ModelConfig, base_stage: str | None) -> str | None:
+    """The weights the pipeline starts from: the mini-web base's checkpoint, or ``model.pretrained``."""
+    if model.pretrained == "miniweb":
+        if base_stage is None:
+            raise ValueError("model.pretrained is 'miniweb' but no base stage was given; run prepare-world first")
+        return checkpoint_uri(base_stage)
+    return model.pretrained
+
+
+def kb_shards(storage: Storage, kb: KnowledgeBaseConfig, world: str | None) -> list[str]:
+    """The knowledge base's webdataset shards (the mini-web's, or those under ``kb.source``)."""
+    if kb.source == "miniweb":
+        if world is None:
+            raise ValueError("knowledge_base.source is 'miniweb' but no mini-web was generated")
+        uri = join(world, "kb", "shards")
+    else:
+        uri = kb.source.rstrip("/")
+    try:
+        shards = storage.ls(uri, "*.tar")
+    except (FileNotFoundError, OSError):
+        shards = []
+    if not shards:
+        raise StorageError(
+            f"knowledge base {uri} has no webdataset shards (*.tar); fix: point knowledge_base.source at a "
+            "folder of shards, or use 'miniweb'"
+        )
+    return shards
+
+
+def resolve_task(storage: Storage, name: str, world: str | None) -> TaskSpec:
+    """Class names and templates of a target task: the mini-web's, or ImageNet-1K (open_clip's metadata)."""
+    if name.startswith("miniweb-"):
+        if world is None:
+            raise ValueError(f"task {name!r} needs the mini-web; generate it first")
+        data = load_ic_task(storage, join(world, "tasks", name), "test")
+        return TaskSpec(name, data.classnames, data.templates)
+    if name in ("imagenet-1k", "imagenet1k"):
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+        templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+        return TaskSpec("imagenet-1k", list(IMAGENET_CLASSNAMES), templates)
+    raise DatasetError(f"unknown target task {name!r}; fix: use miniweb-fine, miniweb-coarse or imagenet-1k")
+
+
+def _model(model: ModelConfig, checkpoint: str | None, storage: Storage) -> tuple[torch.nn.Module, Any]:
+    m, tok = create_model(model.name, checkpoint, storage, device="cuda" if torch.cuda.is_available() else "cpu")
+    return m.eval(), tok
+
+
+def run_embed(
+    storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, world: str | None
+) -> str:
+    shards = kb_shards(storage, kb, world)
+    stage = storage.stage("embed", {"model": model.name, "batch_size": kb.batch_size},
+                          {"checkpoint": checkpoint or "", "shards": shards[0].rsplit("/", 1)[0]})  # fmt: skip
+    if stage.done:
+        return stage.uri
+    m, tok = _model(model, checkpoint, storage)
+    return embed_knowledge_base(m, tok, storage, shards, stage, kb.batch_size, str(next(m.parameters()).device))
+
+
+def run_index(storage: Storage, index: IndexConfig, k: int, embed_uri: str) -> str:
+    stage = storage.stage("index", {"index": index.model_dump(mode="json"), "k": k}, {"embed": embed_uri})
+    return build_indices(storage, embed_uri, stage, index, k)
+
+
+def run_retrieve(
+    storage: Storage,
+    model: ModelConfig,
+    checkpoint: str | None,
+    retrieval: RetrievalConfig,
+    embed_uri: str,
+    index_uri: str,
+    world: str | None,
+) -> str:
+    stage = storage.stage(
+        "retrieve", retrieval, {"embed": embed_uri, "index": index_uri, "checkpoint": checkpoint or ""}
+    )
+    if stage.done:
+        return stage.uri
+    m, tok = _model(model, checkpoint, storage)
+    task = resolve_task(storage, retrieval.task, world)
+    return retrieve(m, tok, storage, embed_uri, index_uri, task, retrieval, stage)
+
+
+def run_download(storage: Storage, cfg: DownloadConfig, retrieve_uri: str, world: str | None) -> str:
+    stage = storage.stage("download", cfg, {"retrieve": retrieve_uri})
+    if stage.done:
+        return stage.uri
+    if world is None:
+        return download(storage, retrieve_uri, stage, cfg)
+    from react_core.miniweb.serve import MiniWebServer
+
+    with MiniWebServer(storage, world) as server:  # the mini-web's images, over HTTP on 127.0.0.1
+        return download(storage, retrieve_uri, stage, cfg, base_url=server.base_url)
+
+
+def run_train(
+    storage: Storage,
+    model: ModelConfig,
+    checkpoint: str | None,
+    training: TrainingConfig,
+    download_uri: str,
+    tracker: Tracker | None = None,
+) -> str:
+    stage = storage.stage("train", {"model": model.name, "training": training.model_dump(mode="json")},
+                          {"download": download_uri, "checkpoint": checkpoint or ""})  # fmt: skip
+    shards = downloaded_shards(storage, download_uri)
+    return customize(model.name, checkpoint, training, storage, shards, stage, tracker, progress=False)
+
+
+def run_evaluate(
+    storage: Storage,
+    model: ModelConfig,
+    base: str | None,
+    customized_stage: str,
+    evaluation: EvaluationConfig,
+    world: str | None,
+    tracker: Tracker | None = None,
+) -> str:
+    """Zero-shot of the base and the customized model on every evaluation task: ``metrics.json``."""
+    stage = storage.stage("evaluate", evaluation, {"base": base or "", "customized": customized_stage})
+    if stage.done:
+        return stage.uri
+    tracker = tracker or NullTracker()
+    rows = []
+    models = {"base": base, "customized": checkpoint_of(customized_stage)}
+    for which, ckpt in models.items():
+        m, tok = _model(model, ckpt, storage)
+        for task in evaluation.tasks:
+            if not task.startswith("miniweb-"):
+                raise DatasetError(f"evaluation task {task!r}: only the mini-web tasks are readable yet (issue #6)")
+            data = load_ic_task(storage, join(world or "", "tasks", task), evaluation.split, model_image_size(m))
+            res = evaluate_zero_shot(m, tok, data, evaluation.batch_size, str(next(m.parameters()).device))
+            rows.append({"model": which, "checkpoint": ckpt, "metric": "top1", "value": res["top1"],
+                         "mean_per_class": res["mean_per_class"], "n": res["n"], "dataset": task})  # fmt: skip
+            tracker.log_metrics({f"zeroshot/{task}/{which}": res["top1"]})
+    storage.write_json(stage.file("metrics.json"), rows)
+    table = {
+        t: {
+            "base": next(r["value"] for r in rows if r["dataset"] == t and r["model"] == "base"),
+            "customized": next(r["value"] for r in rows if r["dataset"] == t and r["model"] == "customized"),
+        }
+        for t in evaluation.tasks
+    }
+    for t, v in table.items():
+        v["delta"] = v["customized"] - v["base"]
+        tracker.log_metrics({f"zeroshot/{t}/delta": v["delta"]})
+    return stage.complete(counts={"rows": len(rows)}, table=table)

@@ -1,0 +1,96 @@
+"""Tasks of the customize flow: one react_core.pipeline call each; configs and URIs in, URIs out."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from react_core import pipeline
+from react_core.config import (
+    DownloadConfig,
+    EvaluationConfig,
+    IndexConfig,
+    KnowledgeBaseConfig,
+    ModelConfig,
+    RetrievalConfig,
+    StorageConfig,
+    TrackingConfig,
+    TrainingConfig,
+)
+from react_core.tracking import make_tracker
+from tasks.common import TASK_OPTIONS, storage_of
+
+
+@task(name="resolve-base", **TASK_OPTIONS)
+def resolve_base(model: ModelConfig, base_stage: str | None) -> str | None:
+    """The checkpoint the customization starts from."""
+    return pipeline.base_checkpoint(model, base_stage)
+
+
+@task(name="embed", **TASK_OPTIONS)
+def embed(
+    storage: StorageConfig, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, world: str | None
+) -> str:
+    return pipeline.run_embed(storage_of(storage), model, kb, checkpoint, world)
+
+
+@task(name="index", **TASK_OPTIONS)
+def index(storage: StorageConfig, cfg: IndexConfig, k: int, embed_uri: str) -> str:
+    return pipeline.run_index(storage_of(storage), cfg, k, embed_uri)
+
+
+@task(name="retrieve", **TASK_OPTIONS)
+def retrieve(
+    storage: StorageConfig,
+    model: ModelConfig,
+    checkpoint: str | None,
+    cfg: RetrievalConfig,
+    embed_uri: str,
+    index_uri: str,
+    world: str | None,
+) -> str:
+    return pipeline.run_retrieve(storage_of(storage), model, checkpoint, cfg, embed_uri, index_uri, world)
+
+
+@task(name="download", **TASK_OPTIONS)
+def download(storage: StorageConfig, cfg: DownloadConfig, retrieve_uri: str, world: str | None) -> str:
+    return pipeline.run_download(storage_of(storage), cfg, retrieve_uri, world)
+
+
+@task(name="train", **TASK_OPTIONS)
+def train(
+    storage: StorageConfig,
+    model: ModelConfig,
+    checkpoint: str | None,
+    cfg: TrainingConfig,
+    tracking: TrackingConfig,
+    download_uri: str,
+    parent_run_id: str | None = None,
+) -> str:
+    st = storage_of(storage)
+    with make_tracker(tracking, st).run("train", parent_run_id=parent_run_id) as t:
+        t.log_params({"training": cfg.model_dump(mode="json")})
+        return pipeline.run_train(st, model, checkpoint, cfg, download_uri, t)
+
+
+@task(name="evaluate", **TASK_OPTIONS)
+def evaluate(
+    storage: StorageConfig,
+    model: ModelConfig,
+    base: str | None,
+    customized: str,
+    cfg: EvaluationConfig,
+    tracking: TrackingConfig,
+    world: str | None,
+    parent_run_id: str | None = None,
+) -> str:
+    st = storage_of(storage)
+    with make_tracker(tracking, st).run("evaluate", parent_run_id=parent_run_id) as t:
+        uri = pipeline.run_evaluate(st, model, base, customized, cfg, world, t)
+        t.log_dict(st.stage_manifest(uri)["table"], "evaluation_table.json")
+        return uri
+
+
+@task(name="report", cache_policy=None, persist_result=False)
+def report(storage: StorageConfig, evaluate_uri: str) -> dict:
+    """The base / customized / delta table, read from the evaluation stage."""
+    return storage_of(storage).stage_manifest(evaluate_uri)["table"]

@@ -1,0 +1,43 @@
+"""The customize flow end to end on the tiny mini-web, under Prefect's test API."""
+
+import pytest
+
+from tests.conftest import tiny_config
+from tests.integration.test_world_flow import _task_states
+
+pytestmark = pytest.mark.integration
+
+STAGES = ["generate-miniweb", "pretrain-base", "embed", "index", "retrieve", "download", "train", "evaluate"]
+
+
+def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from flows.customize import customize
+
+    cfg = tiny_config(tmp_path / "root")
+    first = customize(config=cfg)
+    assert set(first["table"]) == {"miniweb-fine", "miniweb-coarse"}
+    for row in first["table"].values():
+        assert 0 <= row["base"] <= 1 and 0 <= row["customized"] <= 1
+        assert row["delta"] == pytest.approx(row["customized"] - row["base"])
+    client = MlflowClient(f"sqlite:///{tmp_path}/root/mlflow.db")
+    parent = client.get_run(first["mlflow_run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert {c.info.run_name for c in children} == {"pretrain-base", "train", "evaluate"}
+    evaluate = next(c for c in children if c.info.run_name == "evaluate")
+    assert "zeroshot/miniweb-fine/delta" in evaluate.data.metrics
+    assert [a.path for a in client.list_artifacts(evaluate.info.run_id)] == ["evaluation_table.json"]
+
+    second = customize(config=cfg)
+    assert second["table"] == first["table"]
+    states = _task_states(second["flow_run_id"])
+    assert all(states[s] == "Cached" for s in STAGES), states
+
+    third = customize(config=tiny_config(tmp_path / "root", **{"training.lr": 0.002}))
+    states = _task_states(third["flow_run_id"])
+    assert all(states[s] == "Cached" for s in STAGES[:6]), states
+    assert states["train"] == "Completed" and states["evaluate"] == "Completed"
+    assert third["train"] != first["train"] and third["retrieve"] == first["retrieve"]
