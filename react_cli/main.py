@@ -104,22 +104,14 @@ def cmd_base_pretrain(args: argparse.Namespace) -> int:
 
 
 def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
-    from react_core.miniweb.generate import TASK_NAMES
     from react_core.tracking import default_tracking_uri
 
-    rep = result["report"]
-    lines = [
-        "",
-        "REACT on the mini-web: the base CLIP pretrained here (customization arrives with the customize flow)",
-        "",
-    ]
-    lines.append(f"{'target task':18s} {'classes':>7s} {'chance':>7s} {'base zero-shot':>15s}")
-    classes = {"miniweb-fine": cfg.miniweb.fine_grained_classes, "miniweb-coarse": cfg.miniweb.coarse_classes}
-    for task in TASK_NAMES.values():
-        n = classes[task]
-        lines.append(f"{task:18s} {n:>7d} {1 / n:>7.3f} {rep[f'{task}.top1']:>15.3f}")
+    lines = ["", f"REACT on the mini-web: retrieval for '{cfg.retrieval.task}', gated-image customization", ""]
+    lines.append(f"{'target task':18s} {'base zero-shot':>15s} {'customized':>11s} {'delta':>8s}")
+    for task, row in result["table"].items():
+        lines.append(f"{task:18s} {row['base']:>15.3f} {row['customized']:>11.3f} {row['delta']:>+8.3f}")
     lines.append("")
-    lines.append(f"base model: {result['base']}/model.pt ({rep['train_pairs']:,} pairs, {rep['wall_s']:.0f} s)")
+    lines.append(f"customized model: {result['train']}/model.pt")
     tracking = cfg.tracking.tracking_uri or default_tracking_uri(_storage(cfg))[0]
     if cfg.tracking.enabled:
         lines.append(f"MLflow:  run {result['mlflow_run_id']}; see it with: mlflow ui --backend-store-uri {tracking}")
@@ -132,9 +124,9 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
 def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _storage(cfg).check_writable()
-    from flows.world import prepare_world
+    from flows.customize import customize
 
-    result = prepare_world(config=cfg)
+    result = customize(config=cfg)
     print(_demo_table(cfg, result))
     return 0
 

@@ -40,9 +40,14 @@ class StorageConfig(_Section):
     @field_validator("root")
     @classmethod
     def _root_not_empty(cls, v: str) -> str:
-        if not v.strip():
+        v = v.strip()
+        if not v:
             raise ValueError("storage root is empty; set it to a folder such as ./react-artifacts or s3://bucket/react")
-        return v.strip()
+        if "://" not in v:
+            # A relative folder means "here": made absolute now, so that two checkouts with the same
+            # preset never share cached results (Prefect's cache keys on this value).
+            v = str(Path(v).expanduser().resolve())
+        return v
 
 
 class PretrainConfig(_Section):

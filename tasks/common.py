@@ -3,20 +3,47 @@
 from __future__ import annotations
 
 import errno
+import functools
+import hashlib
 import logging
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
+import react_core
 from react_core.config import StorageConfig
 from react_core.storage import Storage
 
 _logger = logging.getLogger(__name__)
 
-# Cache across runs on the task's inputs (configs and URIs hash as JSON) and its source; the MLflow
-# parent run id changes every run and must not bust the cache.
-CACHE = INPUTS + TASK_SOURCE - "parent_run_id"
+
+@functools.lru_cache(maxsize=1)
+def _library_hash() -> str:
+    root = Path(react_core.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.suffix in (".py", ".json") and "__pycache__" not in path.parts:
+            h.update(str(path.relative_to(root)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class LibraryCode(CachePolicy):
+    """Cache key part: react_core's source. TASK_SOURCE hashes only the task's own (one-line) body, so
+    without this a change inside the library (a new generator, a fixed loss) would be served stale."""
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
+        return _library_hash()
+
+
+# Cache across runs on the task's inputs (configs and URIs hash as JSON; storage roots are absolute
+# after validation), its source and the library's; the MLflow parent run id changes every run and
+# must not bust the cache.
+CACHE = INPUTS + TASK_SOURCE + LibraryCode() - "parent_run_id"
 
 _TRANSIENT = (ConnectionError, TimeoutError, socket.timeout)
 _TRANSIENT_ERRNO = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE, errno.EAGAIN}

@@ -26,7 +26,9 @@ def test_every_shipped_preset_validates(preset):
     dumped = cfg.model_dump(mode="json")
     for section, values in given.items():
         for key, value in values.items():
-            if not isinstance(value, dict):
+            if (section, key) == ("storage", "root") and "://" not in value:
+                assert dumped[section][key] == str(Path(value).resolve())  # relative roots become absolute
+            elif not isinstance(value, dict):
                 assert dumped[section][key] == value
 
 
@@ -84,3 +86,9 @@ def test_config_file_errors_name_the_file(tmp_path):
     bad.write_text("[1, 2]\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def test_relative_storage_root_becomes_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config(overrides=["storage.root=./here"]).storage.root == str(tmp_path / "here")
+    assert load_config(overrides=["storage.root=s3://b/x"]).storage.root == "s3://b/x"
