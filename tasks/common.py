@@ -20,15 +20,19 @@ from react_core.storage import Storage
 _logger = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=1)
-def _library_hash() -> str:
-    root = Path(react_core.__file__).parent
+def source_hash(root: Path) -> str:
+    """Hash of every .py/.json file under ``root`` (names and contents)."""
     h = hashlib.sha256()
     for path in sorted(root.rglob("*")):
         if path.suffix in (".py", ".json") and "__pycache__" not in path.parts:
             h.update(str(path.relative_to(root)).encode())
             h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def _library_hash() -> str:
+    return source_hash(Path(react_core.__file__).parent)
 
 
 @dataclass
