@@ -26,8 +26,9 @@ from react_core.evaluation.zeroshot import evaluate_zero_shot, model_image_size
 from react_core.knowledge.download import download, downloaded_shards
 from react_core.knowledge.embed import embed_knowledge_base
 from react_core.knowledge.index import build_indices
-from react_core.knowledge.retrieve import TaskSpec, retrieve
+from react_core.knowledge.retrieve import retrieve
 from react_core.models import create_model
+from react_core.registry import resolve_task
 from react_core.storage import Storage, StorageError, join
 from react_core.tracking import NullTracker, Tracker
 from react_core.training.customize import checkpoint_of, customize
@@ -63,21 +64,6 @@ def kb_shards(storage: Storage, kb: KnowledgeBaseConfig, world: str | None) -> l
             "folder of shards, or use 'miniweb'"
         )
     return shards
-
-
-def resolve_task(storage: Storage, name: str, world: str | None) -> TaskSpec:
-    """Class names and templates of a target task: the mini-web's, or ImageNet-1K (open_clip's metadata)."""
-    if name.startswith("miniweb-"):
-        if world is None:
-            raise ValueError(f"task {name!r} needs the mini-web; generate it first")
-        data = load_ic_task(storage, join(world, "tasks", name), "test")
-        return TaskSpec(name, data.classnames, data.templates)
-    if name in ("imagenet-1k", "imagenet1k"):
-        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
-
-        templates = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
-        return TaskSpec("imagenet-1k", list(IMAGENET_CLASSNAMES), templates)
-    raise DatasetError(f"unknown target task {name!r}; fix: use miniweb-fine, miniweb-coarse or imagenet-1k")
 
 
 def _model(model: ModelConfig, checkpoint: str | None, storage: Storage) -> tuple[torch.nn.Module, Any]:

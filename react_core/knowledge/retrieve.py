@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +41,7 @@ class TaskSpec:
     name: str
     classnames: Sequence[str]
     templates: Sequence[str] = field(default_factory=lambda: ["a photo of a {}."])
+    synonyms: Mapping[str, Sequence[str]] = field(default_factory=dict)  # extra names -> more prompts per class
 
 
 @torch.no_grad()
@@ -84,9 +85,10 @@ def retrieve(
     meta = load_metadata(storage, embed_uri)
     prompts, prompt_class = [], []
     for c, name in enumerate(task.classnames):
-        for t in task.templates:
-            prompts.append(t.format(name))
-            prompt_class.append(c)
+        for alias in (name, *task.synonyms.get(name, ())):
+            for t in task.templates:
+                prompts.append(t.format(alias))
+                prompt_class.append(c)
     q = embed_prompts(model, tokenizer, prompts)
     dim = q.shape[1]
     frames = []

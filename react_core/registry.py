@@ -1,0 +1,110 @@
+"""Target tasks by name: the mini-web's, ImageNet-1K (open_clip's names and CLIP's 80 templates), and
+custom tasks written as YAML::
+
+    name: garden-birds
+    classes:
+      - name: northern cardinal
+        synonyms: [cardinal, redbird]     # optional; also used as retrieval prompts for the class
+      - blue jay                          # a plain name is fine
+    templates:                            # optional; default: CLIP's 80 ImageNet templates
+      - a photo of a {}.
+      - a {} in the wild.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from react_core.data import DatasetError, load_ic_task
+from react_core.knowledge.retrieve import TaskSpec
+from react_core.storage import Storage, StorageError, join
+
+
+class TaskSpecError(ValueError):
+    """A task definition is invalid; one line per problem, naming the file."""
+
+
+def imagenet_templates() -> list[str]:
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+
+
+def parse_task(data: Any, source: str) -> TaskSpec:
+    """Validate a custom task mapping (see the module docstring); raise listing every problem."""
+    problems = []
+    if not isinstance(data, dict):
+        raise TaskSpecError(f"{source}: expected a mapping with 'classes' (and 'name', 'templates')")
+    unknown = set(data) - {"name", "classes", "templates"}
+    if unknown:
+        problems.append(f"{source}: unknown key(s) {sorted(unknown)}; valid: name, classes, templates")
+    classes, synonyms = [], {}
+    for i, c in enumerate(data.get("classes") or []):
+        if isinstance(c, str):
+            name, syn = c, []
+        elif isinstance(c, dict) and isinstance(c.get("name"), str):
+            name, syn = c["name"], list(c.get("synonyms") or [])
+        else:
+            problems.append(f"{source}: classes[{i}] must be a name or {{name: ..., synonyms: [...]}}, got {c!r}")
+            continue
+        if not name.strip():
+            problems.append(f"{source}: classes[{i}] has an empty name")
+        classes.append(name.strip())
+        if syn:
+            synonyms[name.strip()] = [str(s) for s in syn]
+    if not classes and not any("classes[" in p for p in problems):
+        problems.append(f"{source}: the class list is empty; fix: list at least one class under 'classes'")
+    seen: dict[str, int] = {}
+    for name in classes:
+        seen[name.lower()] = seen.get(name.lower(), 0) + 1
+    dups = sorted(n for n, k in seen.items() if k > 1)
+    if dups:
+        problems.append(f"{source}: duplicate class names {dups}; fix: merge them (use synonyms) or rename")
+    templates = data.get("templates")
+    if templates is None:
+        templates = imagenet_templates()
+    elif not templates:
+        problems.append(f"{source}: templates is empty; fix: remove it (CLIP's 80 templates) or list some")
+    bad = [t for t in templates if not isinstance(t, str) or "{}" not in t]
+    if bad:
+        problems.append(f"{source}: template(s) without a '{{}}' slot for the class name: {bad}")
+    if problems:
+        raise TaskSpecError("\n".join(problems))
+    return TaskSpec(str(data.get("name") or Path(source).stem), classes, list(templates), synonyms)
+
+
+def load_task_file(path: str, storage: Storage | None = None) -> TaskSpec:
+    try:
+        text = (
+            (storage or Storage(str(Path(path).parent))).read_bytes(path).decode()
+            if "://" in path
+            else Path(path).read_text()
+        )
+    except (FileNotFoundError, StorageError):
+        raise TaskSpecError(f"{path}: no such task file") from None
+    try:
+        return parse_task(yaml.safe_load(text), path)
+    except yaml.YAMLError as exc:
+        raise TaskSpecError(f"{path}: not valid YAML: {exc}") from None
+
+
+def resolve_task(storage: Storage, name: str, world: str | None) -> TaskSpec:
+    """A target task by name: ``miniweb-*``, ``imagenet-1k``, or a path / URI of a custom YAML task."""
+    if name.endswith((".yaml", ".yml")):
+        return load_task_file(name, storage)
+    if name.startswith("miniweb-"):
+        if world is None:
+            raise DatasetError(f"task {name!r} needs the mini-web; generate it first")
+        # Class names only, as a user of an ELEVATER-style task has them (the world's synonyms.json is not used).
+        data = load_ic_task(storage, join(world, "tasks", name), "test")
+        return TaskSpec(name, data.classnames, data.templates)
+    if name in ("imagenet-1k", "imagenet1k"):
+        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+        return TaskSpec("imagenet-1k", list(IMAGENET_CLASSNAMES), imagenet_templates())
+    raise DatasetError(
+        f"unknown target task {name!r}; fix: use miniweb-fine, miniweb-coarse, imagenet-1k or a task YAML file"
+    )
