@@ -24,7 +24,10 @@ def customize(config: ReactConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     checkpoint = t.resolve_base(config.model, base_stage)
     embedded = t.embed(config.storage, config.model, config.knowledge_base, checkpoint, world)
     indexed = t.index(config.storage, config.index, config.retrieval.k, embedded)
-    retrieved = t.retrieve(config.storage, config.model, checkpoint, config.retrieval, embedded, indexed, world)
+    retrieved = t.retrieve(
+        config.storage, config.model, checkpoint, config.retrieval, embedded, indexed, world,
+        config.tracking, parent_run_id=parent,
+    )  # fmt: skip
     downloaded = t.download(config.storage, config.download, retrieved, world)
     trained = t.train(
         config.storage, config.model, checkpoint, config.training, config.tracking, downloaded, parent_run_id=parent

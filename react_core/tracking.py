@@ -51,6 +51,8 @@ class Tracker:
 
     def log_figure(self, fig: Any, name: str) -> None: ...
 
+    def log_image(self, image: Any, name: str) -> None: ...
+
 
 NullTracker = Tracker
 
@@ -88,6 +90,9 @@ class MemoryTracker(Tracker):
         self.artifacts.append(name)
 
     def log_figure(self, fig: Any, name: str) -> None:
+        self.artifacts.append(name)
+
+    def log_image(self, image: Any, name: str) -> None:
         self.artifacts.append(name)
 
 
@@ -139,6 +144,9 @@ class MLflowTracker(Tracker):
 
     def log_figure(self, fig: Any, name: str) -> None:
         self._mlflow.log_figure(fig, name)
+
+    def log_image(self, image: Any, name: str) -> None:
+        self._mlflow.log_image(image, artifact_file=name)
 
 
 def default_tracking_uri(storage: Storage) -> tuple[str, str | None]:

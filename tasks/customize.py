@@ -16,6 +16,8 @@ from react_core.config import (
     TrackingConfig,
     TrainingConfig,
 )
+from react_core.knowledge import report as retrieval_report
+from react_core.knowledge.retrieve import read_manifest
 from react_core.tracking import make_tracker
 from tasks.common import TASK_OPTIONS, storage_of
 
@@ -47,8 +49,21 @@ def retrieve(
     embed_uri: str,
     index_uri: str,
     world: str | None,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
-    return pipeline.run_retrieve(storage_of(storage), model, checkpoint, cfg, embed_uri, index_uri, world)
+    st = storage_of(storage)
+    uri = pipeline.run_retrieve(st, model, checkpoint, cfg, embed_uri, index_uri, world)
+    if tracking is not None:
+        with make_tracker(tracking, st).run("retrieve", parent_run_id=parent_run_id) as t:
+            t.log_params({"retrieval": cfg.model_dump(mode="json")})
+            manifest = st.stage_manifest(uri)
+            t.log_metrics({f"retrieve/{k}": v for k, v in manifest["counts"].items()})
+            counts = st.read_json(f"{uri}/class_counts.json")
+            t.log_dict(counts, "class_counts.json")
+            t.log_figure(retrieval_report.class_count_figure(counts), "class_counts.png")
+            t.log_image(retrieval_report.sample_grid(st, read_manifest(st, uri)), "retrieved_samples.png")
+    return uri
 
 
 @task(name="download", **TASK_OPTIONS)

@@ -26,7 +26,14 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    assert {c.info.run_name for c in children} == {"pretrain-base", "train", "evaluate"}
+    assert {c.info.run_name for c in children} == {"pretrain-base", "retrieve", "train", "evaluate"}
+    retrieve_run = next(c for c in children if c.info.run_name == "retrieve")
+    assert {a.path for a in client.list_artifacts(retrieve_run.info.run_id)} == {
+        "class_counts.json",
+        "class_counts.png",
+        "retrieved_samples.png",
+    }
+    assert retrieve_run.data.metrics["retrieve/pairs"] > 0
     evaluate = next(c for c in children if c.info.run_name == "evaluate")
     assert "zeroshot/miniweb-fine/delta" in evaluate.data.metrics
     assert [a.path for a in client.list_artifacts(evaluate.info.run_id)] == ["evaluation_table.json"]

@@ -10,14 +10,27 @@ from tests.conftest import tiny_config
 pytestmark = pytest.mark.integration
 
 
-def _task_states(flow_run_id):
+def _task_states(flow_run_id, timeout: float = 60.0):
+    """Final state names of a flow run's task runs, by task name.
+
+    The server records task-run states from events, asynchronously: right after a flow returns, a
+    task run may still read 'Pending'. Poll (with a deadline) until every one is terminal.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     async def go():
+        deadline = asyncio.get_running_loop().time() + timeout
         async with get_client() as client:
-            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+            while True:
+                runs = await client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+                )
+                if runs and all(r.state is not None and r.state.is_final() for r in runs):
+                    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+                if asyncio.get_running_loop().time() > deadline:
+                    return {r.name.rsplit("-", 1)[0]: r.state.name if r.state else None for r in runs}
+                await asyncio.sleep(0.2)  # poll interval of a condition wait, not a synchronising sleep
 
     return asyncio.run(go())
 
