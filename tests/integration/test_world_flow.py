@@ -10,11 +10,12 @@ from tests.conftest import tiny_config
 pytestmark = pytest.mark.integration
 
 
-def _task_states(flow_run_id, timeout: float = 60.0):
+def _task_states(flow_run_id, expected: set[str], timeout: float = 60.0):
     """Final state names of a flow run's task runs, by task name.
 
-    The server records task-run states from events, asynchronously: right after a flow returns, a
-    task run may still read 'Pending'. Poll (with a deadline) until every one is terminal.
+    The server records task runs and their states from events, asynchronously: right after a flow
+    returns, a task run may be missing or still read 'Pending'. Poll (with a deadline) until every
+    expected task has a run in a final state.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -26,8 +27,9 @@ def _task_states(flow_run_id, timeout: float = 60.0):
                 runs = await client.read_task_runs(
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
                 )
-                if runs and all(r.state is not None and r.state.is_final() for r in runs):
-                    return {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+                states = {r.name.rsplit("-", 1)[0]: r.state for r in runs}
+                if expected <= set(states) and all(s is not None and s.is_final() for s in states.values()):
+                    return {k: s.name for k, s in states.items()}
                 if asyncio.get_running_loop().time() > deadline:
                     return {r.name.rsplit("-", 1)[0]: r.state.name if r.state else None for r in runs}
                 await asyncio.sleep(0.2)  # poll interval of a condition wait, not a synchronising sleep
@@ -62,10 +64,10 @@ def test_prepare_world_flow_tracks_and_caches(prefect_harness, tmp_path):
 
     second = prepare_world(config=cfg)
     assert (second["miniweb"], second["base"]) == (first["miniweb"], first["base"])
-    states = _task_states(second["flow_run_id"])
+    states = _task_states(second["flow_run_id"], {"generate-miniweb", "pretrain-base"})
     assert states["generate-miniweb"] == "Cached" and states["pretrain-base"] == "Cached"
     # a different pretraining config re-runs pretraining but not the world
     third = prepare_world(config=tiny_config(tmp_path / "root", **{"model.pretrain.seed": 3}))
     assert third["miniweb"] == first["miniweb"] and third["base"] != first["base"]
-    states = _task_states(third["flow_run_id"])
+    states = _task_states(third["flow_run_id"], {"generate-miniweb", "pretrain-base"})
     assert states["generate-miniweb"] == "Cached" and states["pretrain-base"] == "Completed"
