@@ -4,34 +4,22 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 
-from react_core.config import DownloadConfig, IndexConfig, RetrievalConfig
+from react_core.config import DownloadConfig
 from react_core.data import iter_shard
 from react_core.knowledge.download import DownloadError, download, downloaded_shards
-from react_core.knowledge.embed import embed_knowledge_base
-from react_core.knowledge.index import build_indices
-from react_core.knowledge.retrieve import TaskSpec, read_manifest, retrieve
+from react_core.knowledge.retrieve import read_manifest
 from react_core.miniweb.serve import MiniWebServer
-from react_core.models import create_model
-from react_core.storage import Storage, join
+from react_core.storage import join
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def manifest(tiny_world, tmp_path_factory):
-    _, storage, uri = tiny_world
-    torch.manual_seed(0)
-    model, tok = create_model("react-micro-vit")
-    model.eval()
-    st = Storage(str(tmp_path_factory.mktemp("dl")))
-    shards = storage.ls(join(uri, "kb", "shards"), "*.tar")
-    emb = embed_knowledge_base(model, tok, storage, shards, st.stage("embed", {}), progress=False)
-    idx = build_indices(st, emb, st.stage("index", {}), IndexConfig(index_key="Flat", recall_queries=20), k=20)
-    task = TaskSpec("t", ["a", "b", "c"], ["a photo of a {}.", "{}"])
-    return st, retrieve(model, tok, st, emb, idx, task, RetrievalConfig(k=20), st.stage("retrieve", {}))
+def manifest(tiny_chain):
+    """The tiny chain's retrieval for the fine task, downloaded afresh by each test into its own stage."""
+    return tiny_chain["storage"], tiny_chain["retrieve"]
 
 
 def test_download_fetches_every_live_image_and_counts_404s(tiny_world, manifest):
@@ -41,7 +29,7 @@ def test_download_fetches_every_live_image_and_counts_404s(tiny_world, manifest)
     truth = pd.read_parquet(storage.path(join(uri, "kb", "truth.parquet"))).set_index("key")
     dead = int(truth.loc[m["key"], "dead"].sum())
     with MiniWebServer(storage, uri) as server:
-        out = download(st, man_uri, st.stage("download", {}), DownloadConfig(processes_count=1, thread_count=8),
+        out = download(st, man_uri, st.stage("download-test", {}), DownloadConfig(processes_count=1, thread_count=8),
                        base_url=server.base_url)  # fmt: skip
     s = st.stage_manifest(out)["summary"]
     assert s["count"] == len(m) and s["successes"] == len(m) - dead
