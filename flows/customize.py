@@ -16,6 +16,7 @@ DEFAULT_CONFIG = ReactConfig()
 @flow(name="customize")
 def customize(config: ReactConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Embed the knowledge base, index it, retrieve for the task's class names, download, train, evaluate."""
+    t.preflight(config.model, config.training)
     parent = start_tracking(config, "customize", runtime.flow_run.id)
     world = generate_miniweb(config.storage, config.miniweb) if config.uses_miniweb else None
     base_stage = None

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -15,6 +16,7 @@ import yaml
 from react_core.config import ConfigError, ReactConfig, load_config
 
 _logger = logging.getLogger("react")
+DEMO_PRESET = Path(__file__).resolve().parents[1] / "deployments" / "demo.yaml"
 
 
 def _env_defaults() -> None:
@@ -122,7 +124,12 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.config is None and DEMO_PRESET.exists():
+        args.config = str(DEMO_PRESET)
     cfg = _config(args)
+    from react_core.pipeline import preflight
+
+    preflight(cfg.model, cfg.training)
     _storage(cfg).check_writable()
     from flows.customize import customize
 
@@ -147,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", help="run the pipeline on the embedded mini-web and print the results")
+    demo = sub.add_parser(
+        "demo", help="run the customize flow on the embedded mini-web (preset deployments/demo.yaml) and print results"
+    )
     _common(demo)
     demo.set_defaults(func=cmd_demo)
 

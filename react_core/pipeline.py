@@ -37,6 +37,19 @@ from react_core.training.pretrain import checkpoint_uri
 _logger = logging.getLogger(__name__)
 
 
+def preflight(model: ModelConfig, training: TrainingConfig) -> None:
+    """Checks that need the model architecture, made before any stage runs (not minutes later)."""
+    from react_core.config import ConfigError
+    from react_core.models import model_config
+
+    layers = model_config(model.name).get("vision_cfg", {}).get("layers")
+    if isinstance(layers, int) and training.mode == "gated-image" and training.gated_layers > layers:
+        raise ConfigError(
+            f"training.gated_layers={training.gated_layers} but {model.name} has {layers} image blocks; "
+            f"fix: set training.gated_layers to 1..{layers}"
+        )
+
+
 def base_checkpoint(model: ModelConfig, base_stage: str | None) -> str | None:
     """The weights the pipeline starts from: the mini-web base's checkpoint, or ``model.pretrained``."""
     if model.pretrained == "miniweb":

@@ -22,6 +22,12 @@ from react_core.tracking import make_tracker
 from tasks.common import TASK_OPTIONS, storage_of
 
 
+@task(name="preflight", cache_policy=None, persist_result=False)
+def preflight(model: ModelConfig, training: TrainingConfig) -> None:
+    """Checks that need the architecture, before any stage runs."""
+    pipeline.preflight(model, training)
+
+
 @task(name="resolve-base", **TASK_OPTIONS)
 def resolve_base(model: ModelConfig, base_stage: str | None) -> str | None:
     """The checkpoint the customization starts from."""

@@ -56,3 +56,9 @@ def test_unwritable_root_stops_generate_before_writing(tmp_path, capsys):
 def test_config_show_applies_overrides(capsys):
     assert main(["config", "show", "-s", "training.lr=0.001"]) == 0
     assert "lr: 0.001" in capsys.readouterr().out
+
+
+def test_demo_rejects_more_gated_layers_than_the_model_has_before_running(capsys):
+    rc = main(["demo", "-c", str(REPO / "deployments" / "tiny.yaml"), "-s", "training.gated_layers=3"])
+    assert rc == 2
+    assert "training.gated_layers=3 but react-micro-vit has 2 image blocks" in capsys.readouterr().err
