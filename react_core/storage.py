@@ -14,7 +14,7 @@ import os
 import posixpath
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,9 +259,3 @@ class Stage:
             },
         )
         return self.uri
-
-
-def iter_lines(storage: Storage, uri: str) -> Iterator[str]:
-    with storage.open(uri, "rt") as f:
-        for line in f:
-            yield line.rstrip("\n")

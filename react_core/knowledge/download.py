@@ -134,8 +134,3 @@ def _img2dataset(url_list: str, out_dir: str, cfg: DownloadConfig) -> None:
 
 def downloaded_shards(storage: Storage, stage_uri: str) -> list[str]:
     return storage.ls(stage_uri, "*.tar")
-
-
-def class_ids_of(sample: dict[str, Any]) -> int:
-    """``class_id`` of a downloaded sample (from the .json img2dataset writes beside it)."""
-    return int(json.loads(sample["json"])["class_id"])
