@@ -1,4 +1,5 @@
-"""Target tasks by name: the mini-web's, ImageNet-1K (open_clip's names and CLIP's 80 templates), and
+"""Target tasks by name: the mini-web's, ImageNet-1K (open_clip's names and CLIP's 80 templates), the 20
+ELEVATER datasets (``resources/elevater.yaml``: CLIP's class names and templates, ELEVATER's metric), and
 custom tasks written as YAML::
 
     name: garden-birds
@@ -13,6 +14,7 @@ custom tasks written as YAML::
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,26 @@ def parse_task(data: Any, source: str) -> TaskSpec:
     return TaskSpec(str(data.get("name") or Path(source).stem), classes, list(templates), synonyms)
 
 
+@cache
+def _elevater() -> dict[str, dict]:
+    return yaml.safe_load((Path(__file__).parent / "resources" / "elevater.yaml").read_text())["datasets"]
+
+
+def elevater_datasets() -> list[str]:
+    """The 20 ELEVATER image-classification datasets, by the ELEVATER toolkit's names."""
+    return list(_elevater())
+
+
+def elevater_metric(name: str) -> str:
+    """ELEVATER's metric for a dataset: accuracy, mean_per_class, roc_auc or map_11point."""
+    return _elevater()[name]["metric"]
+
+
+def elevater_task(name: str) -> TaskSpec:
+    entry = _elevater()[name]
+    return parse_task({"name": name, "classes": entry["classes"], "templates": entry["templates"]}, f"elevater:{name}")
+
+
 def load_task_file(path: str, storage: Storage | None = None) -> TaskSpec:
     try:
         text = (
@@ -105,6 +127,9 @@ def resolve_task(storage: Storage, name: str, world: str | None) -> TaskSpec:
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
         return TaskSpec("imagenet-1k", list(IMAGENET_CLASSNAMES), imagenet_templates())
+    if name in _elevater():
+        return elevater_task(name)
     raise DatasetError(
-        f"unknown target task {name!r}; fix: use miniweb-fine, miniweb-coarse, imagenet-1k or a task YAML file"
+        f"unknown target task {name!r}; fix: use miniweb-fine, miniweb-coarse, imagenet-1k, an ELEVATER dataset "
+        f"({', '.join(elevater_datasets())}) or a task YAML file"
     )
