@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from react_core.config import load_config
 from tests.conftest import free_port, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -73,17 +74,46 @@ def _prefect(env, *args, timeout=300):
     )
 
 
-def test_deploy_all_and_run_tiny_on_a_process_worker(prefect_server, tmp_path):
+def imagenet_on_the_miniweb(root: Path) -> dict:
+    """The customize/imagenet preset with its data and scale overridden to the tiny mini-web.
+
+    ViT-B/32's OpenAI weights, LAION on S3 and a 4096 batch cannot run here; what stays is what the
+    deployment says about the method (gated-image, the paper's lr and weight decay) and where it tracks.
+    """
+    tiny = tiny_config(root).model_dump(mode="json")
+    kept = {"training": ("mode", "lr", "weight_decay"), "tracking": ("experiment",)}
+    for section, fields in kept.items():
+        for field in fields:
+            tiny[section].pop(field)
+    return load_config(REPO / "deployments" / "imagenet.yaml", tiny).model_dump(mode="json")
+
+
+def _run_deployment(env, name: str, config: dict, worker_log: Path):
+    out = _prefect(env, "deployment", "run", name, "--params", json.dumps({"config": config}), "--watch", timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr + worker_log.read_text()[-4000:]
+    assert "Completed" in out.stdout, out.stdout
+
+
+def _customize_runs(root: Path, experiment: str):
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r}"
+    return client.search_runs([exp.experiment_id], filter_string="tags.`prefect.flow_name` = 'customize'")
+
+
+def test_deploy_all_and_run_demo_and_imagenet_on_a_process_worker(prefect_server, tmp_path):
     env = prefect_server
     out = _prefect(env, "work-pool", "create", "react-process", "--type", "process")
     assert out.returncode == 0, out.stdout + out.stderr
     out = _prefect(env, "--no-prompt", "deploy", "--all")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "customize/demo" in out.stdout and "customize/tiny" in out.stdout
+    for name in ("customize/demo", "customize/tiny", "customize/imagenet"):
+        assert name in out.stdout, out.stdout
 
-    worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+    log_path = tmp_path / "worker.log"
+    worker_log = open(log_path, "wb")  # noqa: SIM115
     worker = subprocess.Popen(
         [BIN / "prefect", "worker", "start", "--pool", "react-process", "--type", "process"],
         env=env,
@@ -91,21 +121,12 @@ def test_deploy_all_and_run_tiny_on_a_process_worker(prefect_server, tmp_path):
         stdout=worker_log,
         stderr=subprocess.STDOUT,
     )
+    root = tmp_path / "artifacts"
+    imagenet = imagenet_on_the_miniweb(root)
     try:
-        root = tmp_path / "artifacts"
-        config = tiny_config(root).model_dump(mode="json")
-        out = _prefect(
-            env,
-            "deployment",
-            "run",
-            "customize/tiny",
-            "--params",
-            json.dumps({"config": config}),
-            "--watch",
-            timeout=600,
-        )
-        assert out.returncode == 0, out.stdout + out.stderr + (tmp_path / "worker.log").read_text()[-4000:]
-        assert "Completed" in out.stdout
+        _run_deployment(env, "customize/demo", tiny_config(root).model_dump(mode="json"), log_path)
+        # Same root: the world, base model and knowledge-base stages come from the first run's cache.
+        _run_deployment(env, "customize/imagenet", imagenet, log_path)
     finally:
         worker.send_signal(signal.SIGINT)  # the worker stops on SIGINT, not SIGTERM
         try:
@@ -114,8 +135,8 @@ def test_deploy_all_and_run_tiny_on_a_process_worker(prefect_server, tmp_path):
             worker.kill()
         worker_log.close()
 
-    assert any((root / "evaluate").glob("*/_SUCCESS")), "the flow ran but wrote no evaluation"
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    exp = client.get_experiment_by_name("react-tiny")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`prefect.flow_name` = 'customize'")
-    assert len(runs) == 1 and runs[0].data.tags["prefect.flow_run_id"]
+    assert len(list((root / "evaluate").glob("*/_SUCCESS"))) == 2, "one evaluation per run (different training)"
+    for experiment in ("react-tiny", "react-imagenet"):
+        runs = _customize_runs(root, experiment)
+        assert len(runs) == 1 and runs[0].data.tags["prefect.flow_run_id"], experiment
+    assert imagenet["training"]["lr"] == 5e-4 and imagenet["training"]["mode"] == "gated-image"
