@@ -146,18 +146,70 @@ class DownloadConfig(_Section):
     image_size: int = Field(32, ge=8)
 
 
+class AugmentConfig(_Section):
+    """Training-time augmentation (the upstream recipe): random resized crop, flip, RandAugment."""
+
+    enabled: bool = True
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip: float = Field(0.5, ge=0, le=1)
+    randaugment_ops: int = Field(2, ge=0, description="RandAugment's N; 0 disables RandAugment")
+    randaugment_magnitude: int = Field(9, ge=0, le=30)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"crop_scale {list(v)} must satisfy 0 < low <= high <= 1, e.g. [0.08, 1.0]")
+        return v
+
+
+class DistributedConfig(_Section):
+    """How training is launched: one process, or ``torchrun`` with these rendezvous arguments."""
+
+    nproc_per_node: int = Field(1, ge=1, description="processes on this node (GPUs, or CPU processes with gloo)")
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0)
+    rdzv_endpoint: str = Field("127.0.0.1:29500", description="host:port of the rendezvous (node 0)")
+    rdzv_id: str = "react"
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl on GPUs, gloo on CPUs")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+
+# Fields that change how training runs, not what it computes: left out of the train stage's version,
+# so that resuming with more workers, another checkpoint interval or torch.compile finds the same stage.
+OPERATIONAL_TRAINING_FIELDS = frozenset(
+    {"checkpoint_every", "keep_checkpoints", "resume", "num_workers", "log_every", "compile", "grad_checkpointing",
+     "distributed"}
+)  # fmt: skip
+
+
 class TrainingConfig(_Section):
     mode: Literal["gated-image", "locked-text"] = "gated-image"
     gated_layers: int = Field(6, ge=1, description="insert gated blocks before each of the last k image blocks")
-    loss: Literal["clip", "unicl"] = "clip"
-    batch_size: int = Field(256, ge=2)
+    loss: Literal["clip", "unicl"] = Field("clip", description="unicl: pairs retrieved for one class are positives")
+    batch_size: int = Field(256, ge=2, description="global batch, over all processes")
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int = Field(5000, ge=0)
     epochs: int = Field(32, ge=1)
     seed: int = 0
     precision: Literal["fp32", "bf16", "amp", "amp_bf16"] = "amp_bf16"
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     grad_checkpointing: bool = False
+    compile: bool = Field(False, description="torch.compile the image tower")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes per training process")
+    log_every: int = Field(10, ge=1, description="steps between logged metrics")
+    checkpoint_every: int = Field(1000, ge=0, description="steps between checkpoints; 0: only at the end")
+    keep_checkpoints: int = Field(3, ge=1)
+    resume: Literal["latest", "none"] = Field("latest", description="latest: continue from the newest checkpoint")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    def recipe(self) -> dict[str, Any]:
+        """What the trained weights depend on (the train stage's version)."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in OPERATIONAL_TRAINING_FIELDS}
 
 
 class EvaluationConfig(_Section):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +52,15 @@ def load_pairs(
     Returns:
         images (N, 3, H, W) uint8, captions, keys.
     """
-    images, captions, keys = [], [], []
+    images, captions, keys, _ = load_labelled_pairs(storage, shard_uris, image_size, max_samples)
+    return images, captions, keys
+
+
+def load_labelled_pairs(
+    storage: Storage, shard_uris: Sequence[str], image_size: int, max_samples: int | None = None
+) -> tuple[torch.Tensor, list[str], list[str], torch.Tensor]:
+    """:func:`load_pairs` plus each pair's ``class_id`` from its JSON (the manifest's; -1 when absent)."""
+    images, captions, keys, class_ids = [], [], [], []
     for uri in shard_uris:
         for s in iter_shard(storage, uri):
             if "jpg" not in s or "txt" not in s:
@@ -59,6 +68,9 @@ def load_pairs(
             images.append(decode_image(s["jpg"], image_size))
             captions.append(s["txt"].decode("utf-8"))
             keys.append(s["__key__"])
+            meta = json.loads(s["json"]) if "json" in s else {}
+            cid = meta.get("class_id")
+            class_ids.append(int(cid) if isinstance(cid, (int, float)) and not math.isnan(cid) else -1)
             if max_samples is not None and len(images) >= max_samples:
                 break
         if max_samples is not None and len(images) >= max_samples:
@@ -66,7 +78,7 @@ def load_pairs(
     if not images:
         raise DatasetError(f"no image-caption pairs in {len(shard_uris)} shard(s) starting at {shard_uris[:1]}")
     arr = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
-    return arr, captions, keys
+    return arr, captions, keys, torch.tensor(class_ids, dtype=torch.int64)
 
 
 def normalize(images_u8: torch.Tensor, image_size: int | None = None) -> torch.Tensor:

@@ -140,10 +140,13 @@ def run_train(
     download_uri: str,
     tracker: Tracker | None = None,
 ) -> str:
-    stage = storage.stage("train", {"model": model.name, "training": training.model_dump(mode="json")},
+    # The version holds the recipe only: resuming with more processes or another checkpoint interval
+    # continues the same stage (react_core.config.OPERATIONAL_TRAINING_FIELDS).
+    stage = storage.stage("train", {"model": model.name, "training": training.recipe()},
                           {"download": download_uri, "checkpoint": checkpoint or ""})  # fmt: skip
     shards = downloaded_shards(storage, download_uri)
-    return customize(model.name, checkpoint, training, storage, shards, stage, tracker, progress=False)
+    return customize(model.name, checkpoint, training, storage, shards, stage, tracker, progress=False,
+                     download_uri=download_uri)  # fmt: skip
 
 
 def run_evaluate(

@@ -1,40 +1,39 @@
-"""REACT customization: train gated blocks (or the whole image tower) on retrieved pairs.
+"""REACT customization, as the train stage runs it: caption features once, then the trainer.
 
-The CLIP weights stay frozen in *gated-image* mode (only the gated blocks and ``logit_scale`` learn), so
-the customized model starts exactly equal to the base. Two savings come by design:
-
-* the text tower is frozen, so every caption's text feature is computed **once** before training
-  instead of at every step;
-* the layers before the first gated block see neither trainable weights nor inputs that need grad, so
-  autograd records nothing for them.
-
-This loop keeps the downloaded pairs in memory (the mini-web scale); issue #4 brings the streaming,
-distributed, resumable loop of the paper's scale.
+1. :func:`caption_features_stage`: the frozen text tower embeds every downloaded caption once; the
+   features are an artifact (``text-features/{version}/features.npy``, float16) keyed by the download
+   stage and the base checkpoint, so re-training with another recipe does not recompute them.
+2. :func:`launch`: one process runs :func:`react_core.training.trainer.train` in place; more run it
+   under ``torchrun`` (DDP) with the rendezvous arguments of ``training.distributed``.
+3. The gate values ``tanh(alpha)`` of every gated layer over training are plotted (the paper's Fig. 6).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import math
-import time
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
-from tqdm.auto import tqdm
 
 from react_core.config import TrainingConfig
-from react_core.data import load_pairs, normalize
-from react_core.evaluation.zeroshot import model_image_size
-from react_core.models import create_model, save_checkpoint
-from react_core.models.gated import add_gated_blocks, gate_values, gated_parameter_count, set_trainable
+from react_core.data import load_labelled_pairs
+from react_core.models import create_model
 from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker
-from react_core.training.optim import adamw, cosine_lr, set_lr
+from react_core.training.trainer import METRICS_FILE, TrainJob, train
 
 _logger = logging.getLogger(__name__)
+
+
+class TrainingLaunchError(RuntimeError):
+    """torchrun exited with an error; the message carries the command and the tail of its output."""
 
 
 @torch.no_grad()
@@ -42,13 +41,86 @@ def caption_features(
     model: torch.nn.Module, tokenizer: Any, captions: Sequence[str], batch_size: int = 1024
 ) -> torch.Tensor:
     """(N, D) normalised text features of every caption, computed once by the frozen text tower."""
+    model.eval()
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(captions), batch_size):
-        out.append(
-            F.normalize(model.encode_text(tokenizer(list(captions[i : i + batch_size])).to(device)).float(), dim=-1)
-        )
+        tokens = tokenizer(list(captions[i : i + batch_size])).to(device)
+        out.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
     return torch.cat(out)
+
+
+def caption_features_stage(
+    storage: Storage, model_name: str, checkpoint: str | None, download_uri: str, shards: Sequence[str]
+) -> str:
+    """URI of ``features.npy``: the captions' text features in shard order (computed once per dataset)."""
+    stage = storage.stage(
+        "text-features", {"model": model_name}, {"download": download_uri, "checkpoint": checkpoint or ""}
+    )
+    uri = stage.file("features.npy")
+    if stage.done:
+        return uri
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = create_model(model_name, checkpoint, storage, device=device)
+    _, captions, keys, _ = load_labelled_pairs(storage, shards, 8)  # images are not needed: smallest decode
+    feats = caption_features(model, tokenizer, captions).numpy().astype(np.float16)
+    with storage.open(uri, "wb") as f:
+        np.save(f, feats)
+    stage.complete(counts={"captions": len(captions), "dim": int(feats.shape[1])}, first_key=keys[0])
+    return uri
+
+
+def launch(job: TrainJob, storage: Storage, tracker: Tracker, progress: bool) -> dict[str, Any]:
+    """Run the trainer in this process, or under ``torchrun`` when ``training.distributed`` asks for more."""
+    cfg = job.cfg
+    dcfg = cfg.distributed
+    if dcfg.world_size == 1:
+        return train(job, log=tracker.log_metrics, progress=progress)
+    job_uri = storage.write_bytes(join(job.stage_uri, "job.json"), job.to_json().encode())
+    rendezvous = (
+        ["--standalone"]
+        if dcfg.nnodes == 1
+        else ["--nnodes", str(dcfg.nnodes), "--node_rank", str(dcfg.node_rank), "--rdzv_backend", "c10d",
+              "--rdzv_endpoint", dcfg.rdzv_endpoint, "--rdzv_id", dcfg.rdzv_id]
+    )  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc_per_node", str(dcfg.nproc_per_node),
+           "-m", "react_core.training.worker", job_uri, json.dumps(dict(storage.options or {}))]  # fmt: skip
+    _logger.info("launching: %s", " ".join(cmd))
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // dcfg.nproc_per_node))),
+    }
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        raise TrainingLaunchError(f"torchrun exited with {proc.returncode}: {' '.join(cmd)}\n{tail}")
+    for row in storage.read_json(join(job.stage_uri, METRICS_FILE)):
+        step = int(row.pop("step"))
+        tracker.log_metrics(row, step=step)
+    return storage.read_json(join(job.stage_uri, "model.json"))
+
+
+def plot_gates(history: list[dict[str, float]]):
+    """``tanh(alpha)`` of each gated layer over training steps: attention and MLP gates side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    steps = [r["step"] for r in history]
+    for ax, kind in zip(axes, ("attn", "dense"), strict=True):
+        keys = sorted((k for k in (history[0] if history else {}) if k.startswith(f"gate/{kind}/")),
+                      key=lambda k: int(k.rsplit("/", 1)[1]))  # fmt: skip
+        for k in keys:
+            ax.plot(steps, [r[k] for r in history], label=f"layer {k.rsplit('/', 1)[1]}")
+        ax.set_title(f"tanh(alpha_{kind})")
+        ax.set_xlabel("step")
+        ax.axhline(0, color="grey", lw=0.5)
+    axes[0].set_ylabel("gate value")
+    axes[1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
 
 
 def customize(
@@ -60,77 +132,37 @@ def customize(
     stage: Stage,
     tracker: Tracker | None = None,
     progress: bool = True,
+    download_uri: str | None = None,
 ) -> str:
-    """Train on the pairs in ``shard_uris``; writes ``model.pt`` (+ ``model.json``) into ``stage``."""
+    """Train on the pairs in ``shard_uris``; writes ``model.pt`` (+ ``model.json``, ``gates.png``) into ``stage``."""
     if stage.done:
         return stage.uri
     tracker = tracker or NullTracker()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(cfg.seed)
-    model, tokenizer = create_model(model_name, base_checkpoint, storage, device=device)
-    gated = add_gated_blocks(model, cfg.gated_layers) if cfg.mode == "gated-image" else []
-    n_trainable = set_trainable(model, cfg.mode)
-    image_size = model_image_size(model)
-    images, captions, _ = load_pairs(storage, shard_uris, image_size)
-    model.eval()  # frozen parts behave as at inference (no dropout); gated blocks have none
-    text = caption_features(model, tokenizer, captions)  # (N, D), once
-    n = len(captions)
-    batch = min(cfg.batch_size, n)
-    steps_per_epoch = max(1, n // batch)
-    total = steps_per_epoch * cfg.epochs
-    opt = adamw(model.named_parameters(), cfg.lr, cfg.weight_decay)
-    loss_fn = ClipLoss()
-    use_amp = device == "cuda" and cfg.precision in ("amp_bf16", "bf16")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    tracker.log_metrics({"train/pairs": n, "train/trainable_params": n_trainable})
-    t0, step, loss_val = time.time(), 0, float("nan")
-    bar = tqdm(total=total, desc=f"customize ({cfg.mode})", unit="step", disable=not progress)
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(n, generator=gen)
-        for b in range(steps_per_epoch):
-            idx = perm[b * batch : (b + 1) * batch]
-            lr = cosine_lr(step, cfg.lr, cfg.warmup_steps, total)
-            set_lr(opt, lr)
-            x = normalize(images[idx].to(device), image_size)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                img = F.normalize(model.encode_image(x).float(), dim=-1)  # (B, D)
-            loss = loss_fn(img, text[idx.to(device)], model.logit_scale.exp())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            step += 1
-            loss_val = float(loss.detach())
-            bar.update(1)
-            if step % 10 == 0 or step == total:
-                metrics = {
-                    "train/loss": loss_val,
-                    "train/lr": lr,
-                    "train/samples_per_s": step * batch / (time.time() - t0),
-                }
-                for i, (ga, gd) in gate_values(model).items():
-                    metrics[f"gate/attn/{i}"], metrics[f"gate/dense/{i}"] = ga, gd
-                tracker.log_metrics(metrics, step=step)
-                bar.set_postfix(loss=f"{loss_val:.3f}")
-    bar.close()
-    wall = time.time() - t0
-    info = {
-        "model": model_name,
-        "base_checkpoint": base_checkpoint,
-        "training": cfg.model_dump(mode="json"),
-        "gated_layers": gated,
-        "gated_params": gated_parameter_count(model) if gated else 0,
-        "trainable_params": n_trainable,
-        "gates": {str(i): v for i, v in gate_values(model).items()},
-        "pairs": n,
-        "steps": total,
-        "final_loss": loss_val,
-        "wall_s": round(wall, 1),
-    }
-    save_checkpoint(model.cpu(), storage, stage.file("model.pt"), info)
+    text = caption_features_stage(storage, model_name, base_checkpoint, download_uri or stage.uri, shard_uris)
+    job = TrainJob(
+        model_name=model_name,
+        base_checkpoint=base_checkpoint,
+        training=cfg.model_dump(mode="json"),
+        storage_root=storage.root,
+        storage_options=dict(storage.options or {}),
+        shards=list(shard_uris),
+        text_features=text,
+        stage_uri=stage.uri,
+    )
+    summary = launch(job, storage, tracker, progress)
+    tracker.log_metrics({"train/pairs": summary["pairs"], "train/trainable_params": summary["trainable_params"]})
+    history = storage.read_json(join(stage.uri, METRICS_FILE))
+    if summary.get("gated_layers") and history:
+        import matplotlib.pyplot as plt
+
+        fig = plot_gates(history)
+        with storage.open(stage.file("gates.png"), "wb") as f:
+            fig.savefig(f, format="png", dpi=110)
+        tracker.log_figure(fig, "gates.png")
+        plt.close(fig)
     return stage.complete(
-        counts={"pairs": n, "steps": total}, metrics={"final_loss": loss_val, "wall_s": info["wall_s"]}
+        counts={"pairs": summary["pairs"], "steps": summary["steps"]},
+        metrics={"final_loss": summary["final_loss"], "wall_s": summary["wall_s"]},
     )
 
 

@@ -1,0 +1,352 @@
+"""The customization trainer: gated-image or locked-text training of a CLIP image tower.
+
+One function, :func:`train`, runs in every training process: alone, or as one rank of ``torchrun``
+(DDP; gloo on CPUs, NCCL on GPUs). What makes it cheap and exact:
+
+* **No text tower.** It is frozen, so the captions' features are computed once per dataset
+  (:func:`react_core.training.customize.caption_features_stage`) and training holds only the image
+  tower and ``logit_scale``; the text weights are not even in memory.
+* **No autograd before the first gated block** (gated-image): those layers have no trainable weight and
+  their input needs no grad, so autograd records nothing there; no gradient checkpointing is needed.
+* **Deterministic data order**: the permutation of epoch ``e`` is a function of (seed, e), each
+  sample's augmentation a function of (seed, e, sample), and the global batch is split evenly over
+  ranks. A run resumed at step s sees exactly the batches an uninterrupted run sees, and N processes
+  see the same global batches as one.
+* **Checkpoints** every ``checkpoint_every`` steps (trainable weights + optimiser), atomic, last N kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from react_core.config import AugmentConfig, TrainingConfig
+from react_core.data import DatasetError, load_labelled_pairs, normalize
+from react_core.models import create_model, save_checkpoint
+from react_core.models.gated import add_gated_blocks, gate_values, gated_parameter_count, set_trainable
+from react_core.storage import Storage, join
+from react_core.training import checkpoints
+from react_core.training.losses import contrastive_loss
+from react_core.training.optim import adamw, cosine_lr, set_lr
+
+_logger = logging.getLogger(__name__)
+
+METRICS_FILE = "train_metrics.json"
+
+
+@dataclass
+class TrainJob:
+    """Everything a training process needs; JSON-serialisable, so ``torchrun`` workers can read it."""
+
+    model_name: str
+    base_checkpoint: str | None
+    training: dict[str, Any]
+    storage_root: str
+    storage_options: dict[str, Any]
+    shards: list[str]
+    text_features: str  # URI of the caption-features .npy (float16, rows in shard order)
+    stage_uri: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cfg(self) -> TrainingConfig:
+        return TrainingConfig.model_validate(self.training)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainJob:
+        return cls(**json.loads(text))
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+class RankBatches(Sampler[list[tuple[int, int]]]):
+    """This rank's share of every global batch, from ``start_step`` on: lists of (epoch, sample index)."""
+
+    def __init__(self, n: int, global_batch: int, epochs: int, seed: int, rank: int, world: int, start_step: int):
+        self.n, self.batch, self.epochs, self.seed = n, global_batch, epochs, seed
+        self.rank, self.world, self.start = rank, world, start_step
+        self.steps_per_epoch = n // global_batch
+        self.local = global_batch // world
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch * self.epochs - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.steps_per_epoch * self.epochs):
+            epoch, b = divmod(step, self.steps_per_epoch)
+            perm = epoch_permutation(self.n, self.seed, epoch)  # cheap next to a training step
+            lo = b * self.batch + self.rank * self.local
+            yield [(epoch, int(i)) for i in perm[lo : lo + self.local]]
+
+
+def build_augment(cfg: AugmentConfig, image_size: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """uint8 (3, H, W) -> uint8 (3, S, S): random resized crop, horizontal flip, RandAugment."""
+    if not cfg.enabled:
+        return None
+    from torchvision.transforms import v2
+
+    ops: list[Any] = [v2.RandomResizedCrop(image_size, scale=tuple(cfg.crop_scale), antialias=True)]
+    if cfg.hflip > 0:
+        ops.append(v2.RandomHorizontalFlip(cfg.hflip))
+    if cfg.randaugment_ops > 0:
+        ops.append(v2.RandAugment(num_ops=cfg.randaugment_ops, magnitude=cfg.randaugment_magnitude))
+    return v2.Compose(ops)
+
+
+class PairDataset(Dataset):
+    """Retrieved pairs in memory; item (epoch, i) -> (uint8 image, caption feature, class id)."""
+
+    def __init__(self, images: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, augment, seed: int):
+        self.images, self.text, self.labels, self.augment, self.seed = images, text, labels, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: tuple[int, int]):
+        epoch, i = item
+        img = self.images[i]
+        if self.augment is not None:
+            with torch.random.fork_rng(devices=[]):  # the same crop for (seed, epoch, i), in any process
+                torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
+                img = self.augment(img)
+        return img, self.text[i], self.labels[i]
+
+
+# -- model ------------------------------------------------------------------------------------------
+
+
+class ImageTower(nn.Module):
+    """What customization trains and runs: the image tower and ``logit_scale`` of a CLIP model."""
+
+    def __init__(self, visual: nn.Module, logit_scale: nn.Parameter) -> None:
+        super().__init__()
+        self.visual = visual
+        self.logit_scale = logit_scale
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.normalize(self.visual(x).float(), dim=-1), self.logit_scale.exp()
+
+
+def build_tower(job: TrainJob, device: str) -> tuple[ImageTower, list[int], int]:
+    """The base model's image tower with gated blocks added and the mode's trainable parameters."""
+    cfg = job.cfg
+    storage = Storage(job.storage_root, job.storage_options)
+    torch.manual_seed(cfg.seed)  # the gated blocks' initial weights: the same in every process
+    model, _ = create_model(job.model_name, job.base_checkpoint, storage)
+    gated = add_gated_blocks(model, cfg.gated_layers) if cfg.mode == "gated-image" else []
+    n_trainable = set_trainable(model, cfg.mode)
+    tower = ImageTower(model.visual, model.logit_scale).to(device)
+    del model  # the text tower's weights go with it
+    if cfg.grad_checkpointing:
+        tower.visual.set_grad_checkpointing(True)
+    return tower, gated, n_trainable
+
+
+def trainable_state(tower: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in tower.named_parameters() if p.requires_grad}
+
+
+def full_state_dict(job: TrainJob, tower: ImageTower) -> nn.Module:
+    """The whole CLIP model (text tower from the base) with the trained image tower: open_clip's layout."""
+    cfg = job.cfg
+    model, _ = create_model(job.model_name, job.base_checkpoint, Storage(job.storage_root, job.storage_options))
+    if cfg.mode == "gated-image":
+        add_gated_blocks(model, cfg.gated_layers)
+    model.visual.load_state_dict({k: v.cpu() for k, v in tower.visual.state_dict().items()})
+    with torch.no_grad():
+        model.logit_scale.copy_(tower.logit_scale.detach().cpu())
+    return model
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+
+def _dist_env() -> tuple[int, int, int]:
+    return (
+        int(os.environ.get("RANK", "0")),
+        int(os.environ.get("WORLD_SIZE", "1")),
+        int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def train(
+    job: TrainJob,
+    log: Callable[[dict[str, float], int], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train; rank 0 writes ``model.pt``, ``model.json`` and ``train_metrics.json`` into the stage folder.
+
+    Args:
+        job: the model, data and config.
+        log: receives ``(metrics, step)`` on rank 0 as training goes (a tracker's ``log_metrics``).
+        on_step: called with the number of finished steps after each step (tests stop training here).
+        progress: show a progress bar (rank 0).
+
+    Returns:
+        A summary (rank 0; other ranks return an empty dict).
+    """
+    cfg = job.cfg
+    rank, world, local_rank = _dist_env()
+    if world != cfg.distributed.world_size and world > 1:
+        _logger.warning("running %d processes while training.distributed says %d", world, cfg.distributed.world_size)
+    if cfg.batch_size % world:
+        raise ValueError(
+            f"training.batch_size={cfg.batch_size} is not divisible by the {world} processes; "
+            f"fix: a multiple of {world}"
+        )
+    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+    if world > 1 and not dist.is_initialized():
+        backend = cfg.distributed.backend
+        dist.init_process_group(("nccl" if device.startswith("cuda") else "gloo") if backend == "auto" else backend)
+    storage = Storage(job.storage_root, job.storage_options)
+
+    tower, gated, n_trainable = build_tower(job, device)
+    image_size = _image_size(tower)
+    images, _, keys, labels = load_labelled_pairs(storage, job.shards, image_size)
+    text = torch.from_numpy(
+        np.load(storage.open(job.text_features, "rb")).astype(np.float32)  # (N, D)
+    )
+    if len(text) != len(images):
+        raise DatasetError(
+            f"{job.text_features} has {len(text)} caption features for {len(images)} pairs; "
+            "fix: delete that stage so it is recomputed"
+        )
+    n = len(images)
+    global_batch = min(cfg.batch_size, n - n % world)
+    if global_batch < world:
+        raise DatasetError(f"{n} training pairs cannot make a batch over {world} processes")
+    steps_per_epoch = n // global_batch
+    total = steps_per_epoch * cfg.epochs
+
+    opt = adamw(tower.named_parameters(), cfg.lr, cfg.weight_decay)
+    start, history = 0, []
+    if cfg.resume == "latest" and (ckpt := checkpoints.load_latest(storage, job.stage_uri)) is not None:
+        own = dict(tower.named_parameters())
+        with torch.no_grad():
+            for name, value in ckpt["trainable"].items():
+                own[name].copy_(value)
+        opt.load_state_dict(ckpt["optimizer"])
+        start = int(ckpt["step"])
+        history = list(ckpt.get("history", []))
+    model: nn.Module = tower
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(tower, device_ids=[local_rank] if device != "cpu" else None)
+    if cfg.compile:
+        model = torch.compile(model)
+
+    augment = build_augment(cfg.augment, image_size)
+    loader = DataLoader(
+        PairDataset(images, text, labels, augment, cfg.seed),
+        batch_sampler=RankBatches(n, global_batch, cfg.epochs, cfg.seed, rank, world, start),
+        num_workers=cfg.num_workers,
+        pin_memory=device != "cpu",
+        persistent_workers=False,
+    )
+    use_amp = device != "cpu" and cfg.precision in ("amp_bf16", "bf16", "amp")
+    amp_dtype = torch.float16 if cfg.precision == "amp" else torch.bfloat16
+    if rank == 0:
+        _logger.info(
+            "training %s (%s, loss %s): %d pairs, global batch %d over %d process(es), steps %d..%d on %s",
+            job.model_name, cfg.mode, cfg.loss, n, global_batch, world, start, total, device,
+        )  # fmt: skip
+    bar = tqdm(
+        total=total, initial=start, desc=f"customize ({cfg.mode})", unit="step", disable=rank != 0 or not progress
+    )
+    t0, seen, step, loss_val = time.time(), 0, start, float("nan")
+    tower.visual.eval()  # frozen parts behave as at inference; the gated blocks have no dropout
+    for x_u8, t, y in loader:
+        lr = cosine_lr(step, cfg.lr, cfg.warmup_steps, total)
+        set_lr(opt, lr)
+        x = normalize(x_u8.to(device, non_blocking=True), image_size)
+        with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
+            img, scale = model(x)
+        loss = contrastive_loss(img, t.to(device), scale, y.to(device), cfg.loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            tower.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        seen += global_batch
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == total:
+            loss_t = loss.detach().clone()
+            if world > 1:
+                dist.all_reduce(loss_t)
+                loss_t /= world
+            loss_val = float(loss_t)
+            if rank == 0:
+                metrics = {"train/loss": loss_val, "train/lr": lr, "train/samples_per_s": seen / (time.time() - t0),
+                           "train/logit_scale": float(scale.detach())}  # fmt: skip
+                for i, (ga, gd) in gate_values(tower).items():
+                    metrics[f"gate/attn/{i}"], metrics[f"gate/dense/{i}"] = ga, gd
+                history.append({"step": step, **metrics})
+                if log is not None:
+                    log(metrics, step)
+                bar.set_postfix(loss=f"{loss_val:.3f}")
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+            if rank == 0:
+                checkpoints.save(storage, job.stage_uri, step,
+                                 {"trainable": trainable_state(tower), "optimizer": opt.state_dict(),
+                                  "recipe": cfg.recipe(), "history": history}, cfg.keep_checkpoints)  # fmt: skip
+            if world > 1:
+                dist.barrier()
+        if on_step is not None:
+            on_step(step)
+    bar.close()
+    wall = time.time() - t0
+    summary: dict[str, Any] = {}
+    if rank == 0:
+        summary = {
+            "model": job.model_name,
+            "base_checkpoint": job.base_checkpoint,
+            "training": cfg.model_dump(mode="json"),
+            "gated_layers": gated,
+            "gated_params": gated_parameter_count(tower) if gated else 0,
+            "trainable_params": n_trainable,
+            "gates": {str(i): v for i, v in gate_values(tower).items()},
+            "pairs": n,
+            "global_batch": global_batch,
+            "processes": world,
+            "steps": total,
+            "resumed_from_step": start,
+            "final_loss": loss_val,
+            "wall_s": round(wall, 1),
+            "samples_per_s": round(seen / wall, 1) if wall > 0 else None,
+            "keys_first": keys[:1],
+        }
+        save_checkpoint(full_state_dict(job, tower), storage, join(job.stage_uri, "model.pt"), summary)
+        storage.write_json(join(job.stage_uri, METRICS_FILE), history)
+    if world > 1:
+        dist.barrier()
+    return summary
+
+
+def _image_size(tower: ImageTower) -> int:
+    size = tower.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
