@@ -92,3 +92,21 @@ def test_relative_storage_root_becomes_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_config(overrides=["storage.root=./here"]).storage.root == str(tmp_path / "here")
     assert load_config(overrides=["storage.root=s3://b/x"]).storage.root == "s3://b/x"
+
+
+def test_training_recipe_leaves_out_how_training_runs():
+    from react_core.config import OPERATIONAL_TRAINING_FIELDS, TrainingConfig
+
+    a = TrainingConfig()
+    b = TrainingConfig(num_workers=8, checkpoint_every=50, compile=True, distributed={"nproc_per_node": 4})
+    assert a.recipe() == b.recipe()  # resuming with more processes continues the same train stage
+    assert TrainingConfig(lr=1e-3).recipe() != a.recipe()
+    assert TrainingConfig(augment={"enabled": False}).recipe() != a.recipe()
+    assert OPERATIONAL_TRAINING_FIELDS < set(TrainingConfig.model_fields)
+
+
+def test_augment_crop_scale_is_checked():
+    from react_core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="crop_scale"):
+        load_config(None, ["training.augment.crop_scale=[0.9, 0.1]"])
