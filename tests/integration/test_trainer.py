@@ -1,6 +1,7 @@
 """The trainer's guarantees: exact resume, N processes = one process, checkpoints kept and skipped."""
 
 import logging
+import shutil
 
 import pytest
 import torch
@@ -97,3 +98,30 @@ def test_two_gloo_processes_train_the_weights_of_one_process(tiny_chain):
     moved = max(float((a[k] - load_state_dict(single.base_checkpoint).get(k, torch.zeros_like(a[k]))).abs().max())
                 for k in a if "gated_attn_block" in k and "alpha" in k)  # fmt: skip
     assert moved > 10 * worst, "training moved the gates far more than the two runs differ"
+
+
+def test_locked_text_trains_the_image_tower_and_keeps_the_text_tower(tiny_chain):
+    job = _job(tiny_chain, "locked", mode="locked-text", lr=1e-4, epochs=1, loss="clip")
+    summary = train(job, progress=False)
+    assert summary["gated_layers"] == [] and summary["trainable_params"] > 0
+    base = load_state_dict(job.base_checkpoint)
+    tuned = load_state_dict(join(job.stage_uri, "model.pt"))
+    assert tuned.keys() == base.keys()  # no gated blocks in this mode
+    text_keys = [k for k in base if not k.startswith("visual.") and k != "logit_scale"]
+    assert text_keys and all(torch.equal(base[k], tuned[k]) for k in text_keys), "the text tower changed"
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("visual.")), "nothing trained"
+
+
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler"
+)
+def test_compiled_training_matches_eager(tiny_chain):
+    """training.compile: torch.compile of the image tower (inductor, CPU) gives the eager run's weights."""
+    eager = _job(tiny_chain, "eager", epochs=1, augment=AugmentConfig(enabled=False))
+    compiled = _job(tiny_chain, "compiled", epochs=1, augment=AugmentConfig(enabled=False), compile=True)
+    train(eager, progress=False)
+    train(compiled, progress=False)
+    a = load_state_dict(join(eager.stage_uri, "model.pt"))
+    b = load_state_dict(join(compiled.stage_uri, "model.pt"))
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 1e-4, f"compiled and eager weights differ by {worst:.2e}"
