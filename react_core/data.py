@@ -56,6 +56,21 @@ def load_pairs(
     return images, captions, keys
 
 
+def _is_pair(sample: dict[str, Any]) -> bool:
+    return "jpg" in sample and "txt" in sample
+
+
+def load_captions(storage: Storage, shard_uris: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Captions and keys of the pairs :func:`load_pairs` would return, in the same order, without decoding images."""
+    captions, keys = [], []
+    for uri in shard_uris:
+        for s in iter_shard(storage, uri):
+            if _is_pair(s):
+                captions.append(s["txt"].decode("utf-8"))
+                keys.append(s["__key__"])
+    return captions, keys
+
+
 def load_labelled_pairs(
     storage: Storage, shard_uris: Sequence[str], image_size: int, max_samples: int | None = None
 ) -> tuple[torch.Tensor, list[str], list[str], torch.Tensor]:
@@ -63,7 +78,7 @@ def load_labelled_pairs(
     images, captions, keys, class_ids = [], [], [], []
     for uri in shard_uris:
         for s in iter_shard(storage, uri):
-            if "jpg" not in s or "txt" not in s:
+            if not _is_pair(s):
                 continue
             images.append(decode_image(s["jpg"], image_size))
             captions.append(s["txt"].decode("utf-8"))

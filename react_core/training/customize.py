@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from react_core.config import TrainingConfig
-from react_core.data import load_labelled_pairs
+from react_core.data import load_captions
+from react_core.knowledge.retrieve import embed_prompts
 from react_core.models import create_model
 from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker
@@ -34,20 +34,6 @@ _logger = logging.getLogger(__name__)
 
 class TrainingLaunchError(RuntimeError):
     """torchrun exited with an error; the message carries the command and the tail of its output."""
-
-
-@torch.no_grad()
-def caption_features(
-    model: torch.nn.Module, tokenizer: Any, captions: Sequence[str], batch_size: int = 1024
-) -> torch.Tensor:
-    """(N, D) normalised text features of every caption, computed once by the frozen text tower."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(captions), batch_size):
-        tokens = tokenizer(list(captions[i : i + batch_size])).to(device)
-        out.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
-    return torch.cat(out)
 
 
 def caption_features_stage(
@@ -62,8 +48,8 @@ def caption_features_stage(
         return uri
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = create_model(model_name, checkpoint, storage, device=device)
-    _, captions, keys, _ = load_labelled_pairs(storage, shards, 8)  # images are not needed: smallest decode
-    feats = caption_features(model, tokenizer, captions).numpy().astype(np.float16)
+    captions, keys = load_captions(storage, shards)
+    feats = embed_prompts(model, tokenizer, captions).astype(np.float16)
     with storage.open(uri, "wb") as f:
         np.save(f, feats)
     stage.complete(counts={"captions": len(captions), "dim": int(feats.shape[1])}, first_key=keys[0])

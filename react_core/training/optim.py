@@ -31,6 +31,15 @@ def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * base_lr
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, logit_scale: torch.nn.Parameter) -> None:
+    """Backward, step, then clamp the (log) logit scale to [0, ln 100] as CLIP does."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        logit_scale.clamp_(0, math.log(100))
+
+
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for g in opt.param_groups:
         g["lr"] = lr

@@ -8,7 +8,6 @@ model that saw the target concepts plentifully, the ceiling that customization h
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
@@ -24,7 +23,7 @@ from react_core.miniweb.generate import TASK_NAMES
 from react_core.models import model_config, save_checkpoint
 from react_core.storage import Storage, join
 from react_core.tracking import NullTracker, Tracker
-from react_core.training.optim import adamw, cosine_lr, set_lr
+from react_core.training.optim import adamw, cosine_lr, optimizer_step, set_lr
 
 _logger = logging.getLogger(__name__)
 
@@ -72,11 +71,7 @@ def pretrain_base(
             set_lr(opt, lr)
             img_f, txt_f, scale = model(normalize(images[idx], image_size), tokens[idx])[:3]
             loss = loss_fn(img_f, txt_f, scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
+            optimizer_step(opt, loss, model.logit_scale)
             step += 1
             seen += len(idx)
             loss_val = float(loss.detach())

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -36,12 +35,13 @@ from tqdm.auto import tqdm
 
 from react_core.config import AugmentConfig, TrainingConfig
 from react_core.data import DatasetError, load_labelled_pairs, normalize
+from react_core.evaluation.zeroshot import model_image_size
 from react_core.models import create_model, save_checkpoint
 from react_core.models.gated import add_gated_blocks, gate_values, gated_parameter_count, set_trainable
 from react_core.storage import Storage, join
 from react_core.training import checkpoints
 from react_core.training.losses import contrastive_loss
-from react_core.training.optim import adamw, cosine_lr, set_lr
+from react_core.training.optim import adamw, cosine_lr, optimizer_step, set_lr
 
 _logger = logging.getLogger(__name__)
 
@@ -94,9 +94,11 @@ class RankBatches(Sampler[list[tuple[int, int]]]):
         return self.steps_per_epoch * self.epochs - self.start
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        perm_epoch, perm = -1, None
         for step in range(self.start, self.steps_per_epoch * self.epochs):
             epoch, b = divmod(step, self.steps_per_epoch)
-            perm = epoch_permutation(self.n, self.seed, epoch)  # cheap next to a training step
+            if epoch != perm_epoch:  # once per epoch: at 10M pairs a permutation is not free
+                perm_epoch, perm = epoch, epoch_permutation(self.n, self.seed, epoch)
             lo = b * self.batch + self.rank * self.local
             yield [(epoch, int(i)) for i in perm[lo : lo + self.local]]
 
@@ -226,8 +228,8 @@ def train(
     storage = Storage(job.storage_root, job.storage_options)
 
     tower, gated, n_trainable = build_tower(job, device)
-    image_size = _image_size(tower)
-    images, _, keys, labels = load_labelled_pairs(storage, job.shards, image_size)
+    image_size = model_image_size(tower)
+    images, _, _, labels = load_labelled_pairs(storage, job.shards, image_size)
     text = torch.from_numpy(
         np.load(storage.open(job.text_features, "rb")).astype(np.float32)  # (N, D)
     )
@@ -286,11 +288,7 @@ def train(
         with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
             img, scale = model(x)
         loss = contrastive_loss(img, t.to(device), scale, y.to(device), cfg.loss)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            tower.logit_scale.clamp_(0, math.log(100))
+        optimizer_step(opt, loss, tower.logit_scale)
         step += 1
         seen += global_batch
         bar.update(1)
@@ -338,15 +336,9 @@ def train(
             "final_loss": loss_val,
             "wall_s": round(wall, 1),
             "samples_per_s": round(seen / wall, 1) if wall > 0 else None,
-            "keys_first": keys[:1],
         }
         save_checkpoint(full_state_dict(job, tower), storage, join(job.stage_uri, "model.pt"), summary)
         storage.write_json(join(job.stage_uri, METRICS_FILE), history)
     if world > 1:
         dist.barrier()
     return summary
-
-
-def _image_size(tower: ImageTower) -> int:
-    size = tower.visual.image_size
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
