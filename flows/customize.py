@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow, runtime
 
 from react_core.config import ReactConfig
+from react_core.training.customize import checkpoint_of
 from tasks import customize as t
 from tasks.world import generate_miniweb, pretrain_base_model, start_tracking
 
@@ -33,16 +34,10 @@ def customize(config: ReactConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     trained = t.train(
         config.storage, config.model, checkpoint, config.training, config.tracking, downloaded, parent_run_id=parent
     )
-    evaluated = t.evaluate(
-        config.storage,
-        config.model,
-        checkpoint,
-        trained,
-        config.evaluation,
-        config.tracking,
-        world,
-        parent_run_id=parent,
-    )
+    evaluated = t.evaluate_models(
+        config.storage, config.model, {"base": checkpoint, "customized": checkpoint_of(trained)}, config.evaluation,
+        config.tracking, world, parent_run_id=parent,
+    )  # fmt: skip
     return {
         "miniweb": world,
         "base": checkpoint,

@@ -212,10 +212,33 @@ class TrainingConfig(_Section):
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in OPERATIONAL_TRAINING_FIELDS}
 
 
+class LinearProbeConfig(_Section):
+    """Few-shot linear probe with the head initialised from the zero-shot classifier (ELEVATER's text init)."""
+
+    enabled: bool = False
+    shots: list[int] = Field(default_factory=lambda: [5, 20, 50], description="images per class")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    lrs: list[float] = Field(default_factory=lambda: [1e-3, 1e-2, 1e-1], description="learning-rate grid")
+    weight_decays: list[float] = Field(default_factory=lambda: [0.0, 1e-4, 1e-2], description="weight-decay grid")
+    steps: int = Field(200, ge=1, description="full-batch AdamW steps per head")
+    val_per_class: int = Field(4, ge=1, description="training images per class held out to pick lr / wd")
+    train_split: str = "train"
+
+
 class EvaluationConfig(_Section):
+    """Datasets to evaluate on, by name: ``miniweb-*``, ``imagenet-1k``, ELEVATER names, or a folder URI."""
+
     tasks: list[str] = Field(default_factory=lambda: ["miniweb-fine", "miniweb-coarse"])
+    data_root: str | None = Field(
+        None, description="folder holding datasets by name ({data_root}/{name}); not needed for the mini-web"
+    )
+    locations: dict[str, str] = Field(
+        default_factory=dict, description="dataset name -> its folder (overrides data_root)"
+    )
     batch_size: int = Field(256, ge=1)
-    split: Literal["test", "train"] = "test"
+    num_workers: int = Field(2, ge=0, description="image-decoding DataLoader workers")
+    split: str = "test"
+    linear_probe: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
 
 
 class TrackingConfig(_Section):

@@ -1,4 +1,4 @@
-"""Readers: webdataset shards and vision-datasets (ELEVATER) image-classification folders, over fsspec."""
+"""Training-data readers: webdataset shards of image-caption pairs, over fsspec (evaluation sets: react_core.evaluation.datasets)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from react_core.storage import Storage, StorageError, join
+from react_core.storage import Storage
 
 _logger = logging.getLogger(__name__)
 
@@ -102,66 +101,3 @@ def normalize(images_u8: torch.Tensor, image_size: int | None = None) -> torch.T
     if image_size is not None and x.shape[-1] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", align_corners=False).clamp_(0, 1)
     return (x - _MEAN.to(x.device)) / _STD.to(x.device)
-
-
-@dataclass
-class ClassificationSet:
-    """An image-classification split in memory."""
-
-    name: str
-    images: torch.Tensor  # (N, 3, H, W) uint8
-    labels: torch.Tensor  # (N,) int64
-    classnames: list[str]
-    templates: list[str]
-
-
-def load_ic_task(
-    storage: Storage, task_uri: str, split: str = "test", image_size: int | None = None
-) -> ClassificationSet:
-    """Read a vision-datasets (COCO-format) image-classification task folder.
-
-    The folder holds ``dataset_info.json`` (DatasetHub entry), ``{split}.json`` (COCO images /
-    annotations / categories, ids from 1), ``labels.txt`` and ``templates.json``.
-    """
-    info_uri = join(task_uri, "dataset_info.json")
-    try:
-        info = storage.read_json(info_uri)
-    except StorageError:
-        raise DatasetError(f"{info_uri} not found; fix: point at a vision-datasets task folder") from None
-    if split not in info:
-        raise DatasetError(
-            f"{info_uri} has no '{split}' split; it has: {[k for k in ('train', 'val', 'test') if k in info]}"
-        )
-    coco = storage.read_json(join(task_uri, info[split]["index_path"]))
-    cats = sorted(coco["categories"], key=lambda c: c["id"])
-    classnames = [c["name"] for c in cats]
-    cat_index = {c["id"]: i for i, c in enumerate(cats)}
-    label_of: dict[int, int] = {}
-    for a in coco["annotations"]:
-        if a["category_id"] not in cat_index:
-            raise DatasetError(
-                f"{task_uri}/{info[split]['index_path']}: annotation {a['id']} has category_id {a['category_id']}, "
-                f"not among the {len(cats)} categories; fix the annotation or the categories list"
-            )
-        label_of[a["image_id"]] = cat_index[a["category_id"]]
-    images, labels = [], []
-    for im in coco["images"]:
-        if im["id"] not in label_of:
-            continue
-        images.append(decode_image(storage.read_bytes(join(task_uri, im["file_name"])), image_size))
-        labels.append(label_of[im["id"]])
-    if not images:
-        raise DatasetError(
-            f"{task_uri}: split '{split}' has no labelled images; fix: check {info[split]['index_path']}"
-        )
-    try:
-        templates = json.loads(storage.read_bytes(join(task_uri, "templates.json")))
-    except StorageError:
-        templates = ["a photo of a {}."]
-    return ClassificationSet(
-        name=info.get("name", task_uri.rsplit("/", 1)[-1]),
-        images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-        labels=torch.tensor(labels, dtype=torch.long),
-        classnames=classnames,
-        templates=list(templates),
-    )

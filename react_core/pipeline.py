@@ -8,6 +8,7 @@ Prefect; the CLI, a notebook or another orchestrator can run the same sequence.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -21,8 +22,16 @@ from react_core.config import (
     RetrievalConfig,
     TrainingConfig,
 )
-from react_core.data import DatasetError, load_ic_task
-from react_core.evaluation.zeroshot import evaluate_zero_shot, model_image_size
+from react_core.evaluation.suite import (
+    comparison,
+    dataset_uri,
+    delta_figure,
+    evaluate_dataset,
+    figure_png,
+    markdown_table,
+    metrics_for,
+    report_rows,
+)
 from react_core.knowledge.download import download, downloaded_shards
 from react_core.knowledge.embed import embed_knowledge_base
 from react_core.knowledge.index import build_indices
@@ -149,6 +158,75 @@ def run_train(
                      download_uri=download_uri)  # fmt: skip
 
 
+def model_weights(model: ModelConfig, checkpoint: str | None) -> str:
+    """What identifies a model's weights in a stage's inputs: its checkpoint, else the pretrained tag."""
+    return checkpoint or f"{model.name}:{model.pretrained or 'random'}"
+
+
+def run_evaluate_dataset(
+    storage: Storage,
+    model: ModelConfig,
+    checkpoint: str | None,
+    evaluation: EvaluationConfig,
+    dataset: str,
+    world: str | None,
+    progress: bool = False,
+) -> str:
+    """One model on one dataset (``result.json``); a stage of its own, so adding a dataset re-runs only it."""
+    probe = evaluation.linear_probe
+    stage = storage.stage(
+        "eval",
+        {"dataset": dataset, "location": dataset_uri(evaluation, dataset, world), "split": evaluation.split,
+         "metrics": metrics_for(dataset), "linear_probe": probe.model_dump(mode="json") if probe.enabled else None},
+        {"model": model.name, "weights": model_weights(model, checkpoint)},
+    )  # fmt: skip
+    if stage.done:
+        return stage.uri
+    m, tok = _model(model, checkpoint, storage)
+    result = evaluate_dataset(m, tok, storage, evaluation, dataset, world, progress)
+    result.update(model=model.name, checkpoint=checkpoint)
+    storage.write_json(stage.file("result.json"), result)
+    return stage.complete(counts={"images": result["n"]}, zero_shot=result["zero_shot"])
+
+
+def run_report(
+    storage: Storage,
+    results: Mapping[str, Sequence[str]],
+    checkpoints: Mapping[str, str | None],
+    tracker: Tracker | None = None,
+) -> str:
+    """``metrics.json``, ``table.md`` and ``deltas.png`` from per-dataset stages of two models (base, customized)."""
+    inputs = {f"{which}/{i}": uri for which, uris in results.items() for i, uri in enumerate(uris)}
+    stage = storage.stage("evaluate", {"models": list(results)}, inputs)
+    if stage.done:
+        return stage.uri
+    tracker = tracker or NullTracker()
+    per_model = {w: [storage.read_json(join(u, "result.json")) for u in uris] for w, uris in results.items()}
+    rows = report_rows(per_model, checkpoints)
+    models = tuple(results)
+    table = comparison(rows, models)
+    markdown = markdown_table(table, models)
+    storage.write_json(stage.file("metrics.json"), rows)
+    storage.write_bytes(stage.file("table.md"), (markdown + "\n").encode())
+    storage.write_json(stage.file("table.json"), table)
+    for r in rows:
+        tracker.log_metrics({f"{r['protocol']}/{r['dataset']}/{r['metric']}/{r['model']}": r["value"]})
+    for r in table:
+        if "delta" in r:
+            tracker.log_metrics({f"{r['protocol']}/{r['dataset']}/{r['metric']}/delta": r["delta"]})
+    tracker.log_dict(rows, "metrics.json")
+    tracker.log_dict({"table": markdown}, "evaluation_table.json")
+    fig = delta_figure(table)
+    tracker.log_figure(fig, "deltas.png")
+    storage.write_bytes(stage.file("deltas.png"), figure_png(fig))
+    headline = {
+        r["dataset"]: {"metric": r["metric"], **{m: r[m] for m in (*models, "delta") if m in r}}
+        for r in table
+        if r["protocol"] == "zero-shot" and r["metric"] == metrics_for(r["dataset"])[0]
+    }
+    return stage.complete(counts={"rows": len(rows)}, table=headline)
+
+
 def run_evaluate(
     storage: Storage,
     model: ModelConfig,
@@ -158,32 +236,10 @@ def run_evaluate(
     world: str | None,
     tracker: Tracker | None = None,
 ) -> str:
-    """Zero-shot of the base and the customized model on every evaluation task: ``metrics.json``."""
-    stage = storage.stage("evaluate", evaluation, {"base": base or "", "customized": customized_stage})
-    if stage.done:
-        return stage.uri
-    tracker = tracker or NullTracker()
-    rows = []
-    models = {"base": base, "customized": checkpoint_of(customized_stage)}
-    for which, ckpt in models.items():
-        m, tok = _model(model, ckpt, storage)
-        for task in evaluation.tasks:
-            if not task.startswith("miniweb-"):
-                raise DatasetError(f"evaluation task {task!r}: only the mini-web tasks are readable yet (issue #6)")
-            data = load_ic_task(storage, join(world or "", "tasks", task), evaluation.split, model_image_size(m))
-            res = evaluate_zero_shot(m, tok, data, evaluation.batch_size, str(next(m.parameters()).device))
-            rows.append({"model": which, "checkpoint": ckpt, "metric": "top1", "value": res["top1"],
-                         "mean_per_class": res["mean_per_class"], "n": res["n"], "dataset": task})  # fmt: skip
-            tracker.log_metrics({f"zeroshot/{task}/{which}": res["top1"]})
-    storage.write_json(stage.file("metrics.json"), rows)
-    table = {
-        t: {
-            "base": next(r["value"] for r in rows if r["dataset"] == t and r["model"] == "base"),
-            "customized": next(r["value"] for r in rows if r["dataset"] == t and r["model"] == "customized"),
-        }
-        for t in evaluation.tasks
+    """Base and customized model on every ``evaluation.tasks`` dataset, then the report."""
+    checkpoints = {"base": base, "customized": checkpoint_of(customized_stage)}
+    results = {
+        which: [run_evaluate_dataset(storage, model, ckpt, evaluation, name, world) for name in evaluation.tasks]
+        for which, ckpt in checkpoints.items()
     }
-    for t, v in table.items():
-        v["delta"] = v["customized"] - v["base"]
-        tracker.log_metrics({f"zeroshot/{t}/delta": v["delta"]})
-    return stage.complete(counts={"rows": len(rows)}, table=table)
+    return run_report(storage, results, checkpoints, tracker)

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from react_core.data import DatasetError, load_ic_task
+from react_core.data import DatasetError
 from react_core.knowledge.retrieve import TaskSpec
 from react_core.storage import Storage, StorageError, join
 
@@ -121,7 +121,9 @@ def resolve_task(storage: Storage, name: str, world: str | None) -> TaskSpec:
         if world is None:
             raise DatasetError(f"task {name!r} needs the mini-web; generate it first")
         # Class names only, as a user of an ELEVATER-style task has them (the world's synonyms.json is not used).
-        data = load_ic_task(storage, join(world, "tasks", name), "test")
+        from react_core.evaluation.datasets import read_vision_dataset
+
+        data = read_vision_dataset(storage, join(world, "tasks", name), "test")
         return TaskSpec(name, data.classnames, data.templates)
     if name in ("imagenet-1k", "imagenet1k"):
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task, unmapped
 
 from react_core import pipeline
 from react_core.config import (
@@ -93,22 +93,55 @@ def train(
         return pipeline.run_train(st, model, checkpoint, cfg, download_uri, t)
 
 
-@task(name="evaluate", **TASK_OPTIONS)
-def evaluate(
+@task(name="evaluate-dataset", task_run_name="eval {dataset} ({label})", **TASK_OPTIONS)
+def evaluate_dataset(
     storage: StorageConfig,
     model: ModelConfig,
-    base: str | None,
-    customized: str,
+    checkpoint: str | None,
+    cfg: EvaluationConfig,
+    dataset: str,
+    world: str | None,
+    label: str = "model",
+) -> str:
+    """One model on one dataset; cached per (model weights, dataset, evaluation settings)."""
+    return pipeline.run_evaluate_dataset(storage_of(storage), model, checkpoint, cfg, dataset, world)
+
+
+@task(name="evaluation-report", **TASK_OPTIONS)
+def evaluation_report(
+    storage: StorageConfig,
+    results: dict[str, list[str]],
+    checkpoints: dict[str, str | None],
+    tracking: TrackingConfig,
+    parent_run_id: str | None = None,
+) -> str:
+    """metrics.json, the table (printed to the flow's log) and the delta plot; logged to MLflow."""
+    st = storage_of(storage)
+    with make_tracker(tracking, st).run("evaluate", parent_run_id=parent_run_id) as t:
+        uri = pipeline.run_report(st, results, checkpoints, t)
+    get_run_logger().info("evaluation:\n%s", st.read_bytes(f"{uri}/table.md").decode())
+    return uri
+
+
+def evaluate_models(
+    storage: StorageConfig,
+    model: ModelConfig,
+    checkpoints: dict[str, str | None],
     cfg: EvaluationConfig,
     tracking: TrackingConfig,
     world: str | None,
     parent_run_id: str | None = None,
 ) -> str:
-    st = storage_of(storage)
-    with make_tracker(tracking, st).run("evaluate", parent_run_id=parent_run_id) as t:
-        uri = pipeline.run_evaluate(st, model, base, customized, cfg, world, t)
-        t.log_dict(st.stage_manifest(uri)["table"], "evaluation_table.json")
-        return uri
+    """Map one task per (model, dataset), then the report. Called from a flow."""
+    futures = {
+        # Everything but the dataset names is shared: pydantic configs are iterable, so they must be unmapped.
+        label: evaluate_dataset.map(
+            unmapped(storage), unmapped(model), unmapped(ckpt), unmapped(cfg), cfg.tasks, unmapped(world), label=label
+        )
+        for label, ckpt in checkpoints.items()
+    }
+    results = {label: [f.result() for f in fs] for label, fs in futures.items()}
+    return evaluation_report(storage, results, checkpoints, tracking, parent_run_id=parent_run_id)
 
 
 @task(name="report", cache_policy=None, persist_result=False)

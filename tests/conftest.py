@@ -103,7 +103,7 @@ def tiny_chain(tiny_world, tmp_path_factory):
     Returns a dict of URIs: base (pretrained stage), embed, index, retrieve, download, and the storage.
     """
     from react_core.config import DownloadConfig, IndexConfig, RetrievalConfig
-    from react_core.data import load_ic_task
+    from react_core.evaluation.datasets import read_vision_dataset
     from react_core.knowledge.download import download
     from react_core.knowledge.embed import embed_knowledge_base
     from react_core.knowledge.index import build_indices
@@ -120,7 +120,7 @@ def tiny_chain(tiny_world, tmp_path_factory):
     shards = storage.ls(join(world, "kb", "shards"), "*.tar")
     emb = embed_knowledge_base(model, tok, storage, shards, st.stage("embed", {}), progress=False)
     idx = build_indices(st, emb, st.stage("index", {}), IndexConfig(index_key="Flat", recall_queries=20), k=30)
-    task_data = load_ic_task(storage, join(world, "tasks", "miniweb-fine"), "test")
+    task_data = read_vision_dataset(storage, join(world, "tasks", "miniweb-fine"), "test")
     task = TaskSpec("miniweb-fine", task_data.classnames, task_data.templates)
     ret = retrieve(model, tok, st, emb, idx, task, RetrievalConfig(k=30), st.stage("retrieve", {}))
     with MiniWebServer(storage, world) as server:

@@ -17,7 +17,8 @@ from open_clip.loss import ClipLoss
 from tqdm.auto import tqdm
 
 from react_core.config import ModelConfig
-from react_core.data import load_ic_task, load_pairs, normalize
+from react_core.data import load_pairs, normalize
+from react_core.evaluation.datasets import read_vision_dataset
 from react_core.evaluation.zeroshot import evaluate_zero_shot
 from react_core.miniweb.generate import TASK_NAMES
 from react_core.models import model_config, save_checkpoint
@@ -86,10 +87,9 @@ def pretrain_base(
     wall = time.time() - t0
     metrics: dict[str, Any] = {"train_pairs": n, "steps": total, "wall_s": round(wall, 1), "final_loss": loss_val}
     for task in TASK_NAMES.values():
-        data = load_ic_task(storage, join(miniweb_uri, "tasks", task), "test", image_size)
-        res = evaluate_zero_shot(model, tokenizer, data)
-        metrics[f"{task}.top1"] = res["top1"]
-        tracker.log_metrics({f"zeroshot/{task}/top1": res["top1"]})
+        res = evaluate_zero_shot(model, tokenizer, read_vision_dataset(storage, join(miniweb_uri, "tasks", task)))
+        metrics[f"{task}.top1"] = res["accuracy"]
+        tracker.log_metrics({f"zeroshot/{task}/top1": res["accuracy"]})
     _logger.info("base model trained in %.0f s: %s", wall, metrics)
     save_checkpoint(model, storage, stage.file("model.pt"), {"model": cfg.name, "stage": stage_cfg, "metrics": metrics})
     return stage.complete(counts={"train_pairs": n, "steps": total}, metrics=metrics)

@@ -7,7 +7,9 @@ from tests.integration.test_world_flow import _task_states
 
 pytestmark = pytest.mark.integration
 
-STAGES = ["generate-miniweb", "pretrain-base", "embed", "index", "retrieve", "download", "train", "evaluate"]
+EVALS = [f"eval {d} ({m})" for d in ("miniweb-fine", "miniweb-coarse") for m in ("base", "customized")]
+STAGES = ["generate-miniweb", "pretrain-base", "embed", "index", "retrieve", "download", "train", *EVALS,
+          "evaluation-report"]  # fmt: skip
 
 
 def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness, tmp_path):
@@ -35,8 +37,10 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     }
     assert retrieve_run.data.metrics["retrieve/pairs"] > 0
     evaluate = next(c for c in children if c.info.run_name == "evaluate")
-    assert "zeroshot/miniweb-fine/delta" in evaluate.data.metrics
-    assert [a.path for a in client.list_artifacts(evaluate.info.run_id)] == ["evaluation_table.json"]
+    assert "zero-shot/miniweb-fine/accuracy/delta" in evaluate.data.metrics
+    assert evaluate.data.metrics["zero-shot/miniweb-fine/accuracy/base"] == first["table"]["miniweb-fine"]["base"]
+    artifacts = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
+    assert artifacts == {"evaluation_table.json", "metrics.json", "deltas.png"}
 
     second = customize(config=cfg)
     assert second["table"] == first["table"]
@@ -46,5 +50,7 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     third = customize(config=tiny_config(tmp_path / "root", **{"training.lr": 0.002}))
     states = _task_states(third["flow_run_id"], set(STAGES))
     assert all(states[s] == "Cached" for s in STAGES[:6]), states
-    assert states["train"] == "Completed" and states["evaluate"] == "Completed"
+    assert all(states[f"eval {d} (base)"] == "Cached" for d in ("miniweb-fine", "miniweb-coarse")), states
+    assert states["train"] == "Completed" and states["evaluation-report"] == "Completed"
+    assert states["eval miniweb-fine (customized)"] == "Completed"
     assert third["train"] != first["train"] and third["retrieve"] == first["retrieve"]

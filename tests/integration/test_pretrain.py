@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from react_core.data import load_ic_task
+from react_core.evaluation.datasets import read_vision_dataset
 from react_core.models import create_model
 from react_core.storage import join
 from react_core.tracking import MemoryTracker
@@ -23,10 +23,10 @@ def test_pretrain_writes_a_loadable_checkpoint_and_logs(tiny_world):
     losses = [v for k, v, _ in tracker.metrics if k == "pretrain/loss"]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     model, tok = create_model(cfg.model.name, checkpoint_uri(stage), storage=storage)
-    data = load_ic_task(storage, join(uri, "tasks", "miniweb-fine"), "test")
+    data = read_vision_dataset(storage, join(uri, "tasks", "miniweb-fine"), "test")
     from react_core.evaluation.zeroshot import evaluate_zero_shot
 
-    assert evaluate_zero_shot(model, tok, data)["top1"] == pytest.approx(metrics["miniweb-fine.top1"], abs=1e-6)
+    assert evaluate_zero_shot(model, tok, data)["accuracy"] == pytest.approx(metrics["miniweb-fine.top1"], abs=1e-6)
     # a second call finds the finished stage and trains nothing
     assert pretrain_base(cfg.model, storage, uri, tracker=MemoryTracker(), progress=False) == stage
 

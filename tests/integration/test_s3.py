@@ -4,8 +4,9 @@ import time
 import urllib.request
 
 import pytest
+import torch
 
-from react_core.data import load_ic_task
+from react_core.evaluation.datasets import read_vision_dataset
 from react_core.miniweb.generate import generate
 from react_core.miniweb.serve import MiniWebServer
 from react_core.storage import Storage, StorageError, join
@@ -35,8 +36,11 @@ def test_miniweb_generated_onto_s3_reads_back_and_serves(s3_endpoint):
     uri = generate(cfg.miniweb, st, processes=1, progress=False)
     assert uri.startswith("s3://react-test/world/miniweb/")
     assert st.stage_manifest(uri)["counts"]["kb.pairs"] == 300
-    data = load_ic_task(st, join(uri, "tasks", "miniweb-fine"), "test")
-    assert len(data.labels) == cfg.miniweb.fine_grained_classes * cfg.miniweb.test_per_class
+    data = read_vision_dataset(st, join(uri, "tasks", "miniweb-fine"), "test")
+    assert len(data) == cfg.miniweb.fine_grained_classes * cfg.miniweb.test_per_class
+    image, label = data.torch_dataset(cfg.miniweb.image_size)[len(data) - 1]  # decoded from S3
+    assert image.shape == (3, cfg.miniweb.image_size, cfg.miniweb.image_size) and image.dtype == torch.uint8
+    assert int(label) == cfg.miniweb.fine_grained_classes - 1
     with MiniWebServer(st, uri) as server:
         row = server.urls().iloc[0]
         if st.exists(join(uri, "kb", row["url"][len(server.base_url) :])):

@@ -1,6 +1,7 @@
 """The prepare-world flow under Prefect (ephemeral test API), tracked in MLflow (sqlite under the root)."""
 
 import asyncio
+import re
 
 import pytest
 
@@ -27,9 +28,13 @@ def _task_states(flow_run_id, expected: set[str], timeout: float = 60.0):
                 runs = await client.read_task_runs(
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
                 )
-                states = {r.name.rsplit("-", 1)[0]: r.state for r in runs}
-                if expected <= set(states) and all(s is not None and s.is_final() for s in states.values()):
-                    return {k: s.name for k, s in states.items()}
+                # Prefect names runs "{task}-{short key}"; runs named by a task_run_name template keep their name.
+                grouped: dict[str, list] = {}
+                for r in runs:
+                    grouped.setdefault(re.sub(r"-[0-9a-z]{1,3}$", "", r.name), []).append(r.state)
+                every = [s for group in grouped.values() for s in group]
+                if expected <= set(grouped) and all(s is not None and s.is_final() for s in every):
+                    return {k: ",".join(sorted({s.name for s in group})) for k, group in grouped.items()}
                 if asyncio.get_running_loop().time() > deadline:
                     return {r.name.rsplit("-", 1)[0]: r.state.name if r.state else None for r in runs}
                 await asyncio.sleep(0.2)  # poll interval of a condition wait, not a synchronising sleep

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from react_core.config import ConfigError, load_config
-from react_core.data import iter_shard, load_ic_task
+from react_core.data import iter_shard
+from react_core.evaluation.datasets import read_vision_dataset
 from react_core.miniweb.generate import TASK_NAMES, concepts_for, generate, split_concept_ids
 from react_core.miniweb.render import render
 from react_core.miniweb.world import make_concepts
@@ -82,9 +83,9 @@ def test_tasks_are_in_vision_datasets_layout(tiny_world):
         assert min(i["id"] for i in coco["images"]) == 1
         labels = storage.read_bytes(join(tdir, "labels.txt")).decode().split()
         assert labels == [c["name"] for c in coco["categories"]]
-        data = load_ic_task(storage, tdir, "test")
+        data = read_vision_dataset(storage, tdir, "test")
         n_cls = cfg.miniweb.fine_grained_classes if group == "fine" else cfg.miniweb.coarse_classes
-        assert len(data.classnames) == n_cls and len(data.labels) == n_cls * cfg.miniweb.test_per_class
+        assert len(data.classnames) == n_cls and len(data) == n_cls * cfg.miniweb.test_per_class
         assert all("{}" in t for t in data.templates)
 
 

@@ -1,0 +1,147 @@
+"""Readers of evaluation datasets, on small datasets generated in each layout.
+
+Every image of class c is filled with grey level 40 * c + 20, so a decoded image tells its class.
+"""
+
+import io
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from react_core.data import DatasetError
+from react_core.evaluation.datasets import open_dataset, read_image_folder, read_vision_dataset, read_webdataset
+from react_core.storage import Storage, join
+
+
+def jpeg(level: int, size: tuple[int, int] = (20, 12)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size[1], size[0], 3), level, np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def level_of(image: torch.Tensor) -> int:
+    return round((float(image.float().mean()) - 20) / 40)
+
+
+def all_items(evalset, size=8):
+    ds = evalset.torch_dataset(size)
+    items = list(ds) if evalset.shards else [ds[i] for i in range(len(ds))]
+    assert all(x.shape == (3, size, size) and x.dtype == torch.uint8 for x, _ in items)
+    return items
+
+
+def write_text_index(st: Storage, root: str, multilabel: bool = False, lines: list[str] | None = None) -> None:
+    """ELEVATER's layout: a zip of images, a text index 'zip@member labels', a label map."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in range(6):
+            z.writestr(f"test/{i}.png", jpeg(40 * (i % 3) + 20))
+    st.write_bytes(join(root, "test_images.zip"), buf.getvalue())
+    if lines is None:
+        lines = [
+            f"test_images.zip@test/{i}.png {i % 3}" + (",2" if multilabel and i % 3 == 0 else "") for i in range(6)
+        ]
+    st.write_bytes(join(root, "test.txt"), "\n".join(lines).encode())
+    st.write_bytes(join(root, "labels.txt"), b"cat\ndog\nowl\n")
+    info = {"name": "toy", "type": "classification_multilabel" if multilabel else "classification_multiclass",
+            "root_folder": "", "labelmap": "labels.txt", "test": {"index_path": "test.txt"}}  # fmt: skip
+    st.write_json(join(root, "dataset_info.json"), info)
+
+
+def test_vision_datasets_text_index_reads_zip_members(tmp_path):
+    st = Storage(str(tmp_path))
+    write_text_index(st, st.uri("toy"))
+    ds = open_dataset(st, st.uri("toy"), "test")
+    assert ds.classnames == ["cat", "dog", "owl"] and len(ds) == 6 and not ds.multilabel
+    for x, y in all_items(ds):
+        assert level_of(x) == int(y)
+
+
+def test_vision_datasets_multilabel_targets_are_multi_hot(tmp_path):
+    st = Storage(str(tmp_path))
+    write_text_index(st, st.uri("voc"), multilabel=True)
+    ds = read_vision_dataset(st, st.uri("voc"), "test")
+    items = all_items(ds)
+    assert ds.multilabel
+    assert items[0][1].tolist() == [1.0, 0.0, 1.0] and items[1][1].tolist() == [0.0, 1.0, 0.0]
+
+
+def test_vision_datasets_coco_multilabel(tmp_path):
+    st = Storage(str(tmp_path))
+    root = st.uri("coco")
+    st.write_bytes(join(root, "images", "a.png"), jpeg(20))
+    st.write_bytes(join(root, "images", "b.png"), jpeg(60))
+    coco = {"images": [{"id": 1, "file_name": "images/a.png"}, {"id": 2, "file_name": "images/b.png"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1}, {"id": 2, "image_id": 1, "category_id": 2},
+                            {"id": 3, "image_id": 2, "category_id": 2}],
+            "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "dog"}]}  # fmt: skip
+    st.write_json(join(root, "test.json"), coco)
+    st.write_json(join(root, "dataset_info.json"), {"name": "c", "type": "classification_multilabel", "format": "coco",
+                                                    "test": {"index_path": "test.json"}})  # fmt: skip
+    items = all_items(read_vision_dataset(st, root, "test"))
+    assert [t.tolist() for _, t in items] == [[1.0, 1.0], [0.0, 1.0]]
+
+
+def test_image_folders_in_sorted_class_order_with_classnames_file(tmp_path):
+    st = Storage(str(tmp_path))
+    for c, wnid in enumerate(["n01", "n02", "n03"]):
+        for j in range(2):
+            st.write_bytes(st.uri("inet", "val", wnid, f"{j}.JPEG"), jpeg(40 * c + 20, (30, 16)))
+    st.write_bytes(st.uri("inet", "val", "README.txt"), b"not an image folder")
+    st.write_bytes(st.uri("inet", "classnames.txt"), b"tench\ngoldfish\nshark\n")
+    ds = open_dataset(st, st.uri("inet"), "val")
+    assert ds.classnames == ["tench", "goldfish", "shark"] and len(ds) == 6
+    for x, y in all_items(ds):
+        assert level_of(x) == int(y)
+    st.write_bytes(st.uri("inet", "classnames.txt"), b"tench\ngoldfish\n")
+    with pytest.raises(DatasetError, match="classnames.txt has 2 names but .* 3 class folders"):
+        read_image_folder(st, st.uri("inet"), "val")
+
+
+def test_webdataset_with_cls_labels_and_worker_split(tmp_path):
+    st = Storage(str(tmp_path))
+    (tmp_path / "wds").mkdir()
+    for shard in range(2):
+        with tarfile.open(tmp_path / "wds" / f"{shard:05d}.tar", "w") as tar:
+            for i in range(3):
+                label = (shard * 3 + i) % 3
+                for ext, data in (("png", jpeg(40 * label + 20)), ("cls", str(label).encode())):
+                    info = tarfile.TarInfo(f"s{shard}_{i}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    st.write_bytes(st.uri("wds", "classnames.txt"), b"a\nb\nc\n")
+    ds = open_dataset(st, st.uri("wds"), "test")
+    assert ds.shards and ds.classnames == ["a", "b", "c"]
+    items = all_items(ds)
+    assert len(items) == 6 and all(level_of(x) == int(y) for x, y in items)
+    loader = torch.utils.data.DataLoader(ds.torch_dataset(8), batch_size=4, num_workers=2)
+    labels = torch.cat([y for _, y in loader])
+    assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]  # each shard read once across 2 workers
+    with pytest.raises(DatasetError, match="classnames.txt"):
+        st.rm(st.uri("wds", "classnames.txt"))
+        read_webdataset(st, st.uri("wds"))
+
+
+def test_bad_datasets_are_clear_errors(tmp_path):
+    st = Storage(str(tmp_path))
+    with pytest.raises(DatasetError, match="does not exist"):
+        open_dataset(st, st.uri("nowhere"))
+    (tmp_path / "empty" / "test" / "cat").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no images"):
+        open_dataset(st, st.uri("empty"), "test")
+    write_text_index(st, st.uri("bad"), lines=["test_images.zip@test/0.png 0", "test_images.zip@test/1.png 7"])
+    with pytest.raises(DatasetError, match=r"test.txt:2: label\(s\) \[7\] outside the 3 classes of .*labels.txt"):
+        read_vision_dataset(st, st.uri("bad"), "test")
+    write_text_index(st, st.uri("ok"))
+    ds = read_vision_dataset(st, st.uri("ok"), "test")
+    with pytest.raises(DatasetError, match="3 classes on disk but the ELEVATER entry has 2 class names"):
+        ds.with_names(["x", "y"], ["{}"], "the ELEVATER entry")
+    with pytest.raises(DatasetError, match="no 'train' split; it has \\['test'\\]"):
+        read_vision_dataset(st, st.uri("ok"), "train")
+    write_text_index(st, st.uri("multi"), lines=["test_images.zip@test/0.png 0,1"])
+    with pytest.raises(DatasetError, match="2 labels in a multi-class dataset"):
+        read_vision_dataset(st, st.uri("multi"), "test")
