@@ -30,17 +30,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 import webdataset as wds
 from tqdm.auto import tqdm
 
 from react_core.config import MiniWebConfig
+from react_core.evaluation.datasets import EvalSet, from_tensors
 from react_core.miniweb.render import render, to_jpeg
 from react_core.miniweb.world import TASK_TEMPLATES, Concept, caption_for, make_concepts
 from react_core.storage import Stage, Storage, local_path
 
 _logger = logging.getLogger(__name__)
 
-SPLIT_IDS = {"generic": 1, "kb": 2, "test": 3, "train": 4}
+SPLIT_IDS = {"generic": 1, "kb": 2, "test": 3, "train": 4, "generic-test": 5}
 # Part of the stage identity: bump it when the generator's output changes for the same config.
 GENERATOR_VERSION = 2
 TASK_NAMES = {"fine": "miniweb-fine", "coarse": "miniweb-coarse"}
@@ -155,6 +157,30 @@ def _write_task(cfg: MiniWebConfig, concepts: list[Concept], group: str, out_dir
     with open(os.path.join(tdir, "dataset_info.json"), "w") as f:
         json.dump(info, f, indent=1)
     return {f"{name}.{k}": v for k, v in counts.items()}
+
+
+def generic_task(cfg: MiniWebConfig, n_classes: int = 40, per_class: int = 20) -> EvalSet:
+    """A zero-shot test set of concepts outside both target groups, in memory (the forgetting check).
+
+    The base model learnt these concepts from the generic corpus; a customized model that got worse on
+    them pays for its target-task gain with forgetting. Images are drawn with their own split id, so
+    none of them is in any corpus.
+    """
+    others = [c for c in concepts_for(cfg) if c.group == "other"]
+    picked = [others[i] for i in np.linspace(0, len(others) - 1, min(n_classes, len(others))).astype(int)]
+    images, labels = [], []
+    for label, c in enumerate(picked):
+        for j in range(per_class):
+            rng = np.random.default_rng([cfg.seed, SPLIT_IDS["generic-test"], 1_000_000 + c.id, j])
+            images.append(render(c, cfg.image_size, rng))
+            labels.append(label)
+    return from_tensors(
+        "miniweb-generic",
+        torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+        torch.tensor(labels, dtype=torch.long),
+        [c.name for c in picked],
+        list(TASK_TEMPLATES),
+    )
 
 
 def miniweb_stage(cfg: MiniWebConfig, storage: Storage) -> Stage:
