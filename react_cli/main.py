@@ -138,6 +138,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    _storage(cfg).check_writable()
+    from flows.evaluate import evaluate
+
+    result = evaluate(config=cfg, customized=args.customized)
+    st = _storage(cfg)
+    print(st.read_bytes(f"{result['evaluate']}/table.md").decode(), end="")
+    print(f"\nmetrics: {result['evaluate']}/metrics.json\nplot:    {result['evaluate']}/deltas.png")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------------
 
 
@@ -159,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(demo)
     demo.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="zero-shot (and few-shot probe) of model.pretrained, and of --customized against it, on evaluation.tasks",
+    )
+    _common(ev)
+    ev.add_argument("--customized", metavar="URI", help="a customized checkpoint to compare with the base")
+    ev.set_defaults(func=cmd_evaluate)
 
     config = sub.add_parser("config", help="show or validate configurations")
     csub = config.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)

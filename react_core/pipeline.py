@@ -8,6 +8,7 @@ Prefect; the CLI, a notebook or another orchestrator can run the same sequence.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -189,6 +190,11 @@ def run_evaluate_dataset(
     return stage.complete(counts={"images": result["n"]}, zero_shot=result["zero_shot"])
 
 
+def metric_key(*parts: str) -> str:
+    """An MLflow metric name: the parts joined by '/', each stripped of what MLflow rejects."""
+    return "/".join(re.sub(r"[^\w\-. ]", "_", p) for p in parts)
+
+
 def run_report(
     storage: Storage,
     results: Mapping[str, Sequence[str]],
@@ -210,13 +216,13 @@ def run_report(
     storage.write_bytes(stage.file("table.md"), (markdown + "\n").encode())
     storage.write_json(stage.file("table.json"), table)
     for r in rows:
-        tracker.log_metrics({f"{r['protocol']}/{r['dataset']}/{r['metric']}/{r['model']}": r["value"]})
+        tracker.log_metrics({metric_key(r["protocol"], r["dataset"], r["metric"], r["model"]): r["value"]})
     for r in table:
         if "delta" in r:
-            tracker.log_metrics({f"{r['protocol']}/{r['dataset']}/{r['metric']}/delta": r["delta"]})
+            tracker.log_metrics({metric_key(r["protocol"], r["dataset"], r["metric"], "delta"): r["delta"]})
     tracker.log_dict(rows, "metrics.json")
     tracker.log_dict({"table": markdown}, "evaluation_table.json")
-    fig = delta_figure(table)
+    fig = delta_figure(table, models)
     tracker.log_figure(fig, "deltas.png")
     storage.write_bytes(stage.file("deltas.png"), figure_png(fig))
     headline = {

@@ -133,10 +133,13 @@ def evaluate_models(
     parent_run_id: str | None = None,
 ) -> str:
     """Map one task per (model, dataset), then the report. Called from a flow."""
+    # Each task gets the config narrowed to its dataset, so its cache key does not change when another
+    # dataset is added. Shared arguments are unmapped (pydantic configs are iterable: map would split them).
+    per_dataset = [cfg.model_copy(update={"tasks": [d], "locations": {k: v for k, v in cfg.locations.items() if k == d}})
+                   for d in cfg.tasks]  # fmt: skip
     futures = {
-        # Everything but the dataset names is shared: pydantic configs are iterable, so they must be unmapped.
         label: evaluate_dataset.map(
-            unmapped(storage), unmapped(model), unmapped(ckpt), unmapped(cfg), cfg.tasks, unmapped(world), label=label
+            unmapped(storage), unmapped(model), unmapped(ckpt), per_dataset, cfg.tasks, unmapped(world), label=label
         )
         for label, ckpt in checkpoints.items()
     }

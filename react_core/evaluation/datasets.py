@@ -312,12 +312,15 @@ def _list_images(storage: Storage, folder: str) -> list[str]:
 
 def read_image_folder(storage: Storage, uri: str, split: str = "test", name: str | None = None) -> EvalSet:
     """ImageNet-style ``{root}/{split}/{class}/*.jpg`` (or ``{root}/{class}/*.jpg``)."""
-    base = join(uri, split) if storage.exists(join(uri, split)) else uri
-    if split in ("val", "test") and base == uri:
-        for alt in ("val", "test"):
-            if storage.exists(join(uri, alt)):
-                base = join(uri, alt)
-                break
+    splits = [s for s in ("train", "val", "test") if storage.exists(join(uri, s))]
+    if split in splits:
+        base = join(uri, split)
+    elif split in ("val", "test") and {"val", "test"} & set(splits):
+        base = join(uri, "val" if "val" in splits else "test")  # ImageNet's test labels are its val split
+    elif splits:
+        raise DatasetError(f"{uri} has no '{split}' folder; it has {splits}; fix: evaluation.split or the layout")
+    else:
+        base = uri  # {root}/{class}/*.jpg: one split only
     classes = sorted(
         posixpath.basename(p.rstrip("/")) for p in storage.fs.ls(storage.path(base), detail=False)
         if storage.fs.isdir(p)

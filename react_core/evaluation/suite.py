@@ -43,6 +43,11 @@ def metrics_for(name: str) -> list[str]:
     return ["accuracy", "mean_per_class"]
 
 
+def display_name(name: str) -> str:
+    """A dataset's name in reports: a folder given as a path or URI goes by its last component."""
+    return name.rstrip("/").rsplit("/", 1)[-1] if ("/" in name or "://" in name) else name
+
+
 def dataset_uri(cfg: EvaluationConfig, name: str, world: str | None) -> str:
     if name in cfg.locations:
         return cfg.locations[name]
@@ -61,7 +66,7 @@ def dataset_uri(cfg: EvaluationConfig, name: str, world: str | None) -> str:
 def open_eval(storage: Storage, cfg: EvaluationConfig, name: str, world: str | None, split: str) -> EvalSet:
     """The split of dataset ``name``, with the registry's class names and templates where it has them."""
     uri = dataset_uri(cfg, name, world)
-    evalset = open_dataset(storage, uri, split, name=name.rstrip("/").rsplit("/", 1)[-1])
+    evalset = open_dataset(storage, uri, split, name=display_name(name))
     if name in elevater_datasets():
         task = elevater_task(name)
         return evalset.with_names(task.classnames, task.templates, f"the ELEVATER entry for {name}")
@@ -88,7 +93,7 @@ def evaluate_dataset(
     feats, targets = image_features(model, evalset, cfg.batch_size, cfg.num_workers, progress)
     scores = scores_of(feats, clf)
     result: dict[str, Any] = {
-        "dataset": name,
+        "dataset": display_name(name),
         "source": evalset.source,
         "split": cfg.split,
         "n": len(targets),
@@ -98,9 +103,13 @@ def evaluate_dataset(
     }
     if cfg.linear_probe.enabled:
         p = cfg.linear_probe
-        train = image_features(
-            model, open_eval(storage, cfg, name, world, p.train_split), cfg.batch_size, cfg.num_workers, progress
-        )
+        try:
+            train_set = open_eval(storage, cfg, name, world, p.train_split)
+        except DatasetError as exc:  # e.g. an ImageNet val folder alone: zero-shot still counts
+            _logger.warning("%s: no few-shot probe (%s)", name, exc)
+            result["linear_probe"] = {"skipped": str(exc)}
+            return result
+        train = image_features(model, train_set, cfg.batch_size, cfg.num_workers, progress)
         settings = ProbeSettings(p.shots, p.seeds, p.lrs, p.weight_decays, p.steps, p.val_per_class)
         result["linear_probe"] = linear_probe(train, (feats, targets), clf, metrics[0], settings)
     return result
@@ -118,7 +127,7 @@ def report_rows(results: Mapping[str, Sequence[Mapping[str, Any]]], checkpoints:
             for metric, value in r["zero_shot"].items():
                 rows.append({**base, "protocol": "zero-shot", "metric": metric, "value": value})
             for shots, p in (r.get("linear_probe") or {}).items():
-                if "mean" in p:
+                if isinstance(p, dict) and "mean" in p:
                     rows.append({**base, "protocol": f"linear-probe-{shots}-shot", "metric": r["metric"],
                                  "value": p["mean"], "std": p["std"], "seeds": len(p["runs"])})  # fmt: skip
     return rows
@@ -139,33 +148,35 @@ def comparison(rows: Sequence[Mapping[str, Any]], models: Sequence[str] = ("base
             table.append({"dataset": f"ELEVATER average ({len(elevater)}/20)", "protocol": protocol,
                           "metric": "mixed", **avg})  # fmt: skip
     for r in table:
-        if all(m in r for m in models):
+        if len(models) == 2 and all(m in r for m in models):
             r["delta"] = r[models[1]] - r[models[0]]
     return table
 
 
 def markdown_table(table: Sequence[Mapping[str, Any]], models: Sequence[str] = ("base", "customized")) -> str:
-    cols = ["dataset", "protocol", "metric", *models, "delta"]
+    cols = ["dataset", "protocol", "metric", *models, *(["delta"] if len(models) == 2 else [])]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in table:
         cells = [f"{r[c]:.4f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
-        if isinstance(r.get("delta"), float):
+        if len(models) == 2 and isinstance(r.get("delta"), float):
             cells[-1] = f"{r['delta']:+.4f}"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def delta_figure(table: Sequence[Mapping[str, Any]], protocol: str = "zero-shot"):
-    """Horizontal bars of customized - base per dataset (headline metric); green up, red down."""
-    rows = [r for r in table if r["protocol"] == protocol and "delta" in r
+def delta_figure(table: Sequence[Mapping[str, Any]], models: Sequence[str] = ("base", "customized"),
+                 protocol: str = "zero-shot"):  # fmt: skip
+    """Bars per dataset (headline metric): customized - base, green up and red down; one model: its values."""
+    key = "delta" if len(models) == 2 else models[0]
+    rows = [r for r in table if r["protocol"] == protocol and key in r
             and (r["metric"] == "mixed" or r["metric"] == metrics_for(r["dataset"])[0])]  # fmt: skip
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(rows) + 1)))
-    ax.barh([r["dataset"] for r in rows], [100 * r["delta"] for r in rows],
-            color=["#27ae60" if r["delta"] >= 0 else "#c0392b" for r in rows])  # fmt: skip
+    ax.barh([r["dataset"] for r in rows], [100 * r[key] for r in rows],
+            color=["#27ae60" if r[key] >= 0 else "#c0392b" for r in rows])  # fmt: skip
     ax.axvline(0, color="black", linewidth=0.8)
     ax.invert_yaxis()
-    ax.set_xlabel("customized - base (points)")
-    ax.set_title(f"{protocol}: change per dataset")
+    ax.set_xlabel(f"{models[1]} - {models[0]} (points)" if key == "delta" else f"{models[0]} (%)")
+    ax.set_title(f"{protocol}: {'change' if key == 'delta' else 'score'} per dataset")
     fig.tight_layout()
     return fig
 

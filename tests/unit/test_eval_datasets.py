@@ -97,6 +97,8 @@ def test_image_folders_in_sorted_class_order_with_classnames_file(tmp_path):
     assert ds.classnames == ["tench", "goldfish", "shark"] and len(ds) == 6
     for x, y in all_items(ds):
         assert level_of(x) == int(y)
+    with pytest.raises(DatasetError, match="no 'train' folder; it has \\['val'\\]"):
+        read_image_folder(st, st.uri("inet"), "train")
     st.write_bytes(st.uri("inet", "classnames.txt"), b"tench\ngoldfish\n")
     with pytest.raises(DatasetError, match="classnames.txt has 2 names but .* 3 class folders"):
         read_image_folder(st, st.uri("inet"), "val")
