@@ -52,7 +52,13 @@ def preflight(model: ModelConfig, training: TrainingConfig) -> None:
     from react_core.config import ConfigError
     from react_core.models import model_config
 
-    layers = model_config(model.name).get("vision_cfg", {}).get("layers")
+    vision = model_config(model.name).get("vision_cfg", {})
+    layers = vision.get("layers")
+    if vision.get("timm_model_name") or not isinstance(layers, int):
+        raise ConfigError(
+            f"model.name={model.name} has a {('timm ' + vision['timm_model_name']) if vision.get('timm_model_name') else 'ResNet'} image tower; REACT's gated "
+            "blocks and trainer need an open_clip vision transformer; fix: use a ViT-* model"
+        )
     if isinstance(layers, int) and training.mode == "gated-image" and training.gated_layers > layers:
         raise ConfigError(
             f"training.gated_layers={training.gated_layers} but {model.name} has {layers} image blocks; "

@@ -96,14 +96,13 @@ def create_model(
                     f"{len(gated)} of '{name}' ({n_blocks} layers); fix: pass the architecture it was trained with"
                 )
             add_gated_blocks(model, len(gated))
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0:3]
+        problems = key_mismatch(model.state_dict(), state)
+        if problems:
             raise ModelLoadError(
-                f"checkpoint {pretrained} does not fit model '{name}': {' '.join(first)}; "
+                f"checkpoint {pretrained} does not fit model '{name}': {problems}; "
                 "fix: pass the architecture it was trained with (model.name)"
-            ) from None
+            )
+        model.load_state_dict(state, strict=True)
     else:
         try:
             model = open_clip.create_model(name, pretrained=pretrained, device="cpu")
@@ -115,6 +114,20 @@ def create_model(
             ) from None
     model.to(device)
     return model, open_clip.get_tokenizer(name)
+
+
+def key_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], show: int = 3) -> str:
+    """'' when ``state`` fits ``expected`` exactly; else the first missing, unexpected and mis-shaped keys."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)]  # fmt: skip
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if keys:
+            more = f" (+{len(keys) - show} more)" if len(keys) > show else ""
+            parts.append(f"{len(keys)} {what}: {', '.join(keys[:show])}{more}")
+    return "; ".join(parts)
 
 
 def _gated_layers_in(state: Mapping[str, Any]) -> list[int]:

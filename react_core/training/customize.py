@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from react_core.config import TrainingConfig
-from react_core.data import load_captions
+from react_core.data import DatasetError, load_captions
 from react_core.knowledge.retrieve import embed_prompts
 from react_core.models import create_model
 from react_core.storage import Stage, Storage, join
@@ -123,6 +123,11 @@ def customize(
     """Train on the pairs in ``shard_uris``; writes ``model.pt`` (+ ``model.json``, ``gates.png``) into ``stage``."""
     if stage.done:
         return stage.uri
+    if not shard_uris:
+        raise DatasetError(
+            f"no training shards in {download_uri or stage.uri}; fix: check the download stage's success rate "
+            "and the manifest (retrieval found nothing, or every download failed)"
+        )
     tracker = tracker or NullTracker()
     text = caption_features_stage(storage, model_name, base_checkpoint, download_uri or stage.uri, shard_uris)
     job = TrainJob(

@@ -30,12 +30,17 @@ def test_checkpoint_round_trip_through_any_storage_and_layout(tmp_path):
     assert torch.equal(model.encode_image(x), third.eval().encode_image(x))
 
 
-def test_checkpoint_of_another_architecture_is_a_clear_error():
+def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
     st = Storage("memory://ckpt-mismatch")
     model, _ = create_model("react-micro-vit")
     uri = save_checkpoint(model, st, st.uri("model.pt"))
-    with pytest.raises(ModelLoadError, match="does not fit model 'react-tiny-vit'"):
+    with pytest.raises(ModelLoadError, match="does not fit model 'react-tiny-vit'.*shape mismatch: "):
         create_model("react-tiny-vit", uri, storage=st)
+    state = {k: v for k, v in model.state_dict().items() if k != "logit_scale"}
+    state["visual.extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ModelLoadError, match="1 missing: logit_scale; 1 unexpected: visual.extra.weight"):
+        create_model("react-micro-vit", str(tmp_path / "bad.pt"))
 
 
 def test_missing_checkpoint_and_unknown_model_are_clear_errors():
