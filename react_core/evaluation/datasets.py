@@ -87,14 +87,18 @@ def from_tensors(name: str, images: torch.Tensor, labels: torch.Tensor, classnam
 
 
 def prepare(img: Image.Image, size: int) -> torch.Tensor:
-    """Short side to ``size`` (bicubic), centre crop ``size`` x ``size``: (3, size, size) uint8."""
+    """Short side to ``size`` (bicubic), centre crop ``size`` x ``size``: (3, size, size) uint8.
+
+    The same pixels as open_clip's validation transform (torchvision ``Resize(size)`` then
+    ``CenterCrop(size)`` on a PIL image: the long side truncated, the crop offset rounded).
+    """
     img = img.convert("RGB")
     w, h = img.size
     if (w, h) != (size, size):
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
+        nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), Image.BICUBIC)
+        left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
         img = img.crop((left, top, left + size, top + size))
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
 

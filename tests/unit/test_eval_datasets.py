@@ -147,3 +147,17 @@ def test_bad_datasets_are_clear_errors(tmp_path):
     write_text_index(st, st.uri("multi"), lines=["test_images.zip@test/0.png 0,1"])
     with pytest.raises(DatasetError, match="2 labels in a multi-class dataset"):
         read_vision_dataset(st, st.uri("multi"), "test")
+
+
+def test_prepare_gives_open_clips_validation_pixels():
+    import open_clip
+
+    from react_core.data import normalize
+    from react_core.evaluation.datasets import prepare
+
+    preprocess = open_clip.image_transform(32, is_train=False)  # what create_model_and_transforms returns
+    rng = np.random.default_rng(0)
+    for w, h in ((45, 33), (20, 52), (32, 32), (64, 64)):
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        ours = normalize(prepare(img, 32)[None])[0]
+        assert torch.allclose(ours, preprocess(img), atol=1e-5), (w, h)
