@@ -98,7 +98,7 @@ def prepare(img: Image.Image, size: int) -> torch.Tensor:
         nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), Image.BICUBIC)
-        left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+        left, top = round((nw - size) / 2.0), round((nh - size) / 2.0)  # Python rounds half to even, as torchvision
         img = img.crop((left, top, left + size, top + size))
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
 
