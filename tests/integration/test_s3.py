@@ -54,3 +54,17 @@ def test_unreachable_endpoint_fails_fast_with_the_fix():
     with pytest.raises(StorageError, match="not writable.*endpoint_url"):
         st.check_writable()
     assert time.time() - t0 < 60
+
+
+def test_elevater_layout_with_zipped_images_is_read_from_s3(s3_endpoint):
+    """ELEVATER's text index pointing into a zip, read over S3 (zip members by range reads through s3fs)."""
+    from react_core.evaluation.datasets import open_dataset
+    from tests.unit.test_eval_datasets import level_of, write_text_index
+
+    st = Storage("s3://react-test/elevater", {"endpoint_url": s3_endpoint})
+    write_text_index(st, st.uri("toy"))
+    ds = open_dataset(st, st.uri("toy"), "test")
+    assert ds.classnames == ["cat", "dog", "owl"] and ds.images[0].startswith("s3://react-test/elevater/toy/")
+    loader = torch.utils.data.DataLoader(ds.torch_dataset(8), batch_size=4, num_workers=2)
+    pairs = [(level_of(x), int(y)) for xb, yb in loader for x, y in zip(xb, yb)]
+    assert len(pairs) == 6 and all(level == label for level, label in pairs)
