@@ -10,6 +10,7 @@ frozen) with the CLIP loss and AdamW, from random weights (no download):
   (here: given), only the image tower and ``logit_scale`` are in memory, no checkpointing; autograd
   records nothing before the first gated block.
 * **ours+ckpt**: the same with ``training.grad_checkpointing: true`` (less memory, some speed).
+* **ours+compile**: ours under ``torch.compile`` (``training.compile: true``; inductor, compiled in the warm-up).
 
 Each variant runs in its own subprocess, so that peak memory (peak RSS on CPU above the process's
 footprint before the model is built; ``torch.cuda.max_memory_allocated`` on GPU) is its own. Ratios
@@ -137,18 +138,18 @@ def main() -> None:
         print(json.dumps(run_variant(a.variant, a.model, a.batch, a.steps, a.warmup, a.gated_layers, a.device)))
         return
     results = {}
-    for variant in ("upstream", "ours", "ours+ckpt"):
+    for variant in ("upstream", "ours", "ours+ckpt", "ours+compile"):
         cmd = [sys.executable, __file__, "--variant", variant, "--model", a.model, "--batch", str(a.batch),
                "--steps", str(a.steps), "--warmup", str(a.warmup), "--gated-layers", str(a.gated_layers),
                "--device", a.device]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-    up, ours, lean = results["upstream"], results["ours"], results["ours+ckpt"]
+    up, ours, lean, compiled = results["upstream"], results["ours"], results["ours+ckpt"], results["ours+compile"]
     print(f"{a.model}, batch {a.batch}, k={a.gated_layers}, {a.steps} timed steps after {a.warmup}, device {a.device}")
-    print(f"{'variant':<10} {'samples/s':>10} {'s/step':>8} {'peak MB':>9}   ({up['memory']})")
-    for r in (up, ours, lean):
-        print(f"{r['variant']:<10} {r['samples_per_s']:>10.2f} {r['s_per_step']:>8.3f} {r['peak_mb']:>9.0f}")
-    for r in (ours, lean):
+    print(f"{'variant':<12} {'samples/s':>10} {'s/step':>8} {'peak MB':>9}   ({up['memory']})")
+    for r in (up, ours, lean, compiled):
+        print(f"{r['variant']:<12} {r['samples_per_s']:>10.2f} {r['s_per_step']:>8.3f} {r['peak_mb']:>9.0f}")
+    for r in (ours, lean, compiled):
         print(
             f"{r['variant']}/upstream: speed {r['samples_per_s'] / up['samples_per_s']:.2f}x (goal >= 2), "
             f"peak memory {r['peak_mb'] / up['peak_mb']:.2f}x (goal <= 0.6)"
