@@ -75,7 +75,7 @@ def main() -> None:
     base = pipeline.base_checkpoint(cfg.model, base_stage)
     embed = pipeline.run_embed(storage, cfg.model, cfg.knowledge_base, base, world)
     index = pipeline.run_index(storage, cfg.index, cfg.retrieval.k, embed)
-    retrieved = pipeline.run_retrieve(storage, cfg.model, base, cfg.retrieval, embed, index, world)
+    retrieved = pipeline.run_retrieve(storage, cfg.model, base, cfg.retrieval, embed, index, world, cfg.evaluation)
     downloaded = pipeline.run_download(storage, cfg.download, retrieved, world)
     n_retrieved = len(read_manifest(storage, retrieved))
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")

@@ -28,7 +28,7 @@ def customize(config: ReactConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     indexed = t.index(config.storage, config.index, config.retrieval.k, embedded)
     retrieved = t.retrieve(
         config.storage, config.model, checkpoint, config.retrieval, embedded, indexed, world,
-        config.tracking, parent_run_id=parent,
+        config.tracking, parent_run_id=parent, evaluation=config.evaluation,
     )  # fmt: skip
     downloaded = t.download(config.storage, config.download, retrieved, world)
     trained = t.train(

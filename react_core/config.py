@@ -122,13 +122,41 @@ class IndexConfig(_Section):
     recall_queries: int = Field(200, ge=1, description="held-out queries used to measure recall@K")
 
 
+class OverlapAuditConfig(_Section):
+    """Find retrieved images that are near-duplicates of the target task's evaluation images."""
+
+    enabled: bool = True
+    datasets: list[str] | None = Field(
+        None, description="evaluation datasets to audit against (names as evaluation.tasks); null: retrieval.task"
+    )
+    split: str = "test"
+    threshold: float = Field(0.95, gt=0, le=1, description="image-embedding cosine at or above which a pair is a match")
+    hash_distance: int = Field(10, ge=0, le=64, description="dHash Hamming distance at most which the hash agrees")
+    decide: Literal["both", "embedding"] = Field(
+        "both", description="both: an embedding match the hash confirms; embedding: every embedding match"
+    )
+    action: Literal["drop", "flag"] = Field(
+        "drop", description="drop duplicates from the manifest, or keep and flag them"
+    )
+
+
 class RetrievalConfig(_Section):
     task: str = Field("miniweb-fine", description="the target task whose class names drive retrieval")
     k: int = Field(50, ge=1, description="neighbours per prompt and per index")
     modes: list[Literal["t2t", "t2i"]] = Field(default_factory=lambda: ["t2t", "t2i"])
+    cross_class: Literal["best", "drop"] = Field(
+        "best", description="a pair retrieved for several classes: keep it for its best-scoring class, or drop it"
+    )
     per_class_cap: int | None = Field(None, ge=1)
+    balance: bool = Field(False, description="trim every class to the smallest non-empty class's count")
     min_similarity: float | None = None
-    target_size: int | None = Field(None, ge=1)
+    dedup_captions: bool = Field(False, description="one pair per (class, normalised caption): its best-scoring")
+    dedup_images: float | None = Field(
+        None, gt=0, le=1, description="image-embedding cosine at or above which two pairs of a class are one"
+    )
+    target_size: int | None = Field(None, ge=1, description="exact total pairs, trimmed round-robin over classes")
+    min_per_class: int = Field(0, ge=0, description="fail when a class ends with fewer pairs")
+    audit: OverlapAuditConfig = Field(default_factory=OverlapAuditConfig)
 
     @field_validator("modes")
     @classmethod

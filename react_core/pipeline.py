@@ -23,6 +23,8 @@ from react_core.config import (
     RetrievalConfig,
     TrainingConfig,
 )
+from react_core.data import DatasetError
+from react_core.evaluation.datasets import EvalSet
 from react_core.evaluation.suite import (
     comparison,
     dataset_uri,
@@ -31,6 +33,7 @@ from react_core.evaluation.suite import (
     figure_png,
     markdown_table,
     metrics_for,
+    open_eval,
     report_rows,
 )
 from react_core.knowledge.download import download, downloaded_shards
@@ -117,6 +120,24 @@ def run_index(storage: Storage, index: IndexConfig, k: int, embed_uri: str) -> s
     return build_indices(storage, embed_uri, stage, index, k)
 
 
+def audit_sets(
+    storage: Storage, retrieval: RetrievalConfig, evaluation: EvaluationConfig | None, world: str | None
+) -> tuple[list[EvalSet] | str, list[str]]:
+    """The evaluation sets the overlap audit checks (their folders, for the stage's identity), or why none."""
+    names = retrieval.audit.datasets or [retrieval.task]
+    evaluation = evaluation or EvaluationConfig()
+    sets, uris = [], []
+    for name in names:
+        if name.endswith((".yaml", ".yml")):
+            return f"task {name} is a class list with no evaluation images; set retrieval.audit.datasets", []
+        try:
+            uris.append(dataset_uri(evaluation, name, world))
+            sets.append(open_eval(storage, evaluation, name, world, retrieval.audit.split))
+        except DatasetError as exc:
+            return f"{name}: {exc}", uris
+    return sets, uris
+
+
 def run_retrieve(
     storage: Storage,
     model: ModelConfig,
@@ -125,15 +146,18 @@ def run_retrieve(
     embed_uri: str,
     index_uri: str,
     world: str | None,
+    evaluation: EvaluationConfig | None = None,
 ) -> str:
+    sets, uris = audit_sets(storage, retrieval, evaluation, world) if retrieval.audit.enabled else ([], [])
     stage = storage.stage(
-        "retrieve", retrieval, {"embed": embed_uri, "index": index_uri, "checkpoint": checkpoint or ""}
-    )
+        "retrieve", retrieval,
+        {"embed": embed_uri, "index": index_uri, "checkpoint": checkpoint or "", "audit": ",".join(uris)},
+    )  # fmt: skip
     if stage.done:
         return stage.uri
     m, tok = _model(model, checkpoint, storage)
     task = resolve_task(storage, retrieval.task, world)
-    return retrieve(m, tok, storage, embed_uri, index_uri, task, retrieval, stage)
+    return retrieve(m, tok, storage, embed_uri, index_uri, task, retrieval, stage, sets)
 
 
 def run_download(storage: Storage, cfg: DownloadConfig, retrieve_uri: str, world: str | None) -> str:

@@ -57,14 +57,16 @@ def retrieve(
     world: str | None,
     tracking: TrackingConfig | None = None,
     parent_run_id: str | None = None,
+    evaluation: EvaluationConfig | None = None,
 ) -> str:
     st = storage_of(storage)
-    uri = pipeline.run_retrieve(st, model, checkpoint, cfg, embed_uri, index_uri, world)
+    uri = pipeline.run_retrieve(st, model, checkpoint, cfg, embed_uri, index_uri, world, evaluation)
     if tracking is not None:
         with make_tracker(tracking, st).run("retrieve", parent_run_id=parent_run_id) as t:
             t.log_params({"retrieval": cfg.model_dump(mode="json")})
             manifest = st.stage_manifest(uri)
             t.log_metrics({f"retrieve/{k}": v for k, v in manifest["counts"].items()})
+            t.log_dict(st.read_json(f"{uri}/overlap.json"), "overlap.json")
             counts = st.read_json(f"{uri}/class_counts.json")
             t.log_dict(counts, "class_counts.json")
             t.log_figure(retrieval_report.class_count_figure(counts), "class_counts.png")

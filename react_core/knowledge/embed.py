@@ -177,3 +177,24 @@ def load_metadata(storage: Storage, stage_uri: str) -> pd.DataFrame:
     files = storage.ls(join(stage_uri, "metadata"), "metadata_*.parquet")
     files.sort(key=lambda u: int(u.rsplit("_", 1)[1].split(".")[0]))
     return pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(u))) for u in files], ignore_index=True)
+
+
+def load_rows(storage: Storage, stage_uri: str, rows: np.ndarray, kind: str = "img") -> np.ndarray:
+    """Embeddings of the given global ``rows`` (metadata order), reading one shard file at a time."""
+    files = storage.ls(join(stage_uri, f"{kind}_emb"), f"{kind}_emb_*.npy")
+    files.sort(key=lambda u: int(u.rsplit("_", 1)[1].split(".")[0]))
+    rows = np.asarray(rows, dtype=np.int64)
+    out: np.ndarray | None = None
+    start = 0
+    for uri in files:
+        emb = np.load(io.BytesIO(storage.read_bytes(uri)))
+        if out is None:
+            out = np.zeros((len(rows), emb.shape[1]), dtype=emb.dtype)
+        inside = (rows >= start) & (rows < start + len(emb))
+        out[inside] = emb[rows[inside] - start]
+        start += len(emb)
+        if start > rows.max(initial=-1):
+            break
+    if out is None or (len(rows) and rows.max() >= start):
+        raise ValueError(f"{stage_uri}: rows up to {rows.max(initial=-1)} asked, {start} embedded")
+    return out

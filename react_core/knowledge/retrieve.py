@@ -19,13 +19,16 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import faiss
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from react_core.config import RetrievalConfig
-from react_core.knowledge.embed import load_metadata
+from react_core.evaluation.datasets import EvalSet
+from react_core.knowledge.audit import audit_overlap
+from react_core.knowledge.embed import load_metadata, load_rows
 from react_core.knowledge.index import load_index
 from react_core.storage import Stage, Storage
 
@@ -57,16 +60,114 @@ def embed_prompts(
     return torch.cat(out).cpu().numpy()
 
 
-def select(hits: pd.DataFrame, cfg: RetrievalConfig) -> pd.DataFrame:
-    """Dedup per (class, pair), assign pairs shared by classes to their best class, filter and cap."""
+class RetrievalError(ValueError):
+    """The retrieved set cannot meet the configuration (target size, minimum per class); names the fix."""
+
+
+def normalise_caption(caption: str) -> str:
+    return " ".join(str(caption).lower().split())
+
+
+def round_robin(hits: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The first ``n`` rows taking each class's best, then each class's second best, ...: a balanced trim."""
+    ranked = hits.assign(_rank=hits.groupby("class_id", sort=False).cumcount())
+    return ranked.sort_values(["_rank", "score"], ascending=[True, False], kind="stable").head(n).drop(columns="_rank")
+
+
+def near_duplicate_rows(emb: np.ndarray, threshold: float) -> np.ndarray:
+    """Mask of rows to drop: each row whose cosine with an earlier (better-ranked) kept row is >= threshold.
+
+    One faiss range search finds every pair above the threshold (BLAS, not a Python loop over pairs);
+    the greedy pass over rows in rank order then keeps the first of each group.
+    """
+    x = np.ascontiguousarray(emb, dtype=np.float32)
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    lims, _, ids = index.range_search(x, float(threshold))
+    drop = np.zeros(len(x), dtype=bool)
+    for i in range(len(x)):
+        if drop[i]:
+            continue
+        neighbours = ids[lims[i] : lims[i + 1]]
+        later = neighbours[neighbours > i]
+        drop[later] = True  # i is kept (nothing earlier and kept covers it): its look-alikes go
+    return drop
+
+
+def select(
+    hits: pd.DataFrame,
+    cfg: RetrievalConfig,
+    classnames: Sequence[str] | None = None,
+    image_embeddings: Callable[[np.ndarray], np.ndarray] | None = None,
+    captions: Callable[[np.ndarray], Sequence[str]] | None = None,
+) -> pd.DataFrame:
+    """From raw hits (row, score, prompt_id, mode, class_id) to the selected pairs, in this order:
+
+    1. ``min_similarity``; 2. one hit per (pair, class): its best prompt and mode; 3. the cross-class
+    policy (``best``: a pair found for several classes stays with its best; ``drop``: it goes);
+    4. ``dedup_captions`` / ``dedup_images`` within each class (the better-scoring pair stays);
+    5. ``per_class_cap``; 6. ``balance``; 7. ``target_size``, exact, trimmed round-robin over classes.
+
+    ``image_embeddings(rows)`` and ``captions(rows)`` supply what the dedup steps need.
+    """
+    return finalize(candidates(hits, cfg), cfg, classnames, image_embeddings, captions)
+
+
+def candidates(hits: pd.DataFrame, cfg: RetrievalConfig) -> pd.DataFrame:
+    """Steps 1-3 of :func:`select`: one row per pair, with its class, best first."""
     if cfg.min_similarity is not None:
         hits = hits[hits["score"] >= cfg.min_similarity]
     hits = hits.sort_values("score", ascending=False, kind="stable")
     hits = hits.drop_duplicates(["row", "class_id"])  # best prompt/mode per pair and class
-    hits = hits.drop_duplicates(["row"])  # a pair found for several classes stays with its best
+    if cfg.cross_class == "drop":
+        return hits[~hits["row"].duplicated(keep=False)]  # found for several classes: ambiguous
+    return hits.drop_duplicates(["row"])  # a pair found for several classes stays with its best
+
+
+def finalize(
+    hits: pd.DataFrame,
+    cfg: RetrievalConfig,
+    classnames: Sequence[str] | None = None,
+    image_embeddings: Callable[[np.ndarray], np.ndarray] | None = None,
+    captions: Callable[[np.ndarray], Sequence[str]] | None = None,
+) -> pd.DataFrame:
+    """Steps 4-7 of :func:`select` on :func:`candidates`' output."""
+    if cfg.dedup_captions:
+        if captions is None:
+            raise ValueError("dedup_captions needs the captions")
+        norm = [normalise_caption(c) for c in captions(hits["row"].to_numpy())]
+        hits = hits.assign(_caption=norm).drop_duplicates(["class_id", "_caption"]).drop(columns="_caption")
+    if cfg.dedup_images is not None:
+        if image_embeddings is None:
+            raise ValueError("dedup_images needs the image embeddings")
+        drop = np.zeros(len(hits), dtype=bool)
+        emb = image_embeddings(hits["row"].to_numpy()).astype(np.float32)
+        cls = hits["class_id"].to_numpy()
+        for c in np.unique(cls):
+            idx = np.flatnonzero(cls == c)  # already best first
+            drop[idx[near_duplicate_rows(emb[idx], cfg.dedup_images)]] = True
+        hits = hits[~drop]
     if cfg.per_class_cap is not None:
         hits = hits.groupby("class_id", sort=False).head(cfg.per_class_cap)
-    return hits.sort_values(["class_id", "score"], ascending=[True, False], kind="stable")
+    if cfg.balance and len(hits):
+        hits = hits.groupby("class_id", sort=False).head(int(hits["class_id"].value_counts().min()))
+    if cfg.target_size is not None:
+        if len(hits) < cfg.target_size:
+            raise RetrievalError(
+                f"retrieval.target_size={cfg.target_size:,} but only {len(hits):,} pairs remain after selection; "
+                "fix: raise retrieval.k, loosen min_similarity / per_class_cap / balance, or lower target_size"
+            )
+        hits = round_robin(hits, cfg.target_size)
+    out = hits.sort_values(["class_id", "score"], ascending=[True, False], kind="stable")
+    if cfg.min_per_class and classnames is not None:
+        counts = out["class_id"].value_counts()
+        short = {n: int(counts.get(c, 0)) for c, n in enumerate(classnames) if counts.get(c, 0) < cfg.min_per_class}
+        if short:
+            raise RetrievalError(
+                f"{len(short)} class(es) below retrieval.min_per_class={cfg.min_per_class}: {short}; fix: raise "
+                "retrieval.k, add synonyms for those classes, or lower min_per_class"
+            )
+    return out
 
 
 def retrieve(
@@ -78,8 +179,12 @@ def retrieve(
     task: TaskSpec,
     cfg: RetrievalConfig,
     stage: Stage,
+    audit_sets: Sequence[EvalSet] | str = "no evaluation set given",
 ) -> str:
-    """Write ``manifest.parquet`` and ``class_counts.json`` for ``task``; returns the stage URI."""
+    """Write ``manifest.parquet``, ``class_counts.json`` (and ``overlap.json``) for ``task``; returns the stage URI.
+
+    ``audit_sets``: the evaluation sets to audit the retrieved images against, or why there are none.
+    """
     if stage.done:
         return stage.uri
     meta = load_metadata(storage, embed_uri)
@@ -103,7 +208,13 @@ def retrieve(
         )
     hits = pd.concat(frames, ignore_index=True)
     hits["class_id"] = np.asarray(prompt_class)[hits["prompt_id"].to_numpy()]
-    chosen = select(hits, cfg)
+    cands = candidates(hits, cfg)
+    cands, findings, overlap = _audit(model, storage, embed_uri, meta, cands, cfg, audit_sets)
+    chosen = finalize(
+        cands, cfg, task.classnames,
+        image_embeddings=lambda r: load_rows(storage, embed_uri, r),
+        captions=lambda r: meta["caption"].to_numpy()[r],
+    )  # fmt: skip
     rows = meta.iloc[chosen["row"].to_numpy()].reset_index(drop=True)
     manifest = pd.DataFrame(
         {
@@ -120,6 +231,10 @@ def retrieve(
         },
         columns=MANIFEST_COLUMNS,
     )
+    if findings is not None and cfg.audit.action == "flag":
+        flagged = findings.reindex(chosen["row"].to_numpy())
+        manifest["overlap"] = flagged["overlap"].fillna(False).to_numpy(bool)
+        manifest["overlap_similarity"] = flagged["overlap_similarity"].to_numpy(np.float32)
     per_class = {name: int((manifest["class_id"] == c).sum()) for c, name in enumerate(task.classnames)}
     empty = [n for n, v in per_class.items() if v == 0]
     if empty:
@@ -128,11 +243,50 @@ def retrieve(
     manifest.to_parquet(buf)
     storage.write_bytes(stage.file("manifest.parquet"), buf.getvalue())
     storage.write_json(stage.file("class_counts.json"), per_class)
+    storage.write_json(stage.file("overlap.json"), overlap)
+    audit_counts = {f"overlap.{k}": v for k, v in overlap["summary"].items() if isinstance(v, int)}
     return stage.complete(
         counts={"pairs": len(manifest), "prompts": len(prompts), "classes": len(task.classnames),
-                "empty_classes": len(empty), **{f"mode.{m}": int((manifest["mode"] == m).sum()) for m in cfg.modes}},
-        task=task.name,
+                "empty_classes": len(empty), **{f"mode.{m}": int((manifest["mode"] == m).sum()) for m in cfg.modes},
+                **audit_counts},
+        task=task.name, overlap=overlap["summary"],
     )  # fmt: skip
+
+
+def _audit(
+    model: torch.nn.Module,
+    storage: Storage,
+    embed_uri: str,
+    meta: pd.DataFrame,
+    cands: pd.DataFrame,
+    cfg: RetrievalConfig,
+    audit_sets: Sequence[EvalSet] | str,
+) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
+    """Run the overlap audit on the candidate pairs; drop duplicates when so configured."""
+    if not cfg.audit.enabled or isinstance(audit_sets, str) or not len(cands):
+        reason = "disabled (retrieval.audit.enabled)" if not cfg.audit.enabled else (
+            audit_sets if isinstance(audit_sets, str) else "nothing retrieved")  # fmt: skip
+        if cfg.audit.enabled:
+            _logger.warning("overlap audit skipped: %s", reason)
+        return cands, None, {"summary": {"skipped": reason}, "duplicates": []}
+    from react_core.evaluation.zeroshot import image_features
+
+    rows = cands["row"].to_numpy()
+    places = meta.iloc[rows][["key", "shard", "offset"]].reset_index(drop=True)
+    feats = [image_features(model, s)[0] for s in audit_sets]
+    findings, summary = audit_overlap(
+        storage, places, load_rows(storage, embed_uri, rows), audit_sets, feats, cfg.audit
+    )
+    findings.index = rows
+    dups = findings[findings["overlap"]]
+    listing = [{"key": places["key"].iloc[i], "row": int(r), "similarity": float(dups.loc[r, "overlap_similarity"]),
+                "eval_image": dups.loc[r, "overlap_image"], "hash_distance": int(dups.loc[r, "overlap_hash_distance"])}
+               for i, r in enumerate(rows) if r in dups.index]  # fmt: skip
+    summary["datasets"] = [s.name for s in audit_sets]
+    if cfg.audit.action == "drop":
+        cands = cands[~findings["overlap"].to_numpy()]
+        summary["dropped"] = len(listing)
+    return cands, findings, {"summary": summary, "duplicates": listing}
 
 
 def read_manifest(storage: Storage, stage_uri: str) -> pd.DataFrame:

@@ -33,9 +33,11 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     assert {a.path for a in client.list_artifacts(retrieve_run.info.run_id)} == {
         "class_counts.json",
         "class_counts.png",
+        "overlap.json",
         "retrieved_samples.png",
     }
     assert retrieve_run.data.metrics["retrieve/pairs"] > 0
+    assert retrieve_run.data.metrics["retrieve/overlap.checked"] >= retrieve_run.data.metrics["retrieve/pairs"]
     evaluate = next(c for c in children if c.info.run_name == "evaluate")
     assert "zero-shot/miniweb-fine/accuracy/delta" in evaluate.data.metrics
     assert evaluate.data.metrics["zero-shot/miniweb-fine/accuracy/base"] == first["table"]["miniweb-fine"]["base"]

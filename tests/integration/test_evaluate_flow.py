@@ -64,3 +64,31 @@ def test_evaluate_flow_adds_datasets_incrementally_and_readers_agree(prefect_har
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert f"| miniweb-coarse | zero-shot | accuracy | {acc['miniweb-coarse']:.4f} |" in cli.stdout
     assert "metrics.json" in cli.stdout
+
+
+def test_dataloader_workers_exit_cleanly_after_a_flow_ran_in_this_process(prefect_harness, tmp_path):
+    """A fork of a process that ran a Prefect flow inherits its services' exit hooks (react_core.forking)."""
+    import multiprocessing
+
+    import torch
+    from prefect import flow
+
+    from react_core.evaluation.datasets import open_dataset
+    from react_core.evaluation.zeroshot import loader
+    from tests.unit.test_eval_datasets import write_text_index
+
+    @flow
+    def noop() -> int:
+        return 1
+
+    assert noop() == 1
+    bare = multiprocessing.get_context("fork").Process(target=int)
+    bare.start()
+    bare.join()
+    # The problem itself: a fork that does nothing "fails". When this starts passing with 0, Prefect has
+    # fixed its exit hooks and react_core.forking can go.
+    assert bare.exitcode == 1, "Prefect's services no longer break forked children: remove react_core.forking"
+    st = Storage(str(tmp_path))
+    write_text_index(st, st.uri("toy"))
+    labels = [y for _, y in loader(open_dataset(st, st.uri("toy")), 8, 2, 2, torch.device("cpu"))]
+    assert sum(len(y) for y in labels) == 6

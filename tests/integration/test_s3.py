@@ -65,6 +65,8 @@ def test_elevater_layout_with_zipped_images_is_read_from_s3(s3_endpoint):
     write_text_index(st, st.uri("toy"))
     ds = open_dataset(st, st.uri("toy"), "test")
     assert ds.classnames == ["cat", "dog", "owl"] and ds.images[0].startswith("s3://react-test/elevater/toy/")
-    loader = torch.utils.data.DataLoader(ds.torch_dataset(8), batch_size=4, num_workers=2)
-    pairs = [(level_of(x), int(y)) for xb, yb in loader for x, y in zip(xb, yb)]
+    from react_core.evaluation.zeroshot import loader
+
+    batches = loader(ds, image_size=8, batch_size=4, num_workers=2, device=torch.device("cpu"))
+    pairs = [(level_of(x), int(y)) for xb, yb in batches for x, y in zip(xb, yb)]
     assert len(pairs) == 6 and all(level == label for level, label in pairs)

@@ -6,7 +6,15 @@ import torch
 from react_core.config import IndexConfig, RetrievalConfig
 from react_core.knowledge.embed import embed_knowledge_base, load_embeddings, load_metadata
 from react_core.knowledge.index import build_indices
-from react_core.knowledge.retrieve import MANIFEST_COLUMNS, TaskSpec, embed_prompts, read_manifest, retrieve, select
+from react_core.knowledge.retrieve import (
+    MANIFEST_COLUMNS,
+    RetrievalError,
+    TaskSpec,
+    embed_prompts,
+    read_manifest,
+    retrieve,
+    select,
+)
 from react_core.models import create_model
 from react_core.storage import Storage, join
 
@@ -69,3 +77,50 @@ def test_select_keeps_best_class_and_caps():
     assert list(out["row"]) == [4, 1, 5]  # by class, best first
     out = select(hits, RetrievalConfig(min_similarity=0.75))
     assert dict(zip(out["row"], out["class_id"])) == {4: 0, 1: 0}
+
+
+def policy_hits():
+    # class 0: rows 1..6 (row 1 also found for class 1 at a lower score); class 1: rows 1, 7, 8; class 2: row 9
+    rows = [1, 2, 3, 4, 5, 6, 1, 7, 8, 9]
+    score = [0.90, 0.85, 0.80, 0.75, 0.70, 0.65, 0.60, 0.88, 0.50, 0.40]
+    cls = [0, 0, 0, 0, 0, 0, 1, 1, 1, 2]
+    return pd.DataFrame({"row": rows, "score": score, "prompt_id": 0, "mode": "t2t", "class_id": cls})
+
+
+def test_cross_class_drop_removes_pairs_found_for_several_classes():
+    best = select(policy_hits(), RetrievalConfig())
+    assert dict(zip(best["row"], best["class_id"]))[1] == 0
+    dropped = select(policy_hits(), RetrievalConfig(cross_class="drop"))
+    assert 1 not in set(dropped["row"]) and len(dropped) == 8
+
+
+def test_target_size_is_exact_and_trims_round_robin():
+    out = select(policy_hits(), RetrievalConfig(target_size=6))
+    assert len(out) == 6
+    # rank 0 of each class (rows 1, 7, 9), then rank 1 (rows 2, 8), then the best rank-2 row (3)
+    assert set(out["row"]) == {1, 7, 9, 2, 8, 3}
+    with pytest.raises(RetrievalError, match="target_size=20 but only 9 pairs remain.*fix: raise retrieval.k"):
+        select(policy_hits(), RetrievalConfig(target_size=20))
+
+
+def test_balance_trims_every_class_to_the_smallest():
+    out = select(policy_hits()[policy_hits()["class_id"] < 2], RetrievalConfig(balance=True))
+    assert out["class_id"].value_counts().to_dict() == {0: 2, 1: 2}
+    assert set(out["row"]) == {1, 2, 7, 8}  # each class's best
+
+
+def test_min_per_class_names_the_short_classes():
+    with pytest.raises(RetrievalError, match=r"2 class\(es\) below retrieval.min_per_class=3: \{'b': 2, 'c': 1\}"):
+        select(policy_hits(), RetrievalConfig(min_per_class=3), classnames=["a", "b", "c"])
+
+
+def test_dedup_captions_and_images_keep_the_better_pair_per_class():
+    captions = {1: "A red  Zorb", 2: "a red zorb", 3: "other", 4: "x", 5: "y", 6: "z", 7: "a red zorb", 8: "q", 9: "w"}
+    out = select(policy_hits(), RetrievalConfig(dedup_captions=True), captions=lambda r: [captions[i] for i in r])
+    assert 2 not in set(out["row"]) and {1, 7} <= set(out["row"])  # row 7 is another class: kept
+    emb = {i: np.eye(4)[i % 4] for i in range(10)}  # rows 1 and 5 (and 2 and 6) point the same way
+    out = select(
+        policy_hits(), RetrievalConfig(dedup_images=0.99), image_embeddings=lambda r: np.stack([emb[i] for i in r])
+    )
+    kept0 = set(out.loc[out["class_id"] == 0, "row"])
+    assert kept0 == {1, 2, 3, 4}  # 5 repeats 1, 6 repeats 2 (the better-scoring ones stay)
