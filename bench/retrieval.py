@@ -13,7 +13,8 @@ with a memory budget, or ``--index-key``). Then:
   ``select`` (dedup per pair and class, cross-class assignment) over all hits;
 * **per-prompt loop**: ``index.search`` one prompt at a time, as a loop over class names and templates
   would; timed on ``--loop-sample`` prompts and scaled to all of them (said so in the output);
-* **recall@K** of the index against exact search (faiss' blocked exhaustive search) on 1,000 prompts.
+* **recall@K** of the index against exact search (faiss' blocked exhaustive search) on 1,000 prompts,
+  after the search parameter was raised to ``--recall-target`` on 200 other prompts (as the index stage does).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import pandas as pd
 from faiss.contrib.exhaustive_search import knn_ground_truth
 
 from react_core.config import IndexConfig, RetrievalConfig
-from react_core.knowledge.index import build_one
+from react_core.knowledge.index import build_one, tune_recall
 from react_core.knowledge.retrieve import select
 
 
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--index-key", default=None, help="a faiss key; default: autofaiss chooses under --budget")
     ap.add_argument("--budget", default="4G", help="autofaiss max_index_memory_usage")
     ap.add_argument("--loop-sample", type=int, default=2000)
+    ap.add_argument("--recall-target", type=float, default=0.95, help="0 keeps autofaiss' search parameter")
     args = ap.parse_args()
     t0 = time.perf_counter()
     db, queries, prompt_class = data(args.rows, args.classes, args.templates, args.dim)
@@ -81,6 +83,13 @@ def main() -> None:
         index = faiss.read_index(path)
         build_s = time.perf_counter() - t0
     print(f"index: {infos.get('index_key')} ({infos.get('index_param', '')}), built in {build_s:.0f} s")
+    if args.recall_target:  # what the index stage does (index.recall_target): raise efSearch / nprobe
+        t0 = time.perf_counter()
+        held_out = queries[np.random.default_rng(3).choice(len(queries), 200, replace=False)]
+        tuned, param = tune_recall(index, db, held_out, args.k, args.recall_target)
+        print(
+            f"tuned to {param}: recall@{args.k} {tuned:.4f} on 200 held-out prompts ({time.perf_counter() - t0:.0f} s)"
+        )
 
     t0 = time.perf_counter()
     scores, rows = index.search(queries, args.k)

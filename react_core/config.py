@@ -120,6 +120,12 @@ class IndexConfig(_Section):
     max_index_memory_usage: str = "4G"
     current_memory_available: str = "8G"
     recall_queries: int = Field(200, ge=1, description="held-out queries used to measure recall@K")
+    recall_target: float | None = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="raise the search parameter (efSearch / nprobe) until recall@K reaches this; null: keep autofaiss'",
+    )
 
 
 class OverlapAuditConfig(_Section):

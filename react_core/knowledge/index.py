@@ -47,6 +47,40 @@ def recall_at_k(index: faiss.Index, database: np.ndarray, queries: np.ndarray, k
     return float(np.mean(hits) / k)
 
 
+def _search_knob(index: faiss.Index) -> tuple[str, int, int] | None:
+    """The search parameter that trades speed for recall: (name, current value, ceiling), or None (exact)."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+        return "nprobe", int(ivf.nprobe), int(ivf.nlist)
+    except RuntimeError:
+        pass
+    inner = faiss.downcast_index(index.index if isinstance(index, faiss.IndexPreTransform) else index)
+    if hasattr(inner, "hnsw"):
+        return "efSearch", int(inner.hnsw.efSearch), 1 << 15
+    return None
+
+
+def tune_recall(
+    index: faiss.Index, database: np.ndarray, queries: np.ndarray, k: int, target: float
+) -> tuple[float, str | None]:
+    """Double the index's search parameter until recall@k on ``queries`` reaches ``target`` (or its ceiling).
+
+    autofaiss tunes for a query-time budget, not a recall floor; retrieval quality needs the floor.
+    Returns the recall reached and the parameter setting (``"efSearch=512"``), None for exact indices.
+    """
+    recall = recall_at_k(index, database, queries, k)
+    knob = _search_knob(index)
+    if knob is None:
+        return recall, None
+    name, value, ceiling = knob
+    space = faiss.ParameterSpace()
+    while recall < target and value < ceiling:
+        value = min(ceiling, max(value * 2, value + 1))
+        space.set_index_parameters(index, f"{name}={value}")
+        recall = recall_at_k(index, database, queries, k)
+    return recall, f"{name}={value}"
+
+
 def build_one(emb: np.ndarray, cfg: IndexConfig, workdir: str, name: str) -> tuple[str, dict[str, Any]]:
     """Build one inner-product index with autofaiss; returns (local index path, autofaiss infos).
 
@@ -100,10 +134,19 @@ def build_indices(storage: Storage, embed_uri: str, stage: Stage, cfg: IndexConf
             emb = text if kind == "text" else load_embeddings(storage, embed_uri, kind).astype(np.float32)
             path, infos = build_one(emb, cfg, tmp, name)
             index = faiss.read_index(path)
-            recall = recall_at_k(index, emb, queries, k)
+            if cfg.recall_target is not None:
+                recall, param = tune_recall(index, emb, queries, k, cfg.recall_target)
+                if param is not None:
+                    faiss.write_index(index, path)  # the tuned parameter is saved with the index
+                    if recall < cfg.recall_target:
+                        _logger.warning("%s index: recall@%d %.3f below the target %.2f at %s (its ceiling)",
+                                        name, k, recall, cfg.recall_target, param)  # fmt: skip
+            else:
+                recall, param = recall_at_k(index, emb, queries, k), None
             infos.update(
                 {"rows": int(index.ntotal), "dim": int(index.d), "metric": "ip", "k": k,
-                 "recall_at_k": recall, "recall_queries": len(queries), "embed_uri": embed_uri}
+                 "recall_at_k": recall, "recall_queries": len(queries), "embed_uri": embed_uri,
+                 "search_param": param or infos.get("index_param"), "recall_target": cfg.recall_target}
             )  # fmt: skip
             storage.put_file(path, stage.file(f"{name}.index"))
             storage.write_json(stage.file(f"{name}_infos.json"), infos)

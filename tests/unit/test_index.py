@@ -66,3 +66,34 @@ def test_failed_autofaiss_build_raises(tmp_path):
     emb = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
     with pytest.raises(IndexBuildError, match="index_key"):
         build_one(emb, IndexConfig(index_key="NotAnIndex,Flat"), str(tmp_path), "image")
+
+
+@pytest.mark.parametrize("key, knob", [("IVF16,Flat", "nprobe"), ("HNSW4", "efSearch")])
+def test_search_parameter_is_raised_until_the_recall_target(embedded, key, knob):
+    import faiss
+
+    from react_core.knowledge.index import tune_recall
+
+    st, emb_uri = embedded
+    emb = load_embeddings(st, emb_uri, "img").astype(np.float32)
+    queries = load_embeddings(st, emb_uri, "text")[:50].astype(np.float32)
+    index = faiss.index_factory(emb.shape[1], key, faiss.METRIC_INNER_PRODUCT)
+    index.train(emb)
+    index.add(emb)
+    faiss.ParameterSpace().set_index_parameters(index, f"{knob}=1")
+    before = recall_at_k(index, emb, queries, 20)
+    recall, param = tune_recall(index, emb, queries, 20, target=0.97)
+    assert before < 0.97 <= recall and param.startswith(f"{knob}=") and int(param.split("=")[1]) > 1
+    assert recall_at_k(index, emb, queries, 20) == recall  # the setting stays on the index
+
+
+def test_index_stage_saves_the_tuned_parameter(embedded):
+    import faiss
+
+    st, emb_uri = embedded
+    uri = build_indices(st, emb_uri, st.stage("index", {"k": "IVF"}),
+                        IndexConfig(index_key="IVF16,Flat", recall_queries=50, recall_target=0.99), k=10)  # fmt: skip
+    infos = st.read_json(join(uri, "image_infos.json"))
+    assert infos["recall_at_k"] >= 0.99 and infos["search_param"].startswith("nprobe=")
+    index = load_index(st, uri, "image", metadata_rows(st, emb_uri), 32)
+    assert faiss.extract_index_ivf(index).nprobe == int(infos["search_param"].split("=")[1])
