@@ -14,16 +14,24 @@ from tasks.world import generate_miniweb, pretrain_base_model, start_tracking
 DEFAULT_CONFIG = ReactConfig()
 
 
+def world_and_base(config: ReactConfig, parent_run_id: str | None) -> tuple[str | None, str | None]:
+    """The mini-web (when any stage reads it) and the base weights: the mini-web base, trained if need be,
+    or ``model.pretrained``. Shared by the flows that start from a base model."""
+    world = generate_miniweb(config.storage, config.miniweb) if config.uses_miniweb else None
+    base_stage = None
+    if config.model.pretrained == "miniweb":
+        base_stage = pretrain_base_model(
+            config.storage, config.model, config.tracking, world, parent_run_id=parent_run_id
+        )
+    return world, t.resolve_base(config.model, base_stage)
+
+
 @flow(name="customize")
 def customize(config: ReactConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Embed the knowledge base, index it, retrieve for the task's class names, download, train, evaluate."""
     t.preflight(config.model, config.training)
     parent = start_tracking(config, "customize", runtime.flow_run.id)
-    world = generate_miniweb(config.storage, config.miniweb) if config.uses_miniweb else None
-    base_stage = None
-    if config.model.pretrained == "miniweb":
-        base_stage = pretrain_base_model(config.storage, config.model, config.tracking, world, parent_run_id=parent)
-    checkpoint = t.resolve_base(config.model, base_stage)
+    world, checkpoint = world_and_base(config, parent)
     embedded = t.embed(config.storage, config.model, config.knowledge_base, checkpoint, world)
     indexed = t.index(config.storage, config.index, config.retrieval.k, embedded)
     retrieved = t.retrieve(

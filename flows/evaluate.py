@@ -6,9 +6,10 @@ from typing import Any
 
 from prefect import flow, runtime
 
+from flows.customize import world_and_base
 from react_core.config import ReactConfig
 from tasks import customize as t
-from tasks.world import generate_miniweb, pretrain_base_model, start_tracking
+from tasks.world import start_tracking
 
 DEFAULT_CONFIG = ReactConfig()
 
@@ -19,11 +20,7 @@ def evaluate(config: ReactConfig = DEFAULT_CONFIG, customized: str | None = None
     the ``customized`` checkpoint against it. Each (model, dataset) pair is its own cached task, so adding a
     dataset to ``evaluation.tasks`` evaluates only that one."""
     parent = start_tracking(config, "evaluate", runtime.flow_run.id)
-    world = generate_miniweb(config.storage, config.miniweb) if config.uses_miniweb else None
-    base_stage = None
-    if config.model.pretrained == "miniweb":
-        base_stage = pretrain_base_model(config.storage, config.model, config.tracking, world, parent_run_id=parent)
-    base = t.resolve_base(config.model, base_stage)
+    world, base = world_and_base(config, parent)
     checkpoints = {"base": base} if customized is None else {"base": base, "customized": customized}
     evaluated = t.evaluate_models(
         config.storage, config.model, checkpoints, config.evaluation, config.tracking, world, parent_run_id=parent

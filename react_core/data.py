@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -101,3 +102,21 @@ def normalize(images_u8: torch.Tensor, image_size: int | None = None) -> torch.T
     if image_size is not None and x.shape[-1] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", align_corners=False).clamp_(0, 1)
     return (x - _MEAN.to(x.device)) / _STD.to(x.device)
+
+
+def read_kb_images(storage: Storage, places: Sequence[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
+    """Image bytes of knowledge-base samples by (shard URI, offset in the shard), one pass per shard."""
+    wanted: dict[str, set[int]] = defaultdict(set)
+    for shard, offset in places:
+        wanted[shard].add(int(offset))
+    out = {}
+    for shard, offsets in wanted.items():
+        last = max(offsets)
+        for offset, sample in enumerate(iter_shard(storage, shard)):
+            if offset in offsets:
+                data = next((sample[k] for k in ("jpg", "jpeg", "png", "webp") if k in sample), None)
+                if data is not None:
+                    out[(shard, offset)] = data
+            if offset >= last:
+                break
+    return out

@@ -58,9 +58,10 @@ def preflight(model: ModelConfig, training: TrainingConfig) -> None:
     vision = model_config(model.name).get("vision_cfg", {})
     layers = vision.get("layers")
     if vision.get("timm_model_name") or not isinstance(layers, int):
+        tower = f"timm {vision['timm_model_name']}" if vision.get("timm_model_name") else "ResNet"
         raise ConfigError(
-            f"model.name={model.name} has a {('timm ' + vision['timm_model_name']) if vision.get('timm_model_name') else 'ResNet'} image tower; REACT's gated "
-            "blocks and trainer need an open_clip vision transformer; fix: use a ViT-* model"
+            f"model.name={model.name} has a {tower} image tower; REACT's gated blocks and trainer need an "
+            "open_clip vision transformer; fix: use a ViT-* model"
         )
     if isinstance(layers, int) and training.mode == "gated-image" and training.gated_layers > layers:
         raise ConfigError(
@@ -120,22 +121,25 @@ def run_index(storage: Storage, index: IndexConfig, k: int, embed_uri: str) -> s
     return build_indices(storage, embed_uri, stage, index, k)
 
 
-def audit_sets(
-    storage: Storage, retrieval: RetrievalConfig, evaluation: EvaluationConfig | None, world: str | None
-) -> tuple[list[EvalSet] | str, list[str]]:
-    """The evaluation sets the overlap audit checks (their folders, for the stage's identity), or why none."""
-    names = retrieval.audit.datasets or [retrieval.task]
-    evaluation = evaluation or EvaluationConfig()
-    sets, uris = [], []
-    for name in names:
+def audit_datasets(
+    retrieval: RetrievalConfig, evaluation: EvaluationConfig, world: str | None
+) -> tuple[list[tuple[str, str]], str | None]:
+    """(name, folder) of each evaluation set the overlap audit checks, or why there are none.
+
+    Only names and folders: they are part of the retrieve stage's identity, computed on every run, so
+    nothing is listed or read here (an ImageNet val folder holds 50,000 files).
+    """
+    if not retrieval.audit.enabled:
+        return [], None
+    found = []
+    for name in retrieval.audit.datasets or [retrieval.task]:
         if name.endswith((".yaml", ".yml")):
-            return f"task {name} is a class list with no evaluation images; set retrieval.audit.datasets", []
+            return [], f"task {name} is a class list with no evaluation images; set retrieval.audit.datasets"
         try:
-            uris.append(dataset_uri(evaluation, name, world))
-            sets.append(open_eval(storage, evaluation, name, world, retrieval.audit.split))
+            found.append((name, dataset_uri(evaluation, name, world)))
         except DatasetError as exc:
-            return f"{name}: {exc}", uris
-    return sets, uris
+            return [], f"{name}: {exc}"
+    return found, None
 
 
 def run_retrieve(
@@ -148,13 +152,21 @@ def run_retrieve(
     world: str | None,
     evaluation: EvaluationConfig | None = None,
 ) -> str:
-    sets, uris = audit_sets(storage, retrieval, evaluation, world) if retrieval.audit.enabled else ([], [])
+    evaluation = evaluation or EvaluationConfig()
+    audited, why_not = audit_datasets(retrieval, evaluation, world)
     stage = storage.stage(
         "retrieve", retrieval,
-        {"embed": embed_uri, "index": index_uri, "checkpoint": checkpoint or "", "audit": ",".join(uris)},
+        {"embed": embed_uri, "index": index_uri, "checkpoint": checkpoint or "",
+         "audit": ",".join(uri for _, uri in audited)},
     )  # fmt: skip
     if stage.done:
         return stage.uri
+    sets: list[EvalSet] | str = why_not or "no evaluation set given"
+    if audited:
+        try:
+            sets = [open_eval(storage, evaluation, name, world, retrieval.audit.split) for name, _ in audited]
+        except DatasetError as exc:
+            sets = str(exc)
     m, tok = _model(model, checkpoint, storage)
     task = resolve_task(storage, retrieval.task, world)
     return retrieve(m, tok, storage, embed_uri, index_uri, task, retrieval, stage, sets)

@@ -25,7 +25,7 @@ from react_core.data import DatasetError
 from react_core.evaluation.datasets import EvalSet, open_dataset
 from react_core.evaluation.linear_probe import ProbeSettings, linear_probe
 from react_core.evaluation.metrics import compute
-from react_core.evaluation.zeroshot import image_features, scores_of, text_classifier
+from react_core.evaluation.zeroshot import image_features, zero_shot
 from react_core.registry import elevater_datasets, elevater_metric, elevater_task, imagenet_templates
 from react_core.storage import Storage, join
 
@@ -89,17 +89,15 @@ def evaluate_dataset(
     """Zero-shot metrics (and the few-shot probe when enabled) of one model on one dataset."""
     evalset = open_eval(storage, cfg, name, world, cfg.split)
     metrics = metrics_for(name)
-    clf = text_classifier(model, tokenizer, evalset.classnames, evalset.templates).float().cpu()
-    feats, targets = image_features(model, evalset, cfg.batch_size, cfg.num_workers, progress)
-    scores = scores_of(feats, clf)
+    z = zero_shot(model, tokenizer, evalset, cfg.batch_size, cfg.num_workers, progress)
     result: dict[str, Any] = {
         "dataset": display_name(name),
         "source": evalset.source,
         "split": cfg.split,
-        "n": len(targets),
+        "n": len(z.targets),
         "classes": len(evalset.classnames),
         "metric": metrics[0],
-        "zero_shot": {m: compute(m, targets.numpy(), scores) for m in metrics},
+        "zero_shot": {m: compute(m, z.targets.numpy(), z.scores) for m in metrics},
     }
     if cfg.linear_probe.enabled:
         p = cfg.linear_probe
@@ -111,7 +109,7 @@ def evaluate_dataset(
             return result
         train = image_features(model, train_set, cfg.batch_size, cfg.num_workers, progress)
         settings = ProbeSettings(p.shots, p.seeds, p.lrs, p.weight_decays, p.steps, p.val_per_class)
-        result["linear_probe"] = linear_probe(train, (feats, targets), clf, metrics[0], settings)
+        result["linear_probe"] = linear_probe(train, (z.features, z.targets), z.classifier, metrics[0], settings)
     return result
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,29 @@ def scores_of(features: torch.Tensor, classifier: torch.Tensor) -> np.ndarray:
     return torch.softmax(LOGIT_SCALE * features @ classifier, dim=1).numpy()
 
 
+@dataclass
+class ZeroShotPass:
+    """One zero-shot pass over a dataset: what the metrics and the few-shot probe both need."""
+
+    classifier: torch.Tensor  # (D, C) float32, CPU
+    features: torch.Tensor  # (N, D) L2-normalised image features, CPU
+    targets: torch.Tensor  # (N,) class indices or (N, C) multi-hot
+    scores: np.ndarray  # (N, C) softmax(100 x cosine)
+
+
+def zero_shot(
+    model: torch.nn.Module,
+    tokenizer: Callable[[list[str]], torch.Tensor],
+    evalset: EvalSet,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> ZeroShotPass:
+    clf = text_classifier(model, tokenizer, evalset.classnames, evalset.templates).float().cpu()
+    feats, targets = image_features(model, evalset, batch_size, num_workers, progress)
+    return ZeroShotPass(clf, feats, targets, scores_of(feats, clf))
+
+
 def evaluate_zero_shot(
     model: torch.nn.Module,
     tokenizer: Callable[[list[str]], torch.Tensor],
@@ -114,9 +138,6 @@ def evaluate_zero_shot(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Zero-shot ``metrics`` (names of :mod:`react_core.evaluation.metrics`) on ``evalset``."""
-    clf = text_classifier(model, tokenizer, evalset.classnames, evalset.templates).to(torch.float32).cpu()
-    feats, targets = image_features(model, evalset, batch_size, num_workers, progress)
-    scores = scores_of(feats, clf)
-    t = targets.numpy()
-    out: dict[str, Any] = {m: compute(m, t, scores) for m in metrics}
-    return {**out, "dataset": evalset.name, "n": len(t), "classes": len(evalset.classnames)}
+    z = zero_shot(model, tokenizer, evalset, batch_size, num_workers, progress)
+    out: dict[str, Any] = {m: compute(m, z.targets.numpy(), z.scores) for m in metrics}
+    return {**out, "dataset": evalset.name, "n": len(z.targets), "classes": len(evalset.classnames)}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +32,7 @@ import torch
 from PIL import Image
 
 from react_core.config import OverlapAuditConfig
-from react_core.data import iter_shard
+from react_core.data import read_kb_images
 from react_core.evaluation.datasets import EvalSet, read_image_bytes
 from react_core.storage import Storage
 
@@ -50,24 +49,6 @@ def dhash(image_bytes: bytes, size: int = 8) -> int:
 
 def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
-
-
-def read_kb_images(storage: Storage, places: Sequence[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
-    """Image bytes of knowledge-base samples by (shard URI, offset in the shard), one pass per shard."""
-    wanted: dict[str, set[int]] = defaultdict(set)
-    for shard, offset in places:
-        wanted[shard].add(int(offset))
-    out = {}
-    for shard, offsets in wanted.items():
-        last = max(offsets)
-        for offset, sample in enumerate(iter_shard(storage, shard)):
-            if offset in offsets:
-                data = next((sample[k] for k in ("jpg", "jpeg", "png", "webp") if k in sample), None)
-                if data is not None:
-                    out[(shard, offset)] = data
-            if offset >= last:
-                break
-    return out
 
 
 def audit_overlap(

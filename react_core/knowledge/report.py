@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections import defaultdict
 
 import matplotlib
 
@@ -12,7 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from react_core.data import iter_shard
+from react_core.data import read_kb_images
 from react_core.storage import Storage
 
 
@@ -31,18 +30,13 @@ def class_count_figure(counts: dict[str, int], title: str = "retrieved pairs per
 def sample_grid(storage: Storage, manifest: pd.DataFrame, per_class: int = 8, cell: int = 64) -> Image.Image:
     """One row per class: its best-scoring retrieved images (read back from the knowledge-base shards)."""
     top = manifest.sort_values("score", ascending=False).groupby("class_id", sort=True).head(per_class)
-    wanted: dict[str, dict[int, int]] = defaultdict(dict)  # shard -> offset -> row position in `top`
-    for pos, (shard, offset) in enumerate(zip(top["shard"], top["offset"])):
-        wanted[shard][int(offset)] = pos
-    images: dict[int, Image.Image] = {}
-    for shard, offsets in wanted.items():
-        last = max(offsets)
-        for offset, sample in enumerate(iter_shard(storage, shard)):
-            if offset in offsets:
-                data = sample.get("jpg") or sample.get("png")
-                images[offsets[offset]] = Image.open(io.BytesIO(data)).convert("RGB").resize((cell, cell))
-            if offset >= last:
-                break
+    places = [(shard, int(offset)) for shard, offset in zip(top["shard"], top["offset"])]
+    found = read_kb_images(storage, places)  # one pass per shard
+    images: dict[int, Image.Image] = {
+        pos: Image.open(io.BytesIO(found[place])).convert("RGB").resize((cell, cell))
+        for pos, place in enumerate(places)
+        if place in found
+    }
     classes = sorted(top["class_id"].unique())
     label_w = 150
     grid = Image.new("RGB", (label_w + per_class * cell, len(classes) * cell), "white")

@@ -263,11 +263,15 @@ def _audit(
     audit_sets: Sequence[EvalSet] | str,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, dict]:
     """Run the overlap audit on the candidate pairs; drop duplicates when so configured."""
-    if not cfg.audit.enabled or isinstance(audit_sets, str) or not len(cands):
-        reason = "disabled (retrieval.audit.enabled)" if not cfg.audit.enabled else (
-            audit_sets if isinstance(audit_sets, str) else "nothing retrieved")  # fmt: skip
-        if cfg.audit.enabled:
-            _logger.warning("overlap audit skipped: %s", reason)
+    reason = None
+    if not cfg.audit.enabled:
+        reason = "disabled (retrieval.audit.enabled)"
+    elif isinstance(audit_sets, str):
+        reason = audit_sets
+        _logger.warning("overlap audit skipped: %s", reason)
+    elif not len(cands):
+        reason = "nothing retrieved"
+    if reason is not None:
         return cands, None, {"summary": {"skipped": reason}, "duplicates": []}
     from react_core.evaluation.zeroshot import image_features
 
