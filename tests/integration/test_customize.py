@@ -2,12 +2,16 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from react_core.config import TrainingConfig
+from react_core.data import load_labelled_pairs, normalize
+from react_core.evaluation.zeroshot import model_image_size
 from react_core.knowledge.download import downloaded_shards
 from react_core.models import create_model, load_state_dict
 from react_core.tracking import MemoryTracker
 from react_core.training.customize import checkpoint_of, customize
+from react_core.training.losses import contrastive_loss
 from react_core.training.pretrain import checkpoint_uri
 
 pytestmark = pytest.mark.integration
@@ -33,8 +37,20 @@ def test_gated_training_keeps_clip_frozen_and_reloads(tiny_chain):
             assert torch.equal(v, tuned[k]), f"frozen weight {k} changed"
     assert len(set(tuned) - set(base)) == 2 * 14  # two gated blocks of 14 tensors each
     assert any(abs(g) > 1e-4 for pair in info["gates"].values() for g in pair)
-    losses = [v for k, v, _ in tracker.metrics if k == "train/loss"]
-    assert losses[-1] < losses[0]
-    # the customized checkpoint loads through the one loading path, gated blocks and all
-    model, _ = create_model(cfg.model.name, checkpoint_of(uri), storage=st)
+    assert [k for k, _, _ in tracker.metrics].count("train/loss") > 0
+    # Learning, measured on a fixed set rather than on the per-step minibatch losses (whose trend over 44 steps
+    # is within their noise): the UniCL loss of all training pairs as one batch, base vs customized, both
+    # loaded through the one loading path (the customized one with its gated blocks).
+    model, tok = create_model(cfg.model.name, checkpoint_of(uri), storage=st)
     assert len([k for k in model.state_dict() if "gated_attn_block" in k]) == 28
+    base_model, _ = create_model(cfg.model.name, base_ckpt, storage=st)
+    images, captions, _, labels = load_labelled_pairs(st, shards, model_image_size(model))
+    with torch.no_grad():
+        text = F.normalize(base_model.eval().encode_text(tok(captions)), dim=-1)
+
+        def set_loss(m):
+            feats = F.normalize(m.eval().encode_image(normalize(images)), dim=-1)
+            return float(contrastive_loss(feats, text, m.logit_scale.exp(), labels, "unicl"))
+
+        before, after = set_loss(base_model), set_loss(model)
+    assert after < before - 0.01, (before, after)
