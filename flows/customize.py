@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, runtime
+from prefect import flow, runtime, unmapped
 
 from react_core.config import ReactConfig
 from react_core.training.customize import checkpoint_of
 from tasks import customize as t
+from tasks.common import embed_task_runner
 from tasks.world import generate_miniweb, pretrain_base_model, start_tracking
 
 DEFAULT_CONFIG = ReactConfig()
@@ -26,13 +27,24 @@ def world_and_base(config: ReactConfig, parent_run_id: str | None) -> tuple[str 
     return world, t.resolve_base(config.model, base_stage)
 
 
+def embed_knowledge_base(config: ReactConfig, checkpoint: str | None, world: str | None) -> str:
+    """The embed stage as one task per group of shards, on a Dask cluster's workers when
+    ``knowledge_base.dask_address`` is set (else in this process), then the stage's completion."""
+    kb = config.knowledge_base
+    groups = t.embed_plan(config.storage, config.model, kb, checkpoint, world)
+    with embed_task_runner(kb) as runner:
+        fixed = {"storage": config.storage, "model": config.model, "kb": kb, "checkpoint": checkpoint, "world": world}
+        runner.map(t.embed_shards, {**{k: unmapped(v) for k, v in fixed.items()}, "indices": groups}).result()
+    return t.embed(config.storage, config.model, kb, checkpoint, world, groups)
+
+
 @flow(name="customize")
 def customize(config: ReactConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Embed the knowledge base, index it, retrieve for the task's class names, download, train, evaluate."""
     t.preflight(config.model, config.training)
     parent = start_tracking(config, "customize", runtime.flow_run.id)
     world, checkpoint = world_and_base(config, parent)
-    embedded = t.embed(config.storage, config.model, config.knowledge_base, checkpoint, world)
+    embedded = embed_knowledge_base(config, checkpoint, world)
     indexed = t.index(config.storage, config.index, config.retrieval.k, embedded)
     retrieved = t.retrieve(
         config.storage, config.model, checkpoint, config.retrieval, embedded, indexed, world,

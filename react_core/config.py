@@ -110,7 +110,13 @@ class KnowledgeBaseConfig(_Section):
 
     source: str = Field("miniweb", description="'miniweb', or the URI of webdataset shards / a url parquet")
     batch_size: int = Field(256, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(2, ge=0, description="DataLoader processes decoding shards for the embedding model")
+    shards_per_task: int = Field(16, ge=1, description="shards per Prefect embedding task (the unit of fan-out)")
+    dask_address: str | None = Field(
+        None,
+        description="scheduler of an existing Dask cluster (e.g. 'tcp://10.0.0.5:8786') whose workers run the "
+        "embedding tasks (pip install 'react-customize[dask]'); null: the flow's process, one task at a time",
+    )
 
 
 class IndexConfig(_Section):

@@ -37,12 +37,12 @@ from react_core.evaluation.suite import (
     report_rows,
 )
 from react_core.knowledge.download import download, downloaded_shards
-from react_core.knowledge.embed import embed_knowledge_base
+from react_core.knowledge.embed import embed_knowledge_base, embed_shards, finish, shard_embedded
 from react_core.knowledge.index import build_indices
 from react_core.knowledge.retrieve import retrieve
 from react_core.models import create_model
 from react_core.registry import resolve_task
-from react_core.storage import Storage, StorageError, join
+from react_core.storage import Stage, Storage, StorageError, join
 from react_core.tracking import NullTracker, Tracker
 from react_core.training.customize import checkpoint_of, customize
 from react_core.training.pretrain import checkpoint_uri
@@ -104,16 +104,66 @@ def _model(model: ModelConfig, checkpoint: str | None, storage: Storage) -> tupl
     return m.eval(), tok
 
 
-def run_embed(
+def embed_stage(
     storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, world: str | None
-) -> str:
+) -> tuple[Stage, list[str]]:
+    """The embed stage and the shards it embeds (its identity: model, batch size, checkpoint, shard folder)."""
     shards = kb_shards(storage, kb, world)
     stage = storage.stage("embed", {"model": model.name, "batch_size": kb.batch_size},
                           {"checkpoint": checkpoint or "", "shards": shards[0].rsplit("/", 1)[0]})  # fmt: skip
+    return stage, shards
+
+
+def embed_plan(
+    storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, world: str | None
+) -> list[list[int]]:
+    """Indices of the shards still to embed, ``kb.shards_per_task`` per group (one task each); [] when done."""
+    stage, shards = embed_stage(storage, model, kb, checkpoint, world)
+    if stage.done:
+        return []
+    todo = [i for i in range(len(shards)) if not shard_embedded(storage, stage, i)]
+    n = kb.shards_per_task
+    return [todo[j : j + n] for j in range(0, len(todo), n)]
+
+
+def run_embed_shards(
+    storage: Storage,
+    model: ModelConfig,
+    kb: KnowledgeBaseConfig,
+    checkpoint: str | None,
+    world: str | None,
+    indices: Sequence[int],
+) -> dict[str, int]:
+    """Embed one group of shards (on whichever worker runs it); returns its counts."""
+    stage, shards = embed_stage(storage, model, kb, checkpoint, world)
+    m, tok = _model(model, checkpoint, storage)
+    results = embed_shards(m, tok, storage, shards, stage, indices, kb.batch_size, kb.num_workers)
+    return {"shards": len(results), "embedded": sum(r.embedded for r in results),
+            "skipped": sum(r.skipped for r in results)}  # fmt: skip
+
+
+def run_embed_finish(
+    storage: Storage,
+    model: ModelConfig,
+    kb: KnowledgeBaseConfig,
+    checkpoint: str | None,
+    world: str | None,
+    groups: Sequence[Sequence[int]] = (),
+) -> str:
+    """Mark the embed stage complete once every shard is embedded; ``groups``: what this run embedded."""
+    stage, shards = embed_stage(storage, model, kb, checkpoint, world)
+    return finish(storage, stage, shards, resumed_shards=len(shards) - sum(len(g) for g in groups))
+
+
+def run_embed(
+    storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, world: str | None
+) -> str:
+    """The whole embed stage in this process (what the flow fans out as embed_plan / run_embed_shards / finish)."""
+    stage, shards = embed_stage(storage, model, kb, checkpoint, world)
     if stage.done:
         return stage.uri
     m, tok = _model(model, checkpoint, storage)
-    return embed_knowledge_base(m, tok, storage, shards, stage, kb.batch_size, str(next(m.parameters()).device))
+    return embed_knowledge_base(m, tok, storage, shards, stage, kb.batch_size, kb.num_workers)
 
 
 def run_index(storage: Storage, index: IndexConfig, k: int, embed_uri: str) -> str:

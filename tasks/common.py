@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 import react_core
-from react_core.config import StorageConfig
+from react_core.config import ConfigError, KnowledgeBaseConfig, StorageConfig
 from react_core.storage import Storage
 
 _logger = logging.getLogger(__name__)
@@ -84,3 +85,18 @@ TASK_OPTIONS: dict[str, Any] = {
 
 def storage_of(config: StorageConfig) -> Storage:
     return Storage(config.root, config.options)
+
+
+def embed_task_runner(kb: KnowledgeBaseConfig) -> TaskRunner:
+    """Where the embedding tasks run: the workers of an existing Dask cluster (``kb.dask_address``) through
+    prefect-dask, or the flow's process one task at a time (each task's DataLoader workers use the cores)."""
+    if not kb.dask_address:
+        return ThreadPoolTaskRunner(max_workers=1)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as exc:
+        raise ConfigError(
+            f"knowledge_base.dask_address={kb.dask_address} needs prefect-dask; "
+            "fix: pip install 'react-customize[dask]'"
+        ) from exc
+    return DaskTaskRunner(address=kb.dask_address)

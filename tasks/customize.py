@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task, unmapped
+from prefect import get_run_logger, runtime, task, unmapped
 
 from react_core import pipeline
 from react_core.config import (
@@ -19,7 +19,7 @@ from react_core.config import (
 from react_core.knowledge import report as retrieval_report
 from react_core.knowledge.retrieve import read_manifest
 from react_core.tracking import make_tracker
-from tasks.common import TASK_OPTIONS, storage_of
+from tasks.common import CACHE, TASK_OPTIONS, storage_of
 
 
 @task(name="preflight", cache_policy=None, persist_result=False)
@@ -34,11 +34,55 @@ def resolve_base(model: ModelConfig, base_stage: str | None) -> str | None:
     return pipeline.base_checkpoint(model, base_stage)
 
 
-@task(name="embed", **TASK_OPTIONS)
-def embed(
+@task(name="embed-plan", cache_policy=None, persist_result=False)
+def embed_plan(
     storage: StorageConfig, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, world: str | None
+) -> list[list[int]]:
+    """Groups of shard indices still to embed (read from the shards' markers, so never cached)."""
+    return pipeline.embed_plan(storage_of(storage), model, kb, checkpoint, world)
+
+
+def _shards_run_name() -> str:
+    indices = runtime.task_run.parameters["indices"]
+    return f"embed shards {indices[0]}..{indices[-1]}"
+
+
+# Not cached by Prefect: the shard files' markers are the cache (a re-run skips finished shards), and the
+# task may run on a Dask worker whose result storage the flow's process cannot read.
+@task(
+    name="embed-shards",
+    task_run_name=_shards_run_name,
+    cache_policy=None,
+    persist_result=False,
+    retries=TASK_OPTIONS["retries"],
+    retry_delay_seconds=TASK_OPTIONS["retry_delay_seconds"],
+    retry_condition_fn=TASK_OPTIONS["retry_condition_fn"],
+)
+def embed_shards(
+    storage: StorageConfig,
+    model: ModelConfig,
+    kb: KnowledgeBaseConfig,
+    checkpoint: str | None,
+    world: str | None,
+    indices: list[int],
+) -> dict[str, int]:
+    counts = pipeline.run_embed_shards(storage_of(storage), model, kb, checkpoint, world, indices)
+    get_run_logger().info("embedded shards %d..%d: %s", indices[0], indices[-1], counts)
+    return counts
+
+
+# "groups" says what this run embedded (for the resumed-shards count); the stage is the same without it.
+@task(name="embed", **{**TASK_OPTIONS, "cache_policy": CACHE - "groups"})
+def embed(
+    storage: StorageConfig,
+    model: ModelConfig,
+    kb: KnowledgeBaseConfig,
+    checkpoint: str | None,
+    world: str | None,
+    groups: list[list[int]] | None = None,
 ) -> str:
-    return pipeline.run_embed(storage_of(storage), model, kb, checkpoint, world)
+    """Mark the embed stage complete once every shard is embedded; returns its URI."""
+    return pipeline.run_embed_finish(storage_of(storage), model, kb, checkpoint, world, groups or [])
 
 
 @task(name="index", **TASK_OPTIONS)

@@ -4,21 +4,33 @@ For input shard ``i`` (in sorted order) the stage writes::
 
     img_emb/img_emb_{i}.npy            (n_i, D) float16, L2-normalised image embeddings
     text_emb/text_emb_{i}.npy          (n_i, D) float16, L2-normalised caption embeddings
+    stats/stats_{i}.json               {"shard", "embedded", "skipped", "worker": host:pid}
     metadata/metadata_{i}.parquet      n_i rows in the same order: key, caption, shard, offset, + the
                                        sample's .json fields (url, ...)
 
-The metadata file is written last, so a shard whose metadata exists is finished and is skipped on a
-re-run (resume after a crash re-embeds only the missing shards). Undecodable images are skipped and
-counted per shard (embedded + skipped = samples in the shard).
+Reader -> model -> writer: DataLoader workers read whole shards (one worker per shard at a time),
+decode images to open_clip's validation pixels and tokenize captions, and hand over batches tagged with
+their shard and sample offsets; the model encodes them (bf16 and channels-last on CUDA) as they come;
+a shard is written when all its batches are in, its rows ordered by offset, so the order in which
+workers finish never shows in the files. The metadata file is written last: a shard whose metadata
+exists is finished and is skipped on a re-run. Undecodable samples are skipped and counted per shard
+(embedded + skipped = samples in the shard).
+
+:func:`embed_shards` embeds any subset of the shards (what one Prefect task on a Dask worker does);
+:func:`finish` checks that every shard is there and marks the stage complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import multiprocessing
+import os
+import socket
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,15 +40,19 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from react_core.data import decode_image, iter_shard, normalize
+from react_core.data import iter_shard, normalize
+from react_core.evaluation.datasets import prepare
 from react_core.evaluation.zeroshot import model_image_size
+from react_core.forking import forget_parent_exit_hooks
 from react_core.storage import Stage, Storage, join
 
 _logger = logging.getLogger(__name__)
 
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
+
 
 class EmbeddingError(ValueError):
-    """Embeddings that must not be written (NaN, zero norm); names the shard."""
+    """Embeddings that must not be written (NaN, zero norm) or a stage with shards missing; names the shard."""
 
 
 @dataclass
@@ -47,18 +63,97 @@ class ShardResult:
     cached: bool
 
 
-def _encode(
-    model: torch.nn.Module,
-    tokenizer: Callable[[list[str]], torch.Tensor],
-    images: list[np.ndarray],
-    captions: list[str],
-    image_size: int,
-    device: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    x = normalize(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(device), image_size)  # (B, 3, H, W)
-    img = F.normalize(model.encode_image(x).float(), dim=-1)  # (B, D)
-    txt = F.normalize(model.encode_text(tokenizer(captions).to(device)).float(), dim=-1)  # (B, D)
-    return img.cpu().numpy(), txt.cpu().numpy()
+def _image_bytes(sample: dict[str, Any]) -> bytes | None:
+    return next((sample[k] for k in ("jpg", "jpeg", "png", "webp") if k in sample), None)
+
+
+class ShardBatches(torch.utils.data.IterableDataset):
+    """Batches of decoded samples of the given shards; each DataLoader worker reads whole shards.
+
+    Yields dicts: ``index`` (the shard's), ``offsets`` (B,) positions in the shard, ``rows`` (metadata),
+    ``images`` (B, 3, S, S) uint8, ``tokens`` (B, L); the shard's last batch also carries ``skipped`` and
+    ``batches`` (how many batches the shard gave), so a consumer knows when a shard is complete whatever
+    order batches arrive in.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        shards: Sequence[tuple[int, str]],
+        image_size: int,
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        batch_size: int,
+    ) -> None:
+        self.storage, self.shards, self.image_size = storage, list(shards), image_size
+        self.tokenizer, self.batch_size = tokenizer, batch_size
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        mine = self.shards if info is None else self.shards[info.id :: info.num_workers]
+        for index, uri in mine:
+            yield from self._shard(index, uri)
+
+    def _batch(
+        self, shard: tuple[int, str], offsets: list[int], rows: list[dict], images: list, captions: list
+    ) -> dict:
+        size = self.image_size
+        return {
+            "index": shard[0],
+            "uri": shard[1],
+            "offsets": torch.tensor(offsets, dtype=torch.int64),
+            "rows": list(rows),
+            "images": torch.stack(images) if images else torch.zeros((0, 3, size, size), dtype=torch.uint8),
+            "tokens": self.tokenizer(list(captions)) if captions else None,
+            "skipped": 0,
+            "batches": 0,
+        }
+
+    def _shard(self, index: int, uri: str) -> Iterator[dict[str, Any]]:
+        offsets: list[int] = []
+        rows: list[dict[str, Any]] = []
+        images: list[torch.Tensor] = []
+        captions: list[str] = []
+        skipped = batches = 0
+        for offset, sample in enumerate(iter_shard(self.storage, uri)):
+            data = _image_bytes(sample)
+            try:
+                if data is None:
+                    raise UnidentifiedImageError("no image in sample")
+                img = prepare(Image.open(io.BytesIO(data)), self.image_size)
+            except _DECODE_ERRORS as exc:
+                skipped += 1
+                _logger.debug("skipping %s in %s: %s", sample.get("__key__"), uri, exc)
+                continue
+            caption = (sample.get("txt") or b"").decode("utf-8", errors="replace")
+            extra = json.loads(sample["json"]) if "json" in sample else {}
+            rows.append({**extra, "key": sample["__key__"], "caption": caption, "shard": uri, "offset": offset})
+            offsets.append(offset)
+            images.append(img)
+            captions.append(caption)
+            if len(images) == self.batch_size:
+                yield self._batch((index, uri), offsets, rows, images, captions)
+                batches += 1
+                offsets, rows, images, captions = [], [], [], []
+        last = self._batch((index, uri), offsets, rows, images, captions)  # possibly empty: it carries the totals
+        last.update(skipped=skipped, batches=batches + 1)
+        yield last
+
+
+@dataclass
+class _Pending:
+    """One shard's encoded batches, until all have arrived."""
+
+    offsets: list[np.ndarray] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    img: list[np.ndarray] = field(default_factory=list)
+    txt: list[np.ndarray] = field(default_factory=list)
+    received: int = 0
+    expected: int | None = None
+    skipped: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.expected is not None and self.received == self.expected
 
 
 def _check(emb: np.ndarray, what: str, shard_uri: str) -> None:
@@ -69,71 +164,155 @@ def _check(emb: np.ndarray, what: str, shard_uri: str) -> None:
         raise EmbeddingError(f"{what} embeddings of {shard_uri} have zero norm rows; fix: check the model")
 
 
+def _save_npy(storage: Storage, uri: str, arr: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    storage.write_bytes(uri, buf.getvalue())
+
+
+def _write_shard(storage: Storage, stage: Stage, index: int, uri: str, p: _Pending, dim: int) -> ShardResult:
+    order = np.argsort(np.concatenate(p.offsets), kind="stable") if p.offsets else np.zeros(0, np.int64)
+    rows = [p.rows[i] for i in order]
+    empty = np.zeros((0, dim), np.float32)  # a shard with no decodable image
+    img = (np.concatenate(p.img) if p.img else empty)[order].astype(np.float16)
+    txt = (np.concatenate(p.txt) if p.txt else empty)[order].astype(np.float16)
+    if rows:
+        _check(img, "image", uri)
+        _check(txt, "caption", uri)
+    _save_npy(storage, stage.file("img_emb", f"img_emb_{index}.npy"), img)
+    _save_npy(storage, stage.file("text_emb", f"text_emb_{index}.npy"), txt)
+    stats = {
+        "shard": uri,
+        "embedded": len(rows),
+        "skipped": p.skipped,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
+    storage.write_json(stage.file("stats", f"stats_{index}.json"), stats)
+    buf = io.BytesIO()
+    pd.DataFrame(rows, columns=None if rows else ["key", "caption", "shard", "offset"]).to_parquet(buf)
+    storage.write_bytes(stage.file("metadata", f"metadata_{index}.parquet"), buf.getvalue())  # last: shard done
+    if p.skipped:
+        _logger.warning("%s: %d undecodable samples skipped", uri, p.skipped)
+    return ShardResult(index, len(rows), p.skipped, False)
+
+
 @torch.no_grad()
-def embed_shard(
+def embed_batches(
+    model: torch.nn.Module, storage: Storage, stage: Stage, batches: Iterable[dict[str, Any]], progress: Any = None
+) -> list[ShardResult]:
+    """Encode :class:`ShardBatches` batches as they come (any order) and write each shard once complete."""
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    dim = int(getattr(model.visual, "output_dim", 0))
+    pending: dict[int, _Pending] = {}
+    uris: dict[int, str] = {}
+    results = []
+    for b in batches:
+        p = pending.setdefault(b["index"], _Pending())
+        uris[b["index"]] = b["uri"]
+        if len(b["offsets"]):
+            x = b["images"].to(device, non_blocking=True)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                img = model.encode_image(normalize(x))
+                txt = model.encode_text(b["tokens"].to(device, non_blocking=True))
+            p.img.append(F.normalize(img.float(), dim=-1).cpu().numpy())
+            p.txt.append(F.normalize(txt.float(), dim=-1).cpu().numpy())
+            p.offsets.append(b["offsets"].numpy())
+            p.rows.extend(b["rows"])
+        p.received += 1
+        if b["batches"]:
+            p.expected, p.skipped = b["batches"], b["skipped"]
+        if p.complete:
+            results.append(_write_shard(storage, stage, b["index"], uris[b["index"]], pending.pop(b["index"]), dim))
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(embedded=sum(r.embedded for r in results), refresh=False)
+    if pending:
+        raise EmbeddingError(f"batches of shards {sorted(uris[i] for i in pending)} never completed")
+    return results
+
+
+def shard_embedded(storage: Storage, stage: Stage, index: int) -> bool:
+    """Whether shard ``index`` is finished (its metadata, written last, exists)."""
+    return storage.exists(stage.file("metadata", f"metadata_{index}.parquet"))
+
+
+def _finished(storage: Storage, stage: Stage, index: int) -> ShardResult | None:
+    if not shard_embedded(storage, stage, index):
+        return None
+    stats = storage.read_json(stage.file("stats", f"stats_{index}.json"))
+    return ShardResult(index, int(stats["embedded"]), int(stats["skipped"]), True)
+
+
+def embed_shards(
     model: torch.nn.Module,
     tokenizer: Callable[[list[str]], torch.Tensor],
     storage: Storage,
-    shard_uri: str,
+    shard_uris: Sequence[str],
     stage: Stage,
-    index: int,
+    indices: Sequence[int] | None = None,
     batch_size: int = 256,
-    device: str = "cpu",
-) -> ShardResult:
-    """Embed one shard into ``stage`` (skipped when its metadata file already exists)."""
-    meta_uri = stage.file("metadata", f"metadata_{index}.parquet")
-    if storage.exists(meta_uri):
-        n = len(pd.read_parquet(io.BytesIO(storage.read_bytes(meta_uri))))
-        return ShardResult(index, n, 0, True)
-    image_size = model_image_size(model)
-    rows: list[dict[str, Any]] = []
-    img_parts, txt_parts = [], []
-    batch_imgs: list[np.ndarray] = []
-    batch_caps: list[str] = []
-    skipped = 0
+    num_workers: int = 0,
+    progress: bool = True,
+) -> list[ShardResult]:
+    """Embed shards ``indices`` of ``shard_uris`` (all by default) into ``stage``; finished ones are skipped.
 
-    def flush() -> None:
-        if batch_imgs:
-            i, t = _encode(model, tokenizer, batch_imgs, batch_caps, image_size, device)
-            img_parts.append(i)
-            txt_parts.append(t)
-            batch_imgs.clear()
-            batch_caps.clear()
+    Decoding runs in ``num_workers`` DataLoader processes (0: in this process). Inside a daemonic process
+    (a Dask worker with its default ``distributed.worker.daemon: true``), which may not start children,
+    decoding falls back to this process with a warning.
+    """
+    indices = list(range(len(shard_uris))) if indices is None else list(indices)
+    done = {i: r for i in indices if (r := _finished(storage, stage, i)) is not None}
+    todo = [(i, shard_uris[i]) for i in indices if i not in done]
+    results = list(done.values())
+    if todo:
+        model.eval()
+        workers = min(num_workers, len(todo))
+        if workers and multiprocessing.current_process().daemon:
+            _logger.warning(
+                "embedding in a daemonic process (a Dask worker?): decoding without DataLoader workers; "
+                "fix: start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False"
+            )
+            workers = 0
+        data = ShardBatches(storage, todo, model_image_size(model), tokenizer, batch_size)
+        loader = torch.utils.data.DataLoader(
+            data,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=next(model.parameters()).device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+            worker_init_fn=forget_parent_exit_hooks,  # see react_core.forking
+        )
+        with tqdm(total=len(todo), desc="embed", unit="shard", disable=not progress) as bar:
+            results += embed_batches(model, storage, stage, loader, bar)
+    return sorted(results, key=lambda r: r.index)
 
-    for offset, sample in enumerate(iter_shard(storage, shard_uri)):
-        img_bytes = sample.get("jpg") or sample.get("png") or sample.get("jpeg") or sample.get("webp")
-        caption = (sample.get("txt") or b"").decode("utf-8", errors="replace")
-        try:
-            if img_bytes is None:
-                raise UnidentifiedImageError("no image in sample")
-            img = decode_image(img_bytes, image_size)
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            skipped += 1
-            _logger.debug("skipping %s in %s: %s", sample.get("__key__"), shard_uri, exc)
-            continue
-        extra = json.loads(sample["json"]) if "json" in sample else {}
-        rows.append({**extra, "key": sample["__key__"], "caption": caption, "shard": shard_uri, "offset": offset})
-        batch_imgs.append(img)
-        batch_caps.append(caption)
-        if len(batch_imgs) == batch_size:
-            flush()
-    flush()
-    empty = np.zeros((0, getattr(model.visual, "output_dim", 0)), np.float16)  # a shard with no decodable image
-    img_emb = np.concatenate(img_parts).astype(np.float16) if img_parts else empty
-    txt_emb = np.concatenate(txt_parts).astype(np.float16) if txt_parts else empty
-    if len(rows):
-        _check(img_emb, "image", shard_uri)
-        _check(txt_emb, "caption", shard_uri)
-    for sub, arr in (("img_emb", img_emb), ("text_emb", txt_emb)):
-        buf = io.BytesIO()
-        np.save(buf, arr)
-        storage.write_bytes(stage.file(sub, f"{sub}_{index}.npy"), buf.getvalue())
-    buf = io.BytesIO()
-    pd.DataFrame(rows, columns=None if rows else ["key", "caption", "shard", "offset"]).to_parquet(buf)
-    storage.write_bytes(meta_uri, buf.getvalue())  # last: marks the shard finished
-    if skipped:
-        _logger.warning("%s: %d undecodable samples skipped", shard_uri, skipped)
-    return ShardResult(index, len(rows), skipped, False)
+
+def finish(storage: Storage, stage: Stage, shard_uris: Sequence[str], resumed_shards: int = 0) -> str:
+    """Check that every shard was embedded, write ``shards.json`` and the stage marker; returns the URI.
+
+    ``resumed_shards``: how many shards an earlier, interrupted attempt had finished (a count for the marker).
+    """
+    if stage.done:
+        return stage.uri
+    results = [_finished(storage, stage, i) for i in range(len(shard_uris))]
+    missing = [shard_uris[i] for i, r in enumerate(results) if r is None]
+    if missing:
+        raise EmbeddingError(
+            f"{len(missing)} of {len(shard_uris)} shards have no embeddings in {stage.uri} (first: {missing[0]}); "
+            "fix: run the embed stage again (finished shards are kept)"
+        )
+    counts = {
+        "shards": len(results),
+        "embedded": sum(r.embedded for r in results),
+        "skipped": sum(r.skipped for r in results),
+        "resumed_shards": resumed_shards,
+    }
+    storage.write_json(stage.file("shards.json"), [{"shard": u, "index": i} for i, u in enumerate(shard_uris)])
+    return stage.complete(counts=counts)
 
 
 def embed_knowledge_base(
@@ -143,27 +322,16 @@ def embed_knowledge_base(
     shard_uris: Sequence[str],
     stage: Stage,
     batch_size: int = 256,
-    device: str = "cpu",
+    num_workers: int = 0,
     progress: bool = True,
 ) -> str:
-    """Embed every shard (finished ones are skipped), then mark the stage complete; returns its URI."""
+    """Embed every shard in this process (finished ones are skipped), then mark the stage complete."""
     if stage.done:
         return stage.uri
     if not shard_uris:
         raise EmbeddingError("no shards to embed; fix: point knowledge_base.source at webdataset .tar shards")
-    model.eval()
-    results = []
-    bar = tqdm(list(enumerate(shard_uris)), desc="embed", unit="shard", disable=not progress)
-    for i, uri in bar:
-        results.append(embed_shard(model, tokenizer, storage, uri, stage, i, batch_size, device))
-    counts = {
-        "shards": len(results),
-        "embedded": sum(r.embedded for r in results),
-        "skipped": sum(r.skipped for r in results),
-        "resumed_shards": sum(r.cached for r in results),
-    }
-    storage.write_json(stage.file("shards.json"), [{"shard": u, "index": i} for i, u in enumerate(shard_uris)])
-    return stage.complete(counts=counts)
+    results = embed_shards(model, tokenizer, storage, shard_uris, stage, None, batch_size, num_workers, progress)
+    return finish(storage, stage, shard_uris, resumed_shards=sum(r.cached for r in results))
 
 
 def load_embeddings(storage: Storage, stage_uri: str, kind: str = "img") -> np.ndarray:

@@ -8,7 +8,16 @@ import torch.nn.functional as F
 import webdataset as wds
 
 from react_core.data import decode_image, iter_shard, normalize
-from react_core.knowledge.embed import EmbeddingError, embed_knowledge_base, load_embeddings, load_metadata
+from react_core.knowledge.embed import (
+    EmbeddingError,
+    ShardBatches,
+    embed_batches,
+    embed_knowledge_base,
+    embed_shards,
+    finish,
+    load_embeddings,
+    load_metadata,
+)
 from react_core.models import create_model
 from react_core.storage import Storage, join
 
@@ -93,3 +102,56 @@ def test_nan_embeddings_are_rejected_naming_the_shard(tiny_world, tmp_path):
     stage = Storage(str(tmp_path)).stage("embed", {"t": 4})
     with pytest.raises(EmbeddingError, match=r"image embeddings of .*00000\.tar contain NaN"):
         embed_knowledge_base(model.eval(), tok, storage, shards[:1], stage, progress=False)
+
+
+def _stage_arrays(st, uri):
+    return load_embeddings(st, uri, "img"), load_embeddings(st, uri, "text"), load_metadata(st, uri)
+
+
+def test_rows_stay_aligned_whatever_order_batches_complete_in(tiny_world, micro, tmp_path):
+    """Workers finish batches in any order; each shard's rows are written by sample offset."""
+    model, tok = micro
+    storage, shards = _kb_shards(tiny_world)
+    out = Storage(str(tmp_path))
+    ordered = out.stage("embed", {"order": "as read"})
+    embed_knowledge_base(model, tok, storage, shards, ordered, batch_size=16, progress=False)
+    batches = list(ShardBatches(storage, list(enumerate(shards)), 32, tok, 16))
+    order = np.random.default_rng(0).permutation(len(batches))
+    shuffled = [batches[i] for i in order]
+    # the shuffle really interleaves shards and puts a shard's last batch before some of its others
+    assert len({b["index"] for b in shuffled[:4]}) > 1
+    first_last = next(i for i, b in enumerate(shuffled) if b["batches"])
+    assert any(b["index"] == shuffled[first_last]["index"] for b in shuffled[first_last + 1 :])
+    mixed = out.stage("embed", {"order": "shuffled"})
+    results = embed_batches(model, out, mixed, shuffled)
+    assert sorted(r.index for r in results) == list(range(len(shards)))
+    finish(out, mixed, shards)
+    img_a, txt_a, meta_a = _stage_arrays(out, ordered.uri)
+    img_b, txt_b, meta_b = _stage_arrays(out, mixed.uri)
+    assert meta_a.equals(meta_b)
+    assert np.array_equal(img_a, img_b) and np.array_equal(txt_a, txt_b)
+    assert (meta_b.groupby("shard")["offset"].diff().dropna() > 0).all()
+
+
+def test_dataloader_workers_give_the_same_files(tiny_world, micro, tmp_path):
+    model, tok = micro
+    storage, shards = _kb_shards(tiny_world)
+    out = Storage(str(tmp_path))
+    alone = embed_knowledge_base(model, tok, storage, shards, out.stage("e", {"w": 0}), 64, 0, progress=False)
+    workers = embed_knowledge_base(model, tok, storage, shards, out.stage("e", {"w": 2}), 64, 2, progress=False)
+    img_a, txt_a, meta_a = _stage_arrays(out, alone)
+    img_b, txt_b, meta_b = _stage_arrays(out, workers)
+    assert meta_a.equals(meta_b) and np.array_equal(img_a, img_b) and np.array_equal(txt_a, txt_b)
+
+
+def test_finish_names_shards_never_embedded(tiny_world, micro, tmp_path):
+    model, tok = micro
+    storage, shards = _kb_shards(tiny_world)
+    out = Storage(str(tmp_path))
+    stage = out.stage("embed", {"part": 1})
+    results = embed_shards(model, tok, storage, shards, stage, indices=[0], progress=False)
+    assert [r.index for r in results] == [0] and not stage.done
+    with pytest.raises(EmbeddingError, match=rf"{len(shards) - 1} of {len(shards)} shards have no embeddings"):
+        finish(out, stage, shards)
+    embed_shards(model, tok, storage, shards, stage, indices=range(1, len(shards)), progress=False)
+    assert out.stage_manifest(finish(out, stage, shards))["counts"]["shards"] == len(shards)
