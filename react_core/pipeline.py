@@ -109,7 +109,7 @@ def embed_stage(
 ) -> tuple[Stage, list[str]]:
     """The embed stage and the shards it embeds (its identity: model, batch size, checkpoint, shard folder)."""
     shards = kb_shards(storage, kb, world)
-    stage = storage.stage("embed", {"model": model.name, "batch_size": kb.batch_size},
+    stage = storage.stage("embed", {"model": model.name, "batch_size": kb.batch_size, "jpeg_draft": kb.jpeg_draft},
                           {"checkpoint": checkpoint or "", "shards": shards[0].rsplit("/", 1)[0]})  # fmt: skip
     return stage, shards
 
@@ -137,7 +137,7 @@ def run_embed_shards(
     """Embed one group of shards (on whichever worker runs it); returns its counts."""
     stage, shards = embed_stage(storage, model, kb, checkpoint, world)
     m, tok = _model(model, checkpoint, storage)
-    results = embed_shards(m, tok, storage, shards, stage, indices, kb.batch_size, kb.num_workers)
+    results = embed_shards(m, tok, storage, shards, stage, indices, kb.batch_size, kb.num_workers, draft=kb.jpeg_draft)
     return {"shards": len(results), "embedded": sum(r.embedded for r in results),
             "skipped": sum(r.skipped for r in results)}  # fmt: skip
 
@@ -163,7 +163,7 @@ def run_embed(
     if stage.done:
         return stage.uri
     m, tok = _model(model, checkpoint, storage)
-    return embed_knowledge_base(m, tok, storage, shards, stage, kb.batch_size, kb.num_workers)
+    return embed_knowledge_base(m, tok, storage, shards, stage, kb.batch_size, kb.num_workers, draft=kb.jpeg_draft)
 
 
 def run_index(storage: Storage, index: IndexConfig, k: int, embed_uri: str) -> str:

@@ -123,7 +123,7 @@ def _img2dataset(url_list: str, out_dir: str, cfg: DownloadConfig) -> None:
         image_size=cfg.image_size,
         resize_mode="border",
         resize_only_if_bigger=True,
-        number_sample_per_shard=10_000,
+        number_sample_per_shard=cfg.samples_per_shard,
         timeout=cfg.timeout,
         retries=cfg.retries,
         incremental_mode="incremental",

@@ -83,9 +83,10 @@ class ShardBatches(torch.utils.data.IterableDataset):
         image_size: int,
         tokenizer: Callable[[list[str]], torch.Tensor],
         batch_size: int,
+        draft: bool = True,
     ) -> None:
         self.storage, self.shards, self.image_size = storage, list(shards), image_size
-        self.tokenizer, self.batch_size = tokenizer, batch_size
+        self.tokenizer, self.batch_size, self.draft = tokenizer, batch_size, draft
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -119,7 +120,10 @@ class ShardBatches(torch.utils.data.IterableDataset):
             try:
                 if data is None:
                     raise UnidentifiedImageError("no image in sample")
-                img = prepare(Image.open(io.BytesIO(data)), self.image_size)
+                img = Image.open(io.BytesIO(data))
+                if self.draft:  # JPEG: decode at the smallest DCT scale whose short side is still >= the size
+                    img.draft("RGB", (self.image_size, self.image_size))
+                img = prepare(img, self.image_size)
             except _DECODE_ERRORS as exc:
                 skipped += 1
                 _logger.debug("skipping %s in %s: %s", sample.get("__key__"), uri, exc)
@@ -257,12 +261,15 @@ def embed_shards(
     batch_size: int = 256,
     num_workers: int = 0,
     progress: bool = True,
+    draft: bool = True,
 ) -> list[ShardResult]:
     """Embed shards ``indices`` of ``shard_uris`` (all by default) into ``stage``; finished ones are skipped.
 
     Decoding runs in ``num_workers`` DataLoader processes (0: in this process). Inside a daemonic process
     (a Dask worker with its default ``distributed.worker.daemon: true``), which may not start children,
-    decoding falls back to this process with a warning.
+    decoding falls back to this process with a warning. ``draft``: JPEGs much larger than the model's input
+    are decoded at a reduced DCT scale (PIL's draft mode; 2x faster at 1024x768 -> 224, pixels within about
+    one grey level of a full decode); False gives exactly open_clip's validation pixels.
     """
     indices = list(range(len(shard_uris))) if indices is None else list(indices)
     done = {i: r for i in indices if (r := _finished(storage, stage, i)) is not None}
@@ -277,7 +284,7 @@ def embed_shards(
                 "fix: start the workers with DASK_DISTRIBUTED__WORKER__DAEMON=False"
             )
             workers = 0
-        data = ShardBatches(storage, todo, model_image_size(model), tokenizer, batch_size)
+        data = ShardBatches(storage, todo, model_image_size(model), tokenizer, batch_size, draft)
         loader = torch.utils.data.DataLoader(
             data,
             batch_size=None,
@@ -324,13 +331,14 @@ def embed_knowledge_base(
     batch_size: int = 256,
     num_workers: int = 0,
     progress: bool = True,
+    draft: bool = True,
 ) -> str:
     """Embed every shard in this process (finished ones are skipped), then mark the stage complete."""
     if stage.done:
         return stage.uri
     if not shard_uris:
         raise EmbeddingError("no shards to embed; fix: point knowledge_base.source at webdataset .tar shards")
-    results = embed_shards(model, tokenizer, storage, shard_uris, stage, None, batch_size, num_workers, progress)
+    results = embed_shards(model, tokenizer, storage, shard_uris, stage, None, batch_size, num_workers, progress, draft)
     return finish(storage, stage, shard_uris, resumed_shards=sum(r.cached for r in results))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -26,10 +27,20 @@ class MiniWebServer:
         miniweb_uri: the mini-web stage URI.
         host: bind address (loopback only by default).
         port: 0 picks a free port.
+        before_response: called with each request's path before it is answered, in the request's thread
+            (to throttle, to count, or to hold requests back and simulate a stalled web in tests).
     """
 
-    def __init__(self, storage: Storage, miniweb_uri: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        miniweb_uri: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        before_response: Callable[[str], None] | None = None,
+    ) -> None:
         self.storage = storage
+        self.before_response = before_response
         self.kb_uri = join(miniweb_uri, "kb")
         if not storage.exists(join(self.kb_uri, "urls.parquet")):
             raise StorageError(
@@ -40,6 +51,8 @@ class MiniWebServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if server.before_response is not None:
+                    server.before_response(self.path)
                 rel = unquote(urlsplit(self.path).path).lstrip("/")
                 if ".." in rel.split("/") or not rel.startswith("images/"):
                     self.send_error(404)

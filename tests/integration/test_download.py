@@ -1,6 +1,11 @@
 """The download stage: img2dataset fetches a retrieved manifest from the mini-web server."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
 
 import pandas as pd
 import pytest
@@ -47,3 +52,60 @@ def test_no_reachable_image_is_a_clear_error(manifest):
     with pytest.raises(DownloadError, match="could be downloaded.*image server is reachable"):
         download(st, man_uri, st.stage("download", {"x": 1}), DownloadConfig(processes_count=1, timeout=2, retries=0),
                  base_url=f"http://127.0.0.1:{free_port()}/")  # fmt: skip
+
+
+_DOWNLOAD = """
+import sys
+from react_core.config import DownloadConfig
+from react_core.knowledge.download import download
+from react_core.storage import Storage
+root, manifest_uri, base_url, per = sys.argv[1:]
+st = Storage(root)
+cfg = DownloadConfig(processes_count=1, thread_count=4, samples_per_shard=int(per))
+download(st, manifest_uri, st.stage("download-resume", {"per": int(per)}), cfg, base_url)
+"""
+
+
+def test_download_killed_midway_ends_with_the_same_samples_when_run_again(tiny_world, manifest, tiny_chain):
+    _, storage, world = tiny_world
+    st, man_uri = manifest
+    m = read_manifest(st, man_uri)
+    per = 20
+    assert len(m) > 4 * per
+    # img2dataset cuts the input into shards of `per` rows in order; with one process it downloads them one
+    # after another, so when a URL of shard 2 is first asked for, shards 0 and 1 are written. Hold every
+    # request from there on, kill the download (all its processes), then run it again.
+    later = {"/" + u.lstrip("/") for u in m["url"].iloc[2 * per :]}
+    reached, release = threading.Event(), threading.Event()
+
+    def hold(path: str) -> None:
+        if path in later:
+            reached.set()
+            release.wait(timeout=300)
+
+    stage = st.stage("download-resume", {"per": per})
+    with MiniWebServer(storage, world, before_response=hold) as server:
+        args = [sys.executable, "-c", _DOWNLOAD, st.root, man_uri, server.base_url, str(per)]
+        proc = subprocess.Popen(args, start_new_session=True)
+        try:
+            assert reached.wait(timeout=300), "the download never reached its third shard"
+            os.killpg(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=60) == -signal.SIGKILL
+        finally:
+            release.set()
+    lp = st.path(stage.uri)
+    assert not stage.done
+    assert os.path.exists(f"{lp}/00000_stats.json") and os.path.exists(f"{lp}/00001_stats.json")
+    assert not os.path.exists(f"{lp}/00002_stats.json")  # killed inside shard 2
+    first_shard = os.stat(f"{lp}/00000.tar")
+
+    with MiniWebServer(storage, world) as server:
+        cfg = DownloadConfig(processes_count=1, thread_count=4, samples_per_shard=per)
+        out = download(st, man_uri, stage, cfg, base_url=server.base_url)
+    summary = st.stage_manifest(out)["summary"]
+    uninterrupted = st.stage_manifest(tiny_chain["download"])["summary"]
+    assert summary["count"] == len(m) and summary["shards"] == -(-len(m) // per)
+    assert summary["successes"] == uninterrupted["successes"]
+    keys = [json.loads(x["json"])["kb_key"] for shard in downloaded_shards(st, out) for x in iter_shard(st, shard)]
+    assert len(keys) == len(set(keys)) == summary["successes"]
+    assert os.stat(f"{lp}/00000.tar").st_mtime_ns == first_shard.st_mtime_ns  # finished shards were not redone

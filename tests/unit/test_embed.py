@@ -155,3 +155,28 @@ def test_finish_names_shards_never_embedded(tiny_world, micro, tmp_path):
         finish(out, stage, shards)
     embed_shards(model, tok, storage, shards, stage, indices=range(1, len(shards)), progress=False)
     assert out.stage_manifest(finish(out, stage, shards))["counts"]["shards"] == len(shards)
+
+
+def test_jpeg_draft_decodes_near_the_exact_pixels_and_can_be_turned_off(micro, tmp_path):
+    from PIL import Image
+
+    from react_core.evaluation.datasets import prepare
+
+    _, tok = micro
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((1024, 768), Image.BICUBIC)
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=90)
+    with open(tmp_path / "big.tar", "wb") as f, wds.TarWriter(f, encoder=False) as w:
+        w.write({"__key__": "a", "jpg": buf.getvalue(), "txt": b"a large photo"})
+    st = Storage(str(tmp_path))
+    exact = prepare(Image.open(io.BytesIO(buf.getvalue())), 224)
+
+    def pixels(draft):
+        (batch,) = list(ShardBatches(st, [(0, st.uri("big.tar"))], 224, tok, 8, draft=draft))
+        return batch["images"][0]
+
+    assert torch.equal(pixels(False), exact)
+    drafted = pixels(True)
+    assert not torch.equal(drafted, exact)  # really decoded at a reduced scale ...
+    assert (drafted.float() - exact.float()).abs().mean() < 2  # ... within about a grey level
