@@ -184,6 +184,11 @@ class RetrievalConfig(_Section):
 
 
 class DownloadConfig(_Section):
+    mode: Literal["auto", "fetch", "extract"] = Field(
+        "auto",
+        description="fetch: img2dataset downloads the manifest's URLs; extract: read the pairs out of the "
+        "knowledge base's own shards (no network); auto: extract when the manifest has no URLs",
+    )
     processes_count: int = Field(2, ge=1)
     thread_count: int = Field(16, ge=1)
     timeout: int = Field(10, ge=1)

@@ -38,8 +38,9 @@ from react_core.evaluation.suite import (
 )
 from react_core.knowledge.download import download, downloaded_shards
 from react_core.knowledge.embed import embed_knowledge_base, embed_shards, finish, shard_embedded
+from react_core.knowledge.extract import extract, manifest_has_urls
 from react_core.knowledge.index import build_indices
-from react_core.knowledge.retrieve import retrieve
+from react_core.knowledge.retrieve import read_manifest, retrieve
 from react_core.models import create_model
 from react_core.registry import resolve_task
 from react_core.storage import Stage, Storage, StorageError, join
@@ -226,6 +227,8 @@ def run_download(storage: Storage, cfg: DownloadConfig, retrieve_uri: str, world
     stage = storage.stage("download", cfg, {"retrieve": retrieve_uri})
     if stage.done:
         return stage.uri
+    if cfg.mode == "extract" or (cfg.mode == "auto" and not manifest_has_urls(read_manifest(storage, retrieve_uri))):
+        return extract(storage, retrieve_uri, stage, cfg)  # a corpus of local shards: no network needed
     if world is None:
         return download(storage, retrieve_uri, stage, cfg)
     from react_core.miniweb.serve import MiniWebServer

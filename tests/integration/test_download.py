@@ -1,5 +1,6 @@
 """The download stage: img2dataset fetches a retrieved manifest from the mini-web server."""
 
+import io
 import json
 import os
 import signal
@@ -109,3 +110,62 @@ def test_download_killed_midway_ends_with_the_same_samples_when_run_again(tiny_w
     keys = [json.loads(x["json"])["kb_key"] for shard in downloaded_shards(st, out) for x in iter_shard(st, shard)]
     assert len(keys) == len(set(keys)) == summary["successes"]
     assert os.stat(f"{lp}/00000.tar").st_mtime_ns == first_shard.st_mtime_ns  # finished shards were not redone
+
+
+def test_extraction_from_local_shards_writes_what_img2dataset_writes(manifest, tiny_chain):
+    """download.mode=extract: the selected pairs read out of the knowledge-base shards, img2dataset's layout."""
+    from react_core.data import decode_image, load_labelled_pairs
+    from react_core.knowledge.extract import extract
+
+    st, man_uri = manifest
+    m = read_manifest(st, man_uri)
+    cfg = DownloadConfig(mode="extract", samples_per_shard=50)
+    stage = st.stage("extract-test", cfg)
+    out = extract(st, man_uri, stage, cfg)
+    summary = st.stage_manifest(out)["summary"]
+    # every pair is in its shard, dead link or not
+    assert summary["count"] == summary["successes"] == len(m) and summary["source"] == "knowledge-base shards"
+    n_shards = -(-len(m) // 50)
+    lp = st.path(out)
+    for n in range(n_shards):
+        assert all(os.path.exists(f"{lp}/{n:05d}{ext}") for ext in (".tar", ".parquet", "_stats.json"))
+    extracted = {json.loads(x["json"])["kb_key"]: x for s in downloaded_shards(st, out) for x in iter_shard(st, s)}
+    assert set(extracted) == set(m["key"])
+    fetched = {json.loads(x["json"])["kb_key"]: x for s in downloaded_shards(st, tiny_chain["download"])
+               for x in iter_shard(st, s)}  # fmt: skip
+    assert fetched and set(fetched) <= set(extracted)
+    for key in list(fetched)[:20]:  # the same pair as img2dataset fetched: caption, labels, pixels
+        a, b = json.loads(extracted[key]["json"]), json.loads(fetched[key]["json"])
+        assert extracted[key]["txt"] == fetched[key]["txt"]
+        assert (a["class_id"], a["class_name"], a["score"]) == (b["class_id"], b["class_name"], b["score"])
+        assert (decode_image(extracted[key]["jpg"]) == decode_image(fetched[key]["jpg"])).all()
+    _, _, _, class_ids = load_labelled_pairs(st, downloaded_shards(st, out), 32)
+    assert len(class_ids) == len(m) and (class_ids >= 0).all()
+
+    # resumable by output shard: as if killed while writing shard 1
+    st.rm(stage.file("_SUCCESS"))
+    st.rm(stage.file("00001_stats.json"))
+    kept = os.stat(f"{lp}/00000.tar").st_mtime_ns
+    again = extract(st, man_uri, stage, cfg)
+    assert st.stage_manifest(again)["counts"]["successes"] == len(m)
+    assert os.stat(f"{lp}/00000.tar").st_mtime_ns == kept
+
+
+def test_a_manifest_without_urls_is_extracted_not_fetched(manifest):
+    from react_core import pipeline
+
+    st, man_uri = manifest
+    m = read_manifest(st, man_uri).assign(url=None)
+    no_urls = st.uri("retrieve-no-urls")
+    buf = io.BytesIO()
+    m.to_parquet(buf)
+    st.write_bytes(f"{no_urls}/manifest.parquet", buf.getvalue())
+    out = pipeline.run_download(st, DownloadConfig(samples_per_shard=100), no_urls, world=None)  # mode: auto
+    summary = st.stage_manifest(out)["summary"]
+    assert summary["source"] == "knowledge-base shards" and summary["successes"] == len(m)
+    with pytest.raises(DownloadError, match="rows without shard/offset.*download.mode=fetch"):
+        bad = st.uri("retrieve-no-places")
+        buf = io.BytesIO()
+        m.assign(shard=None).to_parquet(buf)
+        st.write_bytes(f"{bad}/manifest.parquet", buf.getvalue())
+        pipeline.run_download(st, DownloadConfig(), bad, world=None)
