@@ -27,7 +27,9 @@ def world_and_base(config: ReactConfig, parent_run_id: str | None) -> tuple[str 
     return world, t.resolve_base(config.model, base_stage)
 
 
-def embed_knowledge_base(config: ReactConfig, checkpoint: str | None, world: str | None) -> str:
+def embed_knowledge_base(
+    config: ReactConfig, checkpoint: str | None, world: str | None, parent_run_id: str | None = None
+) -> str:
     """The embed stage as one task per group of shards, on a Dask cluster's workers when
     ``knowledge_base.dask_address`` is set (else in this process), then the stage's completion."""
     kb = config.knowledge_base
@@ -35,7 +37,7 @@ def embed_knowledge_base(config: ReactConfig, checkpoint: str | None, world: str
     with embed_task_runner(kb) as runner:
         fixed = {"storage": config.storage, "model": config.model, "kb": kb, "checkpoint": checkpoint, "world": world}
         runner.map(t.embed_shards, {**{k: unmapped(v) for k, v in fixed.items()}, "indices": groups}).result()
-    return t.embed(config.storage, config.model, kb, checkpoint, world, groups)
+    return t.embed(config.storage, config.model, kb, checkpoint, world, groups, config.tracking, parent_run_id)
 
 
 @flow(name="customize")
@@ -44,13 +46,13 @@ def customize(config: ReactConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     t.preflight(config.model, config.training)
     parent = start_tracking(config, "customize", runtime.flow_run.id)
     world, checkpoint = world_and_base(config, parent)
-    embedded = embed_knowledge_base(config, checkpoint, world)
-    indexed = t.index(config.storage, config.index, config.retrieval.k, embedded)
+    embedded = embed_knowledge_base(config, checkpoint, world, parent)
+    indexed = t.index(config.storage, config.index, config.retrieval.k, embedded, config.tracking, parent)
     retrieved = t.retrieve(
         config.storage, config.model, checkpoint, config.retrieval, embedded, indexed, world,
         config.tracking, parent_run_id=parent, evaluation=config.evaluation,
     )  # fmt: skip
-    downloaded = t.download(config.storage, config.download, retrieved, world)
+    downloaded = t.download(config.storage, config.download, retrieved, world, config.tracking, parent)
     trained = t.train(
         config.storage, config.model, checkpoint, config.training, config.tracking, downloaded, parent_run_id=parent
     )

@@ -18,8 +18,29 @@ from react_core.config import (
 )
 from react_core.knowledge import report as retrieval_report
 from react_core.knowledge.retrieve import read_manifest
+from react_core.storage import Storage
 from react_core.tracking import make_tracker
 from tasks.common import CACHE, TASK_OPTIONS, storage_of
+
+
+def _log_stage(
+    tracking: TrackingConfig | None,
+    st: Storage,
+    name: str,
+    parent_run_id: str | None,
+    params: dict,
+    uri: str,
+    files: tuple[str, ...] = (),
+) -> None:
+    """A nested MLflow run for a stage: its config, the numeric counts of its ``_SUCCESS``, and its JSON reports."""
+    if tracking is None:
+        return
+    with make_tracker(tracking, st).run(name, parent_run_id=parent_run_id) as t:
+        t.log_params(params)
+        counts = st.stage_manifest(uri)["counts"]
+        t.log_metrics({f"{name}/{k}": v for k, v in counts.items() if isinstance(v, int | float)})
+        for f in files:
+            t.log_dict(st.read_json(f"{uri}/{f}"), f)
 
 
 @task(name="preflight", cache_policy=None, persist_result=False)
@@ -80,14 +101,30 @@ def embed(
     checkpoint: str | None,
     world: str | None,
     groups: list[list[int]] | None = None,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
     """Mark the embed stage complete once every shard is embedded; returns its URI."""
-    return pipeline.run_embed_finish(storage_of(storage), model, kb, checkpoint, world, groups or [])
+    st = storage_of(storage)
+    uri = pipeline.run_embed_finish(st, model, kb, checkpoint, world, groups or [])
+    _log_stage(tracking, st, "embed", parent_run_id, {"knowledge_base": kb.model_dump(mode="json")}, uri)
+    return uri
 
 
 @task(name="index", **TASK_OPTIONS)
-def index(storage: StorageConfig, cfg: IndexConfig, k: int, embed_uri: str) -> str:
-    return pipeline.run_index(storage_of(storage), cfg, k, embed_uri)
+def index(
+    storage: StorageConfig,
+    cfg: IndexConfig,
+    k: int,
+    embed_uri: str,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    st = storage_of(storage)
+    uri = pipeline.run_index(st, cfg, k, embed_uri)
+    infos = ("image_infos.json", "text_infos.json")
+    _log_stage(tracking, st, "index", parent_run_id, {"index": cfg.model_dump(mode="json"), "k": k}, uri, infos)
+    return uri
 
 
 @task(name="retrieve", **TASK_OPTIONS)
@@ -119,8 +156,19 @@ def retrieve(
 
 
 @task(name="download", **TASK_OPTIONS)
-def download(storage: StorageConfig, cfg: DownloadConfig, retrieve_uri: str, world: str | None) -> str:
-    return pipeline.run_download(storage_of(storage), cfg, retrieve_uri, world)
+def download(
+    storage: StorageConfig,
+    cfg: DownloadConfig,
+    retrieve_uri: str,
+    world: str | None,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    st = storage_of(storage)
+    uri = pipeline.run_download(st, cfg, retrieve_uri, world)
+    params = {"download": cfg.model_dump(mode="json")}
+    _log_stage(tracking, st, "download", parent_run_id, params, uri, ("download_summary.json",))
+    return uri
 
 
 @task(name="train", **TASK_OPTIONS)

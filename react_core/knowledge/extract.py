@@ -167,5 +167,3 @@ def _extract(storage: Storage, table: pd.DataFrame, places: pd.DataFrame, out: s
     if writer is not None:
         close(current)
     return {**summarize(out), "source": "knowledge-base shards"}
-
-

@@ -209,10 +209,11 @@ def retrieve(
     hits = pd.concat(frames, ignore_index=True)
     hits["class_id"] = np.asarray(prompt_class)[hits["prompt_id"].to_numpy()]
     cands = candidates(hits, cfg)
-    cands, findings, overlap = _audit(model, storage, embed_uri, meta, cands, cfg, audit_sets)
+    embeddings = _CandidateEmbeddings(storage, embed_uri, cands["row"].to_numpy())
+    cands, findings, overlap = _audit(model, embeddings, meta, cands, cfg, audit_sets)
     chosen = finalize(
         cands, cfg, task.classnames,
-        image_embeddings=lambda r: load_rows(storage, embed_uri, r),
+        image_embeddings=embeddings,
         captions=lambda r: meta["caption"].to_numpy()[r],
     )  # fmt: skip
     rows = meta.iloc[chosen["row"].to_numpy()].reset_index(drop=True)
@@ -253,10 +254,23 @@ def retrieve(
     )  # fmt: skip
 
 
+class _CandidateEmbeddings:
+    """Image embeddings of the candidate rows, read from the embed stage once (on first use) for both the
+    overlap audit and ``dedup_images``: at LAION scale that is millions of rows, not worth reading twice."""
+
+    def __init__(self, storage: Storage, embed_uri: str, rows: np.ndarray) -> None:
+        self.storage, self.embed_uri, self.rows = storage, embed_uri, np.unique(rows)
+        self.emb: np.ndarray | None = None
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        if self.emb is None:
+            self.emb = load_rows(self.storage, self.embed_uri, self.rows)
+        return self.emb[np.searchsorted(self.rows, rows)]
+
+
 def _audit(
     model: torch.nn.Module,
-    storage: Storage,
-    embed_uri: str,
+    embeddings: _CandidateEmbeddings,
     meta: pd.DataFrame,
     cands: pd.DataFrame,
     cfg: RetrievalConfig,
@@ -278,9 +292,7 @@ def _audit(
     rows = cands["row"].to_numpy()
     places = meta.iloc[rows][["key", "shard", "offset"]].reset_index(drop=True)
     feats = [image_features(model, s)[0] for s in audit_sets]
-    findings, summary = audit_overlap(
-        storage, places, load_rows(storage, embed_uri, rows), audit_sets, feats, cfg.audit
-    )
+    findings, summary = audit_overlap(embeddings.storage, places, embeddings(rows), audit_sets, feats, cfg.audit)
     findings.index = rows
     dups = findings[findings["overlap"]]
     listing = [{"key": places["key"].iloc[i], "row": int(r), "similarity": float(dups.loc[r, "overlap_similarity"]),

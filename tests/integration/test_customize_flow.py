@@ -28,7 +28,13 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    assert {c.info.run_name for c in children} == {"pretrain-base", "retrieve", "train", "evaluate"}
+    assert {c.info.run_name for c in children} == {
+        "pretrain-base", "embed", "index", "retrieve", "download", "train", "evaluate"}  # fmt: skip
+    runs = {c.info.run_name: c for c in children}
+    assert runs["embed"].data.metrics["embed/embedded"] > 0 and runs["embed"].data.metrics["embed/skipped"] == 0
+    assert runs["index"].data.metrics[f"index/image.recall_at_{cfg.retrieval.k}"] >= 0.95
+    assert runs["download"].data.metrics["download/successes"] > 0
+    assert {a.path for a in client.list_artifacts(runs["download"].info.run_id)} == {"download_summary.json"}
     retrieve_run = next(c for c in children if c.info.run_name == "retrieve")
     assert {a.path for a in client.list_artifacts(retrieve_run.info.run_id)} == {
         "class_counts.json",
