@@ -8,5 +8,5 @@ COPY tasks ./tasks
 COPY flows ./flows
 COPY deployments ./deployments
 COPY prefect.yaml ./
-RUN pip install --no-cache-dir -c constraints.txt . && pip uninstall -y dataclasses
+RUN pip install --no-cache-dir -c constraints.txt ".[dask]" && pip uninstall -y dataclasses
 ENV NO_ALBUMENTATIONS_UPDATE=1 PREFECT_SERVER_ANALYTICS_ENABLED=false

@@ -41,7 +41,7 @@ def _reason(msg: str) -> str:
         return "timeout"
     if "refused" in m or "connection" in m:
         return "connection"
-    if "identify" in m or "decode" in m or "image file" in m or "truncated" in m:
+    if "identify" in m or "decod" in m or "image file" in m or "truncated" in m:  # decode, decoding
         return "decode_error"
     return "other"
 

@@ -19,6 +19,12 @@ from react_core.storage import Storage, StorageError, join
 _logger = logging.getLogger(__name__)
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: img2dataset's 16+ threads per process would see
+    # connection timeouts on a busy machine that a real web server does not cause
+    request_queue_size = 128
+
+
 class MiniWebServer:
     """A threaded HTTP server over ``{miniweb_uri}/kb``; use as a context manager or start()/stop().
 
@@ -28,7 +34,8 @@ class MiniWebServer:
         host: bind address (loopback only by default).
         port: 0 picks a free port.
         before_response: called with each request's path before it is answered, in the request's thread
-            (to throttle, to count, or to hold requests back and simulate a stalled web in tests).
+            (to count, to throttle, to hold requests back as a stalled server would); it returns None to
+            answer normally or bytes to answer with instead (a page of HTML served as a JPEG, say).
     """
 
     def __init__(
@@ -37,7 +44,7 @@ class MiniWebServer:
         miniweb_uri: str,
         host: str = "127.0.0.1",
         port: int = 0,
-        before_response: Callable[[str], None] | None = None,
+        before_response: Callable[[str], bytes | None] | None = None,
     ) -> None:
         self.storage = storage
         self.before_response = before_response
@@ -51,14 +58,13 @@ class MiniWebServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if server.before_response is not None:
-                    server.before_response(self.path)
+                data = server.before_response(self.path) if server.before_response is not None else None
                 rel = unquote(urlsplit(self.path).path).lstrip("/")
-                if ".." in rel.split("/") or not rel.startswith("images/"):
+                if data is None and (".." in rel.split("/") or not rel.startswith("images/")):
                     self.send_error(404)
                     return
                 try:
-                    data = server.storage.read_bytes(join(server.kb_uri, rel))
+                    data = data if data is not None else server.storage.read_bytes(join(server.kb_uri, rel))
                 except StorageError:
                     self.send_error(404)
                     return
@@ -71,7 +77,7 @@ class MiniWebServer:
             def log_message(self, fmt: str, *args) -> None:
                 _logger.debug("miniweb http: " + fmt, *args)
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd = _Server((host, port), Handler)
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

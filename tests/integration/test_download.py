@@ -169,3 +169,30 @@ def test_a_manifest_without_urls_is_extracted_not_fetched(manifest):
         m.assign(shard=None).to_parquet(buf)
         st.write_bytes(f"{bad}/manifest.parquet", buf.getvalue())
         pipeline.run_download(st, DownloadConfig(), bad, world=None)
+
+
+def test_timeouts_and_html_served_as_jpeg_are_counted_rows_not_crashes(tiny_world, manifest):
+    _, storage, world = tiny_world
+    st, man_uri = manifest
+    m = read_manifest(st, man_uri)
+    truth = pd.read_parquet(storage.path(join(world, "kb", "truth.parquet"))).set_index("key")
+    live = m[~truth.loc[m["key"], "dead"].to_numpy()]
+    paths = ["/" + u.lstrip("/") for u in live["url"]]
+    stalled, html = set(paths[:5]), set(paths[5:12])
+    release = threading.Event()
+
+    def fault(path: str) -> bytes | None:
+        if path in stalled:  # answer only after the client gave up (download.timeout)
+            release.wait(timeout=120)
+        return b"<html><body>Access denied</body></html>" if path in html else None
+
+    try:
+        with MiniWebServer(storage, world, before_response=fault) as server:
+            cfg = DownloadConfig(processes_count=1, thread_count=8, timeout=3, retries=0)
+            out = download(st, man_uri, st.stage("download-faults", {}), cfg, base_url=server.base_url)
+    finally:
+        release.set()
+    s = st.stage_manifest(out)["summary"]
+    dead = len(m) - len(live)
+    assert s["failures_by_reason"] == {"http_404": dead, "timeout": len(stalled), "decode_error": len(html)}
+    assert s["count"] == len(m) and s["successes"] == len(live) - len(stalled) - len(html)

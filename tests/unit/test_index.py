@@ -87,6 +87,32 @@ def test_search_parameter_is_raised_until_the_recall_target(embedded, key, knob)
     assert recall_at_k(index, emb, queries, 20) == recall  # the setting stays on the index
 
 
+@pytest.mark.parametrize("key,knob", [("IVF16,Flat", "nprobe"), ("HNSW8", "efSearch")])
+def test_a_search_parameter_above_the_floor_is_lowered_to_the_cheapest_that_meets_it(embedded, key, knob):
+    import faiss
+
+    from react_core.knowledge.index import tune_recall
+
+    st, emb_uri = embedded
+    emb = load_embeddings(st, emb_uri, "img").astype(np.float32)
+    queries = load_embeddings(st, emb_uri, "text")[:50].astype(np.float32)
+    index = faiss.index_factory(emb.shape[1], key, faiss.METRIC_INNER_PRODUCT)
+    index.train(emb)
+    index.add(emb)
+    space = faiss.ParameterSpace()
+    start = {"nprobe": 16, "efSearch": 128}[knob]  # nprobe = nlist: exact
+    space.set_index_parameters(index, f"{knob}={start}")
+    assert recall_at_k(index, emb, queries, 20) >= 0.9
+    recall, param = tune_recall(index, emb, queries, 20, target=0.9)
+    value = int(param.split("=")[1])
+    assert recall >= 0.9 and value < start
+    assert knob == "nprobe" or value >= 20  # HNSW searches with max(efSearch, k): never set below k
+    assert recall_at_k(index, emb, queries, 20) == recall
+    if knob == "nprobe" and value > 1:  # the next cheaper setting misses the floor
+        space.set_index_parameters(index, f"{knob}={value // 2}")
+        assert recall_at_k(index, emb, queries, 20) < 0.9
+
+
 def test_index_stage_saves_the_tuned_parameter(embedded):
     import faiss
 
