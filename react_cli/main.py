@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,10 @@ def cmd_miniweb_serve(args: argparse.Namespace) -> int:
         server.urls().to_parquet(args.write_urls)
         print(f"wrote {args.write_urls} (key, url, caption) for {server.base_url}")
     print(f"serving {uri}/kb at {server.base_url} (Ctrl-C to stop)", flush=True)
+    # Stop on Ctrl-C and on a process manager's SIGTERM, also where SIGINT was inherited as ignored (a
+    # shell without job control starts background commands so, and Python then installs no handler).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

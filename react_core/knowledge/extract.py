@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+from tqdm.auto import tqdm
 
 from react_core.config import DownloadConfig
 from react_core.data import iter_shard
@@ -71,7 +72,7 @@ def _kb_images(storage: Storage, rows: pd.DataFrame) -> Iterator[tuple[int, byte
             yield int(positions[k]), None
 
 
-def extract(storage: Storage, manifest_uri: str, stage: Stage, cfg: DownloadConfig) -> str:
+def extract(storage: Storage, manifest_uri: str, stage: Stage, cfg: DownloadConfig, progress: bool = True) -> str:
     """Write the manifest's pairs, taken from the knowledge-base shards, into ``stage`` as img2dataset would.
 
     Raises:
@@ -95,7 +96,7 @@ def extract(storage: Storage, manifest_uri: str, stage: Stage, cfg: DownloadConf
     lp = local_path(stage.uri)
     with tempfile.TemporaryDirectory(prefix="react-extract-") as tmp:
         out = lp if lp is not None else os.path.join(tmp, "out")
-        summary = _extract(storage, table, places, out, cfg)
+        summary = _extract(storage, table, places, out, cfg, progress)
         if lp is None:  # written locally, then one batched upload (as the download stage)
             storage.fs.put(out.rstrip("/") + "/", storage.path(stage.uri), recursive=True)
     if summary.get("successes", 0) == 0:
@@ -109,7 +110,9 @@ def extract(storage: Storage, manifest_uri: str, stage: Stage, cfg: DownloadConf
     return stage.complete(counts=counts, summary=summary)
 
 
-def _extract(storage: Storage, table: pd.DataFrame, places: pd.DataFrame, out: str, cfg: DownloadConfig) -> dict:
+def _extract(
+    storage: Storage, table: pd.DataFrame, places: pd.DataFrame, out: str, cfg: DownloadConfig, progress: bool
+) -> dict:
     """Write output shards into the local folder ``out`` (those whose stats exist are kept); returns the summary."""
     from img2dataset.downloader import compute_key
     from img2dataset.logger import CappedCounter, write_stats
@@ -135,7 +138,9 @@ def _extract(storage: Storage, table: pd.DataFrame, places: pd.DataFrame, out: s
                     status, OOM_SHARD_COUNT)  # fmt: skip
 
     os.makedirs(out, exist_ok=True)
+    bar = tqdm(total=len(todo), desc="extract", unit="pair", disable=not progress)
     for pos, data in _kb_images(storage, todo):
+        bar.update(1)
         n = pos // per
         if n != current:
             if writer is not None:
@@ -164,6 +169,7 @@ def _extract(storage: Storage, table: pd.DataFrame, places: pd.DataFrame, out: s
             stats["failed_to_download"] += 1
             status.increment(meta["error_message"])
         writer.write(img, meta["key"], row["caption"], meta)
+    bar.close()
     if writer is not None:
         close(current)
     return {**summarize(out), "source": "knowledge-base shards"}

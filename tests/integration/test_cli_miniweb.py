@@ -47,5 +47,11 @@ def test_generate_then_serve_for_img2dataset(tmp_path):
         assert served >= 15
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        try:  # communicate, not wait: it drains the pipes, so a chatty server cannot block on a full one
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"the server did not stop on SIGINT; its stderr ends with: {err[-3000:]}")
+        assert proc.returncode == 0, err[-3000:]
     assert Path(urls).exists()
