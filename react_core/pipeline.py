@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -127,6 +128,24 @@ def embed_plan(
     return [todo[j : j + n] for j in range(0, len(todo), n)]
 
 
+_EMBEDDING_MODEL: dict[tuple[str, str], tuple[torch.nn.Module, Any]] = {}
+_EMBEDDING_MODEL_LOCK = threading.Lock()
+
+
+def embedding_model(model: ModelConfig, checkpoint: str | None, storage: Storage) -> tuple[torch.nn.Module, Any]:
+    """The embedding model, loaded once per process and kept (one at a time).
+
+    Every embed-shards task of a run needs the same weights, one group of shards after another in the flow's
+    process or on a Dask worker; loading a ViT-L checkpoint from S3 can take longer than embedding the group.
+    """
+    key = (model.model_dump_json(), checkpoint or "")
+    with _EMBEDDING_MODEL_LOCK:
+        if key not in _EMBEDDING_MODEL:
+            _EMBEDDING_MODEL.clear()
+            _EMBEDDING_MODEL[key] = _model(model, checkpoint, storage)
+        return _EMBEDDING_MODEL[key]
+
+
 def run_embed_shards(
     storage: Storage,
     model: ModelConfig,
@@ -137,7 +156,7 @@ def run_embed_shards(
 ) -> dict[str, int]:
     """Embed one group of shards (on whichever worker runs it); returns its counts."""
     stage, shards = embed_stage(storage, model, kb, checkpoint, world)
-    m, tok = _model(model, checkpoint, storage)
+    m, tok = embedding_model(model, checkpoint, storage)
     results = embed_shards(m, tok, storage, shards, stage, indices, kb.batch_size, kb.num_workers, draft=kb.jpeg_draft)
     return {"shards": len(results), "embedded": sum(r.embedded for r in results),
             "skipped": sum(r.skipped for r in results)}  # fmt: skip

@@ -233,7 +233,7 @@ def embed_batches(
             results.append(_write_shard(storage, stage, b["index"], uris[b["index"]], pending.pop(b["index"]), dim))
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(embedded=sum(r.embedded for r in results), refresh=False)
+                progress.set_postfix_str(f"embedded={sum(r.embedded for r in results):,}", refresh=False)
     if pending:
         raise EmbeddingError(f"batches of shards {sorted(uris[i] for i in pending)} never completed")
     return results

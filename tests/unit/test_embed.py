@@ -180,3 +180,21 @@ def test_jpeg_draft_decodes_near_the_exact_pixels_and_can_be_turned_off(micro, t
     drafted = pixels(True)
     assert not torch.equal(drafted, exact)  # really decoded at a reduced scale ...
     assert (drafted.float() - exact.float()).abs().mean() < 2  # ... within about a grey level
+
+
+def test_embed_tasks_of_a_run_load_the_model_once_per_process(tiny_world, tmp_path, monkeypatch):
+    from react_core import pipeline
+
+    cfg, _, world = tiny_world
+    loads = []
+    real = pipeline.create_model
+    monkeypatch.setattr(pipeline, "create_model", lambda *a, **k: loads.append(a[:2]) or real(*a, **k))
+    monkeypatch.setattr(pipeline, "_EMBEDDING_MODEL", {})
+    st = Storage(str(tmp_path))
+    kb = cfg.knowledge_base.model_copy(update={"num_workers": 0})
+    groups = pipeline.embed_plan(st, cfg.model, kb.model_copy(update={"shards_per_task": 1}), None, world)
+    assert len(groups) >= 2
+    for g in groups:
+        assert pipeline.run_embed_shards(st, cfg.model, kb, None, world, g)["shards"] == 1
+    assert loads == [(cfg.model.name, None)]
+    assert pipeline.embed_plan(st, cfg.model, kb, None, world) == []  # every shard done, nothing left to plan

@@ -123,3 +123,22 @@ def test_index_stage_saves_the_tuned_parameter(embedded):
     assert infos["recall_at_k"] >= 0.99 and infos["search_param"].startswith("nprobe=")
     index = load_index(st, uri, "image", metadata_rows(st, emb_uri), 32)
     assert faiss.extract_index_ivf(index).nprobe == int(infos["search_param"].split("=")[1])
+
+
+class _Answers:
+    """Stands in for an index that returns fixed rows (faiss' ``search`` signature)."""
+
+    def __init__(self, rows):
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def search(self, queries, k):
+        return np.zeros(self.rows.shape, np.float32), self.rows
+
+
+def test_recall_counts_tied_rows_as_found_not_only_the_ids_exact_search_listed():
+    a, b = np.eye(4, dtype=np.float32)[:2]
+    database = np.stack([a, a, a, b])  # three copies of one caption's embedding
+    q = a[None]
+    assert recall_at_k(_Answers([[2, 1]]), database, q, 2) == 1.0  # any two of the tied copies
+    assert recall_at_k(_Answers([[0, 3]]), database, q, 2) == 0.5  # b is not among the top 2
+    assert recall_at_k(_Answers([[0, -1]]), database, q, 2) == 0.5  # a missing result is a miss
