@@ -247,7 +247,11 @@ def shard_embedded(storage: Storage, stage: Stage, index: int) -> bool:
 def _finished(storage: Storage, stage: Stage, index: int) -> ShardResult | None:
     if not shard_embedded(storage, stage, index):
         return None
-    stats = storage.read_json(stage.file("stats", f"stats_{index}.json"))
+    stats_uri = stage.file("stats", f"stats_{index}.json")
+    if not storage.exists(stats_uri):  # a shard embedded before per-shard stats existed: rows only
+        meta = pd.read_parquet(io.BytesIO(storage.read_bytes(stage.file("metadata", f"metadata_{index}.parquet"))))
+        return ShardResult(index, len(meta), 0, True)
+    stats = storage.read_json(stats_uri)
     return ShardResult(index, int(stats["embedded"]), int(stats["skipped"]), True)
 
 

@@ -67,6 +67,7 @@ def test_resume_re_embeds_only_missing_shards(tiny_world, micro, tmp_path):
     first = load_embeddings(out, stage.uri)
     out.rm(stage.file("_SUCCESS"))  # as if the run had died after shard 1 ...
     out.rm(stage.file("metadata", "metadata_2.parquet"))  # ... before finishing shard 2
+    out.rm(stage.file("stats", "stats_0.json"))  # shard 0 as embedded before per-shard stats existed
     embed_knowledge_base(model, tok, storage, shards, stage, progress=False)
     counts = out.stage_manifest(stage.uri)["counts"]
     assert counts["resumed_shards"] == len(shards) - 1
