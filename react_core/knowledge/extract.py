@@ -134,8 +134,8 @@ def _extract(
 
     def close(n: int) -> None:
         writer.close()
-        write_stats(out, n, stats["count"], stats["successes"], stats["failed_to_download"], 0, start, time.time(),
-                    status, OOM_SHARD_COUNT)  # fmt: skip
+        write_stats(out, n, stats["count"], stats["successes"], stats["failed_to_download"], stats["failed_to_resize"],
+                    start, time.time(), status, OOM_SHARD_COUNT)  # fmt: skip
 
     os.makedirs(out, exist_ok=True)
     bar = tqdm(total=len(todo), desc="extract", unit="pair", disable=not progress)
@@ -152,22 +152,18 @@ def _extract(
                 "error_message": None, "width": None, "height": None, "original_width": None,
                 "original_height": None}  # fmt: skip
         stats["count"] += 1
-        img = None
-        if data is None:
-            meta["error_message"] = "sample not found in its knowledge-base shard"
+        img, outcome = None, "success"
+        if data is None:  # as img2dataset files a URL that gave nothing
+            meta["error_message"], outcome = "sample not found in its knowledge-base shard", "failed_to_download"
         else:
             img, w, h, ow, oh, err = resizer(io.BytesIO(data))
-            meta["error_message"] = err
             if err is None:
                 meta.update(width=w, height=h, original_width=ow, original_height=oh)
-        if meta["error_message"] is None:
-            meta["status"] = "success"
-            stats["successes"] += 1
-            status.increment("success")
-        else:
-            meta["status"] = "failed_to_download"
-            stats["failed_to_download"] += 1
-            status.increment(meta["error_message"])
+            else:
+                meta["error_message"], outcome = err, "failed_to_resize"
+        meta["status"] = outcome
+        stats[outcome if outcome != "success" else "successes"] += 1
+        status.increment(meta["error_message"] or "success")
         writer.write(img, meta["key"], row["caption"], meta)
     bar.close()
     if writer is not None:

@@ -158,11 +158,13 @@ def test_a_manifest_without_urls_is_extracted_not_fetched(manifest):
     m = read_manifest(st, man_uri).assign(url=None)
     no_urls = st.uri("retrieve-no-urls")
     buf = io.BytesIO()
-    m.to_parquet(buf)
+    lost = m.iloc[:1].assign(key="lost", offset=10**6)  # a row whose sample is not in its shard
+    pd.concat([m, lost], ignore_index=True).to_parquet(buf)
     st.write_bytes(f"{no_urls}/manifest.parquet", buf.getvalue())
     out = pipeline.run_download(st, DownloadConfig(samples_per_shard=100), no_urls, world=None)  # mode: auto
     summary = st.stage_manifest(out)["summary"]
     assert summary["source"] == "knowledge-base shards" and summary["successes"] == len(m)
+    assert summary["count"] == len(m) + 1 and summary["failed_to_download"] == 1
     with pytest.raises(DownloadError, match="rows without shard/offset.*download.mode=fetch"):
         bad = st.uri("retrieve-no-places")
         buf = io.BytesIO()
