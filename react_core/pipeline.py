@@ -38,7 +38,7 @@ from react_core.evaluation.suite import (
     report_rows,
 )
 from react_core.knowledge.download import download, downloaded_shards
-from react_core.knowledge.embed import embed_knowledge_base, embed_shards, finish, shard_embedded
+from react_core.knowledge.embed import embed_knowledge_base, embed_shards, embedded_shards, finish
 from react_core.knowledge.extract import extract, manifest_has_urls
 from react_core.knowledge.index import build_indices
 from react_core.knowledge.retrieve import read_manifest, retrieve
@@ -123,7 +123,8 @@ def embed_plan(
     stage, shards = embed_stage(storage, model, kb, checkpoint, world)
     if stage.done:
         return []
-    todo = [i for i in range(len(shards)) if not shard_embedded(storage, stage, i)]
+    finished = embedded_shards(storage, stage)
+    todo = [i for i in range(len(shards)) if i not in finished]
     n = kb.shards_per_task
     return [todo[j : j + n] for j in range(0, len(todo), n)]
 

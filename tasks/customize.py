@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
 from prefect import get_run_logger, runtime, task, unmapped
 
 from react_core import pipeline
@@ -19,11 +23,12 @@ from react_core.config import (
 from react_core.knowledge import report as retrieval_report
 from react_core.knowledge.retrieve import read_manifest
 from react_core.storage import Storage
-from react_core.tracking import make_tracker
+from react_core.tracking import Tracker, make_tracker
 from tasks.common import CACHE, TASK_OPTIONS, storage_of
 
 
-def _log_stage(
+@contextlib.contextmanager
+def _stage_run(
     tracking: TrackingConfig | None,
     st: Storage,
     name: str,
@@ -31,9 +36,11 @@ def _log_stage(
     params: dict,
     uri: str,
     files: tuple[str, ...] = (),
-) -> None:
-    """A nested MLflow run for a stage: its config, the numeric counts of its ``_SUCCESS``, and its JSON reports."""
+) -> Iterator[Tracker | None]:
+    """A nested MLflow run for a stage: its config, the numeric counts of its ``_SUCCESS`` and its JSON
+    reports; yields the tracker for anything more (None when tracking is off)."""
     if tracking is None:
+        yield None
         return
     with make_tracker(tracking, st).run(name, parent_run_id=parent_run_id) as t:
         t.log_params(params)
@@ -41,6 +48,13 @@ def _log_stage(
         t.log_metrics({f"{name}/{k}": v for k, v in counts.items() if isinstance(v, int | float)})
         for f in files:
             t.log_dict(st.read_json(f"{uri}/{f}"), f)
+        yield t
+
+
+def _log_stage(*args: Any, **kwargs: Any) -> None:
+    """:func:`_stage_run` with nothing more to log."""
+    with _stage_run(*args, **kwargs):
+        pass
 
 
 @task(name="preflight", cache_policy=None, persist_result=False)
@@ -142,14 +156,11 @@ def retrieve(
 ) -> str:
     st = storage_of(storage)
     uri = pipeline.run_retrieve(st, model, checkpoint, cfg, embed_uri, index_uri, world, evaluation)
-    if tracking is not None:
-        with make_tracker(tracking, st).run("retrieve", parent_run_id=parent_run_id) as t:
-            t.log_params({"retrieval": cfg.model_dump(mode="json")})
-            manifest = st.stage_manifest(uri)
-            t.log_metrics({f"retrieve/{k}": v for k, v in manifest["counts"].items()})
-            t.log_dict(st.read_json(f"{uri}/overlap.json"), "overlap.json")
+    params = {"retrieval": cfg.model_dump(mode="json")}
+    files = ("overlap.json", "class_counts.json")
+    with _stage_run(tracking, st, "retrieve", parent_run_id, params, uri, files) as t:
+        if t is not None:
             counts = st.read_json(f"{uri}/class_counts.json")
-            t.log_dict(counts, "class_counts.json")
             t.log_figure(retrieval_report.class_count_figure(counts), "class_counts.png")
             t.log_image(retrieval_report.sample_grid(st, read_manifest(st, uri)), "retrieved_samples.png")
     return uri

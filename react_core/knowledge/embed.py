@@ -239,14 +239,15 @@ def embed_batches(
     return results
 
 
-def shard_embedded(storage: Storage, stage: Stage, index: int) -> bool:
-    """Whether shard ``index`` is finished (its metadata, written last, exists)."""
-    return storage.exists(stage.file("metadata", f"metadata_{index}.parquet"))
+def embedded_shards(storage: Storage, stage: Stage) -> set[int]:
+    """Indices of the finished shards (their metadata, written last, exists): one listing of the folder, not a
+    request per shard (a LAION-size knowledge base has tens of thousands of shards, on S3)."""
+    files = storage.ls(stage.file("metadata"), "metadata_*.parquet")
+    return {int(u.rsplit("_", 1)[1].split(".")[0]) for u in files}
 
 
-def _finished(storage: Storage, stage: Stage, index: int) -> ShardResult | None:
-    if not shard_embedded(storage, stage, index):
-        return None
+def _finished(storage: Storage, stage: Stage, index: int) -> ShardResult:
+    """The counts of a finished shard."""
     stats_uri = stage.file("stats", f"stats_{index}.json")
     if not storage.exists(stats_uri):  # a shard embedded before per-shard stats existed: rows only
         meta = pd.read_parquet(io.BytesIO(storage.read_bytes(stage.file("metadata", f"metadata_{index}.parquet"))))
@@ -276,7 +277,8 @@ def embed_shards(
     one grey level of a full decode); False gives exactly open_clip's validation pixels.
     """
     indices = list(range(len(shard_uris))) if indices is None else list(indices)
-    done = {i: r for i in indices if (r := _finished(storage, stage, i)) is not None}
+    finished = embedded_shards(storage, stage)
+    done = {i: _finished(storage, stage, i) for i in indices if i in finished}
     todo = [(i, shard_uris[i]) for i in indices if i not in done]
     results = list(done.values())
     if todo:
@@ -309,13 +311,14 @@ def finish(storage: Storage, stage: Stage, shard_uris: Sequence[str], resumed_sh
     """
     if stage.done:
         return stage.uri
-    results = [_finished(storage, stage, i) for i in range(len(shard_uris))]
-    missing = [shard_uris[i] for i, r in enumerate(results) if r is None]
+    finished = embedded_shards(storage, stage)
+    missing = [u for i, u in enumerate(shard_uris) if i not in finished]
     if missing:
         raise EmbeddingError(
             f"{len(missing)} of {len(shard_uris)} shards have no embeddings in {stage.uri} (first: {missing[0]}); "
             "fix: run the embed stage again (finished shards are kept)"
         )
+    results = [_finished(storage, stage, i) for i in range(len(shard_uris))]
     counts = {
         "shards": len(results),
         "embedded": sum(r.embedded for r in results),

@@ -68,11 +68,9 @@ def test_failed_autofaiss_build_raises(tmp_path):
         build_one(emb, IndexConfig(index_key="NotAnIndex,Flat"), str(tmp_path), "image")
 
 
-@pytest.mark.parametrize("key, knob", [("IVF16,Flat", "nprobe"), ("HNSW4", "efSearch")])
-def test_search_parameter_is_raised_until_the_recall_target(embedded, key, knob):
+def _trained_index(embedded, key):
+    """(index, database, 50 caption queries) over the tiny world's image embeddings."""
     import faiss
-
-    from react_core.knowledge.index import tune_recall
 
     st, emb_uri = embedded
     emb = load_embeddings(st, emb_uri, "img").astype(np.float32)
@@ -80,6 +78,16 @@ def test_search_parameter_is_raised_until_the_recall_target(embedded, key, knob)
     index = faiss.index_factory(emb.shape[1], key, faiss.METRIC_INNER_PRODUCT)
     index.train(emb)
     index.add(emb)
+    return index, emb, queries
+
+
+@pytest.mark.parametrize("key, knob", [("IVF16,Flat", "nprobe"), ("HNSW4", "efSearch")])
+def test_search_parameter_is_raised_until_the_recall_target(embedded, key, knob):
+    import faiss
+
+    from react_core.knowledge.index import tune_recall
+
+    index, emb, queries = _trained_index(embedded, key)
     faiss.ParameterSpace().set_index_parameters(index, f"{knob}=1")
     before = recall_at_k(index, emb, queries, 20)
     recall, param = tune_recall(index, emb, queries, 20, target=0.97)
@@ -93,12 +101,7 @@ def test_a_search_parameter_above_the_floor_is_lowered_to_the_cheapest_that_meet
 
     from react_core.knowledge.index import tune_recall
 
-    st, emb_uri = embedded
-    emb = load_embeddings(st, emb_uri, "img").astype(np.float32)
-    queries = load_embeddings(st, emb_uri, "text")[:50].astype(np.float32)
-    index = faiss.index_factory(emb.shape[1], key, faiss.METRIC_INNER_PRODUCT)
-    index.train(emb)
-    index.add(emb)
+    index, emb, queries = _trained_index(embedded, key)
     space = faiss.ParameterSpace()
     start = {"nprobe": 16, "efSearch": 128}[knob]  # nprobe = nlist: exact
     space.set_index_parameters(index, f"{knob}={start}")
