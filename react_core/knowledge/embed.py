@@ -44,6 +44,7 @@ from react_core.data import iter_shard, normalize
 from react_core.evaluation.datasets import prepare
 from react_core.evaluation.zeroshot import model_image_size
 from react_core.forking import forget_parent_exit_hooks
+from react_core.models.text import encode_text
 from react_core.storage import Stage, Storage, join
 
 _logger = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ def embed_batches(
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
                 img = model.encode_image(normalize(x))
-                txt = model.encode_text(b["tokens"].to(device, non_blocking=True))
+                txt = encode_text(model, b["tokens"].to(device, non_blocking=True))
             p.img.append(F.normalize(img.float(), dim=-1).cpu().numpy())
             p.txt.append(F.normalize(txt.float(), dim=-1).cpu().numpy())
             p.offsets.append(b["offsets"].numpy())

@@ -30,6 +30,7 @@ from react_core.evaluation.datasets import EvalSet
 from react_core.knowledge.audit import audit_overlap
 from react_core.knowledge.embed import load_metadata, load_rows
 from react_core.knowledge.index import load_index
+from react_core.models.text import encode_text
 from react_core.storage import Stage, Storage
 
 _logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def embed_prompts(
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(prompts), batch_size):
-        out.append(F.normalize(model.encode_text(tokenizer(prompts[i : i + batch_size]).to(device)).float(), dim=-1))
+        out.append(F.normalize(encode_text(model, tokenizer(prompts[i : i + batch_size]).to(device)).float(), dim=-1))
     return torch.cat(out).cpu().numpy()
 
 
