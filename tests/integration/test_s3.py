@@ -1,5 +1,6 @@
 """The same storage code against a real S3 API (moto's server on 127.0.0.1)."""
 
+import json
 import time
 import urllib.request
 
@@ -25,6 +26,10 @@ def test_stage_on_s3(s3_endpoint):
     assert stage.done and st.stage_manifest(stage.uri)["counts"] == {"n": 1}
     assert st.read_json(stage.file("data.json")) == {"v": 1}
     assert st.ls(stage.uri) == [stage.file("_SUCCESS"), stage.file("data.json")]
+    many = [stage.file("many", f"{i}.json") for i in range(40)]
+    for i, u in enumerate(many):
+        st.write_json(u, {"i": i})
+    assert [json.loads(b)["i"] for b in st.read_many(many[::-1])] == list(range(39, -1, -1))  # concurrent reads
 
 
 def test_miniweb_generated_onto_s3_reads_back_and_serves(s3_endpoint):

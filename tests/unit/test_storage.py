@@ -72,6 +72,16 @@ def test_missing_artifact_names_uri(storage):
         storage.read_bytes(storage.uri("nope.bin"))
 
 
+def test_read_many_keeps_the_order_asked_for_and_names_a_missing_file(storage):
+    uris = [storage.uri("s", f"stats_{i}.json") for i in (3, 1, 2)]
+    for i, u in enumerate(uris):
+        storage.write_bytes(u, f"{i}".encode())
+    assert storage.read_many(uris) == [b"0", b"1", b"2"]
+    assert storage.read_many(uris[:1]) == [b"0"] and storage.read_many([]) == []
+    with pytest.raises(StorageError, match="stats_9.json does not exist"):
+        storage.read_many([*uris, storage.uri("s", "stats_9.json")])
+
+
 def test_unwritable_root_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
