@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
@@ -45,7 +46,7 @@ from react_core.evaluation.datasets import prepare
 from react_core.evaluation.zeroshot import model_image_size
 from react_core.forking import forget_parent_exit_hooks
 from react_core.models.text import encode_text
-from react_core.storage import Stage, Storage, join
+from react_core.storage import SUCCESS, Stage, Storage, join
 
 _logger = logging.getLogger(__name__)
 
@@ -357,23 +358,59 @@ def embed_knowledge_base(
     return finish(storage, stage, shard_uris, resumed_shards=sum(r.cached for r in results))
 
 
+def embedding_files(storage: Storage, stage_uri: str, kind: str = "img") -> list[str]:
+    """The ``img`` or ``text`` embedding files of an embed stage, in metadata (shard index) order."""
+    files = storage.ls(join(stage_uri, f"{kind}_emb"), f"{kind}_emb_*.npy")
+    return sorted(files, key=lambda u: int(u.rsplit("_", 1)[1].split(".")[0]))
+
+
 def load_embeddings(storage: Storage, stage_uri: str, kind: str = "img") -> np.ndarray:
     """All rows of ``img`` or ``text`` embeddings of an embed stage, in metadata order."""
-    files = storage.ls(join(stage_uri, f"{kind}_emb"), f"{kind}_emb_*.npy")
-    files.sort(key=lambda u: int(u.rsplit("_", 1)[1].split(".")[0]))
+    files = embedding_files(storage, stage_uri, kind)
     return np.concatenate([np.load(io.BytesIO(storage.read_bytes(u))) for u in files])
 
 
-def load_metadata(storage: Storage, stage_uri: str) -> pd.DataFrame:
+def _metadata_files(storage: Storage, stage_uri: str) -> list[str]:
     files = storage.ls(join(stage_uri, "metadata"), "metadata_*.parquet")
-    files.sort(key=lambda u: int(u.rsplit("_", 1)[1].split(".")[0]))
+    return sorted(files, key=lambda u: int(u.rsplit("_", 1)[1].split(".")[0]))
+
+
+def load_metadata(storage: Storage, stage_uri: str) -> pd.DataFrame:
+    """All metadata rows of an embed stage (small knowledge bases; see :func:`load_metadata_rows`)."""
+    files = _metadata_files(storage, stage_uri)
     return pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(u))) for u in files], ignore_index=True)
+
+
+def load_metadata_rows(storage: Storage, stage_uri: str, rows: np.ndarray) -> pd.DataFrame:
+    """Metadata of the global ``rows`` (sorted, unique), reading one shard's file at a time and keeping only
+    those rows: the whole metadata of a LAION-size knowledge base (hundreds of millions of captions) does not
+    fit in memory, the rows retrieval picked do."""
+    rows = np.asarray(rows, dtype=np.int64)
+    parts, start = [], 0
+    for uri in _metadata_files(storage, stage_uri):
+        if start > rows.max(initial=-1):
+            break
+        meta = pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
+        lo, hi = np.searchsorted(rows, [start, start + len(meta)])
+        if hi > lo:
+            parts.append(meta.iloc[rows[lo:hi] - start])
+        start += len(meta)
+    if len(rows) and rows.max() >= start:
+        raise ValueError(f"{stage_uri}: metadata rows up to {rows.max()} asked, {start} embedded")
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["key", "caption", "shard", "offset"])
+
+
+def metadata_rows(storage: Storage, stage_uri: str) -> int:
+    """Row count of an embed stage's metadata: the finished stage's count, else the parquet footers."""
+    counts = storage.stage_manifest(stage_uri).get("counts", {}) if storage.exists(join(stage_uri, SUCCESS)) else {}
+    if "embedded" in counts:
+        return int(counts["embedded"])
+    return sum(pq.ParquetFile(storage.open(u)).metadata.num_rows for u in _metadata_files(storage, stage_uri))
 
 
 def load_rows(storage: Storage, stage_uri: str, rows: np.ndarray, kind: str = "img") -> np.ndarray:
     """Embeddings of the given global ``rows`` (metadata order), reading one shard file at a time."""
-    files = storage.ls(join(stage_uri, f"{kind}_emb"), f"{kind}_emb_*.npy")
-    files.sort(key=lambda u: int(u.rsplit("_", 1)[1].split(".")[0]))
+    files = embedding_files(storage, stage_uri, kind)
     rows = np.asarray(rows, dtype=np.int64)
     out: np.ndarray | None = None
     start = 0

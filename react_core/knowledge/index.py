@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import faiss
 import numpy as np
-from faiss.contrib.exhaustive_search import knn_ground_truth
+import torch
 
 from react_core.config import IndexConfig
-from react_core.knowledge.embed import load_embeddings, load_metadata
-from react_core.storage import Stage, Storage, join
+from react_core.knowledge.embed import embedding_files
+from react_core.storage import Stage, Storage, join, local_path
 
 _logger = logging.getLogger(__name__)
 
@@ -33,13 +35,56 @@ class IndexMismatchError(ValueError):
     """An index does not fit its metadata or the model; names both and the fix."""
 
 
-def _blocks(x: np.ndarray, bs: int = 65536) -> Iterator[np.ndarray]:
+def row_blocks(x: np.ndarray, bs: int = 65536) -> Iterator[np.ndarray]:
+    """An in-memory database as the consecutive blocks :func:`ground_truth` reads."""
     for i in range(0, len(x), bs):
         yield x[i : i + bs]
 
 
-def recall_at_k(index: faiss.Index, database: np.ndarray, queries: np.ndarray, k: int) -> float:
-    """Mean fraction of the exact top-k (inner product) that ``index`` returns in its top-k, ties counted.
+@dataclass(frozen=True)
+class GroundTruth:
+    """What exact search says of some queries: per query, every row at least as similar as its k-th exact
+    neighbour (ties with the k-th included), as sorted row ids."""
+
+    k: int
+    acceptable: list[np.ndarray]
+
+
+def ground_truth(queries: np.ndarray, blocks: Iterable[np.ndarray], k: int, tie: float = 1e-5) -> GroundTruth:
+    """Exact inner-product search of ``queries`` over the database given as consecutive row ``blocks``.
+
+    One pass, memory bounded by a block: the database may be far larger than memory (the embed stage's
+    files, read one at a time). Keeps each query's running top-k and, per block, the rows at least as
+    similar as the running k-th (less ``tie``); the k-th only rises, so the final filter loses nothing.
+    """
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    top = torch.empty((len(q), 0))
+    found_q, found_r, found_s = [], [], []
+    offset = 0
+    for block in blocks:
+        b = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+        sims = q @ b.T
+        top = torch.cat([top, sims.topk(min(k, sims.shape[1]), dim=1).values], dim=1)
+        top = top.topk(min(k, top.shape[1]), dim=1).values
+        floor = top[:, -1] - tie if top.shape[1] == k else torch.full((len(q),), -torch.inf)
+        qi, ri = (sims >= floor[:, None]).nonzero(as_tuple=True)
+        found_q.append(qi)
+        found_r.append(ri + offset)
+        found_s.append(sims[qi, ri])
+        offset += len(b)
+    if not offset:
+        raise ValueError("exact search over an empty database")
+    qi, ri, si = (torch.cat(x) for x in (found_q, found_r, found_s))
+    keep = si >= top[qi, -1] - tie
+    qi, ri = qi[keep].numpy(), ri[keep].numpy()
+    order = np.lexsort((ri, qi))
+    bounds = np.searchsorted(qi[order], np.arange(len(q) + 1))
+    rows = ri[order]
+    return GroundTruth(top.shape[1], [rows[bounds[i] : bounds[i + 1]] for i in range(len(q))])
+
+
+def recall(index: faiss.Index, queries: np.ndarray, truth: GroundTruth) -> float:
+    """Mean fraction of the top-k ``index`` returns that exact search accepts (:class:`GroundTruth`).
 
     Web corpora repeat themselves (the same caption on thousands of pairs, the same image re-hosted): a
     returned row as similar as the k-th exact one is as right as the row exact search happened to list,
@@ -47,13 +92,14 @@ def recall_at_k(index: faiss.Index, database: np.ndarray, queries: np.ndarray, k
     (the mini-web's caption index: 0.885 by ids at any efSearch). As ann-benchmarks does, a result counts
     when its true similarity is at least the k-th exact similarity (less 1e-5).
     """
-    k = min(k, len(database))
-    exact, _ = knn_ground_truth(queries, _blocks(database), k, metric_type=faiss.METRIC_INNER_PRODUCT)
-    _, approx = index.search(queries, k)
-    found = approx >= 0
-    sims = np.einsum("qd,qkd->qk", queries, database[np.where(found, approx, 0)])  # true similarity of each
-    hits = (found & (sims >= exact[:, k - 1 : k] - 1e-5)).sum(axis=1)
-    return float(np.mean(hits) / k)
+    _, approx = index.search(np.ascontiguousarray(queries, dtype=np.float32), truth.k)
+    hits = [np.isin(a[a >= 0], ok).sum() for a, ok in zip(approx, truth.acceptable, strict=True)]
+    return float(np.mean(hits) / truth.k)
+
+
+def recall_at_k(index: faiss.Index, database: np.ndarray, queries: np.ndarray, k: int) -> float:
+    """:func:`recall` of ``index`` against exact search over an in-memory ``database``."""
+    return recall(index, queries, ground_truth(queries, row_blocks(database), min(k, len(database))))
 
 
 def _search_knob(index: faiss.Index) -> tuple[str, int, int] | None:
@@ -69,42 +115,45 @@ def _search_knob(index: faiss.Index) -> tuple[str, int, int] | None:
     return None
 
 
-def tune_recall(
-    index: faiss.Index, database: np.ndarray, queries: np.ndarray, k: int, target: float
-) -> tuple[float, str | None]:
+def tune_recall(index: faiss.Index, queries: np.ndarray, truth: GroundTruth, target: float) -> tuple[float, str | None]:
     """Set the index's search parameter to reach recall@k ``target`` on ``queries`` at the least search cost.
 
     autofaiss tunes for a query-time budget, not for a recall floor: its setting can fall short of the
     floor (doubled until it is reached, or the ceiling) or lie far above it (halved while the floor still
     holds: an IVF index it gave nprobe=275 reached recall 1.0 where the floor needed a fraction of that).
+    Exact search runs once (``truth``), not once per setting tried.
     Returns the recall reached and the parameter setting (``"efSearch=512"``), None for exact indices.
     """
-    recall = recall_at_k(index, database, queries, k)
+    k = truth.k
+    reached = recall(index, queries, truth)
     knob = _search_knob(index)
     if knob is None:
-        return recall, None
+        return reached, None
     name, value, ceiling = knob
     space = faiss.ParameterSpace()
-    if recall >= target:
+    if reached >= target:
         floor = k if name == "efSearch" else 1  # HNSW searches with max(efSearch, k) anyway
         while value > floor:
             lower = max(floor, value // 2)
             space.set_index_parameters(index, f"{name}={lower}")
-            r = recall_at_k(index, database, queries, k)
+            r = recall(index, queries, truth)
             if r < target:
                 space.set_index_parameters(index, f"{name}={value}")
                 break
-            value, recall = lower, r
-        return recall, f"{name}={value}"
-    while recall < target and value < ceiling:
+            value, reached = lower, r
+        return reached, f"{name}={value}"
+    while reached < target and value < ceiling:
         value = min(ceiling, max(value * 2, value + 1))
         space.set_index_parameters(index, f"{name}={value}")
-        recall = recall_at_k(index, database, queries, k)
-    return recall, f"{name}={value}"
+        reached = recall(index, queries, truth)
+    return reached, f"{name}={value}"
 
 
-def build_one(emb: np.ndarray, cfg: IndexConfig, workdir: str, name: str) -> tuple[str, dict[str, Any]]:
+def build_one(emb: np.ndarray | str, cfg: IndexConfig, workdir: str, name: str) -> tuple[str, dict[str, Any]]:
     """Build one inner-product index with autofaiss; returns (local index path, autofaiss infos).
+
+    ``emb``: an array, or a local folder of ``.npy`` files that autofaiss streams in name order (memory
+    bounded by its budget, not by the knowledge base; float16 files are read as they are).
 
     autofaiss logs and returns ``(None, None)`` when it fails (a bad key, too little memory, ...):
     this raises instead, so a failed build never looks like a finished stage.
@@ -132,49 +181,103 @@ def build_one(emb: np.ndarray, cfg: IndexConfig, workdir: str, name: str) -> tup
         ) from None
     if index is None or not os.path.exists(index_path):
         raise IndexBuildError(
-            f"autofaiss returned no {name} index for {len(emb):,} x {emb.shape[1]} vectors "
+            f"autofaiss returned no {name} index for "
+            f"{emb if isinstance(emb, str) else f'{len(emb):,} x {emb.shape[1]} vectors'} "
             f"(index_key={cfg.index_key!r}, budget {cfg.max_index_memory_usage}); "
-            "fix: raise index.max_index_memory_usage or set index.index_key (e.g. 'Flat' for small data)"
+            "fix: raise index.max_index_memory_usage (autofaiss also needs index.current_memory_available above "
+            "it) or set index.index_key (e.g. 'Flat' for small data)"
         )
     return index_path, dict(infos or {})
+
+
+def _local_folder(storage: Storage, files: list[str], folder: str) -> list[int]:
+    """Make ``files`` (an embed stage's ``*_emb_{i}.npy``, in row order) a local folder autofaiss can stream.
+
+    autofaiss reads a folder's files in name order (embedding_reader sorts the paths), where
+    ``img_emb_10.npy`` comes before ``img_emb_2.npy``: the files appear under zero-padded names so the
+    index's row ids stay the metadata's. Local files are linked, others (S3) downloaded one at a time
+    (disk: the stage's float16 files of one kind). Returns the row count of each file.
+    """
+    os.makedirs(folder)
+    width = max(6, len(str(len(files))))
+    counts = []
+    for i, uri in enumerate(files):
+        dst = os.path.join(folder, f"{i:0{width}d}.npy")
+        src = local_path(uri)
+        if src is not None:
+            os.symlink(src, dst)
+        else:
+            storage.fs.get_file(storage.path(uri), dst)
+        counts.append(int(np.load(dst, mmap_mode="r").shape[0]))
+    return counts
+
+
+def _folder_blocks(folder: str, bs: int = 65536) -> Iterator[np.ndarray]:
+    """The rows of a :func:`_local_folder`, in order, as float32 blocks of at most ``bs`` rows."""
+    for f in sorted(os.listdir(folder)):
+        emb = np.load(os.path.join(folder, f), mmap_mode="r")
+        for i in range(0, len(emb), bs):
+            yield np.asarray(emb[i : i + bs], dtype=np.float32)
+
+
+def _rows(folder: str, counts: list[int], rows: np.ndarray) -> np.ndarray:
+    """Global ``rows`` of a :func:`_local_folder` (memory-mapped: only those rows are read)."""
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    files = sorted(os.listdir(folder))
+    out = []
+    for r in rows:
+        f = int(np.searchsorted(starts, r, side="right")) - 1
+        out.append(np.load(os.path.join(folder, files[f]), mmap_mode="r")[r - starts[f]])
+    return np.asarray(out, dtype=np.float32)
 
 
 def build_indices(storage: Storage, embed_uri: str, stage: Stage, cfg: IndexConfig, k: int, seed: int = 0) -> str:
     """Build the image and caption indices of an embed stage; returns the stage URI.
 
+    Nothing holds a whole kind of embeddings in memory: autofaiss streams the stage's files (under its
+    memory budget) and exact search for the recall measure reads them a block at a time, once per index.
     Recall@k is measured for each index against exact search, with ``cfg.recall_queries`` caption
     embeddings as queries (text->image for the image index, text->text for the caption index).
     """
     if stage.done:
         return stage.uri
-    text = load_embeddings(storage, embed_uri, "text").astype(np.float32)
-    rng = np.random.default_rng(seed)
-    queries = text[rng.choice(len(text), size=min(cfg.recall_queries, len(text)), replace=False)]
     counts: dict[str, Any] = {}
+    queries = None
     with tempfile.TemporaryDirectory(prefix="react-index-") as tmp:
-        for name, kind in KINDS.items():
-            emb = text if kind == "text" else load_embeddings(storage, embed_uri, kind).astype(np.float32)
-            path, infos = build_one(emb, cfg, tmp, name)
+        for name in ("text", "image"):  # text first: the queries come from it
+            kind = KINDS[name]
+            folder = os.path.join(tmp, f"{kind}_emb")
+            rows = _local_folder(storage, embedding_files(storage, embed_uri, kind), folder)
+            if queries is None:
+                total = sum(rows)
+                picked = np.random.default_rng(seed).choice(total, size=min(cfg.recall_queries, total), replace=False)
+                queries = _rows(folder, rows, picked)
+            path, infos = build_one(folder, cfg, tmp, name)
             index = faiss.read_index(path)
+            truth = ground_truth(queries, _folder_blocks(folder), min(k, index.ntotal))
             if cfg.recall_target is not None:
-                recall, param = tune_recall(index, emb, queries, k, cfg.recall_target)
+                reached, param = tune_recall(index, queries, truth, cfg.recall_target)
                 if param is not None:
                     faiss.write_index(index, path)  # the tuned parameter is saved with the index
-                    if recall < cfg.recall_target:
+                    if reached < cfg.recall_target:
                         _logger.warning("%s index: recall@%d %.3f below the target %.2f at %s (its ceiling)",
-                                        name, k, recall, cfg.recall_target, param)  # fmt: skip
+                                        name, k, reached, cfg.recall_target, param)  # fmt: skip
             else:
-                recall, param = recall_at_k(index, emb, queries, k), None
+                reached, param = recall(index, queries, truth), None
             infos.update(
                 {"rows": int(index.ntotal), "dim": int(index.d), "metric": "ip", "k": k,
-                 "recall_at_k": recall, "recall_queries": len(queries), "embed_uri": embed_uri,
+                 "recall_at_k": reached, "recall_queries": len(queries), "embed_uri": embed_uri,
                  "search_param": param or infos.get("index_param"), "recall_target": cfg.recall_target}
             )  # fmt: skip
             storage.put_file(path, stage.file(f"{name}.index"))
             storage.write_json(stage.file(f"{name}_infos.json"), infos)
             counts[f"{name}.rows"] = int(index.ntotal)
-            counts[f"{name}.recall_at_{k}"] = round(recall, 4)
-            _logger.info("%s index: %s, %d rows, recall@%d %.3f", name, infos.get("index_key"), index.ntotal, k, recall)
+            counts[f"{name}.recall_at_{k}"] = round(reached, 4)
+            _logger.info(
+                "%s index: %s, %d rows, recall@%d %.3f", name, infos.get("index_key"), index.ntotal, k, reached
+            )
+            shutil.rmtree(folder)  # links, or this kind's downloaded files
+            os.remove(path)
     return stage.complete(counts=counts)
 
 
@@ -199,7 +302,3 @@ def load_index(storage: Storage, index_uri: str, name: str, metadata_rows: int, 
             "fix: use the model that embedded the knowledge base (model.name / model.pretrained)"
         )
     return index
-
-
-def metadata_rows(storage: Storage, embed_uri: str) -> int:
-    return len(load_metadata(storage, embed_uri))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from react_core.config import RetrievalConfig
 from react_core.evaluation.datasets import EvalSet
 from react_core.knowledge.audit import audit_overlap
-from react_core.knowledge.embed import load_metadata, load_rows
+from react_core.knowledge.embed import load_metadata_rows, load_rows, metadata_rows
 from react_core.knowledge.index import load_index
 from react_core.models.text import encode_text
 from react_core.storage import Stage, Storage
@@ -188,7 +188,7 @@ def retrieve(
     """
     if stage.done:
         return stage.uri
-    meta = load_metadata(storage, embed_uri)
+    n_rows = metadata_rows(storage, embed_uri)
     prompts, prompt_class = [], []
     for c, name in enumerate(task.classnames):
         for alias in (name, *task.synonyms.get(name, ())):
@@ -199,8 +199,8 @@ def retrieve(
     dim = q.shape[1]
     frames = []
     for mode in cfg.modes:
-        index = load_index(storage, index_uri, "text" if mode == "t2t" else "image", len(meta), dim)
-        scores, rows = index.search(q, min(cfg.k, len(meta)))  # (P, K) each, one batched search
+        index = load_index(storage, index_uri, "text" if mode == "t2t" else "image", n_rows, dim)
+        scores, rows = index.search(q, min(cfg.k, n_rows))  # (P, K) each, one batched search
         p_idx = np.repeat(np.arange(len(prompts)), rows.shape[1])
         frames.append(
             pd.DataFrame({"row": rows.ravel(), "score": scores.ravel(), "prompt_id": p_idx, "mode": mode}).query(
@@ -211,13 +211,14 @@ def retrieve(
     hits["class_id"] = np.asarray(prompt_class)[hits["prompt_id"].to_numpy()]
     cands = candidates(hits, cfg)
     embeddings = _CandidateEmbeddings(storage, embed_uri, cands["row"].to_numpy())
+    meta = _CandidateMetadata(storage, embed_uri, cands["row"].to_numpy())
     cands, findings, overlap = _audit(model, embeddings, meta, cands, cfg, audit_sets)
     chosen = finalize(
         cands, cfg, task.classnames,
         image_embeddings=embeddings,
-        captions=lambda r: meta["caption"].to_numpy()[r],
+        captions=lambda r: meta(r)["caption"].to_numpy(),
     )  # fmt: skip
-    rows = meta.iloc[chosen["row"].to_numpy()].reset_index(drop=True)
+    rows = meta(chosen["row"].to_numpy())
     manifest = pd.DataFrame(
         {
             "url": rows["url"] if "url" in rows else pd.Series([None] * len(rows), dtype=object),
@@ -255,6 +256,18 @@ def retrieve(
     )  # fmt: skip
 
 
+class _CandidateMetadata:
+    """Metadata (caption, key, shard, offset, url) of the candidate rows only, read once: the whole metadata
+    of a LAION-size knowledge base does not fit in memory."""
+
+    def __init__(self, storage: Storage, embed_uri: str, rows: np.ndarray) -> None:
+        self.rows = np.unique(rows)
+        self.meta = load_metadata_rows(storage, embed_uri, self.rows)
+
+    def __call__(self, rows: np.ndarray) -> pd.DataFrame:
+        return self.meta.iloc[np.searchsorted(self.rows, rows)].reset_index(drop=True)
+
+
 class _CandidateEmbeddings:
     """Image embeddings of the candidate rows, read from the embed stage once (on first use) for both the
     overlap audit and ``dedup_images``: at LAION scale that is millions of rows, not worth reading twice."""
@@ -272,7 +285,7 @@ class _CandidateEmbeddings:
 def _audit(
     model: torch.nn.Module,
     embeddings: _CandidateEmbeddings,
-    meta: pd.DataFrame,
+    meta: _CandidateMetadata,
     cands: pd.DataFrame,
     cfg: RetrievalConfig,
     audit_sets: Sequence[EvalSet] | str,
@@ -291,7 +304,7 @@ def _audit(
     from react_core.evaluation.zeroshot import image_features
 
     rows = cands["row"].to_numpy()
-    places = meta.iloc[rows][["key", "shard", "offset"]].reset_index(drop=True)
+    places = meta(rows)[["key", "shard", "offset"]]
     feats = [image_features(model, s)[0] for s in audit_sets]
     findings, summary = audit_overlap(embeddings.storage, places, embeddings(rows), audit_sets, feats, cfg.audit)
     findings.index = rows
