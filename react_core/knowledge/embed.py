@@ -4,7 +4,8 @@ For input shard ``i`` (in sorted order) the stage writes::
 
     img_emb/img_emb_{i}.npy            (n_i, D) float16, L2-normalised image embeddings
     text_emb/text_emb_{i}.npy          (n_i, D) float16, L2-normalised caption embeddings
-    stats/stats_{i}.json               {"shard", "embedded", "skipped", "worker": host:pid}
+    stats/stats_{i}.json               {"shard", "embedded", "skipped", "worker": host:pid, "started",
+                                       "finished" (unix times: first batch out of the loader, written)}
     metadata/metadata_{i}.parquet      n_i rows in the same order: key, caption, shard, offset, + the
                                        sample's .json fields (url, ...)
 
@@ -17,7 +18,8 @@ exists is finished and is skipped on a re-run. Undecodable samples are skipped a
 (embedded + skipped = samples in the shard).
 
 :func:`embed_shards` embeds any subset of the shards (what one Prefect task on a Dask worker does);
-:func:`finish` checks that every shard is there and marks the stage complete.
+:func:`finish` checks that every shard is there, writes ``shards.json`` and ``throughput.json``
+(pairs per second of each worker process) and marks the stage complete.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import logging
 import multiprocessing
 import os
 import socket
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,6 +159,7 @@ class _Pending:
     received: int = 0
     expected: int | None = None
     skipped: int = 0
+    started: float = field(default_factory=time.time)  # its first batch came out of the loader
 
     @property
     def complete(self) -> bool:
@@ -192,6 +196,8 @@ def _write_shard(storage: Storage, stage: Stage, index: int, uri: str, p: _Pendi
         "embedded": len(rows),
         "skipped": p.skipped,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
+        "started": p.started,
+        "finished": time.time(),
     }
     storage.write_json(stage.file("stats", f"stats_{index}.json"), stats)
     buf = io.BytesIO()
@@ -248,20 +254,44 @@ def embedded_shards(storage: Storage, stage: Stage) -> set[int]:
     return {int(u.rsplit("_", 1)[1].split(".")[0]) for u in files}
 
 
-def _finished(storage: Storage, stage: Stage, indices: Sequence[int]) -> dict[int, ShardResult]:
-    """The counts of finished shards ``indices``: their stats files listed once and read concurrently (a
-    request each, in turn, is tens of thousands of round trips on S3 for a LAION-size knowledge base)."""
+def _read_stats(storage: Storage, stage: Stage, indices: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The stats of finished shards ``indices``: their files listed once and read concurrently (a request
+    each, in turn, is tens of thousands of round trips on S3 for a LAION-size knowledge base). A shard
+    embedded before per-shard stats existed gets its row count from its metadata."""
     have = {int(u.rsplit("_", 1)[1].split(".")[0]) for u in storage.ls(stage.file("stats"), "stats_*.json")}
     with_stats = [i for i in indices if i in have]
     blobs = storage.read_many([stage.file("stats", f"stats_{i}.json") for i in with_stats])
-    out = {}
-    for i, blob in zip(with_stats, blobs, strict=True):
-        stats = json.loads(blob)
-        out[i] = ShardResult(i, int(stats["embedded"]), int(stats["skipped"]), True)
+    out = {i: json.loads(blob) for i, blob in zip(with_stats, blobs, strict=True)}
     for i in indices:
-        if i not in have:  # a shard embedded before per-shard stats existed: rows only
+        if i not in have:
             meta = pd.read_parquet(io.BytesIO(storage.read_bytes(stage.file("metadata", f"metadata_{i}.parquet"))))
-            out[i] = ShardResult(i, len(meta), 0, True)
+            out[i] = {"embedded": len(meta), "skipped": 0}
+    return out
+
+
+def _finished(storage: Storage, stage: Stage, indices: Sequence[int]) -> dict[int, ShardResult]:
+    """The counts of finished shards ``indices``."""
+    stats = _read_stats(storage, stage, indices)
+    return {i: ShardResult(i, int(s["embedded"]), int(s["skipped"]), True) for i, s in stats.items()}
+
+
+def throughput(stats: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per worker process: its shards, pairs, seconds (from its first shard's first batch to its last
+    shard's write) and pairs per second, from the shards' stats (those from before the timings are left out).
+
+    A process embeds its shards in one stretch, so its span is its working time; the stage's own span is
+    not (a resumed stage includes the pause), which is why this is per worker.
+    """
+    by: dict[str, list[Mapping[str, Any]]] = {}
+    for s in stats:
+        if "started" in s and "finished" in s:
+            by.setdefault(s["worker"], []).append(s)
+    out = {}
+    for worker, shards in sorted(by.items()):
+        pairs = sum(int(s["embedded"]) for s in shards)
+        seconds = max(s["finished"] for s in shards) - min(s["started"] for s in shards)
+        out[worker] = {"shards": len(shards), "pairs": pairs, "seconds": round(seconds, 3),
+                       "pairs_per_s": round(pairs / seconds, 2) if seconds > 0 else 0.0}  # fmt: skip
     return out
 
 
@@ -314,7 +344,8 @@ def embed_shards(
 
 
 def finish(storage: Storage, stage: Stage, shard_uris: Sequence[str], resumed_shards: int = 0) -> str:
-    """Check that every shard was embedded, write ``shards.json`` and the stage marker; returns the URI.
+    """Check that every shard was embedded, write ``shards.json``, ``throughput.json`` and the stage marker;
+    returns the URI.
 
     ``resumed_shards``: how many shards an earlier, interrupted attempt had finished (a count for the marker).
     """
@@ -327,13 +358,18 @@ def finish(storage: Storage, stage: Stage, shard_uris: Sequence[str], resumed_sh
             f"{len(missing)} of {len(shard_uris)} shards have no embeddings in {stage.uri} (first: {missing[0]}); "
             "fix: run the embed stage again (finished shards are kept)"
         )
-    results = list(_finished(storage, stage, range(len(shard_uris))).values())
+    stats = _read_stats(storage, stage, range(len(shard_uris)))
+    workers = throughput(stats.values())
     counts = {
-        "shards": len(results),
-        "embedded": sum(r.embedded for r in results),
-        "skipped": sum(r.skipped for r in results),
+        "shards": len(stats),
+        "embedded": sum(int(s["embedded"]) for s in stats.values()),
+        "skipped": sum(int(s["skipped"]) for s in stats.values()),
         "resumed_shards": resumed_shards,
+        "workers": len(workers),
     }
+    if workers:
+        counts["pairs_per_s_per_worker"] = round(sum(w["pairs_per_s"] for w in workers.values()) / len(workers), 2)
+    storage.write_json(stage.file("throughput.json"), workers)
     storage.write_json(stage.file("shards.json"), [{"shard": u, "index": i} for i, u in enumerate(shard_uris)])
     return stage.complete(counts=counts)
 

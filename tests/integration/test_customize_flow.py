@@ -32,6 +32,10 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
         "pretrain-base", "embed", "index", "retrieve", "download", "train", "evaluate"}  # fmt: skip
     runs = {c.info.run_name: c for c in children}
     assert runs["embed"].data.metrics["embed/embedded"] > 0 and runs["embed"].data.metrics["embed/skipped"] == 0
+    assert (
+        runs["embed"].data.metrics["embed/workers"] == 1
+        and runs["embed"].data.metrics["embed/pairs_per_s_per_worker"] > 0
+    )
     assert runs["index"].data.metrics[f"index/image.recall_at_{cfg.retrieval.k}"] >= 0.95
     assert runs["download"].data.metrics["download/successes"] > 0
     assert {a.path for a in client.list_artifacts(runs["download"].info.run_id)} == {"download_summary.json"}

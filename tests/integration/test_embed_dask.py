@@ -46,6 +46,9 @@ def test_embedding_tasks_run_on_the_dask_workers(prefect_harness, tiny_chain, tm
     assert used == worker_pids and os.getpid() not in used  # both workers embedded, the flow's process did not
     counts = st.stage_manifest(uri)["counts"]
     assert counts["shards"] == n_shards and counts["resumed_shards"] == 0
+    speed = st.read_json(join(uri, "throughput.json"))  # pairs per second of each Dask worker process
+    assert {int(w.rsplit(":", 1)[1]) for w in speed} == worker_pids and counts["workers"] == 2
+    assert sum(w["pairs"] for w in speed.values()) == counts["embedded"]
     meta, img = load_metadata(st, uri), load_embeddings(st, uri)
     assert len(meta) == len(img) == counts["embedded"] > 0
     assert np.allclose(np.linalg.norm(img.astype(np.float32), axis=1), 1, atol=1e-2)

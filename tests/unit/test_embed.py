@@ -1,4 +1,6 @@
 import io
+import os
+import socket
 import tarfile
 
 import numpy as np
@@ -56,6 +58,14 @@ def test_embeddings_and_metadata_are_aligned_normalised_float16(tiny_world, micr
         ref_img = F.normalize(model.encode_image(x), dim=-1)[0].numpy()
         ref_txt = F.normalize(model.encode_text(tok([row["caption"]])), dim=-1)[0].numpy()
     assert np.allclose(img[123], ref_img, atol=2e-3) and np.allclose(txt[123], ref_txt, atol=2e-3)
+    # throughput of the one process that embedded: every pair, over the span of its shards
+    speed = out.read_json(join(uri, "throughput.json"))
+    assert list(speed) == [f"{socket.gethostname()}:{os.getpid()}"]
+    (mine,) = speed.values()
+    assert mine["shards"] == len(shards) and mine["pairs"] == n and mine["seconds"] > 0
+    assert mine["pairs_per_s"] == pytest.approx(n / mine["seconds"], rel=1e-2)
+    counts = out.stage_manifest(uri)["counts"]
+    assert counts["workers"] == 1 and counts["pairs_per_s_per_worker"] == pytest.approx(mine["pairs_per_s"])
 
 
 def test_resume_re_embeds_only_missing_shards(tiny_world, micro, tmp_path):
@@ -71,6 +81,9 @@ def test_resume_re_embeds_only_missing_shards(tiny_world, micro, tmp_path):
     embed_knowledge_base(model, tok, storage, shards, stage, progress=False)
     counts = out.stage_manifest(stage.uri)["counts"]
     assert counts["resumed_shards"] == len(shards) - 1
+    # shard 0 (no stats) is counted but has no timing; the others are in the throughput of their process
+    speed = out.read_json(stage.file("throughput.json"))
+    assert sum(w["shards"] for w in speed.values()) == len(shards) - 1
     assert np.array_equal(load_embeddings(out, stage.uri), first)
 
 
