@@ -441,7 +441,11 @@ def metadata_rows(storage: Storage, stage_uri: str) -> int:
     counts = storage.stage_manifest(stage_uri).get("counts", {}) if storage.exists(join(stage_uri, SUCCESS)) else {}
     if "embedded" in counts:
         return int(counts["embedded"])
-    return sum(pq.ParquetFile(storage.open(u)).metadata.num_rows for u in _metadata_files(storage, stage_uri))
+    total = 0
+    for uri in _metadata_files(storage, stage_uri):
+        with storage.open(uri) as f:
+            total += pq.ParquetFile(f).metadata.num_rows  # the footer only
+    return total
 
 
 def load_rows(storage: Storage, stage_uri: str, rows: np.ndarray, kind: str = "img") -> np.ndarray:
