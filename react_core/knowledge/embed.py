@@ -49,7 +49,7 @@ from react_core.evaluation.datasets import prepare
 from react_core.evaluation.zeroshot import model_image_size
 from react_core.forking import forget_parent_exit_hooks
 from react_core.models.text import encode_text
-from react_core.storage import SUCCESS, Stage, Storage, join
+from react_core.storage import Stage, Storage, StorageError, join
 
 _logger = logging.getLogger(__name__)
 
@@ -247,18 +247,23 @@ def embed_batches(
     return results
 
 
+def _shard_index(uri: str) -> int:
+    """``i`` of a per-shard file ``{name}_{i}.{ext}``."""
+    return int(uri.rsplit("_", 1)[1].split(".")[0])
+
+
 def embedded_shards(storage: Storage, stage: Stage) -> set[int]:
     """Indices of the finished shards (their metadata, written last, exists): one listing of the folder, not a
     request per shard (a LAION-size knowledge base has tens of thousands of shards, on S3)."""
     files = storage.ls(stage.file("metadata"), "metadata_*.parquet")
-    return {int(u.rsplit("_", 1)[1].split(".")[0]) for u in files}
+    return {_shard_index(u) for u in files}
 
 
 def _read_stats(storage: Storage, stage: Stage, indices: Sequence[int]) -> dict[int, dict[str, Any]]:
     """The stats of finished shards ``indices``: their files listed once and read concurrently (a request
     each, in turn, is tens of thousands of round trips on S3 for a LAION-size knowledge base). A shard
     embedded before per-shard stats existed gets its row count from its metadata."""
-    have = {int(u.rsplit("_", 1)[1].split(".")[0]) for u in storage.ls(stage.file("stats"), "stats_*.json")}
+    have = {_shard_index(u) for u in storage.ls(stage.file("stats"), "stats_*.json")}
     with_stats = [i for i in indices if i in have]
     blobs = storage.read_many([stage.file("stats", f"stats_{i}.json") for i in with_stats])
     out = {i: json.loads(blob) for i, blob in zip(with_stats, blobs, strict=True)}
@@ -397,7 +402,7 @@ def embed_knowledge_base(
 def embedding_files(storage: Storage, stage_uri: str, kind: str = "img") -> list[str]:
     """The ``img`` or ``text`` embedding files of an embed stage, in metadata (shard index) order."""
     files = storage.ls(join(stage_uri, f"{kind}_emb"), f"{kind}_emb_*.npy")
-    return sorted(files, key=lambda u: int(u.rsplit("_", 1)[1].split(".")[0]))
+    return sorted(files, key=_shard_index)
 
 
 def load_embeddings(storage: Storage, stage_uri: str, kind: str = "img") -> np.ndarray:
@@ -408,7 +413,7 @@ def load_embeddings(storage: Storage, stage_uri: str, kind: str = "img") -> np.n
 
 def _metadata_files(storage: Storage, stage_uri: str) -> list[str]:
     files = storage.ls(join(stage_uri, "metadata"), "metadata_*.parquet")
-    return sorted(files, key=lambda u: int(u.rsplit("_", 1)[1].split(".")[0]))
+    return sorted(files, key=_shard_index)
 
 
 def load_metadata(storage: Storage, stage_uri: str) -> pd.DataFrame:
@@ -438,7 +443,10 @@ def load_metadata_rows(storage: Storage, stage_uri: str, rows: np.ndarray) -> pd
 
 def metadata_rows(storage: Storage, stage_uri: str) -> int:
     """Row count of an embed stage's metadata: the finished stage's count, else the parquet footers."""
-    counts = storage.stage_manifest(stage_uri).get("counts", {}) if storage.exists(join(stage_uri, SUCCESS)) else {}
+    try:
+        counts = storage.stage_manifest(stage_uri).get("counts", {})
+    except StorageError:  # not finished
+        counts = {}
     if "embedded" in counts:
         return int(counts["embedded"])
     total = 0

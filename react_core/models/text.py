@@ -48,11 +48,7 @@ def _encode_trimmed(model: CLIP, tokens: torch.Tensor) -> torch.Tensor:
     x = x + model.positional_embedding[:n].to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
     x = model.ln_final(x)
-    if model.text_pool_type == "eos":
-        idx = (tokens == model.text_eos_id).int().argmax(dim=-1)
-    else:
-        idx = tokens.argmax(dim=-1)
-    x = x[torch.arange(x.shape[0], device=x.device), idx]
+    x = x[torch.arange(x.shape[0], device=x.device), lengths(model, tokens) - 1]
     if model.text_projection is not None:
         x = (
             model.text_projection(x)
