@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 from react_core.data import normalize
 from react_core.evaluation.datasets import EvalSet
 from react_core.evaluation.metrics import compute
-from react_core.forking import forget_parent_exit_hooks
 
 _logger = logging.getLogger(__name__)
 
@@ -63,7 +62,6 @@ def loader(evalset: EvalSet, image_size: int, batch_size: int, num_workers: int,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=forget_parent_exit_hooks,  # see react_core.forking
     )
 
 

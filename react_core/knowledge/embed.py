@@ -47,7 +47,6 @@ from tqdm.auto import tqdm
 from react_core.data import iter_shard, normalize
 from react_core.evaluation.datasets import prepare
 from react_core.evaluation.zeroshot import model_image_size
-from react_core.forking import forget_parent_exit_hooks
 from react_core.models.text import encode_text
 from react_core.storage import Stage, Storage, StorageError, join
 
@@ -341,7 +340,6 @@ def embed_shards(
             num_workers=workers,
             pin_memory=next(model.parameters()).device.type == "cuda",
             prefetch_factor=4 if workers else None,
-            worker_init_fn=forget_parent_exit_hooks,  # see react_core.forking
         )
         with tqdm(total=len(todo), desc="embed", unit="shard", disable=not progress) as bar:
             results += embed_batches(model, storage, stage, loader, bar)

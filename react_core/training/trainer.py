@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 from react_core.config import AugmentConfig, TrainingConfig
 from react_core.data import DatasetError, load_labelled_pairs, normalize
 from react_core.evaluation.zeroshot import model_image_size
-from react_core.forking import forget_parent_exit_hooks
 from react_core.models import create_model, save_checkpoint
 from react_core.models.gated import add_gated_blocks, gate_values, gated_parameter_count, set_trainable
 from react_core.storage import Storage, join
@@ -269,7 +268,6 @@ def train(
         num_workers=cfg.num_workers,
         pin_memory=device != "cpu",
         persistent_workers=False,
-        worker_init_fn=forget_parent_exit_hooks,
     )
     use_amp = device != "cpu" and cfg.precision in ("amp_bf16", "bf16", "amp")
     amp_dtype = torch.float16 if cfg.precision == "amp" else torch.bfloat16
