@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from react_core.evaluation.datasets import read_image_folder
-from react_core.evaluation.zeroshot import image_features, scores_of, text_classifier
+from react_core.data.datasets import image_features, read_image_folder
+from react_core.evaluation.zeroshot import scores_of
 from react_core.models import create_model
+from react_core.models.encode import text_classifier
 from react_core.storage import Storage
 
 CLASSES = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray",

@@ -33,11 +33,12 @@ import torch
 
 from react_core import pipeline
 from react_core.config import ReactConfig, load_config
-from react_core.evaluation.datasets import read_vision_dataset
+from react_core.data.datasets import read_vision_dataset
 from react_core.evaluation.zeroshot import evaluate_zero_shot
 from react_core.knowledge.embed import load_metadata
 from react_core.knowledge.retrieve import MANIFEST_COLUMNS, read_manifest
 from react_core.miniweb.generate import TASK_NAMES, generate, generic_task
+from react_core.models.cache import inference_model
 from react_core.storage import Storage, join
 from react_core.training.customize import checkpoint_of
 from react_core.training.pretrain import pretrain_base
@@ -90,7 +91,7 @@ def main() -> None:
     }
 
     def evaluate(ckpt: str | None) -> dict[str, float]:
-        m, tok = pipeline._model(cfg.model, ckpt, storage)
+        m, tok = inference_model(cfg.model, ckpt, storage)
         return {name: evaluate_zero_shot(m, tok, data, batch_size=cfg.evaluation.batch_size)["accuracy"]
                 for name, data in tasks.items()}  # fmt: skip
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow, runtime
 
-from flows.customize import world_and_base
+from flows.common import evaluate_models, world_and_base
 from react_core.config import ReactConfig
 from tasks import customize as t
 from tasks.world import start_tracking
@@ -22,7 +22,7 @@ def evaluate(config: ReactConfig = DEFAULT_CONFIG, customized: str | None = None
     parent = start_tracking(config, "evaluate", runtime.flow_run.id)
     world, base = world_and_base(config, parent)
     checkpoints = {"base": base} if customized is None else {"base": base, "customized": customized}
-    evaluated = t.evaluate_models(
+    evaluated = evaluate_models(
         config.storage, config.model, checkpoints, config.evaluation, config.tracking, world, parent_run_id=parent
     )
     return {

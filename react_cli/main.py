@@ -132,7 +132,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.config is None and DEMO_PRESET.exists():
         args.config = str(DEMO_PRESET)
     cfg = _config(args)
-    from react_core.pipeline import preflight
+    from react_core.preflight import preflight
 
     preflight(cfg.model, cfg.training)
     _storage(cfg).check_writable()

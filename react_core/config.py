@@ -56,12 +56,12 @@ class PretrainConfig(_Section):
     split: Literal["generic", "kb"] = Field(
         "generic", description="'generic' for the real base; 'kb' trains with the target concepts in view (the oracle)"
     )
-    epochs: int = Field(6, ge=1)
-    batch_size: int = Field(256, ge=2)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(0.1, ge=0)
-    warmup_steps: int = Field(100, ge=0)
-    seed: int = 0
+    epochs: int = Field(6, ge=1, description="passes over the pretraining split")
+    batch_size: int = Field(256, ge=2, description="pairs per step (the contrastive batch)")
+    lr: float = Field(2e-3, gt=0, description="AdamW peak learning rate (cosine schedule after warmup)")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(100, ge=0, description="linear warmup steps before the cosine decay")
+    seed: int = Field(0, description="seed of the initial weights and the data order")
     max_samples: int | None = Field(None, ge=1, description="cap on training pairs (None: the whole split)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default)")
 
@@ -75,18 +75,17 @@ class ModelConfig(_Section):
         description="open_clip pretrained tag (openai, laion400m_e32, ...), a checkpoint URI, 'miniweb' "
         "(the tiny base pretrained here on the mini-web) or null for random weights",
     )
-    precision: Literal["fp32", "bf16", "fp16", "amp", "amp_bf16"] = "fp32"
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
 
 class MiniWebConfig(_Section):
     """Sizes and seed of the generated mini-web world (corpus, knowledge base, target tasks)."""
 
-    seed: int = 0
+    seed: int = Field(0, description="seed of everything generated: concepts, captions, images, splits")
     n_concepts: int = Field(160, ge=8, description="number of visual concepts (>= 8)")
     fine_grained_classes: int = Field(16, ge=2, description="classes of the fine-grained target task")
     coarse_classes: int = Field(12, ge=2, description="classes of the coarse target task")
-    image_size: int = Field(32, ge=16, le=256)
+    image_size: int = Field(32, ge=16, le=256, description="side of the square rendered images, in pixels")
     generic_size: int = Field(60_000, ge=1, description="pairs in the generic (pretraining) split")
     kb_size: int = Field(120_000, ge=1, description="pairs in the knowledge base")
     target_rate_generic: float = Field(
@@ -109,7 +108,7 @@ class KnowledgeBaseConfig(_Section):
     """The image-text corpus to retrieve from."""
 
     source: str = Field("miniweb", description="'miniweb', or the URI of webdataset shards / a url parquet")
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="pairs per embedding batch")
     num_workers: int = Field(2, ge=0, description="DataLoader processes decoding shards for the embedding model")
     shards_per_task: int = Field(16, ge=1, description="shards per Prefect embedding task (the unit of fan-out)")
     jpeg_draft: bool = Field(
@@ -128,8 +127,12 @@ class IndexConfig(_Section):
     index_key: str | None = Field(
         None, description="force a faiss index key (e.g. 'IVF256,Flat'); null lets autofaiss choose"
     )
-    max_index_memory_usage: str = "4G"
-    current_memory_available: str = "8G"
+    max_index_memory_usage: str = Field(
+        "4G", description="autofaiss' budget for each index's size in memory (e.g. 4G, 100G); it picks the key to fit"
+    )
+    current_memory_available: str = Field(
+        "8G", description="memory autofaiss may use while building (must exceed max_index_memory_usage)"
+    )
     recall_queries: int = Field(200, ge=1, description="held-out queries used to measure recall@K")
     recall_target: float | None = Field(
         0.95,
@@ -142,11 +145,11 @@ class IndexConfig(_Section):
 class OverlapAuditConfig(_Section):
     """Find retrieved images that are near-duplicates of the target task's evaluation images."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="check retrieved images against the evaluation images")
     datasets: list[str] | None = Field(
         None, description="evaluation datasets to audit against (names as evaluation.tasks); null: retrieval.task"
     )
-    split: str = "test"
+    split: str = Field("test", description="split of the audited datasets whose images are checked")
     threshold: float = Field(0.95, gt=0, le=1, description="image-embedding cosine at or above which a pair is a match")
     hash_distance: int = Field(10, ge=0, le=64, description="dHash Hamming distance at most which the hash agrees")
     decide: Literal["both", "embedding"] = Field(
@@ -160,13 +163,16 @@ class OverlapAuditConfig(_Section):
 class RetrievalConfig(_Section):
     task: str = Field("miniweb-fine", description="the target task whose class names drive retrieval")
     k: int = Field(50, ge=1, description="neighbours per prompt and per index")
-    modes: list[Literal["t2t", "t2i"]] = Field(default_factory=lambda: ["t2t", "t2i"])
+    modes: list[Literal["t2t", "t2i"]] = Field(
+        default_factory=lambda: ["t2t", "t2i"],
+        description="search modes: t2t (prompt to captions), t2i (prompt to images); the paper combines both",
+    )
     cross_class: Literal["best", "drop"] = Field(
         "best", description="a pair retrieved for several classes: keep it for its best-scoring class, or drop it"
     )
-    per_class_cap: int | None = Field(None, ge=1)
+    per_class_cap: int | None = Field(None, ge=1, description="keep at most this many best-scoring pairs per class")
     balance: bool = Field(False, description="trim every class to the smallest non-empty class's count")
-    min_similarity: float | None = None
+    min_similarity: float | None = Field(None, description="drop hits whose cosine to their prompt is below this")
     dedup_captions: bool = Field(False, description="one pair per (class, normalised caption): its best-scoring")
     dedup_images: float | None = Field(
         None, gt=0, le=1, description="image-embedding cosine at or above which two pairs of a class are one"
@@ -189,11 +195,13 @@ class DownloadConfig(_Section):
         description="fetch: img2dataset downloads the manifest's URLs; extract: read the pairs out of the "
         "knowledge base's own shards (no network); auto: extract when the manifest has no URLs",
     )
-    processes_count: int = Field(2, ge=1)
-    thread_count: int = Field(16, ge=1)
-    timeout: int = Field(10, ge=1)
-    retries: int = Field(2, ge=0)
-    image_size: int = Field(32, ge=8)
+    processes_count: int = Field(2, ge=1, description="img2dataset download processes")
+    thread_count: int = Field(16, ge=1, description="img2dataset download threads per process")
+    timeout: int = Field(10, ge=1, description="seconds before a download attempt is given up")
+    retries: int = Field(2, ge=0, description="retries of a failed download")
+    image_size: int = Field(
+        32, ge=8, description="side the downloaded images are resized to (img2dataset's center crop)"
+    )
     samples_per_shard: int = Field(
         10_000, ge=1, description="img2dataset's number_sample_per_shard (the unit a re-run resumes by)"
     )
@@ -202,11 +210,13 @@ class DownloadConfig(_Section):
 class AugmentConfig(_Section):
     """Training-time augmentation (the upstream recipe): random resized crop, flip, RandAugment."""
 
-    enabled: bool = True
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    hflip: float = Field(0.5, ge=0, le=1)
+    enabled: bool = Field(
+        True, description="augment training images; false: the same centre-cropped pixels every epoch"
+    )
+    crop_scale: tuple[float, float] = Field((0.08, 1.0), description="random resized crop's area range [low, high]")
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
     randaugment_ops: int = Field(2, ge=0, description="RandAugment's N; 0 disables RandAugment")
-    randaugment_magnitude: int = Field(9, ge=0, le=30)
+    randaugment_magnitude: int = Field(9, ge=0, le=30, description="RandAugment's M (0..30)")
 
     @field_validator("crop_scale")
     @classmethod
@@ -220,10 +230,10 @@ class DistributedConfig(_Section):
     """How training is launched: one process, or ``torchrun`` with these rendezvous arguments."""
 
     nproc_per_node: int = Field(1, ge=1, description="processes on this node (GPUs, or CPU processes with gloo)")
-    nnodes: int = Field(1, ge=1)
-    node_rank: int = Field(0, ge=0)
+    nnodes: int = Field(1, ge=1, description="nodes taking part (start the same flow on each)")
+    node_rank: int = Field(0, ge=0, description="this node's rank, 0..nnodes-1")
     rdzv_endpoint: str = Field("127.0.0.1:29500", description="host:port of the rendezvous (node 0)")
-    rdzv_id: str = "react"
+    rdzv_id: str = Field("react", description="rendezvous id shared by the nodes of one training job")
     backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl on GPUs, gloo on CPUs")
 
     @property
@@ -240,23 +250,29 @@ OPERATIONAL_TRAINING_FIELDS = frozenset(
 
 
 class TrainingConfig(_Section):
-    mode: Literal["gated-image", "locked-text"] = "gated-image"
+    mode: Literal["gated-image", "locked-text"] = Field(
+        "gated-image",
+        description="gated-image: train new gated blocks in the frozen image tower; locked-text: the whole image tower",
+    )
     gated_layers: int = Field(6, ge=1, description="insert gated blocks before each of the last k image blocks")
     loss: Literal["clip", "unicl"] = Field("clip", description="unicl: pairs retrieved for one class are positives")
     batch_size: int = Field(256, ge=2, description="global batch, over all processes")
-    lr: float = Field(5e-4, gt=0)
-    weight_decay: float = Field(0.1, ge=0)
-    warmup_steps: int = Field(5000, ge=0)
-    epochs: int = Field(32, ge=1)
-    seed: int = 0
-    precision: Literal["fp32", "bf16", "amp", "amp_bf16"] = "amp_bf16"
+    lr: float = Field(5e-4, gt=0, description="AdamW peak learning rate (cosine schedule after warmup)")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(5000, ge=0, description="linear warmup steps before the cosine decay")
+    epochs: int = Field(32, ge=1, description="passes over the retrieved pairs")
+    seed: int = Field(0, description="seed of the new blocks' weights, the data order and the augmentation")
+    precision: Literal["fp32", "bf16", "amp", "amp_bf16"] = Field(
+        "amp_bf16",
+        description="on CUDA: amp_bf16 / bf16 autocast in bfloat16, amp in float16, fp32 none; CPUs run fp32",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = Field(False, description="recompute the image blocks' activations in backward (memory)")
     compile: bool = Field(False, description="torch.compile the image tower")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes per training process")
     log_every: int = Field(10, ge=1, description="steps between logged metrics")
     checkpoint_every: int = Field(1000, ge=0, description="steps between checkpoints; 0: only at the end")
-    keep_checkpoints: int = Field(3, ge=1)
+    keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept under the stage's checkpoints/")
     resume: Literal["latest", "none"] = Field("latest", description="latest: continue from the newest checkpoint")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
@@ -268,29 +284,32 @@ class TrainingConfig(_Section):
 class LinearProbeConfig(_Section):
     """Few-shot linear probe with the head initialised from the zero-shot classifier (ELEVATER's text init)."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="run the few-shot probe after zero-shot")
     shots: list[int] = Field(default_factory=lambda: [5, 20, 50], description="images per class")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="draws of the shots, one probe each")
     lrs: list[float] = Field(default_factory=lambda: [1e-3, 1e-2, 1e-1], description="learning-rate grid")
     weight_decays: list[float] = Field(default_factory=lambda: [0.0, 1e-4, 1e-2], description="weight-decay grid")
     steps: int = Field(200, ge=1, description="full-batch AdamW steps per head")
     val_per_class: int = Field(4, ge=1, description="training images per class held out to pick lr / wd")
-    train_split: str = "train"
+    train_split: str = Field("train", description="split the shots are drawn from")
 
 
 class EvaluationConfig(_Section):
     """Datasets to evaluate on, by name: ``miniweb-*``, ``imagenet-1k``, ELEVATER names, or a folder URI."""
 
-    tasks: list[str] = Field(default_factory=lambda: ["miniweb-fine", "miniweb-coarse"])
+    tasks: list[str] = Field(
+        default_factory=lambda: ["miniweb-fine", "miniweb-coarse"],
+        description="datasets: miniweb-*, imagenet-1k, ELEVATER names (cifar-10, ...) or folder URIs",
+    )
     data_root: str | None = Field(
         None, description="folder holding datasets by name ({data_root}/{name}); not needed for the mini-web"
     )
     locations: dict[str, str] = Field(
         default_factory=dict, description="dataset name -> its folder (overrides data_root)"
     )
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="images per encoding batch")
     num_workers: int = Field(2, ge=0, description="image-decoding DataLoader workers")
-    split: str = "test"
+    split: str = Field("test", description="split evaluated zero-shot")
     linear_probe: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
 
 
@@ -298,8 +317,8 @@ class TrackingConfig(_Section):
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; null: a sqlite file under the storage root"
     )
-    experiment: str = "react"
-    enabled: bool = True
+    experiment: str = Field("react", description="MLflow experiment name")
+    enabled: bool = Field(True, description="log to MLflow; false: nothing is tracked")
 
 
 class ReactConfig(_Section):
@@ -356,6 +375,13 @@ def _describe(model: type[BaseModel], name: str) -> str:
     return "; ".join(bits)
 
 
+# Keys that once existed, with why they went: a preset that still has one gets this instead of "unknown key".
+REMOVED_KEYS = {
+    "model.precision": "it was accepted but never read (training.precision sets the training autocast; inference "
+    "runs bf16 autocast on CUDA and fp32 on CPUs)",
+}
+
+
 def format_validation_error(err: ValidationError, source: str = "config") -> str:
     """One line per problem: ``source: field.path: what is wrong (got X); fix: ...``."""
     lines = []
@@ -363,6 +389,9 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
         loc = tuple(e["loc"])
         path = ".".join(str(p) for p in loc) or "<root>"
         owner = _model_at(loc)
+        if e["type"] == "extra_forbidden" and path in REMOVED_KEYS:
+            lines.append(f"{source}: '{path}' was removed: {REMOVED_KEYS[path]}; fix: remove it")
+            continue
         if e["type"] == "extra_forbidden":
             valid = sorted(owner.model_fields) if owner else []
             close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
@@ -447,8 +476,3 @@ def load_config(
         return ReactConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, name)) from None
-
-
-def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
-    """JSON-ready dict of a config (or section)."""
-    return cfg.model_dump(mode="json")

@@ -1,75 +1,74 @@
 """REACT's stages as functions of config sections and upstream URIs (what the Prefect tasks call).
 
-Each function derives its stage's identity (``{root}/{stage}/{version}``) from exactly the config it
-reads and the URIs it consumes, skips a finished stage, and returns its URI. Nothing here knows about
-Prefect; the CLI, a notebook or another orchestrator can run the same sequence.
+Each ``run_*`` derives its stage's identity (``{root}/{stage}/{version}``) from exactly the config it
+reads and the URIs it consumes, skips a finished stage, records the stage in a tracking run of its own
+(``tracker``, nested under ``parent_run_id``) and returns its URI. Nothing here knows about Prefect; the
+CLI, a notebook or another orchestrator can run the same sequence and get the same record.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch
 
 from react_core.config import (
     DownloadConfig,
     EvaluationConfig,
     IndexConfig,
     KnowledgeBaseConfig,
+    MiniWebConfig,
     ModelConfig,
+    ReactConfig,
     RetrievalConfig,
     TrainingConfig,
 )
 from react_core.data import DatasetError
-from react_core.evaluation.datasets import EvalSet
-from react_core.evaluation.suite import (
-    comparison,
-    dataset_uri,
-    delta_figure,
-    evaluate_dataset,
-    figure_png,
-    markdown_table,
-    metrics_for,
-    open_eval,
-    report_rows,
-)
+from react_core.data.datasets import EvalSet
+from react_core.evaluation.report import write_report
+from react_core.evaluation.suite import dataset_uri, evaluate_dataset, metrics_for, open_eval
+from react_core.knowledge import report as retrieval_report
 from react_core.knowledge.download import download, downloaded_shards
 from react_core.knowledge.embed import embed_knowledge_base, embed_shards, embedded_shards, finish
 from react_core.knowledge.extract import extract, manifest_has_urls
 from react_core.knowledge.index import build_indices
 from react_core.knowledge.retrieve import read_manifest, retrieve
-from react_core.models import create_model
+from react_core.miniweb.generate import generate
+from react_core.models.cache import cached_model, inference_model
 from react_core.registry import resolve_task
 from react_core.storage import Stage, Storage, StorageError, join
-from react_core.tracking import NullTracker, Tracker
-from react_core.training.customize import checkpoint_of, customize
-from react_core.training.pretrain import checkpoint_uri
+from react_core.tracking import NullTracker, Tracker, log_stage, stage_run
+from react_core.training.customize import customize
+from react_core.training.pretrain import checkpoint_uri, pretrain_base
 
 _logger = logging.getLogger(__name__)
 
 
-def preflight(model: ModelConfig, training: TrainingConfig) -> None:
-    """Checks that need the model architecture, made before any stage runs (not minutes later)."""
-    from react_core.config import ConfigError
-    from react_core.models import model_config
+def start_run(
+    config: ReactConfig, flow_name: str, tracker: Tracker | None, tags: Mapping[str, str] | None = None
+) -> str | None:
+    """Open the pipeline's parent tracking run (its params: the whole config); returns its id (None untracked)."""
+    with (tracker or NullTracker()).run(flow_name, tags=tags) as t:
+        t.log_params(config.model_dump(mode="json"))
+        return t.run_id
 
-    vision = model_config(model.name).get("vision_cfg", {})
-    layers = vision.get("layers")
-    if vision.get("timm_model_name") or not isinstance(layers, int):
-        tower = f"timm {vision['timm_model_name']}" if vision.get("timm_model_name") else "ResNet"
-        raise ConfigError(
-            f"model.name={model.name} has a {tower} image tower; REACT's gated blocks and trainer need an "
-            "open_clip vision transformer; fix: use a ViT-* model"
-        )
-    if isinstance(layers, int) and training.mode == "gated-image" and training.gated_layers > layers:
-        raise ConfigError(
-            f"training.gated_layers={training.gated_layers} but {model.name} has {layers} image blocks; "
-            f"fix: set training.gated_layers to 1..{layers}"
-        )
+
+def run_miniweb(storage: Storage, miniweb: MiniWebConfig, processes: int | None = None, progress: bool = False) -> str:
+    """The mini-web: corpus, knowledge base and target tasks (its identity: the config and generator version)."""
+    return generate(miniweb, storage, processes, progress)
+
+
+def run_pretrain_base(
+    storage: Storage,
+    model: ModelConfig,
+    miniweb_uri: str,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+    progress: bool = False,
+) -> str:
+    """The tiny base CLIP pretrained on the mini-web (``model.pt`` in the stage)."""
+    with (tracker or NullTracker()).run("pretrain-base", parent_run_id=parent_run_id) as t:
+        t.log_params({"model": model.model_dump(mode="json")})
+        return pretrain_base(model, storage, miniweb_uri, tracker=t, progress=progress)
 
 
 def base_checkpoint(model: ModelConfig, base_stage: str | None) -> str | None:
@@ -101,11 +100,6 @@ def kb_shards(storage: Storage, kb: KnowledgeBaseConfig, world: str | None) -> l
     return shards
 
 
-def _model(model: ModelConfig, checkpoint: str | None, storage: Storage) -> tuple[torch.nn.Module, Any]:
-    m, tok = create_model(model.name, checkpoint, storage, device="cuda" if torch.cuda.is_available() else "cpu")
-    return m.eval(), tok
-
-
 def embed_stage(
     storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, world: str | None
 ) -> tuple[Stage, list[str]]:
@@ -129,24 +123,6 @@ def embed_plan(
     return [todo[j : j + n] for j in range(0, len(todo), n)]
 
 
-_EMBEDDING_MODEL: dict[tuple[str, str], tuple[torch.nn.Module, Any]] = {}
-_EMBEDDING_MODEL_LOCK = threading.Lock()
-
-
-def embedding_model(model: ModelConfig, checkpoint: str | None, storage: Storage) -> tuple[torch.nn.Module, Any]:
-    """The embedding model, loaded once per process and kept (one at a time).
-
-    Every embed-shards task of a run needs the same weights, one group of shards after another in the flow's
-    process or on a Dask worker; loading a ViT-L checkpoint from S3 can take longer than embedding the group.
-    """
-    key = (model.model_dump_json(), checkpoint or "")
-    with _EMBEDDING_MODEL_LOCK:
-        if key not in _EMBEDDING_MODEL:
-            _EMBEDDING_MODEL.clear()
-            _EMBEDDING_MODEL[key] = _model(model, checkpoint, storage)
-        return _EMBEDDING_MODEL[key]
-
-
 def run_embed_shards(
     storage: Storage,
     model: ModelConfig,
@@ -157,7 +133,7 @@ def run_embed_shards(
 ) -> dict[str, int]:
     """Embed one group of shards (on whichever worker runs it); returns its counts."""
     stage, shards = embed_stage(storage, model, kb, checkpoint, world)
-    m, tok = embedding_model(model, checkpoint, storage)
+    m, tok = cached_model(model, checkpoint, storage)
     results = embed_shards(m, tok, storage, shards, stage, indices, kb.batch_size, kb.num_workers, draft=kb.jpeg_draft)
     return {"shards": len(results), "embedded": sum(r.embedded for r in results),
             "skipped": sum(r.skipped for r in results)}  # fmt: skip
@@ -170,10 +146,15 @@ def run_embed_finish(
     checkpoint: str | None,
     world: str | None,
     groups: Sequence[Sequence[int]] = (),
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
     """Mark the embed stage complete once every shard is embedded; ``groups``: what this run embedded."""
     stage, shards = embed_stage(storage, model, kb, checkpoint, world)
-    return finish(storage, stage, shards, resumed_shards=len(shards) - sum(len(g) for g in groups))
+    uri = finish(storage, stage, shards, resumed_shards=len(shards) - sum(len(g) for g in groups))
+    params = {"knowledge_base": kb.model_dump(mode="json")}
+    log_stage(tracker, storage, "embed", uri, params, ("throughput.json",), parent_run_id)
+    return uri
 
 
 def run_embed(
@@ -183,13 +164,23 @@ def run_embed(
     stage, shards = embed_stage(storage, model, kb, checkpoint, world)
     if stage.done:
         return stage.uri
-    m, tok = _model(model, checkpoint, storage)
+    m, tok = inference_model(model, checkpoint, storage)
     return embed_knowledge_base(m, tok, storage, shards, stage, kb.batch_size, kb.num_workers, draft=kb.jpeg_draft)
 
 
-def run_index(storage: Storage, index: IndexConfig, k: int, embed_uri: str) -> str:
-    stage = storage.stage("index", {"index": index.model_dump(mode="json"), "k": k}, {"embed": embed_uri})
-    return build_indices(storage, embed_uri, stage, index, k)
+def run_index(
+    storage: Storage,
+    index: IndexConfig,
+    k: int,
+    embed_uri: str,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    params = {"index": index.model_dump(mode="json"), "k": k}
+    stage = storage.stage("index", params, {"embed": embed_uri})
+    uri = build_indices(storage, embed_uri, stage, index, k)
+    log_stage(tracker, storage, "index", uri, params, ("image_infos.json", "text_infos.json"), parent_run_id)
+    return uri
 
 
 def audit_datasets(
@@ -222,6 +213,8 @@ def run_retrieve(
     index_uri: str,
     world: str | None,
     evaluation: EvaluationConfig | None = None,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
     evaluation = evaluation or EvaluationConfig()
     audited, why_not = audit_datasets(retrieval, evaluation, world)
@@ -230,23 +223,44 @@ def run_retrieve(
         {"embed": embed_uri, "index": index_uri, "checkpoint": checkpoint or "",
          "audit": ",".join(uri for _, uri in audited)},
     )  # fmt: skip
-    if stage.done:
-        return stage.uri
-    sets: list[EvalSet] | str = why_not or "no evaluation set given"
-    if audited:
-        try:
-            sets = [open_eval(storage, evaluation, name, world, retrieval.audit.split) for name, _ in audited]
-        except DatasetError as exc:
-            sets = str(exc)
-    m, tok = _model(model, checkpoint, storage)
-    task = resolve_task(storage, retrieval.task, world)
-    return retrieve(m, tok, storage, embed_uri, index_uri, task, retrieval, stage, sets)
+    if not stage.done:
+        sets: list[EvalSet] | str = why_not or "no evaluation set given"
+        if audited:
+            try:
+                sets = [open_eval(storage, evaluation, name, world, retrieval.audit.split) for name, _ in audited]
+            except DatasetError as exc:
+                sets = str(exc)
+        m, tok = inference_model(model, checkpoint, storage)
+        task = resolve_task(storage, retrieval.task, world)
+        retrieve(m, tok, storage, embed_uri, index_uri, task, retrieval, stage, sets)
+    params = {"retrieval": retrieval.model_dump(mode="json")}
+    files = ("overlap.json", "class_counts.json")
+    with stage_run(tracker, storage, "retrieve", stage.uri, params, files, parent_run_id) as t:
+        if tracker is not None:
+            counts = storage.read_json(stage.file("class_counts.json"))
+            t.log_figure(retrieval_report.class_count_figure(counts), "class_counts.png")
+            manifest = read_manifest(storage, stage.uri)
+            t.log_image(retrieval_report.sample_grid(storage, manifest), "retrieved_samples.png")
+    return stage.uri
 
 
-def run_download(storage: Storage, cfg: DownloadConfig, retrieve_uri: str, world: str | None) -> str:
+def run_download(
+    storage: Storage,
+    cfg: DownloadConfig,
+    retrieve_uri: str,
+    world: str | None,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+) -> str:
     stage = storage.stage("download", cfg, {"retrieve": retrieve_uri})
-    if stage.done:
-        return stage.uri
+    if not stage.done:
+        _fetch_or_extract(storage, cfg, retrieve_uri, world, stage)
+    params = {"download": cfg.model_dump(mode="json")}
+    log_stage(tracker, storage, "download", stage.uri, params, ("download_summary.json",), parent_run_id)
+    return stage.uri
+
+
+def _fetch_or_extract(storage: Storage, cfg: DownloadConfig, retrieve_uri: str, world: str | None, stage: Stage) -> str:
     if cfg.mode == "extract" or (cfg.mode == "auto" and not manifest_has_urls(read_manifest(storage, retrieve_uri))):
         return extract(storage, retrieve_uri, stage, cfg)  # a corpus of local shards: no network needed
     if world is None:
@@ -264,14 +278,17 @@ def run_train(
     training: TrainingConfig,
     download_uri: str,
     tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
     # The version holds the recipe only: resuming with more processes or another checkpoint interval
     # continues the same stage (react_core.config.OPERATIONAL_TRAINING_FIELDS).
     stage = storage.stage("train", {"model": model.name, "training": training.recipe()},
                           {"download": download_uri, "checkpoint": checkpoint or ""})  # fmt: skip
     shards = downloaded_shards(storage, download_uri)
-    return customize(model.name, checkpoint, training, storage, shards, stage, tracker, progress=False,
-                     download_uri=download_uri)  # fmt: skip
+    with (tracker or NullTracker()).run("train", parent_run_id=parent_run_id) as t:
+        t.log_params({"training": training.model_dump(mode="json")})
+        return customize(model.name, checkpoint, training, storage, shards, stage, t, progress=False,
+                         download_uri=download_uri)  # fmt: skip
 
 
 def model_weights(model: ModelConfig, checkpoint: str | None) -> str:
@@ -298,16 +315,11 @@ def run_evaluate_dataset(
     )  # fmt: skip
     if stage.done:
         return stage.uri
-    m, tok = _model(model, checkpoint, storage)
+    m, tok = inference_model(model, checkpoint, storage)
     result = evaluate_dataset(m, tok, storage, evaluation, dataset, world, progress)
     result.update(model=model.name, checkpoint=checkpoint)
     storage.write_json(stage.file("result.json"), result)
     return stage.complete(counts={"images": result["n"]}, zero_shot=result["zero_shot"])
-
-
-def metric_key(*parts: str) -> str:
-    """An MLflow metric name: the parts joined by '/', each stripped of what MLflow rejects."""
-    return "/".join(re.sub(r"[^\w\-. ]", "_", p) for p in parts)
 
 
 def run_report(
@@ -315,52 +327,13 @@ def run_report(
     results: Mapping[str, Sequence[str]],
     checkpoints: Mapping[str, str | None],
     tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
     """``metrics.json``, ``table.md`` and ``deltas.png`` from per-dataset stages of two models (base, customized)."""
     inputs = {f"{which}/{i}": uri for which, uris in results.items() for i, uri in enumerate(uris)}
     stage = storage.stage("evaluate", {"models": list(results)}, inputs)
-    if stage.done:
-        return stage.uri
-    tracker = tracker or NullTracker()
-    per_model = {w: [storage.read_json(join(u, "result.json")) for u in uris] for w, uris in results.items()}
-    rows = report_rows(per_model, checkpoints)
-    models = tuple(results)
-    table = comparison(rows, models)
-    markdown = markdown_table(table, models)
-    storage.write_json(stage.file("metrics.json"), rows)
-    storage.write_bytes(stage.file("table.md"), (markdown + "\n").encode())
-    storage.write_json(stage.file("table.json"), table)
-    for r in rows:
-        tracker.log_metrics({metric_key(r["protocol"], r["dataset"], r["metric"], r["model"]): r["value"]})
-    for r in table:
-        if "delta" in r:
-            tracker.log_metrics({metric_key(r["protocol"], r["dataset"], r["metric"], "delta"): r["delta"]})
-    tracker.log_dict(rows, "metrics.json")
-    tracker.log_dict({"table": markdown}, "evaluation_table.json")
-    fig = delta_figure(table, models)
-    tracker.log_figure(fig, "deltas.png")
-    storage.write_bytes(stage.file("deltas.png"), figure_png(fig))
-    headline = {
-        r["dataset"]: {"metric": r["metric"], **{m: r[m] for m in (*models, "delta") if m in r}}
-        for r in table
-        if r["protocol"] == "zero-shot" and r["metric"] == metrics_for(r["dataset"])[0]
-    }
-    return stage.complete(counts={"rows": len(rows)}, table=headline)
-
-
-def run_evaluate(
-    storage: Storage,
-    model: ModelConfig,
-    base: str | None,
-    customized_stage: str,
-    evaluation: EvaluationConfig,
-    world: str | None,
-    tracker: Tracker | None = None,
-) -> str:
-    """Base and customized model on every ``evaluation.tasks`` dataset, then the report."""
-    checkpoints = {"base": base, "customized": checkpoint_of(customized_stage)}
-    results = {
-        which: [run_evaluate_dataset(storage, model, ckpt, evaluation, name, world) for name in evaluation.tasks]
-        for which, ckpt in checkpoints.items()
-    }
-    return run_report(storage, results, checkpoints, tracker)
+    with (tracker or NullTracker()).run("evaluate", parent_run_id=parent_run_id) as t:
+        if stage.done:
+            return stage.uri
+        per_model = {w: [storage.read_json(join(u, "result.json")) for u in uris] for w, uris in results.items()}
+        return write_report(storage, stage, per_model, checkpoints, t)

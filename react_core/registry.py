@@ -14,6 +14,8 @@ custom tasks written as YAML::
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,18 @@ from typing import Any
 import yaml
 
 from react_core.data import DatasetError
-from react_core.knowledge.retrieve import TaskSpec
+from react_core.data.datasets import read_vision_dataset
 from react_core.storage import Storage, StorageError, join
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What retrieval needs of a target task: its class names and prompt templates."""
+
+    name: str
+    classnames: Sequence[str]
+    templates: Sequence[str] = field(default_factory=lambda: ["a photo of a {}."])
+    synonyms: Mapping[str, Sequence[str]] = field(default_factory=dict)  # extra names -> more prompts per class
 
 
 class TaskSpecError(ValueError):
@@ -121,8 +133,6 @@ def resolve_task(storage: Storage, name: str, world: str | None) -> TaskSpec:
         if world is None:
             raise DatasetError(f"task {name!r} needs the mini-web; generate it first")
         # Class names only, as a user of an ELEVATER-style task has them (the world's synonyms.json is not used).
-        from react_core.evaluation.datasets import read_vision_dataset
-
         data = read_vision_dataset(storage, join(world, "tasks", name), "test")
         return TaskSpec(name, data.classnames, data.templates)
     if name in ("imagenet-1k", "imagenet1k"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -27,6 +28,11 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow metric name: the parts joined by '/', each stripped of what MLflow rejects."""
+    return "/".join(re.sub(r"[^\w\-. ]", "_", p) for p in parts)
 
 
 class Tracker:
@@ -156,6 +162,42 @@ def default_tracking_uri(storage: Storage) -> tuple[str, str | None]:
         os.makedirs(lp, exist_ok=True)
         return f"sqlite:///{os.path.join(lp, 'mlflow.db')}", join(storage.root, "mlartifacts")
     return f"sqlite:///{os.path.abspath('react-mlflow.db')}", join(storage.root, "mlartifacts")
+
+
+@contextlib.contextmanager
+def stage_run(
+    tracker: Tracker | None,
+    storage: Storage,
+    name: str,
+    uri: str,
+    params: Mapping[str, Any],
+    files: tuple[str, ...] = (),
+    parent_run_id: str | None = None,
+) -> Iterator[Tracker]:
+    """A run of its own for a finished stage (nested under ``parent_run_id``): its config as params, the numeric
+    counts of its ``_SUCCESS`` as ``{name}/{count}`` metrics and its JSON reports ``files`` as artifacts. Yields
+    the run's tracker for anything more; with ``tracker`` None nothing is read or logged.
+
+    Called by every ``react_core.pipeline.run_*`` whether the stage ran now or had finished before, so a run
+    of the pipeline from a flow, the CLI or a notebook records every stage the same way.
+    """
+    if tracker is None:
+        yield NullTracker()
+        return
+    with tracker.run(name, parent_run_id=parent_run_id) as t:
+        t.log_params(params)
+        counts = storage.stage_manifest(uri)["counts"]
+        t.log_metrics({f"{name}/{k}": v for k, v in counts.items() if isinstance(v, int | float)})
+        for f in files:
+            if storage.exists(f"{uri}/{f}"):  # stages finished by an older version may lack a newer report
+                t.log_dict(storage.read_json(f"{uri}/{f}"), f)
+        yield t
+
+
+def log_stage(*args: Any, **kwargs: Any) -> None:
+    """:func:`stage_run` (same arguments) with nothing more to log."""
+    with stage_run(*args, **kwargs):
+        pass
 
 
 def make_tracker(cfg: TrackingConfig, storage: Storage) -> Tracker:

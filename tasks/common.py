@@ -15,8 +15,9 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 import react_core
-from react_core.config import ConfigError, KnowledgeBaseConfig, StorageConfig
+from react_core.config import ConfigError, KnowledgeBaseConfig, StorageConfig, TrackingConfig
 from react_core.storage import Storage
+from react_core.tracking import Tracker, make_tracker
 
 _logger = logging.getLogger(__name__)
 
@@ -85,6 +86,11 @@ TASK_OPTIONS: dict[str, Any] = {
 
 def storage_of(config: StorageConfig) -> Storage:
     return Storage(config.root, config.options)
+
+
+def tracker_of(config: TrackingConfig | None, storage: Storage) -> Tracker | None:
+    """The tracker a task hands to react_core (None: this stage is not tracked)."""
+    return make_tracker(config, storage) if config is not None else None
 
 
 def embed_task_runner(kb: KnowledgeBaseConfig) -> TaskRunner:

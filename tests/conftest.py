@@ -103,13 +103,14 @@ def tiny_chain(tiny_world, tmp_path_factory):
     Returns a dict of URIs: base (pretrained stage), embed, index, retrieve, download, and the storage.
     """
     from react_core.config import DownloadConfig, IndexConfig, RetrievalConfig
-    from react_core.evaluation.datasets import read_vision_dataset
+    from react_core.data.datasets import read_vision_dataset
     from react_core.knowledge.download import download
     from react_core.knowledge.embed import embed_knowledge_base
     from react_core.knowledge.index import build_indices
-    from react_core.knowledge.retrieve import TaskSpec, retrieve
+    from react_core.knowledge.retrieve import retrieve
     from react_core.miniweb.serve import MiniWebServer
     from react_core.models import create_model
+    from react_core.registry import TaskSpec
     from react_core.storage import join
     from react_core.training.pretrain import checkpoint_uri, pretrain_base
 

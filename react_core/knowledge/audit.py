@@ -33,7 +33,7 @@ from PIL import Image
 
 from react_core.config import OverlapAuditConfig
 from react_core.data import read_kb_images
-from react_core.evaluation.datasets import EvalSet, read_image_bytes
+from react_core.data.datasets import EvalSet, read_image_bytes
 from react_core.storage import Storage
 
 _logger = logging.getLogger(__name__)

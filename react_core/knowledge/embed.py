@@ -24,7 +24,6 @@ exists is finished and is skipped on a re-run. Undecodable samples are skipped a
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
@@ -44,9 +43,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from react_core.data import iter_shard, normalize
-from react_core.evaluation.datasets import prepare
-from react_core.evaluation.zeroshot import model_image_size
+from react_core.data import iter_shard
+from react_core.data.datasets import prepare
+from react_core.models.encode import autocast, model_device, model_image_size, normalize
 from react_core.models.text import encode_text
 from react_core.storage import Stage, Storage, StorageError, join
 
@@ -212,9 +211,8 @@ def embed_batches(
     model: torch.nn.Module, storage: Storage, stage: Stage, batches: Iterable[dict[str, Any]], progress: Any = None
 ) -> list[ShardResult]:
     """Encode :class:`ShardBatches` batches as they come (any order) and write each shard once complete."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     dim = int(getattr(model.visual, "output_dim", 0))
     pending: dict[int, _Pending] = {}
     uris: dict[int, str] = {}
@@ -226,7 +224,7 @@ def embed_batches(
             x = b["images"].to(device, non_blocking=True)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
+            with autocast(device):
                 img = model.encode_image(normalize(x))
                 txt = encode_text(model, b["tokens"].to(device, non_blocking=True))
             p.img.append(F.normalize(img.float(), dim=-1).cpu().numpy())
@@ -338,7 +336,7 @@ def embed_shards(
             data,
             batch_size=None,
             num_workers=workers,
-            pin_memory=next(model.parameters()).device.type == "cuda",
+            pin_memory=model_device(model).type == "cuda",
             prefetch_factor=4 if workers else None,
         )
         with tqdm(total=len(todo), desc="embed", unit="shard", disable=not progress) as bar:

@@ -16,49 +16,25 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
 import faiss
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from react_core.config import RetrievalConfig
-from react_core.evaluation.datasets import EvalSet
+from react_core.data.datasets import EvalSet, image_features
 from react_core.knowledge.audit import audit_overlap
 from react_core.knowledge.embed import load_metadata_rows, load_rows, metadata_rows
 from react_core.knowledge.index import load_index
-from react_core.models.text import encode_text
+from react_core.models.encode import embed_prompts
+from react_core.registry import TaskSpec
 from react_core.storage import Stage, Storage
 
 _logger = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["url", "caption", "key", "class_id", "class_name", "score", "mode", "prompt", "shard", "offset"]
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What retrieval needs of a target task: its class names and prompt templates."""
-
-    name: str
-    classnames: Sequence[str]
-    templates: Sequence[str] = field(default_factory=lambda: ["a photo of a {}."])
-    synonyms: Mapping[str, Sequence[str]] = field(default_factory=dict)  # extra names -> more prompts per class
-
-
-@torch.no_grad()
-def embed_prompts(
-    model: torch.nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], prompts: list[str], batch_size: int = 1024
-) -> np.ndarray:
-    """(P, D) float32 L2-normalised text embeddings, batched."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        out.append(F.normalize(encode_text(model, tokenizer(prompts[i : i + batch_size]).to(device)).float(), dim=-1))
-    return torch.cat(out).cpu().numpy()
 
 
 class RetrievalError(ValueError):
@@ -171,6 +147,31 @@ def finalize(
     return out
 
 
+def prompts_of(task: TaskSpec) -> tuple[list[str], list[int]]:
+    """Every template filled with every class name and synonym: (prompts, class id of each)."""
+    prompts, prompt_class = [], []
+    for c, name in enumerate(task.classnames):
+        for alias in (name, *task.synonyms.get(name, ())):
+            for t in task.templates:
+                prompts.append(t.format(alias))
+                prompt_class.append(c)
+    return prompts, prompt_class
+
+
+def search(
+    storage: Storage, index_uri: str, n_rows: int, queries: np.ndarray, modes: Sequence[str], k: int
+) -> pd.DataFrame:
+    """Hits of every query in every mode's index (one batched search each): row, score, prompt_id, mode."""
+    frames = []
+    for mode in modes:
+        index = load_index(storage, index_uri, "text" if mode == "t2t" else "image", n_rows, queries.shape[1])
+        scores, rows = index.search(queries, min(k, n_rows))  # (P, K) each
+        p_idx = np.repeat(np.arange(len(queries)), rows.shape[1])
+        frame = pd.DataFrame({"row": rows.ravel(), "score": scores.ravel(), "prompt_id": p_idx, "mode": mode})
+        frames.append(frame.query("row >= 0"))
+    return pd.concat(frames, ignore_index=True)
+
+
 def retrieve(
     model: torch.nn.Module,
     tokenizer: Callable[[list[str]], torch.Tensor],
@@ -184,30 +185,14 @@ def retrieve(
 ) -> str:
     """Write ``manifest.parquet``, ``class_counts.json`` (and ``overlap.json``) for ``task``; returns the stage URI.
 
+    Search (:func:`search`), select (candidates, the overlap audit, :func:`finalize`), write (:func:`_write`).
     ``audit_sets``: the evaluation sets to audit the retrieved images against, or why there are none.
     """
     if stage.done:
         return stage.uri
-    n_rows = metadata_rows(storage, embed_uri)
-    prompts, prompt_class = [], []
-    for c, name in enumerate(task.classnames):
-        for alias in (name, *task.synonyms.get(name, ())):
-            for t in task.templates:
-                prompts.append(t.format(alias))
-                prompt_class.append(c)
-    q = embed_prompts(model, tokenizer, prompts)
-    dim = q.shape[1]
-    frames = []
-    for mode in cfg.modes:
-        index = load_index(storage, index_uri, "text" if mode == "t2t" else "image", n_rows, dim)
-        scores, rows = index.search(q, min(cfg.k, n_rows))  # (P, K) each, one batched search
-        p_idx = np.repeat(np.arange(len(prompts)), rows.shape[1])
-        frames.append(
-            pd.DataFrame({"row": rows.ravel(), "score": scores.ravel(), "prompt_id": p_idx, "mode": mode}).query(
-                "row >= 0"
-            )
-        )
-    hits = pd.concat(frames, ignore_index=True)
+    prompts, prompt_class = prompts_of(task)
+    hits = search(storage, index_uri, metadata_rows(storage, embed_uri), embed_prompts(model, tokenizer, prompts),
+                  cfg.modes, cfg.k)  # fmt: skip
     hits["class_id"] = np.asarray(prompt_class)[hits["prompt_id"].to_numpy()]
     cands = candidates(hits, cfg)
     embeddings = _CandidateEmbeddings(storage, embed_uri, cands["row"].to_numpy())
@@ -218,8 +203,17 @@ def retrieve(
         image_embeddings=embeddings,
         captions=lambda r: meta(r)["caption"].to_numpy(),
     )  # fmt: skip
-    rows = meta(chosen["row"].to_numpy())
-    manifest = pd.DataFrame(
+    manifest = _manifest(chosen, meta(chosen["row"].to_numpy()), task, prompts)
+    if findings is not None and cfg.audit.action == "flag":
+        flagged = findings.reindex(chosen["row"].to_numpy())
+        manifest["overlap"] = flagged["overlap"].fillna(False).to_numpy(bool)
+        manifest["overlap_similarity"] = flagged["overlap_similarity"].to_numpy(np.float32)
+    return _write(storage, stage, manifest, task, cfg, overlap, len(prompts))
+
+
+def _manifest(chosen: pd.DataFrame, rows: pd.DataFrame, task: TaskSpec, prompts: Sequence[str]) -> pd.DataFrame:
+    """The manifest (MANIFEST_COLUMNS) of the chosen hits, ``rows`` being their metadata in the same order."""
+    return pd.DataFrame(
         {
             "url": rows["url"] if "url" in rows else pd.Series([None] * len(rows), dtype=object),
             "caption": rows["caption"],
@@ -234,10 +228,18 @@ def retrieve(
         },
         columns=MANIFEST_COLUMNS,
     )
-    if findings is not None and cfg.audit.action == "flag":
-        flagged = findings.reindex(chosen["row"].to_numpy())
-        manifest["overlap"] = flagged["overlap"].fillna(False).to_numpy(bool)
-        manifest["overlap_similarity"] = flagged["overlap_similarity"].to_numpy(np.float32)
+
+
+def _write(
+    storage: Storage,
+    stage: Stage,
+    manifest: pd.DataFrame,
+    task: TaskSpec,
+    cfg: RetrievalConfig,
+    overlap: dict,
+    n_prompts: int,
+) -> str:
+    """``manifest.parquet``, ``class_counts.json``, ``overlap.json``, then the stage's marker with its counts."""
     per_class = {name: int((manifest["class_id"] == c).sum()) for c, name in enumerate(task.classnames)}
     empty = [n for n, v in per_class.items() if v == 0]
     if empty:
@@ -249,7 +251,7 @@ def retrieve(
     storage.write_json(stage.file("overlap.json"), overlap)
     audit_counts = {f"overlap.{k}": v for k, v in overlap["summary"].items() if isinstance(v, int)}
     return stage.complete(
-        counts={"pairs": len(manifest), "prompts": len(prompts), "classes": len(task.classnames),
+        counts={"pairs": len(manifest), "prompts": n_prompts, "classes": len(task.classnames),
                 "empty_classes": len(empty), **{f"mode.{m}": int((manifest["mode"] == m).sum()) for m in cfg.modes},
                 **audit_counts},
         task=task.name, overlap=overlap["summary"],
@@ -301,8 +303,6 @@ def _audit(
         reason = "nothing retrieved"
     if reason is not None:
         return cands, None, {"summary": {"skipped": reason}, "duplicates": []}
-    from react_core.evaluation.zeroshot import image_features
-
     rows = cands["row"].to_numpy()
     places = meta(rows)[["key", "shard", "offset"]]
     feats = [image_features(model, s)[0] for s in audit_sets]

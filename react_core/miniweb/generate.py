@@ -35,7 +35,7 @@ import webdataset as wds
 from tqdm.auto import tqdm
 
 from react_core.config import MiniWebConfig
-from react_core.evaluation.datasets import EvalSet, from_tensors
+from react_core.data.datasets import EvalSet, from_tensors
 from react_core.miniweb.render import render, to_jpeg
 from react_core.miniweb.world import TASK_TEMPLATES, Concept, caption_for, make_concepts
 from react_core.storage import Stage, Storage, local_path

@@ -19,12 +19,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from react_core.config import TrainingConfig
 from react_core.data import DatasetError, load_captions
-from react_core.knowledge.retrieve import embed_prompts
 from react_core.models import create_model
+from react_core.models.encode import default_device, embed_prompts
 from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker
 from react_core.training.trainer import METRICS_FILE, TrainJob, train
@@ -46,7 +45,7 @@ def caption_features_stage(
     uri = stage.file("features.npy")
     if stage.done:
         return uri
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device()
     model, tokenizer = create_model(model_name, checkpoint, storage, device=device)
     captions, keys = load_captions(storage, shards)
     feats = embed_prompts(model, tokenizer, captions).astype(np.float16)

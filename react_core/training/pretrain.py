@@ -17,11 +17,12 @@ from open_clip.loss import ClipLoss
 from tqdm.auto import tqdm
 
 from react_core.config import ModelConfig
-from react_core.data import load_pairs, normalize
-from react_core.evaluation.datasets import read_vision_dataset
+from react_core.data import load_labelled_pairs
+from react_core.data.datasets import read_vision_dataset
 from react_core.evaluation.zeroshot import evaluate_zero_shot
 from react_core.miniweb.generate import TASK_NAMES
 from react_core.models import model_config, save_checkpoint
+from react_core.models.encode import normalize
 from react_core.storage import Storage, join
 from react_core.tracking import NullTracker, Tracker
 from react_core.training.optim import adamw, cosine_lr, optimizer_step, set_lr
@@ -50,7 +51,7 @@ def pretrain_base(
     arch = model_config(cfg.name)
     image_size = int(arch["vision_cfg"]["image_size"])
     shards = storage.ls(join(miniweb_uri, pc.split, "shards"), "*.tar")
-    images, captions, _ = load_pairs(storage, shards, image_size, pc.max_samples)
+    images, captions, _, _ = load_labelled_pairs(storage, shards, image_size, pc.max_samples)
     tokenizer = open_clip.get_tokenizer(cfg.name)
     tokens = tokenizer(captions)  # (N, L)
     n = len(captions)

@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,9 +34,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from react_core.config import AugmentConfig, TrainingConfig
-from react_core.data import DatasetError, load_labelled_pairs, normalize
-from react_core.evaluation.zeroshot import model_image_size
+from react_core.data import DatasetError, load_labelled_pairs
 from react_core.models import create_model, save_checkpoint
+from react_core.models.encode import autocast, default_device, model_image_size, normalize
 from react_core.models.gated import add_gated_blocks, gate_values, gated_parameter_count, set_trainable
 from react_core.storage import Storage, join
 from react_core.training import checkpoints
@@ -60,7 +60,6 @@ class TrainJob:
     shards: list[str]
     text_features: str  # URI of the caption-features .npy (float16, rows in shard order)
     stage_uri: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cfg(self) -> TrainingConfig:
@@ -219,7 +218,7 @@ def train(
             f"training.batch_size={cfg.batch_size} is not divisible by the {world} processes; "
             f"fix: a multiple of {world}"
         )
-    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = default_device(local_rank)
     if device.startswith("cuda"):
         torch.cuda.set_device(local_rank)
     if world > 1 and not dist.is_initialized():
@@ -285,7 +284,7 @@ def train(
         lr = cosine_lr(step, cfg.lr, cfg.warmup_steps, total)
         set_lr(opt, lr)
         x = normalize(x_u8.to(device, non_blocking=True), image_size)
-        with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
+        with autocast(device, amp_dtype, use_amp):
             img, scale = model(x)
         loss = contrastive_loss(img, t.to(device), scale, y.to(device), cfg.loss)
         optimizer_step(opt, loss, tower.logit_scale)

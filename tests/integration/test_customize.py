@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from react_core.config import TrainingConfig
-from react_core.data import load_labelled_pairs, normalize
-from react_core.evaluation.zeroshot import model_image_size
+from react_core.data import load_labelled_pairs
 from react_core.knowledge.download import downloaded_shards
 from react_core.models import create_model, load_state_dict
+from react_core.models.encode import model_image_size, normalize
 from react_core.tracking import MemoryTracker
 from react_core.training.customize import checkpoint_of, customize
 from react_core.training.losses import contrastive_loss

@@ -17,7 +17,7 @@ def test_embedding_tasks_run_on_the_dask_workers(prefect_harness, tiny_chain, tm
     pytest.importorskip("prefect_dask")
     from prefect import flow
 
-    from flows.customize import embed_knowledge_base
+    from flows.common import embed_knowledge_base
     from react_core import pipeline
     from react_core.training.pretrain import checkpoint_uri
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from react_core.evaluation.datasets import read_vision_dataset
+from react_core.data.datasets import read_vision_dataset
 from react_core.storage import Storage, join
 from tests.conftest import TINY_PRESET, tiny_config
 from tests.integration.test_world_flow import _task_states
@@ -74,8 +74,7 @@ def test_dataloader_workers_exit_cleanly_after_a_flow_ran_in_this_process(prefec
     import torch
     from prefect import flow
 
-    from react_core.evaluation.datasets import open_dataset
-    from react_core.evaluation.zeroshot import loader
+    from react_core.data.datasets import loader, open_dataset
     from tests.unit.test_eval_datasets import write_text_index
 
     @flow

@@ -9,11 +9,12 @@ import webdataset as wds
 from PIL import Image
 
 from react_core.config import IndexConfig, RetrievalConfig
-from react_core.evaluation.datasets import read_vision_dataset
+from react_core.data.datasets import read_vision_dataset
 from react_core.knowledge.embed import embed_knowledge_base
 from react_core.knowledge.index import build_indices
-from react_core.knowledge.retrieve import TaskSpec, read_manifest, retrieve
+from react_core.knowledge.retrieve import read_manifest, retrieve
 from react_core.models import create_model
+from react_core.registry import TaskSpec
 from react_core.storage import join
 from react_core.training.pretrain import checkpoint_uri
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from react_core.evaluation.datasets import read_vision_dataset
+from react_core.data.datasets import read_vision_dataset
 from react_core.models import create_model
 from react_core.storage import join
 from react_core.tracking import MemoryTracker

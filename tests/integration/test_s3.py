@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 import torch
 
-from react_core.evaluation.datasets import read_vision_dataset
+from react_core.data.datasets import read_vision_dataset
 from react_core.miniweb.generate import generate
 from react_core.miniweb.serve import MiniWebServer
 from react_core.storage import Storage, StorageError, join
@@ -63,14 +63,14 @@ def test_unreachable_endpoint_fails_fast_with_the_fix():
 
 def test_elevater_layout_with_zipped_images_is_read_from_s3(s3_endpoint):
     """ELEVATER's text index pointing into a zip, read over S3 (zip members by range reads through s3fs)."""
-    from react_core.evaluation.datasets import open_dataset
+    from react_core.data.datasets import open_dataset
     from tests.unit.test_eval_datasets import level_of, write_text_index
 
     st = Storage("s3://react-test/elevater", {"endpoint_url": s3_endpoint})
     write_text_index(st, st.uri("toy"))
     ds = open_dataset(st, st.uri("toy"), "test")
     assert ds.classnames == ["cat", "dog", "owl"] and ds.images[0].startswith("s3://react-test/elevater/toy/")
-    from react_core.evaluation.zeroshot import loader
+    from react_core.data.datasets import loader
 
     batches = loader(ds, image_size=8, batch_size=4, num_workers=2, device=torch.device("cpu"))
     pairs = [(level_of(x), int(y)) for xb, yb in batches for x, y in zip(xb, yb)]

@@ -110,3 +110,24 @@ def test_augment_crop_scale_is_checked():
 
     with pytest.raises(ConfigError, match="crop_scale"):
         load_config(None, ["training.augment.crop_scale=[0.9, 0.1]"])
+
+
+def _leaves(model: type, prefix: str = ""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _leaves(field.annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", field
+
+
+def test_every_config_leaf_has_a_description():
+    """Descriptions are the Prefect form's help text and the fix in error messages."""
+    missing = [path for path, field in _leaves(ReactConfig) if not (field.description or "").strip()]
+    assert not missing, f"config fields without a description: {missing}"
+
+
+def test_a_setting_that_did_nothing_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match=r"'model.precision' was removed: .*training.precision.*; fix: remove it"):
+        load_config({"model": {"precision": "bf16"}})

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 
-from react_core.data import decode_image, iter_shard, normalize
+from react_core.data import decode_image, iter_shard
 from react_core.knowledge.embed import (
     EmbeddingError,
     ShardBatches,
@@ -21,6 +21,7 @@ from react_core.knowledge.embed import (
     load_metadata,
 )
 from react_core.models import create_model
+from react_core.models.encode import normalize
 from react_core.storage import Storage, join
 
 
@@ -174,7 +175,7 @@ def test_finish_names_shards_never_embedded(tiny_world, micro, tmp_path):
 def test_jpeg_draft_decodes_near_the_exact_pixels_and_can_be_turned_off(micro, tmp_path):
     from PIL import Image
 
-    from react_core.evaluation.datasets import prepare
+    from react_core.data.datasets import prepare
 
     _, tok = micro
     rng = np.random.default_rng(0)
@@ -198,12 +199,13 @@ def test_jpeg_draft_decodes_near_the_exact_pixels_and_can_be_turned_off(micro, t
 
 def test_embed_tasks_of_a_run_load_the_model_once_per_process(tiny_world, tmp_path, monkeypatch):
     from react_core import pipeline
+    from react_core.models import cache
 
     cfg, _, world = tiny_world
     loads = []
-    real = pipeline.create_model
-    monkeypatch.setattr(pipeline, "create_model", lambda *a, **k: loads.append(a[:2]) or real(*a, **k))
-    monkeypatch.setattr(pipeline, "_EMBEDDING_MODEL", {})
+    real = cache.create_model
+    monkeypatch.setattr(cache, "create_model", lambda *a, **k: loads.append(a[:2]) or real(*a, **k))
+    monkeypatch.setattr(cache, "_EMBEDDING_MODEL", {})
     st = Storage(str(tmp_path))
     kb = cfg.knowledge_base.model_copy(update={"num_workers": 0})
     groups = pipeline.embed_plan(st, cfg.model, kb.model_copy(update={"shards_per_task": 1}), None, world)

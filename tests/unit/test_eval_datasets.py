@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from react_core.data import DatasetError
-from react_core.evaluation.datasets import open_dataset, read_image_folder, read_vision_dataset, read_webdataset
+from react_core.data.datasets import open_dataset, read_image_folder, read_vision_dataset, read_webdataset
 from react_core.storage import Storage, join
 
 
@@ -120,7 +120,7 @@ def test_webdataset_with_cls_labels_and_worker_split(tmp_path):
     assert ds.shards and ds.classnames == ["a", "b", "c"]
     items = all_items(ds)
     assert len(items) == 6 and all(level_of(x) == int(y) for x, y in items)
-    from react_core.evaluation.zeroshot import loader  # its workers shed a parent's Prefect exit hooks
+    from react_core.data.datasets import loader  # its workers shed a parent's Prefect exit hooks
 
     labels = torch.cat(
         [y for _, y in loader(ds, image_size=8, batch_size=4, num_workers=2, device=torch.device("cpu"))]
@@ -155,8 +155,8 @@ def test_bad_datasets_are_clear_errors(tmp_path):
 def test_prepare_gives_open_clips_validation_pixels():
     import open_clip
 
-    from react_core.data import normalize
-    from react_core.evaluation.datasets import prepare
+    from react_core.data.datasets import prepare
+    from react_core.models.encode import normalize
 
     preprocess = open_clip.image_transform(32, is_train=False)  # what create_model_and_transforms returns
     rng = np.random.default_rng(0)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from react_core.evaluation.suite import comparison, delta_figure, figure_png, markdown_table, metrics_for, report_rows
+from react_core.evaluation.report import comparison, delta_figure, figure_png, markdown_table, report_rows
+from react_core.evaluation.suite import metrics_for
 
 
 def result(dataset, metric, value, probe=None):

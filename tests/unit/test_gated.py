@@ -115,7 +115,7 @@ def test_bad_k_and_double_insertion_are_clear_errors():
 def test_non_vit_towers_and_empty_training_data_fail_before_training(tmp_path):
     from react_core.config import ConfigError, ModelConfig, TrainingConfig
     from react_core.data import DatasetError
-    from react_core.pipeline import preflight
+    from react_core.preflight import preflight
     from react_core.storage import Storage
     from react_core.training.customize import customize
 

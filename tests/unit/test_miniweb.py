@@ -7,7 +7,7 @@ import pytest
 
 from react_core.config import ConfigError, load_config
 from react_core.data import iter_shard
-from react_core.evaluation.datasets import read_vision_dataset
+from react_core.data.datasets import read_vision_dataset
 from react_core.miniweb.generate import TASK_NAMES, concepts_for, generate, split_concept_ids
 from react_core.miniweb.render import render
 from react_core.miniweb.world import make_concepts

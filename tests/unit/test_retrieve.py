@@ -9,13 +9,13 @@ from react_core.knowledge.index import build_indices
 from react_core.knowledge.retrieve import (
     MANIFEST_COLUMNS,
     RetrievalError,
-    TaskSpec,
-    embed_prompts,
     read_manifest,
     retrieve,
     select,
 )
 from react_core.models import create_model
+from react_core.models.encode import embed_prompts
+from react_core.registry import TaskSpec
 from react_core.storage import Storage, join
 
 

@@ -1,10 +1,10 @@
 import torch
 import torch.nn.functional as F
 
-from react_core.data import normalize
-from react_core.evaluation.datasets import from_tensors
-from react_core.evaluation.zeroshot import evaluate_zero_shot, text_classifier
+from react_core.data.datasets import from_tensors
+from react_core.evaluation.zeroshot import evaluate_zero_shot
 from react_core.models import create_model
+from react_core.models.encode import normalize, text_classifier
 
 
 def test_classifier_is_the_normalised_mean_of_normalised_prompts():

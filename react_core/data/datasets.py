@@ -1,4 +1,4 @@
-"""Evaluation datasets: readers for three on-disk layouts, over any fsspec storage, decoded lazily.
+"""Datasets: readers for three on-disk layouts (evaluation sets, target tasks), over any fsspec storage, decoded lazily.
 
 * **vision-datasets** (ELEVATER's layout): a folder with ``dataset_info.json`` naming, per split, an
   index file: COCO JSON (``"format": "coco"``: images, annotations, categories with ids from 1) or the
@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from react_core.data import DatasetError, iter_shard
+from react_core.models.encode import encode_images, model_device, model_image_size
 from react_core.storage import Storage, StorageError, join
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -394,3 +395,36 @@ def open_dataset(storage: Storage, uri: str, split: str = "test", name: str | No
     if storage.ls(uri, "*.tar") or storage.ls(join(uri, split), "*.tar"):
         return read_webdataset(storage, uri, split, name)
     return read_image_folder(storage, uri, split, name)
+
+
+def loader(evalset: EvalSet, image_size: int, batch_size: int, num_workers: int, device: torch.device):
+    """A DataLoader of (uint8 images, targets) over ``evalset``, decoding in ``num_workers`` processes."""
+    workers = num_workers if not evalset.shards else min(num_workers, len(evalset.shards))
+    return torch.utils.data.DataLoader(
+        evalset.torch_dataset(image_size),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+@torch.no_grad()
+def image_features(
+    model: torch.nn.Module,
+    evalset: EvalSet,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised image features (N, D) float32 on the CPU and the targets, in loader order.
+
+    Decoding runs in ``num_workers`` processes while the model encodes
+    (:func:`react_core.models.encode.encode_images`).
+    """
+    batches = loader(evalset, model_image_size(model), batch_size, num_workers, model_device(model))
+    feats, targets = encode_images(model, batches, len(evalset), f"encode {evalset.name}", progress)
+    if not len(feats):
+        raise ValueError(f"{evalset.source}: the dataset yielded no images")
+    return feats, targets

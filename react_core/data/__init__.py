@@ -1,4 +1,8 @@
-"""Training-data readers: webdataset shards of image-caption pairs, over fsspec (evaluation sets: react_core.evaluation.datasets)."""
+"""Reading data: webdataset shards of image-caption pairs over fsspec, and knowledge-base images by place.
+
+Evaluation and target-task datasets (vision-datasets, image folders, webdataset) are read by
+:mod:`react_core.data.datasets`; stages of every package read through these two modules.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from react_core.storage import Storage
 
 _logger = logging.getLogger(__name__)
-
-_MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-_STD = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
 
 
 class DatasetError(ValueError):
@@ -44,24 +43,12 @@ def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
     return np.array(img)  # writable (torch.from_numpy warns on read-only arrays)
 
 
-def load_pairs(
-    storage: Storage, shard_uris: Sequence[str], image_size: int, max_samples: int | None = None
-) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Decode image-caption pairs from shards into memory.
-
-    Returns:
-        images (N, 3, H, W) uint8, captions, keys.
-    """
-    images, captions, keys, _ = load_labelled_pairs(storage, shard_uris, image_size, max_samples)
-    return images, captions, keys
-
-
 def _is_pair(sample: dict[str, Any]) -> bool:
     return "jpg" in sample and "txt" in sample
 
 
 def load_captions(storage: Storage, shard_uris: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Captions and keys of the pairs :func:`load_pairs` would return, in the same order, without decoding images."""
+    """Captions and keys of the pairs :func:`load_labelled_pairs` would return, in order, without decoding images."""
     captions, keys = [], []
     for uri in shard_uris:
         for s in iter_shard(storage, uri):
@@ -74,7 +61,8 @@ def load_captions(storage: Storage, shard_uris: Sequence[str]) -> tuple[list[str
 def load_labelled_pairs(
     storage: Storage, shard_uris: Sequence[str], image_size: int, max_samples: int | None = None
 ) -> tuple[torch.Tensor, list[str], list[str], torch.Tensor]:
-    """:func:`load_pairs` plus each pair's ``class_id`` from its JSON (the manifest's; -1 when absent)."""
+    """Decode image-caption pairs from shards into memory: images (N, 3, H, W) uint8, captions, keys and each
+    pair's ``class_id`` from its JSON (the manifest's; -1 when absent)."""
     images, captions, keys, class_ids = [], [], [], []
     for uri in shard_uris:
         for s in iter_shard(storage, uri):
@@ -94,14 +82,6 @@ def load_labelled_pairs(
         raise DatasetError(f"no image-caption pairs in {len(shard_uris)} shard(s) starting at {shard_uris[:1]}")
     arr = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
     return arr, captions, keys, torch.tensor(class_ids, dtype=torch.int64)
-
-
-def normalize(images_u8: torch.Tensor, image_size: int | None = None) -> torch.Tensor:
-    """(B, 3, H, W) uint8 -> float normalised with CLIP's mean/std, resized to ``image_size`` if needed."""
-    x = images_u8.float().div_(255.0)
-    if image_size is not None and x.shape[-1] != image_size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bicubic", align_corners=False).clamp_(0, 1)
-    return (x - _MEAN.to(x.device)) / _STD.to(x.device)
 
 
 def read_kb_images(storage: Storage, places: Sequence[tuple[str, int]]) -> dict[tuple[str, int], bytes]:

@@ -1,0 +1,59 @@
+"""What the flows share: orchestration that maps tasks (never arithmetic or I/O of its own)."""
+
+from __future__ import annotations
+
+from prefect import unmapped
+
+from react_core.config import EvaluationConfig, ModelConfig, ReactConfig, StorageConfig, TrackingConfig
+from tasks import customize as t
+from tasks.common import embed_task_runner
+from tasks.world import generate_miniweb, pretrain_base_model
+
+
+def world_and_base(config: ReactConfig, parent_run_id: str | None) -> tuple[str | None, str | None]:
+    """The mini-web (when any stage reads it) and the base weights: the mini-web base, trained if need be,
+    or ``model.pretrained``. Shared by the flows that start from a base model."""
+    world = generate_miniweb(config.storage, config.miniweb) if config.uses_miniweb else None
+    base_stage = None
+    if config.model.pretrained == "miniweb":
+        base_stage = pretrain_base_model(
+            config.storage, config.model, config.tracking, world, parent_run_id=parent_run_id
+        )
+    return world, t.resolve_base(config.model, base_stage)
+
+
+def embed_knowledge_base(
+    config: ReactConfig, checkpoint: str | None, world: str | None, parent_run_id: str | None = None
+) -> str:
+    """The embed stage as one task per group of shards, on a Dask cluster's workers when
+    ``knowledge_base.dask_address`` is set (else in this process), then the stage's completion."""
+    kb = config.knowledge_base
+    groups = t.embed_plan(config.storage, config.model, kb, checkpoint, world)
+    with embed_task_runner(kb) as runner:
+        fixed = {"storage": config.storage, "model": config.model, "kb": kb, "checkpoint": checkpoint, "world": world}
+        runner.map(t.embed_shards, {**{k: unmapped(v) for k, v in fixed.items()}, "indices": groups}).result()
+    return t.embed(config.storage, config.model, kb, checkpoint, world, groups, config.tracking, parent_run_id)
+
+
+def evaluate_models(
+    storage: StorageConfig,
+    model: ModelConfig,
+    checkpoints: dict[str, str | None],
+    cfg: EvaluationConfig,
+    tracking: TrackingConfig,
+    world: str | None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Map one task per (model, dataset), then the report. Called from a flow."""
+    # Each task gets the config narrowed to its dataset, so its cache key does not change when another
+    # dataset is added. Shared arguments are unmapped (pydantic configs are iterable: map would split them).
+    per_dataset = [cfg.model_copy(update={"tasks": [d], "locations": {k: v for k, v in cfg.locations.items() if k == d}})
+                   for d in cfg.tasks]  # fmt: skip
+    futures = {
+        label: t.evaluate_dataset.map(
+            unmapped(storage), unmapped(model), unmapped(ckpt), per_dataset, cfg.tasks, unmapped(world), label=label
+        )
+        for label, ckpt in checkpoints.items()
+    }
+    results = {label: [f.result() for f in fs] for label, fs in futures.items()}
+    return t.evaluation_report(storage, results, checkpoints, tracking, parent_run_id=parent_run_id)
