@@ -37,11 +37,10 @@ from react_core.data.datasets import read_vision_dataset
 from react_core.evaluation.zeroshot import evaluate_zero_shot
 from react_core.knowledge.embed import load_metadata
 from react_core.knowledge.retrieve import MANIFEST_COLUMNS, read_manifest
-from react_core.miniweb.generate import TASK_NAMES, generate, generic_task
+from react_core.miniweb.generate import TASK_NAMES, generic_task
+from react_core.models import model_file
 from react_core.models.cache import inference_model
 from react_core.storage import Storage, join
-from react_core.training.customize import checkpoint_of
-from react_core.training.pretrain import pretrain_base
 
 
 def control_manifest(storage: Storage, embed_uri: str, n: int, seed: int) -> str:
@@ -71,8 +70,8 @@ def main() -> None:
     cfg: ReactConfig = load_config(args.config, args.set)
     storage = Storage(cfg.storage.root, cfg.storage.options)
     t0 = time.time()
-    world = generate(cfg.miniweb, storage, progress=False)
-    base_stage = pretrain_base(cfg.model, storage, world, progress=False)
+    world = pipeline.run_miniweb(storage, cfg.miniweb)
+    base_stage = pipeline.run_pretrain_base(storage, cfg.model, world)
     base = pipeline.base_checkpoint(cfg.model, base_stage)
     embed = pipeline.run_embed(storage, cfg.model, cfg.knowledge_base, base, world)
     index = pipeline.run_index(storage, cfg.index, cfg.retrieval.k, embed)
@@ -110,7 +109,7 @@ def main() -> None:
             t1 = time.time()
             stage = pipeline.run_train(storage, cfg.model, base, training, data_uri)
             train_s = time.time() - t1
-            acc = evaluate(checkpoint_of(stage))
+            acc = evaluate(model_file(stage))
             summary = storage.stage_manifest(stage)
             steps = summary.get("metrics", {}).get("steps") or summary.get("counts", {}).get("steps")
             results.setdefault(arm, []).append(acc)

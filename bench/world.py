@@ -18,9 +18,9 @@ import time
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from react_core.config import load_config
-from react_core.miniweb.generate import TASK_NAMES, generate, miniweb_stage
+from react_core.miniweb.generate import TASK_NAMES
+from react_core.pipeline import miniweb_stage, run_miniweb, run_pretrain_base
 from react_core.storage import Storage
-from react_core.training.pretrain import pretrain_base
 
 
 def main() -> None:
@@ -32,9 +32,9 @@ def main() -> None:
     cfg = load_config(args.config, args.set)
     storage = Storage(cfg.storage.root, cfg.storage.options)
     t0 = time.time()
-    stage = miniweb_stage(cfg.miniweb, storage)
+    stage = miniweb_stage(storage, cfg.miniweb)
     cached = stage.done
-    uri = generate(cfg.miniweb, storage, progress=False)
+    uri = run_miniweb(storage, cfg.miniweb)
     gen_s = time.time() - t0
     m = cfg.miniweb
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {sys.version.split()[0]}")
@@ -51,7 +51,7 @@ def main() -> None:
             if split == "kb":  # the oracle gets the base's budget of pairs; the base uses its whole split
                 over.append(f"model.pretrain.max_samples={m.generic_size}")
             c = load_config(cfg.model_dump(mode="json"), over)
-            b = pretrain_base(c.model, storage, uri, progress=False)
+            b = run_pretrain_base(storage, c.model, uri)
             r = storage.stage_manifest(b)["metrics"]
             accs = " | ".join(f"{r[f'{t}.top1']:.3f}" for t in TASK_NAMES.values())
             label = "base" if split == "generic" else "oracle"

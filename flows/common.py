@@ -10,29 +10,35 @@ from tasks.common import embed_task_runner
 from tasks.world import generate_miniweb, pretrain_base_model
 
 
-def world_and_base(config: ReactConfig, parent_run_id: str | None) -> tuple[str | None, str | None]:
+def miniweb_and_base(config: ReactConfig, parent_run_id: str | None) -> tuple[str | None, str | None]:
     """The mini-web (when any stage reads it) and the base weights: the mini-web base, trained if need be,
     or ``model.pretrained``. Shared by the flows that start from a base model."""
-    world = generate_miniweb(config.storage, config.miniweb) if config.uses_miniweb else None
+    miniweb_uri = generate_miniweb(config.storage, config.miniweb) if config.uses_miniweb else None
     base_stage = None
     if config.model.pretrained == "miniweb":
         base_stage = pretrain_base_model(
-            config.storage, config.model, config.tracking, world, parent_run_id=parent_run_id
+            config.storage, config.model, config.tracking, miniweb_uri, parent_run_id=parent_run_id
         )
-    return world, t.resolve_base(config.model, base_stage)
+    return miniweb_uri, t.resolve_base(config.model, base_stage)
 
 
 def embed_knowledge_base(
-    config: ReactConfig, checkpoint: str | None, world: str | None, parent_run_id: str | None = None
+    config: ReactConfig, checkpoint: str | None, miniweb_uri: str | None, parent_run_id: str | None = None
 ) -> str:
     """The embed stage as one task per group of shards, on a Dask cluster's workers when
     ``knowledge_base.dask_address`` is set (else in this process), then the stage's completion."""
     kb = config.knowledge_base
-    groups = t.embed_plan(config.storage, config.model, kb, checkpoint, world)
+    groups = t.embed_plan(config.storage, config.model, kb, checkpoint, miniweb_uri)
     with embed_task_runner(kb) as runner:
-        fixed = {"storage": config.storage, "model": config.model, "kb": kb, "checkpoint": checkpoint, "world": world}
+        fixed = {
+            "storage": config.storage,
+            "model": config.model,
+            "kb": kb,
+            "checkpoint": checkpoint,
+            "miniweb_uri": miniweb_uri,
+        }
         runner.map(t.embed_shards, {**{k: unmapped(v) for k, v in fixed.items()}, "indices": groups}).result()
-    return t.embed(config.storage, config.model, kb, checkpoint, world, groups, config.tracking, parent_run_id)
+    return t.embed(config.storage, config.model, kb, checkpoint, miniweb_uri, groups, config.tracking, parent_run_id)
 
 
 def evaluate_models(
@@ -41,7 +47,7 @@ def evaluate_models(
     checkpoints: dict[str, str | None],
     cfg: EvaluationConfig,
     tracking: TrackingConfig,
-    world: str | None,
+    miniweb_uri: str | None,
     parent_run_id: str | None = None,
 ) -> str:
     """Map one task per (model, dataset), then the report. Called from a flow."""
@@ -51,7 +57,13 @@ def evaluate_models(
                    for d in cfg.tasks]  # fmt: skip
     futures = {
         label: t.evaluate_dataset.map(
-            unmapped(storage), unmapped(model), unmapped(ckpt), per_dataset, cfg.tasks, unmapped(world), label=label
+            unmapped(storage),
+            unmapped(model),
+            unmapped(ckpt),
+            per_dataset,
+            cfg.tasks,
+            unmapped(miniweb_uri),
+            label=label,
         )
         for label, ckpt in checkpoints.items()
     }

@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import flow, runtime
 
-from flows.common import embed_knowledge_base, evaluate_models, world_and_base
+from flows.common import embed_knowledge_base, evaluate_models, miniweb_and_base
 from react_core.config import ReactConfig
-from react_core.training.customize import checkpoint_of
+from react_core.models import model_file
 from tasks import customize as t
 from tasks.world import start_tracking
 
@@ -20,23 +20,23 @@ def customize(config: ReactConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Embed the knowledge base, index it, retrieve for the task's class names, download, train, evaluate."""
     t.preflight(config.model, config.training)
     parent = start_tracking(config, "customize", runtime.flow_run.id)
-    world, checkpoint = world_and_base(config, parent)
-    embedded = embed_knowledge_base(config, checkpoint, world, parent)
+    miniweb_uri, checkpoint = miniweb_and_base(config, parent)
+    embedded = embed_knowledge_base(config, checkpoint, miniweb_uri, parent)
     indexed = t.index(config.storage, config.index, config.retrieval.k, embedded, config.tracking, parent)
     retrieved = t.retrieve(
-        config.storage, config.model, checkpoint, config.retrieval, embedded, indexed, world,
+        config.storage, config.model, checkpoint, config.retrieval, embedded, indexed, miniweb_uri,
         config.tracking, parent_run_id=parent, evaluation=config.evaluation,
     )  # fmt: skip
-    downloaded = t.download(config.storage, config.download, retrieved, world, config.tracking, parent)
+    downloaded = t.download(config.storage, config.download, retrieved, miniweb_uri, config.tracking, parent)
     trained = t.train(
         config.storage, config.model, checkpoint, config.training, config.tracking, downloaded, parent_run_id=parent
     )
     evaluated = evaluate_models(
-        config.storage, config.model, {"base": checkpoint, "customized": checkpoint_of(trained)}, config.evaluation,
-        config.tracking, world, parent_run_id=parent,
+        config.storage, config.model, {"base": checkpoint, "customized": model_file(trained)}, config.evaluation,
+        config.tracking, miniweb_uri, parent_run_id=parent,
     )  # fmt: skip
     return {
-        "miniweb": world,
+        "miniweb": miniweb_uri,
         "base": checkpoint,
         "embed": embedded,
         "index": indexed,

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow, runtime
 
-from flows.common import evaluate_models, world_and_base
+from flows.common import evaluate_models, miniweb_and_base
 from react_core.config import ReactConfig
 from tasks import customize as t
 from tasks.world import start_tracking
@@ -20,10 +20,10 @@ def evaluate(config: ReactConfig = DEFAULT_CONFIG, customized: str | None = None
     the ``customized`` checkpoint against it. Each (model, dataset) pair is its own cached task, so adding a
     dataset to ``evaluation.tasks`` evaluates only that one."""
     parent = start_tracking(config, "evaluate", runtime.flow_run.id)
-    world, base = world_and_base(config, parent)
+    miniweb_uri, base = miniweb_and_base(config, parent)
     checkpoints = {"base": base} if customized is None else {"base": base, "customized": customized}
     evaluated = evaluate_models(
-        config.storage, config.model, checkpoints, config.evaluation, config.tracking, world, parent_run_id=parent
+        config.storage, config.model, checkpoints, config.evaluation, config.tracking, miniweb_uri, parent_run_id=parent
     )
     return {
         "evaluate": evaluated,

@@ -58,11 +58,11 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_miniweb_generate(args: argparse.Namespace) -> int:
-    from react_core.miniweb.generate import generate
+    from react_core.pipeline import run_miniweb
 
     cfg = _config(args)
     storage = _storage(cfg)
-    uri = generate(cfg.miniweb, storage, processes=args.processes, progress=not args.quiet)
+    uri = run_miniweb(storage, cfg.miniweb, processes=args.processes, progress=not args.quiet)
     manifest = storage.stage_manifest(uri)
     print(uri)
     for k, v in sorted(manifest["counts"].items()):
@@ -71,12 +71,12 @@ def cmd_miniweb_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_miniweb_serve(args: argparse.Namespace) -> int:
-    from react_core.miniweb.generate import generate
     from react_core.miniweb.serve import MiniWebServer
+    from react_core.pipeline import run_miniweb
 
     cfg = _config(args)
     storage = _storage(cfg)
-    uri = args.uri or generate(cfg.miniweb, storage, progress=not args.quiet)
+    uri = args.uri or run_miniweb(storage, cfg.miniweb, progress=not args.quiet)
     server = MiniWebServer(storage, uri, host="127.0.0.1", port=args.port)
     if args.write_urls:
         server.urls().to_parquet(args.write_urls)
@@ -94,17 +94,13 @@ def cmd_miniweb_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_base_pretrain(args: argparse.Namespace) -> int:
-    from react_core.miniweb.generate import generate
+    from react_core.pipeline import run_miniweb, run_pretrain_base
     from react_core.tracking import make_tracker
-    from react_core.training.pretrain import pretrain_base
 
     cfg = _config(args)
     storage = _storage(cfg)
-    miniweb = generate(cfg.miniweb, storage, progress=not args.quiet)
-    tracker = make_tracker(cfg.tracking, storage)
-    with tracker.run(f"pretrain-base-{cfg.model.pretrain.split}") as t:
-        t.log_params({"model": cfg.model.model_dump(mode="json")})
-        uri = pretrain_base(cfg.model, storage, miniweb, tracker=t, progress=not args.quiet)
+    miniweb = run_miniweb(storage, cfg.miniweb, progress=not args.quiet)
+    uri = run_pretrain_base(storage, cfg.model, miniweb, make_tracker(cfg.tracking, storage), progress=not args.quiet)
     print(uri)
     print(json.dumps(storage.stage_manifest(uri)["metrics"], indent=2))
     return 0

@@ -28,17 +28,19 @@ from react_core.evaluation.report import write_report
 from react_core.evaluation.suite import dataset_uri, evaluate_dataset, metrics_for, open_eval
 from react_core.knowledge import report as retrieval_report
 from react_core.knowledge.download import download, downloaded_shards
+from react_core.knowledge.embed import SCHEMA as EMBED_SCHEMA
 from react_core.knowledge.embed import embed_knowledge_base, embed_shards, embedded_shards, finish
 from react_core.knowledge.extract import extract, manifest_has_urls
 from react_core.knowledge.index import build_indices
 from react_core.knowledge.retrieve import read_manifest, retrieve
-from react_core.miniweb.generate import generate
+from react_core.miniweb.generate import GENERATOR_VERSION, generate
+from react_core.models import model_file
 from react_core.models.cache import cached_model, inference_model
 from react_core.registry import resolve_task
 from react_core.storage import Stage, Storage, StorageError, join
 from react_core.tracking import NullTracker, Tracker, log_stage, stage_run
-from react_core.training.customize import customize
-from react_core.training.pretrain import checkpoint_uri, pretrain_base
+from react_core.training.customize import caption_features, customize
+from react_core.training.pretrain import pretrain_base
 
 _logger = logging.getLogger(__name__)
 
@@ -52,9 +54,20 @@ def start_run(
         return t.run_id
 
 
+def miniweb_stage(storage: Storage, miniweb: MiniWebConfig) -> Stage:
+    """The mini-web's stage (its identity: the config and the generator's version)."""
+    return storage.stage("miniweb", {"generator": GENERATOR_VERSION, **miniweb.model_dump(mode="json")})
+
+
 def run_miniweb(storage: Storage, miniweb: MiniWebConfig, processes: int | None = None, progress: bool = False) -> str:
-    """The mini-web: corpus, knowledge base and target tasks (its identity: the config and generator version)."""
-    return generate(miniweb, storage, processes, progress)
+    """The mini-web: corpus, knowledge base and target tasks."""
+    return generate(miniweb, storage, miniweb_stage(storage, miniweb), processes, progress)
+
+
+def base_stage(storage: Storage, model: ModelConfig, miniweb_uri: str) -> Stage:
+    """The mini-web base model's stage (its identity: the architecture, the pretraining recipe, the mini-web)."""
+    recipe = {"model": model.name, "pretrain": model.pretrain.model_dump(mode="json")}
+    return storage.stage("base", recipe, {"miniweb": miniweb_uri})
 
 
 def run_pretrain_base(
@@ -68,7 +81,7 @@ def run_pretrain_base(
     """The tiny base CLIP pretrained on the mini-web (``model.pt`` in the stage)."""
     with (tracker or NullTracker()).run("pretrain-base", parent_run_id=parent_run_id) as t:
         t.log_params({"model": model.model_dump(mode="json")})
-        return pretrain_base(model, storage, miniweb_uri, tracker=t, progress=progress)
+        return pretrain_base(model, storage, base_stage(storage, model, miniweb_uri), miniweb_uri, t, progress)
 
 
 def base_checkpoint(model: ModelConfig, base_stage: str | None) -> str | None:
@@ -76,16 +89,16 @@ def base_checkpoint(model: ModelConfig, base_stage: str | None) -> str | None:
     if model.pretrained == "miniweb":
         if base_stage is None:
             raise ValueError("model.pretrained is 'miniweb' but no base stage was given; run prepare-world first")
-        return checkpoint_uri(base_stage)
+        return model_file(base_stage)
     return model.pretrained
 
 
-def kb_shards(storage: Storage, kb: KnowledgeBaseConfig, world: str | None) -> list[str]:
+def kb_shards(storage: Storage, kb: KnowledgeBaseConfig, miniweb_uri: str | None) -> list[str]:
     """The knowledge base's webdataset shards (the mini-web's, or those under ``kb.source``)."""
     if kb.source == "miniweb":
-        if world is None:
+        if miniweb_uri is None:
             raise ValueError("knowledge_base.source is 'miniweb' but no mini-web was generated")
-        uri = join(world, "kb", "shards")
+        uri = join(miniweb_uri, "kb", "shards")
     else:
         uri = kb.source.rstrip("/")
     try:
@@ -101,20 +114,21 @@ def kb_shards(storage: Storage, kb: KnowledgeBaseConfig, world: str | None) -> l
 
 
 def embed_stage(
-    storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, world: str | None
+    storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, miniweb_uri: str | None
 ) -> tuple[Stage, list[str]]:
     """The embed stage and the shards it embeds (its identity: model, batch size, checkpoint, shard folder)."""
-    shards = kb_shards(storage, kb, world)
+    shards = kb_shards(storage, kb, miniweb_uri)
     stage = storage.stage("embed", {"model": model.name, "batch_size": kb.batch_size, "jpeg_draft": kb.jpeg_draft},
-                          {"checkpoint": checkpoint or "", "shards": shards[0].rsplit("/", 1)[0]})  # fmt: skip
+                          {"checkpoint": checkpoint or "", "shards": shards[0].rsplit("/", 1)[0]},
+                          schema=EMBED_SCHEMA)  # fmt: skip
     return stage, shards
 
 
 def embed_plan(
-    storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, world: str | None
+    storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, miniweb_uri: str | None
 ) -> list[list[int]]:
     """Indices of the shards still to embed, ``kb.shards_per_task`` per group (one task each); [] when done."""
-    stage, shards = embed_stage(storage, model, kb, checkpoint, world)
+    stage, shards = embed_stage(storage, model, kb, checkpoint, miniweb_uri)
     if stage.done:
         return []
     finished = embedded_shards(storage, stage)
@@ -128,11 +142,11 @@ def run_embed_shards(
     model: ModelConfig,
     kb: KnowledgeBaseConfig,
     checkpoint: str | None,
-    world: str | None,
+    miniweb_uri: str | None,
     indices: Sequence[int],
 ) -> dict[str, int]:
     """Embed one group of shards (on whichever worker runs it); returns its counts."""
-    stage, shards = embed_stage(storage, model, kb, checkpoint, world)
+    stage, shards = embed_stage(storage, model, kb, checkpoint, miniweb_uri)
     m, tok = cached_model(model, checkpoint, storage)
     results = embed_shards(m, tok, storage, shards, stage, indices, kb.batch_size, kb.num_workers, draft=kb.jpeg_draft)
     return {"shards": len(results), "embedded": sum(r.embedded for r in results),
@@ -144,13 +158,13 @@ def run_embed_finish(
     model: ModelConfig,
     kb: KnowledgeBaseConfig,
     checkpoint: str | None,
-    world: str | None,
+    miniweb_uri: str | None,
     groups: Sequence[Sequence[int]] = (),
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
 ) -> str:
     """Mark the embed stage complete once every shard is embedded; ``groups``: what this run embedded."""
-    stage, shards = embed_stage(storage, model, kb, checkpoint, world)
+    stage, shards = embed_stage(storage, model, kb, checkpoint, miniweb_uri)
     uri = finish(storage, stage, shards, resumed_shards=len(shards) - sum(len(g) for g in groups))
     params = {"knowledge_base": kb.model_dump(mode="json")}
     log_stage(tracker, storage, "embed", uri, params, ("throughput.json",), parent_run_id)
@@ -158,10 +172,10 @@ def run_embed_finish(
 
 
 def run_embed(
-    storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, world: str | None
+    storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, miniweb_uri: str | None
 ) -> str:
     """The whole embed stage in this process (what the flow fans out as embed_plan / run_embed_shards / finish)."""
-    stage, shards = embed_stage(storage, model, kb, checkpoint, world)
+    stage, shards = embed_stage(storage, model, kb, checkpoint, miniweb_uri)
     if stage.done:
         return stage.uri
     m, tok = inference_model(model, checkpoint, storage)
@@ -184,7 +198,7 @@ def run_index(
 
 
 def audit_datasets(
-    retrieval: RetrievalConfig, evaluation: EvaluationConfig, world: str | None
+    retrieval: RetrievalConfig, evaluation: EvaluationConfig, miniweb_uri: str | None
 ) -> tuple[list[tuple[str, str]], str | None]:
     """(name, folder) of each evaluation set the overlap audit checks, or why there are none.
 
@@ -198,7 +212,7 @@ def audit_datasets(
         if name.endswith((".yaml", ".yml")):
             return [], f"task {name} is a class list with no evaluation images; set retrieval.audit.datasets"
         try:
-            found.append((name, dataset_uri(evaluation, name, world)))
+            found.append((name, dataset_uri(evaluation, name, miniweb_uri)))
         except DatasetError as exc:
             return [], f"{name}: {exc}"
     return found, None
@@ -211,13 +225,13 @@ def run_retrieve(
     retrieval: RetrievalConfig,
     embed_uri: str,
     index_uri: str,
-    world: str | None,
+    miniweb_uri: str | None,
     evaluation: EvaluationConfig | None = None,
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
 ) -> str:
     evaluation = evaluation or EvaluationConfig()
-    audited, why_not = audit_datasets(retrieval, evaluation, world)
+    audited, why_not = audit_datasets(retrieval, evaluation, miniweb_uri)
     stage = storage.stage(
         "retrieve", retrieval,
         {"embed": embed_uri, "index": index_uri, "checkpoint": checkpoint or "",
@@ -227,11 +241,11 @@ def run_retrieve(
         sets: list[EvalSet] | str = why_not or "no evaluation set given"
         if audited:
             try:
-                sets = [open_eval(storage, evaluation, name, world, retrieval.audit.split) for name, _ in audited]
+                sets = [open_eval(storage, evaluation, name, miniweb_uri, retrieval.audit.split) for name, _ in audited]
             except DatasetError as exc:
                 sets = str(exc)
         m, tok = inference_model(model, checkpoint, storage)
-        task = resolve_task(storage, retrieval.task, world)
+        task = resolve_task(storage, retrieval.task, miniweb_uri)
         retrieve(m, tok, storage, embed_uri, index_uri, task, retrieval, stage, sets)
     params = {"retrieval": retrieval.model_dump(mode="json")}
     files = ("overlap.json", "class_counts.json")
@@ -248,27 +262,36 @@ def run_download(
     storage: Storage,
     cfg: DownloadConfig,
     retrieve_uri: str,
-    world: str | None,
+    miniweb_uri: str | None,
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
 ) -> str:
     stage = storage.stage("download", cfg, {"retrieve": retrieve_uri})
     if not stage.done:
-        _fetch_or_extract(storage, cfg, retrieve_uri, world, stage)
+        _fetch_or_extract(storage, cfg, retrieve_uri, miniweb_uri, stage)
     params = {"download": cfg.model_dump(mode="json")}
     log_stage(tracker, storage, "download", stage.uri, params, ("download_summary.json",), parent_run_id)
     return stage.uri
 
 
-def _fetch_or_extract(storage: Storage, cfg: DownloadConfig, retrieve_uri: str, world: str | None, stage: Stage) -> str:
+def _fetch_or_extract(
+    storage: Storage, cfg: DownloadConfig, retrieve_uri: str, miniweb_uri: str | None, stage: Stage
+) -> str:
     if cfg.mode == "extract" or (cfg.mode == "auto" and not manifest_has_urls(read_manifest(storage, retrieve_uri))):
         return extract(storage, retrieve_uri, stage, cfg)  # a corpus of local shards: no network needed
-    if world is None:
+    if miniweb_uri is None:
         return download(storage, retrieve_uri, stage, cfg)
     from react_core.miniweb.serve import MiniWebServer
 
-    with MiniWebServer(storage, world) as server:  # the mini-web's images, over HTTP on 127.0.0.1
+    with MiniWebServer(storage, miniweb_uri) as server:  # the mini-web's images, over HTTP on 127.0.0.1
         return download(storage, retrieve_uri, stage, cfg, base_url=server.base_url)
+
+
+def run_text_features(storage: Storage, model: ModelConfig, checkpoint: str | None, download_uri: str) -> str:
+    """The downloaded captions' text features (``features.npy``), computed once per (download, text tower)."""
+    stage = storage.stage("text-features", {"model": model.name},
+                          {"download": download_uri, "checkpoint": checkpoint or ""})  # fmt: skip
+    return caption_features(storage, stage, model.name, checkpoint, downloaded_shards(storage, download_uri))
 
 
 def run_train(
@@ -287,7 +310,10 @@ def run_train(
     shards = downloaded_shards(storage, download_uri)
     with (tracker or NullTracker()).run("train", parent_run_id=parent_run_id) as t:
         t.log_params({"training": training.model_dump(mode="json")})
-        return customize(model.name, checkpoint, training, storage, shards, stage, t, progress=False,
+        if stage.done:
+            return stage.uri
+        text = run_text_features(storage, model, checkpoint, download_uri) if shards else ""
+        return customize(model.name, checkpoint, training, storage, shards, stage, text, t, progress=False,
                          download_uri=download_uri)  # fmt: skip
 
 
@@ -302,21 +328,21 @@ def run_evaluate_dataset(
     checkpoint: str | None,
     evaluation: EvaluationConfig,
     dataset: str,
-    world: str | None,
+    miniweb_uri: str | None,
     progress: bool = False,
 ) -> str:
     """One model on one dataset (``result.json``); a stage of its own, so adding a dataset re-runs only it."""
     probe = evaluation.linear_probe
     stage = storage.stage(
         "eval",
-        {"dataset": dataset, "location": dataset_uri(evaluation, dataset, world), "split": evaluation.split,
+        {"dataset": dataset, "location": dataset_uri(evaluation, dataset, miniweb_uri), "split": evaluation.split,
          "metrics": metrics_for(dataset), "linear_probe": probe.model_dump(mode="json") if probe.enabled else None},
         {"model": model.name, "weights": model_weights(model, checkpoint)},
     )  # fmt: skip
     if stage.done:
         return stage.uri
     m, tok = inference_model(model, checkpoint, storage)
-    result = evaluate_dataset(m, tok, storage, evaluation, dataset, world, progress)
+    result = evaluate_dataset(m, tok, storage, evaluation, dataset, miniweb_uri, progress)
     result.update(model=model.name, checkpoint=checkpoint)
     storage.write_json(stage.file("result.json"), result)
     return stage.complete(counts={"images": result["n"]}, zero_shot=result["zero_shot"])

@@ -125,15 +125,15 @@ def load_task_file(path: str, storage: Storage | None = None) -> TaskSpec:
         raise TaskSpecError(f"{path}: not valid YAML: {exc}") from None
 
 
-def resolve_task(storage: Storage, name: str, world: str | None) -> TaskSpec:
+def resolve_task(storage: Storage, name: str, miniweb_uri: str | None) -> TaskSpec:
     """A target task by name: ``miniweb-*``, ``imagenet-1k``, or a path / URI of a custom YAML task."""
     if name.endswith((".yaml", ".yml")):
         return load_task_file(name, storage)
     if name.startswith("miniweb-"):
-        if world is None:
+        if miniweb_uri is None:
             raise DatasetError(f"task {name!r} needs the mini-web; generate it first")
-        # Class names only, as a user of an ELEVATER-style task has them (the world's synonyms.json is not used).
-        data = read_vision_dataset(storage, join(world, "tasks", name), "test")
+        # Class names only, as a user of an ELEVATER-style task has them (the mini-web's synonyms.json is not used).
+        data = read_vision_dataset(storage, join(miniweb_uri, "tasks", name), "test")
         return TaskSpec(name, data.classnames, data.templates)
     if name in ("imagenet-1k", "imagenet1k"):
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES

@@ -62,11 +62,21 @@ def local_path(uri: str) -> str | None:
     return None
 
 
-def version_hash(config: BaseModel | Mapping[str, Any] | None, inputs: Mapping[str, str] | None = None) -> str:
-    """Short, stable hash of a stage's config and its upstream URIs (the stage's ``version``)."""
+def version_hash(
+    config: BaseModel | Mapping[str, Any] | None, inputs: Mapping[str, str] | None = None, schema: int = 1
+) -> str:
+    """Short, stable hash of a stage's config, its upstream URIs and its schema (the stage's ``version``).
+
+    ``schema`` is the version of what the stage writes: bumped when its files change, so a folder written
+    in an older layout is never adopted (and no reader keeps code for old layouts). Schema 1, every stage's
+    first, is left out of the hash, so stages that never changed keep their versions.
+    """
     if isinstance(config, BaseModel):
         config = config.model_dump(mode="json")
-    payload = json.dumps({"config": config or {}, "inputs": dict(inputs or {})}, sort_keys=True, default=str)
+    identity = {"config": config or {}, "inputs": dict(inputs or {})}
+    if schema != 1:
+        identity["schema"] = schema
+    payload = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -219,9 +229,13 @@ class Storage:
         return self.read_json(marker)
 
     def stage(
-        self, name: str, config: BaseModel | Mapping[str, Any] | None, inputs: Mapping[str, str] | None = None
+        self,
+        name: str,
+        config: BaseModel | Mapping[str, Any] | None,
+        inputs: Mapping[str, str] | None = None,
+        schema: int = 1,
     ) -> Stage:
-        return Stage(self, name, config, dict(inputs or {}))
+        return Stage(self, name, config, dict(inputs or {}), schema)
 
 
 @dataclass
@@ -232,10 +246,11 @@ class Stage:
     name: str
     config: BaseModel | Mapping[str, Any] | None
     inputs: dict[str, str]
+    schema: int = 1  # the version of the files the stage writes (see version_hash)
 
     @property
     def version(self) -> str:
-        return version_hash(self.config, self.inputs)
+        return version_hash(self.config, self.inputs, self.schema)
 
     @property
     def uri(self) -> str:
@@ -264,6 +279,7 @@ class Stage:
             {
                 "stage": self.name,
                 "version": self.version,
+                "schema": self.schema,
                 "counts": dict(counts or {}),
                 "config": cfg,
                 "inputs": self.inputs,

@@ -189,8 +189,7 @@ def stage_run(
         counts = storage.stage_manifest(uri)["counts"]
         t.log_metrics({f"{name}/{k}": v for k, v in counts.items() if isinstance(v, int | float)})
         for f in files:
-            if storage.exists(f"{uri}/{f}"):  # stages finished by an older version may lack a newer report
-                t.log_dict(storage.read_json(f"{uri}/{f}"), f)
+            t.log_dict(storage.read_json(f"{uri}/{f}"), f)
         yield t
 
 

@@ -34,10 +34,10 @@ def resolve_base(model: ModelConfig, base_stage: str | None) -> str | None:
 
 @task(name="embed-plan", cache_policy=None, persist_result=False)
 def embed_plan(
-    storage: StorageConfig, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, world: str | None
+    storage: StorageConfig, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, miniweb_uri: str | None
 ) -> list[list[int]]:
     """Groups of shard indices still to embed (read from the shards' markers, so never cached)."""
-    return pipeline.embed_plan(storage_of(storage), model, kb, checkpoint, world)
+    return pipeline.embed_plan(storage_of(storage), model, kb, checkpoint, miniweb_uri)
 
 
 def _shards_run_name() -> str:
@@ -61,10 +61,10 @@ def embed_shards(
     model: ModelConfig,
     kb: KnowledgeBaseConfig,
     checkpoint: str | None,
-    world: str | None,
+    miniweb_uri: str | None,
     indices: list[int],
 ) -> dict[str, int]:
-    counts = pipeline.run_embed_shards(storage_of(storage), model, kb, checkpoint, world, indices)
+    counts = pipeline.run_embed_shards(storage_of(storage), model, kb, checkpoint, miniweb_uri, indices)
     get_run_logger().info("embedded shards %d..%d: %s", indices[0], indices[-1], counts)
     return counts
 
@@ -76,7 +76,7 @@ def embed(
     model: ModelConfig,
     kb: KnowledgeBaseConfig,
     checkpoint: str | None,
-    world: str | None,
+    miniweb_uri: str | None,
     groups: list[list[int]] | None = None,
     tracking: TrackingConfig | None = None,
     parent_run_id: str | None = None,
@@ -84,7 +84,7 @@ def embed(
     """Mark the embed stage complete once every shard is embedded; returns its URI."""
     st = storage_of(storage)
     return pipeline.run_embed_finish(
-        st, model, kb, checkpoint, world, groups or [], tracker_of(tracking, st), parent_run_id
+        st, model, kb, checkpoint, miniweb_uri, groups or [], tracker_of(tracking, st), parent_run_id
     )
 
 
@@ -109,13 +109,13 @@ def retrieve(
     cfg: RetrievalConfig,
     embed_uri: str,
     index_uri: str,
-    world: str | None,
+    miniweb_uri: str | None,
     tracking: TrackingConfig | None = None,
     parent_run_id: str | None = None,
     evaluation: EvaluationConfig | None = None,
 ) -> str:
     st = storage_of(storage)
-    return pipeline.run_retrieve(st, model, checkpoint, cfg, embed_uri, index_uri, world, evaluation,
+    return pipeline.run_retrieve(st, model, checkpoint, cfg, embed_uri, index_uri, miniweb_uri, evaluation,
                                  tracker_of(tracking, st), parent_run_id)  # fmt: skip
 
 
@@ -124,12 +124,12 @@ def download(
     storage: StorageConfig,
     cfg: DownloadConfig,
     retrieve_uri: str,
-    world: str | None,
+    miniweb_uri: str | None,
     tracking: TrackingConfig | None = None,
     parent_run_id: str | None = None,
 ) -> str:
     st = storage_of(storage)
-    return pipeline.run_download(st, cfg, retrieve_uri, world, tracker_of(tracking, st), parent_run_id)
+    return pipeline.run_download(st, cfg, retrieve_uri, miniweb_uri, tracker_of(tracking, st), parent_run_id)
 
 
 @task(name="train", **TASK_OPTIONS)
@@ -153,11 +153,11 @@ def evaluate_dataset(
     checkpoint: str | None,
     cfg: EvaluationConfig,
     dataset: str,
-    world: str | None,
+    miniweb_uri: str | None,
     label: str = "model",
 ) -> str:
     """One model on one dataset; cached per (model weights, dataset, evaluation settings)."""
-    return pipeline.run_evaluate_dataset(storage_of(storage), model, checkpoint, cfg, dataset, world)
+    return pipeline.run_evaluate_dataset(storage_of(storage), model, checkpoint, cfg, dataset, miniweb_uri)
 
 
 @task(name="evaluation-report", **TASK_OPTIONS)

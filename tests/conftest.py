@@ -42,12 +42,12 @@ def tiny_config(root: str | Path, **overrides) -> ReactConfig:
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> tuple[ReactConfig, Storage, str]:
     """A tiny mini-web generated once per session: (config, storage, stage URI)."""
-    from react_core.miniweb.generate import generate
+    from react_core.pipeline import run_miniweb
 
     root = tmp_path_factory.mktemp("world")
     cfg = tiny_config(root)
     storage = Storage(cfg.storage.root)
-    return cfg, storage, generate(cfg.miniweb, storage, processes=1, progress=False)
+    return cfg, storage, run_miniweb(storage, cfg.miniweb, processes=1)
 
 
 @pytest.fixture(scope="session")
@@ -109,15 +109,15 @@ def tiny_chain(tiny_world, tmp_path_factory):
     from react_core.knowledge.index import build_indices
     from react_core.knowledge.retrieve import retrieve
     from react_core.miniweb.serve import MiniWebServer
-    from react_core.models import create_model
+    from react_core.models import create_model, model_file
+    from react_core.pipeline import run_pretrain_base
     from react_core.registry import TaskSpec
     from react_core.storage import join
-    from react_core.training.pretrain import checkpoint_uri, pretrain_base
 
     cfg, storage, world = tiny_world
     st = Storage(str(tmp_path_factory.mktemp("chain")))
-    base = pretrain_base(cfg.model, st, world, progress=False)
-    model, tok = create_model(cfg.model.name, checkpoint_uri(base), storage=st)
+    base = run_pretrain_base(st, cfg.model, world)
+    model, tok = create_model(cfg.model.name, model_file(base), storage=st)
     shards = storage.ls(join(world, "kb", "shards"), "*.tar")
     emb = embed_knowledge_base(model, tok, storage, shards, st.stage("embed", {}), progress=False)
     idx = build_indices(st, emb, st.stage("index", {}), IndexConfig(index_key="Flat", recall_queries=20), k=30)

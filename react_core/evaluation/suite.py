@@ -1,7 +1,7 @@
 """The evaluation suite: datasets by name, each with ELEVATER's metric (the report: :mod:`react_core.evaluation.report`).
 
 A dataset name resolves to a folder (``evaluation.locations``, else ``{evaluation.data_root}/{name}``;
-the mini-web's tasks live in the world; a URI is its own folder) and to its class names, templates and
+the mini-web's tasks live in its stage folder; a URI is its own folder) and to its class names, templates and
 metrics (``react_core.registry``: CLIP's names and templates for ImageNet and the 20 ELEVATER datasets;
 the dataset's own label map and ``templates.json`` otherwise).
 """
@@ -42,11 +42,11 @@ def display_name(name: str) -> str:
     return name.rstrip("/").rsplit("/", 1)[-1] if ("/" in name or "://" in name) else name
 
 
-def dataset_uri(cfg: EvaluationConfig, name: str, world: str | None) -> str:
+def dataset_uri(cfg: EvaluationConfig, name: str, miniweb_uri: str | None) -> str:
     if name in cfg.locations:
         return cfg.locations[name]
-    if name.startswith("miniweb-") and world is not None:
-        return join(world, "tasks", name)
+    if name.startswith("miniweb-") and miniweb_uri is not None:
+        return join(miniweb_uri, "tasks", name)
     if "://" in name or name.startswith(("/", "./", "../")):
         return name
     if cfg.data_root:
@@ -57,9 +57,9 @@ def dataset_uri(cfg: EvaluationConfig, name: str, world: str | None) -> str:
     )
 
 
-def open_eval(storage: Storage, cfg: EvaluationConfig, name: str, world: str | None, split: str) -> EvalSet:
+def open_eval(storage: Storage, cfg: EvaluationConfig, name: str, miniweb_uri: str | None, split: str) -> EvalSet:
     """The split of dataset ``name``, with the registry's class names and templates where it has them."""
-    uri = dataset_uri(cfg, name, world)
+    uri = dataset_uri(cfg, name, miniweb_uri)
     evalset = open_dataset(storage, uri, split, name=display_name(name))
     if name in elevater_datasets():
         task = elevater_task(name)
@@ -77,11 +77,11 @@ def evaluate_dataset(
     storage: Storage,
     cfg: EvaluationConfig,
     name: str,
-    world: str | None,
+    miniweb_uri: str | None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Zero-shot metrics (and the few-shot probe when enabled) of one model on one dataset."""
-    evalset = open_eval(storage, cfg, name, world, cfg.split)
+    evalset = open_eval(storage, cfg, name, miniweb_uri, cfg.split)
     metrics = metrics_for(name)
     z = zero_shot(model, tokenizer, evalset, cfg.batch_size, cfg.num_workers, progress)
     result: dict[str, Any] = {
@@ -96,7 +96,7 @@ def evaluate_dataset(
     if cfg.linear_probe.enabled:
         p = cfg.linear_probe
         try:
-            train_set = open_eval(storage, cfg, name, world, p.train_split)
+            train_set = open_eval(storage, cfg, name, miniweb_uri, p.train_split)
         except DatasetError as exc:  # e.g. an ImageNet val folder alone: zero-shot still counts
             _logger.warning("%s: no few-shot probe (%s)", name, exc)
             result["linear_probe"] = {"skipped": str(exc)}

@@ -244,6 +244,11 @@ def embed_batches(
     return results
 
 
+# The version of what the stage writes (react_core.storage.version_hash): 2 added stats/ with each shard's
+# counts, worker and timings, and throughput.json.
+SCHEMA = 2
+
+
 def _shard_index(uri: str) -> int:
     """``i`` of a per-shard file ``{name}_{i}.{ext}``."""
     return int(uri.rsplit("_", 1)[1].split(".")[0])
@@ -257,18 +262,18 @@ def embedded_shards(storage: Storage, stage: Stage) -> set[int]:
 
 
 def _read_stats(storage: Storage, stage: Stage, indices: Sequence[int]) -> dict[int, dict[str, Any]]:
-    """The stats of finished shards ``indices``: their files listed once and read concurrently (a request
-    each, in turn, is tens of thousands of round trips on S3 for a LAION-size knowledge base). A shard
-    embedded before per-shard stats existed gets its row count from its metadata."""
-    have = {_shard_index(u) for u in storage.ls(stage.file("stats"), "stats_*.json")}
-    with_stats = [i for i in indices if i in have]
-    blobs = storage.read_many([stage.file("stats", f"stats_{i}.json") for i in with_stats])
-    out = {i: json.loads(blob) for i, blob in zip(with_stats, blobs, strict=True)}
-    for i in indices:
-        if i not in have:
-            meta = pd.read_parquet(io.BytesIO(storage.read_bytes(stage.file("metadata", f"metadata_{i}.parquet"))))
-            out[i] = {"embedded": len(meta), "skipped": 0}
-    return out
+    """The stats of finished shards ``indices``, read concurrently (a request each, in turn, is tens of thousands
+    of round trips on S3 for a LAION-size knowledge base). Every finished shard has one (written before its
+    metadata); a missing one is named with the fix."""
+    uris = [stage.file("stats", f"stats_{i}.json") for i in indices]
+    try:
+        blobs = storage.read_many(uris)
+    except StorageError as exc:
+        raise EmbeddingError(
+            f"{exc.args[0].split(';')[0]} although its shard's metadata exists (the stats are written first); "
+            "fix: delete that shard's metadata file so the shard is embedded again"
+        ) from None
+    return {i: json.loads(blob) for i, blob in zip(indices, blobs, strict=True)}
 
 
 def _finished(storage: Storage, stage: Stage, indices: Sequence[int]) -> dict[int, ShardResult]:
@@ -279,15 +284,14 @@ def _finished(storage: Storage, stage: Stage, indices: Sequence[int]) -> dict[in
 
 def throughput(stats: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     """Per worker process: its shards, pairs, seconds (from its first shard's first batch to its last
-    shard's write) and pairs per second, from the shards' stats (those from before the timings are left out).
+    shard's write) and pairs per second, from the shards' stats.
 
     A process embeds its shards in one stretch, so its span is its working time; the stage's own span is
     not (a resumed stage includes the pause), which is why this is per worker.
     """
     by: dict[str, list[Mapping[str, Any]]] = {}
     for s in stats:
-        if "started" in s and "finished" in s:
-            by.setdefault(s["worker"], []).append(s)
+        by.setdefault(s["worker"], []).append(s)
     out = {}
     for worker, shards in sorted(by.items()):
         pairs = sum(int(s["embedded"]) for s in shards)

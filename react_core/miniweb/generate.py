@@ -183,24 +183,21 @@ def generic_task(cfg: MiniWebConfig, n_classes: int = 40, per_class: int = 20) -
     )
 
 
-def miniweb_stage(cfg: MiniWebConfig, storage: Storage) -> Stage:
-    """The mini-web's stage folder for ``cfg`` (its version hashes the config and the generator version)."""
-    return storage.stage("miniweb", {"generator": GENERATOR_VERSION, **cfg.model_dump(mode="json")})
-
-
-def generate(cfg: MiniWebConfig, storage: Storage, processes: int | None = None, progress: bool = True) -> str:
-    """Generate the mini-web into its stage folder (skipped when already complete).
+def generate(
+    cfg: MiniWebConfig, storage: Storage, stage: Stage, processes: int | None = None, progress: bool = True
+) -> str:
+    """Generate the mini-web into ``stage`` (skipped when already complete).
 
     Args:
         cfg: sizes and seed.
         storage: where to write; a remote root is written through a local temporary folder.
+        stage: its folder (``react_core.pipeline.miniweb_stage``).
         processes: worker processes (default: the CPU count).
         progress: show a progress bar.
 
     Returns:
         The stage URI.
     """
-    stage = miniweb_stage(cfg, storage)
     if stage.done:
         _logger.info("mini-web %s already complete", stage.uri)
         return stage.uri

@@ -19,12 +19,20 @@ from typing import Any
 import open_clip
 import torch
 
-from react_core.storage import Storage, StorageError, local_path
+from react_core.storage import Storage, StorageError, join, local_path
 
 _logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
+
+
+MODEL_FILE = "model.pt"
+
+
+def model_file(stage_uri: str) -> str:
+    """The weights a base or train stage ends with: ``{stage}/model.pt`` (an open_clip state dict)."""
+    return join(stage_uri, MODEL_FILE)
 
 
 class ModelLoadError(RuntimeError):

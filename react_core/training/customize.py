@@ -1,6 +1,6 @@
 """REACT customization, as the train stage runs it: caption features once, then the trainer.
 
-1. :func:`caption_features_stage`: the frozen text tower embeds every downloaded caption once; the
+1. :func:`caption_features`: the frozen text tower embeds every downloaded caption once; the
    features are an artifact (``text-features/{version}/features.npy``, float16) keyed by the download
    stage and the base checkpoint, so re-training with another recipe does not recompute them.
 2. :func:`launch`: one process runs :func:`react_core.training.trainer.train` in place; more run it
@@ -35,13 +35,10 @@ class TrainingLaunchError(RuntimeError):
     """torchrun exited with an error; the message carries the command and the tail of its output."""
 
 
-def caption_features_stage(
-    storage: Storage, model_name: str, checkpoint: str | None, download_uri: str, shards: Sequence[str]
+def caption_features(
+    storage: Storage, stage: Stage, model_name: str, checkpoint: str | None, shards: Sequence[str]
 ) -> str:
-    """URI of ``features.npy``: the captions' text features in shard order (computed once per dataset)."""
-    stage = storage.stage(
-        "text-features", {"model": model_name}, {"download": download_uri, "checkpoint": checkpoint or ""}
-    )
+    """URI of ``features.npy`` in ``stage``: the captions' text features in shard order (computed once)."""
     uri = stage.file("features.npy")
     if stage.done:
         return uri
@@ -115,11 +112,13 @@ def customize(
     storage: Storage,
     shard_uris: Sequence[str],
     stage: Stage,
+    text_features: str,
     tracker: Tracker | None = None,
     progress: bool = True,
     download_uri: str | None = None,
 ) -> str:
-    """Train on the pairs in ``shard_uris``; writes ``model.pt`` (+ ``model.json``, ``gates.png``) into ``stage``."""
+    """Train on the pairs in ``shard_uris`` (``text_features``: their captions' features, :func:`caption_features`);
+    writes ``model.pt`` (+ ``model.json``, ``gates.png``) into ``stage``."""
     if stage.done:
         return stage.uri
     if not shard_uris:
@@ -128,7 +127,6 @@ def customize(
             "and the manifest (retrieval found nothing, or every download failed)"
         )
     tracker = tracker or NullTracker()
-    text = caption_features_stage(storage, model_name, base_checkpoint, download_uri or stage.uri, shard_uris)
     job = TrainJob(
         model_name=model_name,
         base_checkpoint=base_checkpoint,
@@ -136,7 +134,7 @@ def customize(
         storage_root=storage.root,
         storage_options=dict(storage.options or {}),
         shards=list(shard_uris),
-        text_features=text,
+        text_features=text_features,
         stage_uri=stage.uri,
     )
     summary = launch(job, storage, tracker, progress)
@@ -154,7 +152,3 @@ def customize(
         counts={"pairs": summary["pairs"], "steps": summary["steps"]},
         metrics={"final_loss": summary["final_loss"], "wall_s": summary["wall_s"]},
     )
-
-
-def checkpoint_of(stage_uri: str) -> str:
-    return join(stage_uri, "model.pt")

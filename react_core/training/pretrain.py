@@ -21,9 +21,9 @@ from react_core.data import load_labelled_pairs
 from react_core.data.datasets import read_vision_dataset
 from react_core.evaluation.zeroshot import evaluate_zero_shot
 from react_core.miniweb.generate import TASK_NAMES
-from react_core.models import model_config, save_checkpoint
+from react_core.models import model_config, model_file, save_checkpoint
 from react_core.models.encode import normalize
-from react_core.storage import Storage, join
+from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker
 from react_core.training.optim import adamw, cosine_lr, optimizer_step, set_lr
 
@@ -31,16 +31,19 @@ _logger = logging.getLogger(__name__)
 
 
 def pretrain_base(
-    cfg: ModelConfig, storage: Storage, miniweb_uri: str, tracker: Tracker | None = None, progress: bool = True
+    cfg: ModelConfig,
+    storage: Storage,
+    stage: Stage,
+    miniweb_uri: str,
+    tracker: Tracker | None = None,
+    progress: bool = True,
 ) -> str:
-    """Pretrain ``cfg.name`` from scratch on a mini-web split (``cfg.pretrain``); returns the stage URI.
+    """Pretrain ``cfg.name`` from scratch on a mini-web split (``cfg.pretrain``) into ``stage``; returns its URI.
 
     The stage folder holds ``model.pt`` (open_clip state dict), ``model.json`` (config and metrics)
     and ``_SUCCESS``. Zero-shot accuracy on the mini-web target tasks is measured at the end.
     """
     pc = cfg.pretrain
-    stage_cfg = {"model": cfg.name, "pretrain": pc.model_dump(mode="json")}
-    stage = storage.stage("base", stage_cfg, {"miniweb": miniweb_uri})
     if stage.done:
         _logger.info("base model %s already trained", stage.uri)
         return stage.uri
@@ -92,9 +95,7 @@ def pretrain_base(
         metrics[f"{task}.top1"] = res["accuracy"]
         tracker.log_metrics({f"zeroshot/{task}/top1": res["accuracy"]})
     _logger.info("base model trained in %.0f s: %s", wall, metrics)
-    save_checkpoint(model, storage, stage.file("model.pt"), {"model": cfg.name, "stage": stage_cfg, "metrics": metrics})
+    save_checkpoint(
+        model, storage, model_file(stage.uri), {"model": cfg.name, "stage": stage.config, "metrics": metrics}
+    )
     return stage.complete(counts={"train_pairs": n, "steps": total}, metrics=metrics)
-
-
-def checkpoint_uri(stage_uri: str) -> str:
-    return join(stage_uri, "model.pt")

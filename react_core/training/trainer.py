@@ -4,7 +4,7 @@ One function, :func:`train`, runs in every training process: alone, or as one ra
 (DDP; gloo on CPUs, NCCL on GPUs). What makes it cheap and exact:
 
 * **No text tower.** It is frozen, so the captions' features are computed once per dataset
-  (:func:`react_core.training.customize.caption_features_stage`) and training holds only the image
+  (:func:`react_core.training.customize.caption_features`) and training holds only the image
   tower and ``logit_scale``; the text weights are not even in memory.
 * **No autograd before the first gated block** (gated-image): those layers have no trainable weight and
   their input needs no grad, so autograd records nothing there; no gradient checkpointing is needed.
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from react_core.config import AugmentConfig, TrainingConfig
 from react_core.data import DatasetError, load_labelled_pairs
-from react_core.models import create_model, save_checkpoint
+from react_core.models import create_model, model_file, save_checkpoint
 from react_core.models.encode import autocast, default_device, model_image_size, normalize
 from react_core.models.gated import add_gated_blocks, gate_values, gated_parameter_count, set_trainable
 from react_core.storage import Storage, join
@@ -192,6 +192,29 @@ def _dist_env() -> tuple[int, int, int]:
     )
 
 
+@dataclass
+class _Session:
+    """What :func:`_setup` prepares for the loop: the process's place, the model, the data, the schedule."""
+
+    job: TrainJob
+    rank: int
+    world: int
+    device: str
+    storage: Storage
+    tower: ImageTower
+    model: nn.Module  # the tower, wrapped for DDP / compiled as configured
+    gated: list[int]
+    n_trainable: int
+    image_size: int
+    opt: torch.optim.Optimizer
+    loader: DataLoader
+    n: int
+    global_batch: int
+    total: int
+    start: int
+    history: list[dict[str, Any]]
+
+
 def train(
     job: TrainJob,
     log: Callable[[dict[str, float], int], None] | None = None,
@@ -199,6 +222,8 @@ def train(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train; rank 0 writes ``model.pt``, ``model.json`` and ``train_metrics.json`` into the stage folder.
+
+    Set up (:func:`_setup`), loop (:func:`_loop`), finish (:func:`_finish`).
 
     Args:
         job: the model, data and config.
@@ -209,6 +234,13 @@ def train(
     Returns:
         A summary (rank 0; other ranks return an empty dict).
     """
+    run = _setup(job)
+    seen, loss_val, wall = _loop(run, log, on_step, progress)
+    return _finish(run, seen, loss_val, wall)
+
+
+def _setup(job: TrainJob) -> _Session:
+    """The process group, the tower (resumed from the newest checkpoint when asked), the pairs and their loader."""
     cfg = job.cfg
     rank, world, local_rank = _dist_env()
     if world != cfg.distributed.world_size and world > 1:
@@ -241,8 +273,7 @@ def train(
     global_batch = min(cfg.batch_size, n - n % world)
     if global_batch < world:
         raise DatasetError(f"{n} training pairs cannot make a batch over {world} processes")
-    steps_per_epoch = n // global_batch
-    total = steps_per_epoch * cfg.epochs
+    total = (n // global_batch) * cfg.epochs
 
     opt = adamw(tower.named_parameters(), cfg.lr, cfg.weight_decay)
     start, history = 0, []
@@ -260,84 +291,100 @@ def train(
     if cfg.compile:
         model = torch.compile(model)
 
-    augment = build_augment(cfg.augment, image_size)
     loader = DataLoader(
-        PairDataset(images, text, labels, augment, cfg.seed),
+        PairDataset(images, text, labels, build_augment(cfg.augment, image_size), cfg.seed),
         batch_sampler=RankBatches(n, global_batch, cfg.epochs, cfg.seed, rank, world, start),
         num_workers=cfg.num_workers,
         pin_memory=device != "cpu",
         persistent_workers=False,
     )
-    use_amp = device != "cpu" and cfg.precision in ("amp_bf16", "bf16", "amp")
-    amp_dtype = torch.float16 if cfg.precision == "amp" else torch.bfloat16
     if rank == 0:
         _logger.info(
             "training %s (%s, loss %s): %d pairs, global batch %d over %d process(es), steps %d..%d on %s",
             job.model_name, cfg.mode, cfg.loss, n, global_batch, world, start, total, device,
         )  # fmt: skip
-    bar = tqdm(
-        total=total, initial=start, desc=f"customize ({cfg.mode})", unit="step", disable=rank != 0 or not progress
-    )
-    t0, seen, step, loss_val = time.time(), 0, start, float("nan")
+    return _Session(job, rank, world, device, storage, tower, model, gated, n_trainable, image_size, opt, loader,
+                    n, global_batch, total, start, history)  # fmt: skip
+
+
+def _loop(
+    run: _Session,
+    log: Callable[[dict[str, float], int], None] | None,
+    on_step: Callable[[int], None] | None,
+    progress: bool,
+) -> tuple[int, float, float]:
+    """Steps ``run.start``..``run.total``: logging every ``log_every``, checkpoints every ``checkpoint_every``.
+    Returns (samples seen, the last logged loss, wall seconds)."""
+    cfg, tower, opt = run.job.cfg, run.tower, run.opt
+    use_amp = run.device != "cpu" and cfg.precision in ("amp_bf16", "bf16", "amp")
+    amp_dtype = torch.float16 if cfg.precision == "amp" else torch.bfloat16
+    bar = tqdm(total=run.total, initial=run.start, desc=f"customize ({cfg.mode})", unit="step",
+               disable=run.rank != 0 or not progress)  # fmt: skip
+    t0, seen, step, loss_val = time.time(), 0, run.start, float("nan")
     tower.visual.eval()  # frozen parts behave as at inference; the gated blocks have no dropout
-    for x_u8, t, y in loader:
-        lr = cosine_lr(step, cfg.lr, cfg.warmup_steps, total)
+    for x_u8, t, y in run.loader:
+        lr = cosine_lr(step, cfg.lr, cfg.warmup_steps, run.total)
         set_lr(opt, lr)
-        x = normalize(x_u8.to(device, non_blocking=True), image_size)
-        with autocast(device, amp_dtype, use_amp):
-            img, scale = model(x)
-        loss = contrastive_loss(img, t.to(device), scale, y.to(device), cfg.loss)
+        x = normalize(x_u8.to(run.device, non_blocking=True), run.image_size)
+        with autocast(run.device, amp_dtype, use_amp):
+            img, scale = run.model(x)
+        loss = contrastive_loss(img, t.to(run.device), scale, y.to(run.device), cfg.loss)
         optimizer_step(opt, loss, tower.logit_scale)
         step += 1
-        seen += global_batch
+        seen += run.global_batch
         bar.update(1)
-        if step % cfg.log_every == 0 or step == total:
+        if step % cfg.log_every == 0 or step == run.total:
             loss_t = loss.detach().clone()
-            if world > 1:
+            if run.world > 1:
                 dist.all_reduce(loss_t)
-                loss_t /= world
+                loss_t /= run.world
             loss_val = float(loss_t)
-            if rank == 0:
+            if run.rank == 0:
                 metrics = {"train/loss": loss_val, "train/lr": lr, "train/samples_per_s": seen / (time.time() - t0),
                            "train/logit_scale": float(scale.detach())}  # fmt: skip
                 for i, (ga, gd) in gate_values(tower).items():
                     metrics[f"gate/attn/{i}"], metrics[f"gate/dense/{i}"] = ga, gd
-                history.append({"step": step, **metrics})
+                run.history.append({"step": step, **metrics})
                 if log is not None:
                     log(metrics, step)
                 bar.set_postfix(loss=f"{loss_val:.3f}")
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-            if rank == 0:
-                checkpoints.save(storage, job.stage_uri, step,
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < run.total:
+            if run.rank == 0:
+                checkpoints.save(run.storage, run.job.stage_uri, step,
                                  {"trainable": trainable_state(tower), "optimizer": opt.state_dict(),
-                                  "recipe": cfg.recipe(), "history": history}, cfg.keep_checkpoints)  # fmt: skip
-            if world > 1:
+                                  "recipe": cfg.recipe(), "history": run.history}, cfg.keep_checkpoints)  # fmt: skip
+            if run.world > 1:
                 dist.barrier()
         if on_step is not None:
             on_step(step)
     bar.close()
-    wall = time.time() - t0
+    return seen, loss_val, time.time() - t0
+
+
+def _finish(run: _Session, seen: int, loss_val: float, wall: float) -> dict[str, Any]:
+    """Rank 0 writes the whole model (``model.pt`` with the summary beside it) and the metric history."""
+    job, tower = run.job, run.tower
     summary: dict[str, Any] = {}
-    if rank == 0:
+    if run.rank == 0:
         summary = {
             "model": job.model_name,
             "base_checkpoint": job.base_checkpoint,
-            "training": cfg.model_dump(mode="json"),
-            "gated_layers": gated,
-            "gated_params": gated_parameter_count(tower) if gated else 0,
-            "trainable_params": n_trainable,
+            "training": job.cfg.model_dump(mode="json"),
+            "gated_layers": run.gated,
+            "gated_params": gated_parameter_count(tower) if run.gated else 0,
+            "trainable_params": run.n_trainable,
             "gates": {str(i): v for i, v in gate_values(tower).items()},
-            "pairs": n,
-            "global_batch": global_batch,
-            "processes": world,
-            "steps": total,
-            "resumed_from_step": start,
+            "pairs": run.n,
+            "global_batch": run.global_batch,
+            "processes": run.world,
+            "steps": run.total,
+            "resumed_from_step": run.start,
             "final_loss": loss_val,
             "wall_s": round(wall, 1),
             "samples_per_s": round(seen / wall, 1) if wall > 0 else None,
         }
-        save_checkpoint(full_state_dict(job, tower), storage, join(job.stage_uri, "model.pt"), summary)
-        storage.write_json(join(job.stage_uri, METRICS_FILE), history)
-    if world > 1:
+        save_checkpoint(full_state_dict(job, tower), run.storage, model_file(job.stage_uri), summary)
+        run.storage.write_json(join(job.stage_uri, METRICS_FILE), run.history)
+    if run.world > 1:
         dist.barrier()
     return summary

@@ -7,12 +7,12 @@ import torch.nn.functional as F
 from react_core.config import TrainingConfig
 from react_core.data import load_labelled_pairs
 from react_core.knowledge.download import downloaded_shards
-from react_core.models import create_model, load_state_dict
+from react_core.models import create_model, load_state_dict, model_file
 from react_core.models.encode import model_image_size, normalize
+from react_core.pipeline import run_text_features
 from react_core.tracking import MemoryTracker
-from react_core.training.customize import checkpoint_of, customize
+from react_core.training.customize import customize
 from react_core.training.losses import contrastive_loss
-from react_core.training.pretrain import checkpoint_uri
 
 pytestmark = pytest.mark.integration
 
@@ -25,13 +25,16 @@ def test_gated_training_keeps_clip_frozen_and_reloads(tiny_chain):
     train_cfg = TrainingConfig(gated_layers=2, batch_size=32, lr=5e-3, warmup_steps=2, epochs=4, precision="fp32",
                                augment={"enabled": False}, num_workers=0, loss="unicl")  # fmt: skip
     tracker = MemoryTracker()
-    base_ckpt = checkpoint_uri(tiny_chain["base"])
+    base_ckpt = model_file(tiny_chain["base"])
     shards = downloaded_shards(st, tiny_chain["download"])
-    uri = customize(cfg.model.name, base_ckpt, train_cfg, st, shards, st.stage("train", {}), tracker, progress=False)
+    text = run_text_features(st, cfg.model, base_ckpt, tiny_chain["download"])
+    uri = customize(
+        cfg.model.name, base_ckpt, train_cfg, st, shards, st.stage("train", {}), text, tracker, progress=False
+    )
     info = st.read_json(uri + "/model.json")
     assert info["gated_layers"] == [0, 1] and info["pairs"] > 0
     base = load_state_dict(base_ckpt)
-    tuned = load_state_dict(checkpoint_of(uri))
+    tuned = load_state_dict(model_file(uri))
     for k, v in base.items():
         if k != "logit_scale":
             assert torch.equal(v, tuned[k]), f"frozen weight {k} changed"
@@ -41,7 +44,7 @@ def test_gated_training_keeps_clip_frozen_and_reloads(tiny_chain):
     # Learning, measured on a fixed set rather than on the per-step minibatch losses (whose trend over 44 steps
     # is within their noise): the UniCL loss of all training pairs as one batch, base vs customized, both
     # loaded through the one loading path (the customized one with its gated blocks).
-    model, tok = create_model(cfg.model.name, checkpoint_of(uri), storage=st)
+    model, tok = create_model(cfg.model.name, model_file(uri), storage=st)
     assert len([k for k in model.state_dict() if "gated_attn_block" in k]) == 28
     base_model, _ = create_model(cfg.model.name, base_ckpt, storage=st)
     images, captions, _, labels = load_labelled_pairs(st, shards, model_image_size(model))

@@ -161,7 +161,7 @@ def test_a_manifest_without_urls_is_extracted_not_fetched(manifest):
     lost = m.iloc[:1].assign(key="lost", offset=10**6)  # a row whose sample is not in its shard
     pd.concat([m, lost], ignore_index=True).to_parquet(buf)
     st.write_bytes(f"{no_urls}/manifest.parquet", buf.getvalue())
-    out = pipeline.run_download(st, DownloadConfig(samples_per_shard=100), no_urls, world=None)  # mode: auto
+    out = pipeline.run_download(st, DownloadConfig(samples_per_shard=100), no_urls, miniweb_uri=None)  # mode: auto
     summary = st.stage_manifest(out)["summary"]
     assert summary["source"] == "knowledge-base shards" and summary["successes"] == len(m)
     assert summary["count"] == len(m) + 1 and summary["failed_to_download"] == 1
@@ -170,7 +170,7 @@ def test_a_manifest_without_urls_is_extracted_not_fetched(manifest):
         buf = io.BytesIO()
         m.assign(shard=None).to_parquet(buf)
         st.write_bytes(f"{bad}/manifest.parquet", buf.getvalue())
-        pipeline.run_download(st, DownloadConfig(), bad, world=None)
+        pipeline.run_download(st, DownloadConfig(), bad, miniweb_uri=None)
 
 
 def test_timeouts_and_html_served_as_jpeg_are_counted_rows_not_crashes(tiny_world, manifest):

@@ -19,9 +19,9 @@ def test_embedding_tasks_run_on_the_dask_workers(prefect_harness, tiny_chain, tm
 
     from flows.common import embed_knowledge_base
     from react_core import pipeline
-    from react_core.training.pretrain import checkpoint_uri
+    from react_core.models import model_file
 
-    world, base = tiny_chain["world"], checkpoint_uri(tiny_chain["base"])
+    world, base = tiny_chain["world"], model_file(tiny_chain["base"])
     n_shards = len(tiny_chain["storage"].ls(join(world, "kb", "shards"), "*.tar"))
     assert n_shards >= 3
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:

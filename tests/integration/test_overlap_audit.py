@@ -13,10 +13,9 @@ from react_core.data.datasets import read_vision_dataset
 from react_core.knowledge.embed import embed_knowledge_base
 from react_core.knowledge.index import build_indices
 from react_core.knowledge.retrieve import read_manifest, retrieve
-from react_core.models import create_model
+from react_core.models import create_model, model_file
 from react_core.registry import TaskSpec
 from react_core.storage import join
-from react_core.training.pretrain import checkpoint_uri
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +42,7 @@ def planted(tiny_chain, tmp_path_factory):
             sink.write({"__key__": f"planted{j:02d}", "jpg": data if j < 4 else reencoded(data),
                         "txt": f"a photo of a {name}.".encode(), "json": json.dumps({"url": f"p/{j}.jpg"}).encode()})  # fmt: skip
     shards = [*st.ls(join(world, "kb", "shards"), "*.tar"), f"file://{out}/planted.tar"]
-    model, tok = create_model(tiny_chain["config"].model.name, checkpoint_uri(tiny_chain["base"]), storage=st)
+    model, tok = create_model(tiny_chain["config"].model.name, model_file(tiny_chain["base"]), storage=st)
     emb = embed_knowledge_base(model, tok, st, shards, st.stage("embed-planted", {}), progress=False)
     idx = build_indices(st, emb, st.stage("index-planted", {}), IndexConfig(index_key="Flat", recall_queries=20), k=40)
     task = TaskSpec("miniweb-fine", test.classnames, test.templates)

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from react_core.data.datasets import read_vision_dataset
-from react_core.models import create_model
+from react_core.models import create_model, model_file
+from react_core.pipeline import base_stage, run_pretrain_base
 from react_core.storage import join
 from react_core.tracking import MemoryTracker
-from react_core.training.pretrain import checkpoint_uri, pretrain_base
+from react_core.training.pretrain import pretrain_base
 
 pytestmark = pytest.mark.integration
 
@@ -15,20 +16,20 @@ pytestmark = pytest.mark.integration
 def test_pretrain_writes_a_loadable_checkpoint_and_logs(tiny_world):
     cfg, storage, uri = tiny_world
     tracker = MemoryTracker()
-    stage = pretrain_base(cfg.model, storage, uri, tracker=tracker, progress=False)
+    stage = pretrain_base(cfg.model, storage, base_stage(storage, cfg.model, uri), uri, tracker, progress=False)
     manifest = storage.stage_manifest(stage)
     metrics = manifest["metrics"]
     assert metrics["train_pairs"] == cfg.miniweb.generic_size
     assert 0.0 <= metrics["miniweb-fine.top1"] <= 1.0
     losses = [v for k, v, _ in tracker.metrics if k == "pretrain/loss"]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
-    model, tok = create_model(cfg.model.name, checkpoint_uri(stage), storage=storage)
+    model, tok = create_model(cfg.model.name, model_file(stage), storage=storage)
     data = read_vision_dataset(storage, join(uri, "tasks", "miniweb-fine"), "test")
     from react_core.evaluation.zeroshot import evaluate_zero_shot
 
     assert evaluate_zero_shot(model, tok, data)["accuracy"] == pytest.approx(metrics["miniweb-fine.top1"], abs=1e-6)
     # a second call finds the finished stage and trains nothing
-    assert pretrain_base(cfg.model, storage, uri, tracker=MemoryTracker(), progress=False) == stage
+    assert run_pretrain_base(storage, cfg.model, uri, MemoryTracker()) == stage
 
 
 def test_pretraining_reduces_the_contrastive_loss(tiny_world, tmp_path):
@@ -37,6 +38,6 @@ def test_pretraining_reduces_the_contrastive_loss(tiny_world, tmp_path):
 
     cfg2 = load_config(cfg.model_dump(mode="json"), ["model.pretrain.epochs=6", "model.pretrain.seed=1"])
     tracker = MemoryTracker()
-    pretrain_base(cfg2.model, storage, uri, tracker=tracker, progress=False)
+    run_pretrain_base(storage, cfg2.model, uri, tracker)
     losses = [v for k, v, _ in tracker.metrics if k == "pretrain/loss"]
     assert losses[-1] < losses[0] - 0.2

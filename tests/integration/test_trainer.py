@@ -8,12 +8,12 @@ import torch
 
 from react_core.config import AugmentConfig, DistributedConfig, TrainingConfig
 from react_core.knowledge.download import downloaded_shards
-from react_core.models import load_state_dict
+from react_core.models import load_state_dict, model_file
+from react_core.pipeline import run_text_features
 from react_core.storage import join
 from react_core.tracking import MemoryTracker
 from react_core.training import checkpoints
-from react_core.training.customize import caption_features_stage, launch
-from react_core.training.pretrain import checkpoint_uri
+from react_core.training.customize import launch
 from react_core.training.trainer import TrainJob, train
 
 pytestmark = pytest.mark.integration
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 def _job(chain, name: str, **training) -> TrainJob:
     st, cfg = chain["storage"], chain["config"]
-    base = checkpoint_uri(chain["base"])
+    base = model_file(chain["base"])
     shards = downloaded_shards(st, chain["download"])
     recipe = {"gated_layers": 2, "batch_size": 16, "lr": 5e-3, "warmup_steps": 2, "epochs": 2, "precision": "fp32",
               "num_workers": 0, "loss": "unicl", "augment": AugmentConfig(crop_scale=(0.5, 1.0)), **training}  # fmt: skip
@@ -32,7 +32,7 @@ def _job(chain, name: str, **training) -> TrainJob:
         storage_root=st.root,
         storage_options={},
         shards=shards,
-        text_features=caption_features_stage(st, cfg.model.name, base, chain["download"], shards),
+        text_features=run_text_features(st, cfg.model, base, chain["download"]),
         stage_uri=st.uri("trainer-test", name),
     )
 

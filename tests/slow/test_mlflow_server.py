@@ -8,6 +8,7 @@ import urllib.request
 
 import pytest
 
+from react_core.pipeline import base_stage
 from react_core.storage import Storage
 from react_core.tracking import make_tracker
 from react_core.training.pretrain import pretrain_base
@@ -71,7 +72,7 @@ def test_pretraining_logs_to_a_tracking_server(mlflow_server, tiny_world):
     tracker = make_tracker(cfg.tracking, Storage(cfg.storage.root))
     with tracker.run("pretrain-base", tags={"prefect.flow_run_id": "abc"}) as t:
         t.log_params({"model": cfg.model.model_dump(mode="json")})
-        pretrain_base(cfg.model, storage, uri, tracker=t, progress=False)
+        pretrain_base(cfg.model, storage, base_stage(storage, cfg.model, uri), uri, tracker=t, progress=False)
         t.log_dict({"hello": 1}, "report.json")
         run_id = t.run_id
     client = MlflowClient(mlflow_server)

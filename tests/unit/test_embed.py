@@ -69,23 +69,35 @@ def test_embeddings_and_metadata_are_aligned_normalised_float16(tiny_world, micr
     assert counts["workers"] == 1 and counts["pairs_per_s_per_worker"] == pytest.approx(mine["pairs_per_s"])
 
 
-def test_resume_re_embeds_only_missing_shards(tiny_world, micro, tmp_path):
+def _embedded_then_unfinished(tiny_world, micro, tmp_path):
+    """A finished embed stage with its marker removed, and a function that runs the stage again."""
     model, tok = micro
     storage, shards = _kb_shards(tiny_world)
     out = Storage(str(tmp_path))
     stage = out.stage("embed", {"t": 2})
     embed_knowledge_base(model, tok, storage, shards, stage, progress=False)
-    first = load_embeddings(out, stage.uri)
-    out.rm(stage.file("_SUCCESS"))  # as if the run had died after shard 1 ...
+    out.rm(stage.file("_SUCCESS"))
+    return out, stage, shards, lambda: embed_knowledge_base(model, tok, storage, shards, stage, progress=False)
+
+
+def test_resume_re_embeds_only_missing_shards(tiny_world, micro, tmp_path):
+    out, stage, shards, run_again = _embedded_then_unfinished(tiny_world, micro, tmp_path)
+    first = load_embeddings(out, stage.uri)  # as if the run had died after shard 1 ...
     out.rm(stage.file("metadata", "metadata_2.parquet"))  # ... before finishing shard 2
-    out.rm(stage.file("stats", "stats_0.json"))  # shard 0 as embedded before per-shard stats existed
-    embed_knowledge_base(model, tok, storage, shards, stage, progress=False)
+    run_again()
     counts = out.stage_manifest(stage.uri)["counts"]
     assert counts["resumed_shards"] == len(shards) - 1
-    # shard 0 (no stats) is counted but has no timing; the others are in the throughput of their process
+    # every shard, the resumed ones included, is in the throughput of the process that embedded it
     speed = out.read_json(stage.file("throughput.json"))
-    assert sum(w["shards"] for w in speed.values()) == len(shards) - 1
+    assert sum(w["shards"] for w in speed.values()) == len(shards)
     assert np.array_equal(load_embeddings(out, stage.uri), first)
+
+
+def test_a_finished_shard_without_its_stats_is_named_with_the_fix(tiny_world, micro, tmp_path):
+    out, stage, _, run_again = _embedded_then_unfinished(tiny_world, micro, tmp_path)
+    out.rm(stage.file("stats", "stats_0.json"))
+    with pytest.raises(EmbeddingError, match=r"stats/stats_0.json does not exist.*fix: delete that shard's metadata"):
+        run_again()
 
 
 def test_undecodable_samples_are_skipped_and_counted(micro, tmp_path):

@@ -125,5 +125,12 @@ def test_non_vit_towers_and_empty_training_data_fail_before_training(tmp_path):
     st = Storage(str(tmp_path))
     with pytest.raises(DatasetError, match="no training shards in .*download/x; fix: check the download stage"):
         customize(
-            "react-micro-vit", None, TrainingConfig(), st, [], st.stage("train", {}), download_uri="s3://b/download/x"
+            "react-micro-vit",
+            None,
+            TrainingConfig(),
+            st,
+            [],
+            st.stage("train", {}),
+            "",
+            download_uri="s3://b/download/x",
         )

@@ -8,9 +8,10 @@ import pytest
 from react_core.config import ConfigError, load_config
 from react_core.data import iter_shard
 from react_core.data.datasets import read_vision_dataset
-from react_core.miniweb.generate import TASK_NAMES, concepts_for, generate, split_concept_ids
+from react_core.miniweb.generate import TASK_NAMES, concepts_for, split_concept_ids
 from react_core.miniweb.render import render
 from react_core.miniweb.world import make_concepts
+from react_core.pipeline import run_miniweb
 from react_core.storage import Storage, join, local_path
 
 
@@ -106,7 +107,7 @@ def test_task_images_never_appear_in_the_corpus(tiny_world):
 def test_output_does_not_depend_on_process_count(tiny_world, tmp_path):
     cfg, storage, uri = tiny_world
     other = Storage(str(tmp_path))
-    uri2 = generate(cfg.miniweb, other, processes=2, progress=False)
+    uri2 = run_miniweb(other, cfg.miniweb, processes=2)
     assert uri2.rsplit("/", 1)[1] == uri.rsplit("/", 1)[1]  # same config, same version
     for shard in ("00000.tar", "00002.tar"):
         a = list(iter_shard(storage, join(uri, "kb", "shards", shard)))
@@ -117,7 +118,7 @@ def test_output_does_not_depend_on_process_count(tiny_world, tmp_path):
 def test_generate_is_skipped_when_complete(tiny_world):
     cfg, storage, uri = tiny_world
     before = storage.stage_manifest(uri)["finished_at"]
-    assert generate(cfg.miniweb, storage, processes=1, progress=False) == uri
+    assert run_miniweb(storage, cfg.miniweb, processes=1) == uri
     assert storage.stage_manifest(uri)["finished_at"] == before
 
 

@@ -95,3 +95,14 @@ def test_ls_lists_sorted_uris(storage):
         storage.write_bytes(storage.uri("d", f"{n}.tar"), b"")
     storage.write_bytes(storage.uri("d", "x.txt"), b"")
     assert [u.rsplit("/", 1)[1] for u in storage.ls(storage.uri("d"), "*.tar")] == ["a.tar", "b.tar", "c.tar"]
+
+
+def test_a_stage_s_schema_is_part_of_its_identity(tmp_path):
+    st = Storage(str(tmp_path))
+    old = st.stage("embed", {"model": "m"}, {"shards": "s"})
+    old.complete(counts={"n": 1})
+    assert st.stage("embed", {"model": "m"}, {"shards": "s"}, schema=1).version == old.version  # schema 1: as before
+    new = st.stage("embed", {"model": "m"}, {"shards": "s"}, schema=2)
+    assert new.version != old.version and not new.done  # a folder in the older layout is never adopted
+    new.complete()
+    assert st.stage_manifest(new.uri)["schema"] == 2
