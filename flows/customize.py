@@ -18,7 +18,7 @@ DEFAULT_CONFIG = ReactConfig()
 @flow(name="customize")
 def customize(config: ReactConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Embed the knowledge base, index it, retrieve for the task's class names, download, train, evaluate."""
-    t.preflight(config.model, config.training)
+    t.preflight(config)
     parent = start_tracking(config, "customize", runtime.flow_run.id)
     miniweb_uri, checkpoint = miniweb_and_base(config, parent)
     embedded = embed_knowledge_base(config, checkpoint, miniweb_uri, parent)

@@ -19,6 +19,7 @@ def evaluate(config: ReactConfig = DEFAULT_CONFIG, customized: str | None = None
     """Evaluate ``model`` (``model.pretrained``: a tag, a checkpoint, or the mini-web base) and, when given,
     the ``customized`` checkpoint against it. Each (model, dataset) pair is its own cached task, so adding a
     dataset to ``evaluation.tasks`` evaluates only that one."""
+    t.preflight(config, "evaluate")
     parent = start_tracking(config, "evaluate", runtime.flow_run.id)
     miniweb_uri, base = miniweb_and_base(config, parent)
     checkpoints = {"base": base} if customized is None else {"base": base, "customized": customized}

@@ -128,10 +128,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.config is None and DEMO_PRESET.exists():
         args.config = str(DEMO_PRESET)
     cfg = _config(args)
-    from react_core.preflight import preflight
+    from react_core.preflight import check_customize
 
-    preflight(cfg.model, cfg.training)
-    _storage(cfg).check_writable()
+    check_customize(cfg, _storage(cfg))  # before the flow: a bad input is one line, not a failed flow run
     from flows.customize import customize
 
     result = customize(config=cfg)
@@ -141,7 +140,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    _storage(cfg).check_writable()
+    from react_core.preflight import check_evaluate
+
+    check_evaluate(cfg, _storage(cfg))
     from flows.evaluate import evaluate
 
     result = evaluate(config=cfg, customized=args.customized)
@@ -218,16 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("react", "react_core", "react_cli", "tasks", "flows"):
         logging.getLogger(name).setLevel(args.log_level.upper())
-    from react_core.data import DatasetError
-    from react_core.models import ModelLoadError
-    from react_core.storage import StorageError
+    from react_core.errors import ReactError
 
-    known: tuple[type[BaseException], ...] = (ConfigError, StorageError, ModelLoadError, DatasetError)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except known as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ReactError as exc:  # the project's own errors name the field or file and the fix: no traceback
+        print("\n".join(f"error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return 2
 
 

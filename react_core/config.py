@@ -17,10 +17,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from react_core.errors import ReactError
+
 _logger = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(ReactError, ValueError):
     """A configuration was rejected; the message has one line per problem."""
 
 

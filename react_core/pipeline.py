@@ -29,7 +29,13 @@ from react_core.evaluation.suite import dataset_uri, evaluate_dataset, metrics_f
 from react_core.knowledge import report as retrieval_report
 from react_core.knowledge.download import download, downloaded_shards
 from react_core.knowledge.embed import SCHEMA as EMBED_SCHEMA
-from react_core.knowledge.embed import embed_knowledge_base, embed_shards, embedded_shards, finish
+from react_core.knowledge.embed import (
+    embed_knowledge_base,
+    embed_shards,
+    embedded_shards,
+    finish,
+    knowledge_base_shards,
+)
 from react_core.knowledge.extract import extract, manifest_has_urls
 from react_core.knowledge.index import build_indices
 from react_core.knowledge.retrieve import read_manifest, retrieve
@@ -37,7 +43,7 @@ from react_core.miniweb.generate import GENERATOR_VERSION, generate
 from react_core.models import model_file
 from react_core.models.cache import cached_model, inference_model
 from react_core.registry import resolve_task
-from react_core.storage import Stage, Storage, StorageError, join
+from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker, log_stage, stage_run
 from react_core.training.customize import caption_features, customize
 from react_core.training.pretrain import pretrain_base
@@ -93,31 +99,11 @@ def base_checkpoint(model: ModelConfig, base_stage: str | None) -> str | None:
     return model.pretrained
 
 
-def kb_shards(storage: Storage, kb: KnowledgeBaseConfig, miniweb_uri: str | None) -> list[str]:
-    """The knowledge base's webdataset shards (the mini-web's, or those under ``kb.source``)."""
-    if kb.source == "miniweb":
-        if miniweb_uri is None:
-            raise ValueError("knowledge_base.source is 'miniweb' but no mini-web was generated")
-        uri = join(miniweb_uri, "kb", "shards")
-    else:
-        uri = kb.source.rstrip("/")
-    try:
-        shards = storage.ls(uri, "*.tar")
-    except (FileNotFoundError, OSError):
-        shards = []
-    if not shards:
-        raise StorageError(
-            f"knowledge base {uri} has no webdataset shards (*.tar); fix: point knowledge_base.source at a "
-            "folder of shards, or use 'miniweb'"
-        )
-    return shards
-
-
 def embed_stage(
     storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, miniweb_uri: str | None
 ) -> tuple[Stage, list[str]]:
     """The embed stage and the shards it embeds (its identity: model, batch size, checkpoint, shard folder)."""
-    shards = kb_shards(storage, kb, miniweb_uri)
+    shards = knowledge_base_shards(storage, kb.source, miniweb_uri)
     stage = storage.stage("embed", {"model": model.name, "batch_size": kb.batch_size, "jpeg_draft": kb.jpeg_draft},
                           {"checkpoint": checkpoint or "", "shards": shards[0].rsplit("/", 1)[0]},
                           schema=EMBED_SCHEMA)  # fmt: skip

@@ -24,6 +24,7 @@ import yaml
 
 from react_core.data import DatasetError
 from react_core.data.datasets import read_vision_dataset
+from react_core.errors import ReactError
 from react_core.storage import Storage, StorageError, join
 
 
@@ -37,7 +38,11 @@ class TaskSpec:
     synonyms: Mapping[str, Sequence[str]] = field(default_factory=dict)  # extra names -> more prompts per class
 
 
-class TaskSpecError(ValueError):
+MINIWEB_TASKS = ("miniweb-fine", "miniweb-coarse")  # the mini-web's target tasks (react_core.miniweb.generate)
+IMAGENET_NAMES = ("imagenet-1k", "imagenet1k")
+
+
+class TaskSpecError(ReactError, ValueError):
     """A task definition is invalid; one line per problem, naming the file."""
 
 
@@ -65,7 +70,7 @@ def parse_task(data: Any, source: str) -> TaskSpec:
             problems.append(f"{source}: classes[{i}] must be a name or {{name: ..., synonyms: [...]}}, got {c!r}")
             continue
         if not name.strip():
-            problems.append(f"{source}: classes[{i}] has an empty name")
+            problems.append(f"{source}: classes[{i}] has an empty name; fix: give it a name or remove it")
         classes.append(name.strip())
         if syn:
             synonyms[name.strip()] = [str(s) for s in syn]
@@ -84,7 +89,10 @@ def parse_task(data: Any, source: str) -> TaskSpec:
         problems.append(f"{source}: templates is empty; fix: remove it (CLIP's 80 templates) or list some")
     bad = [t for t in templates if not isinstance(t, str) or "{}" not in t]
     if bad:
-        problems.append(f"{source}: template(s) without a '{{}}' slot for the class name: {bad}")
+        problems.append(
+            f"{source}: template(s) without a '{{}}' slot for the class name: {bad}; fix: mark where the name goes "
+            "with {}, e.g. 'a photo of a {}.'"
+        )
     if problems:
         raise TaskSpecError("\n".join(problems))
     return TaskSpec(str(data.get("name") or Path(source).stem), classes, list(templates), synonyms)
@@ -125,23 +133,36 @@ def load_task_file(path: str, storage: Storage | None = None) -> TaskSpec:
         raise TaskSpecError(f"{path}: not valid YAML: {exc}") from None
 
 
+def check_task(storage: Storage, name: str) -> None:
+    """Raise the error :func:`resolve_task` would for ``name``, without needing the mini-web: an unknown name,
+    a task YAML that is missing or invalid (every problem listed)."""
+    if name.endswith((".yaml", ".yml")):
+        load_task_file(name, storage)
+    elif name not in (*MINIWEB_TASKS, *IMAGENET_NAMES) and name not in _elevater():
+        raise _unknown_task(name)
+
+
+def _unknown_task(name: str) -> DatasetError:
+    return DatasetError(
+        f"unknown target task {name!r}; fix: use {', '.join(MINIWEB_TASKS)}, imagenet-1k, an ELEVATER dataset "
+        f"({', '.join(elevater_datasets())}) or a task YAML file"
+    )
+
+
 def resolve_task(storage: Storage, name: str, miniweb_uri: str | None) -> TaskSpec:
     """A target task by name: ``miniweb-*``, ``imagenet-1k``, or a path / URI of a custom YAML task."""
     if name.endswith((".yaml", ".yml")):
         return load_task_file(name, storage)
-    if name.startswith("miniweb-"):
+    if name in MINIWEB_TASKS:
         if miniweb_uri is None:
             raise DatasetError(f"task {name!r} needs the mini-web; generate it first")
         # Class names only, as a user of an ELEVATER-style task has them (the mini-web's synonyms.json is not used).
         data = read_vision_dataset(storage, join(miniweb_uri, "tasks", name), "test")
         return TaskSpec(name, data.classnames, data.templates)
-    if name in ("imagenet-1k", "imagenet1k"):
+    if name in IMAGENET_NAMES:
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
         return TaskSpec("imagenet-1k", list(IMAGENET_CLASSNAMES), imagenet_templates())
     if name in _elevater():
         return elevater_task(name)
-    raise DatasetError(
-        f"unknown target task {name!r}; fix: use miniweb-fine, miniweb-coarse, imagenet-1k, an ELEVATER dataset "
-        f"({', '.join(elevater_datasets())}) or a task YAML file"
-    )
+    raise _unknown_task(name)

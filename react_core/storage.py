@@ -23,12 +23,14 @@ import fsspec
 from fsspec.core import url_to_fs
 from pydantic import BaseModel
 
+from react_core.errors import ReactError
+
 _logger = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
 
 
-class StorageError(RuntimeError):
+class StorageError(ReactError, RuntimeError):
     """A storage root or artifact could not be used; the message names the URI and the fix."""
 
 

@@ -12,6 +12,7 @@ from react_core.config import (
     IndexConfig,
     KnowledgeBaseConfig,
     ModelConfig,
+    ReactConfig,
     RetrievalConfig,
     StorageConfig,
     TrackingConfig,
@@ -21,9 +22,10 @@ from tasks.common import CACHE, TASK_OPTIONS, storage_of, tracker_of
 
 
 @task(name="preflight", cache_policy=None, persist_result=False)
-def preflight(model: ModelConfig, training: TrainingConfig) -> None:
-    """Checks that need the architecture, before any stage runs."""
-    checks.preflight(model, training)
+def preflight(config: ReactConfig, flow_name: str = "customize") -> None:
+    """What can be checked before any stage runs (react_core.preflight), for the customize or evaluate flow."""
+    check = checks.check_evaluate if flow_name == "evaluate" else checks.check_customize
+    check(config, storage_of(config.storage))
 
 
 @task(name="resolve-base", **TASK_OPTIONS)

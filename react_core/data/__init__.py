@@ -19,12 +19,13 @@ import torch
 from PIL import Image
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from react_core.errors import ReactError
 from react_core.storage import Storage
 
 _logger = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
+class DatasetError(ReactError, ValueError):
     """A dataset is malformed; the message names the file and the fix."""
 
 

@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any
 
 from react_core.config import DownloadConfig
+from react_core.errors import ReactError
 from react_core.knowledge.retrieve import read_manifest
 from react_core.storage import Stage, Storage, local_path
 
@@ -26,7 +27,7 @@ _logger = logging.getLogger(__name__)
 EXTRA_COLUMNS = {"key": "kb_key", "class_id": "class_id", "class_name": "class_name", "score": "score", "mode": "mode"}
 
 
-class DownloadError(RuntimeError):
+class DownloadError(ReactError, RuntimeError):
     """Nothing usable came out of a download; the message names the manifest and the fix."""
 
 

@@ -45,16 +45,17 @@ from tqdm.auto import tqdm
 
 from react_core.data import iter_shard
 from react_core.data.datasets import prepare
+from react_core.errors import ReactError
 from react_core.models.encode import autocast, model_device, model_image_size, normalize
 from react_core.models.text import encode_text
-from react_core.storage import Stage, Storage, StorageError, join
+from react_core.storage import SUCCESS, Stage, Storage, StorageError, join
 
 _logger = logging.getLogger(__name__)
 
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(ReactError, ValueError):
     """Embeddings that must not be written (NaN, zero norm) or a stage with shards missing; names the shard."""
 
 
@@ -244,6 +245,28 @@ def embed_batches(
     return results
 
 
+def knowledge_base_shards(storage: Storage, source: str, miniweb_uri: str | None) -> list[str]:
+    """The knowledge base's webdataset shards (``knowledge_base.source``: the mini-web's, or a folder of shards)."""
+    if source == "miniweb":
+        if miniweb_uri is None:
+            raise EmbeddingError(
+                "knowledge_base.source is 'miniweb' but no mini-web was generated; fix: run prepare-world"
+            )
+        uri = join(miniweb_uri, "kb", "shards")
+    else:
+        uri = source.rstrip("/")
+    try:
+        shards = storage.ls(uri, "*.tar")
+    except (FileNotFoundError, OSError):
+        shards = []
+    if not shards:
+        raise StorageError(
+            f"knowledge base {uri} has no webdataset shards (*.tar); fix: point knowledge_base.source at a "
+            "folder of shards, or use 'miniweb'"
+        )
+    return shards
+
+
 # The version of what the stage writes (react_core.storage.version_hash): 2 added stats/ with each shard's
 # counts, worker and timings, and throughput.json.
 SCHEMA = 2
@@ -375,7 +398,8 @@ def finish(storage: Storage, stage: Stage, shard_uris: Sequence[str], resumed_sh
     if workers:
         counts["pairs_per_s_per_worker"] = round(sum(w["pairs_per_s"] for w in workers.values()) / len(workers), 2)
     storage.write_json(stage.file("throughput.json"), workers)
-    storage.write_json(stage.file("shards.json"), [{"shard": u, "index": i} for i, u in enumerate(shard_uris)])
+    layout = [{"shard": u, "index": i, "rows": int(stats[i]["embedded"])} for i, u in enumerate(shard_uris)]
+    storage.write_json(stage.file("shards.json"), layout)
     return stage.complete(counts=counts)
 
 
@@ -399,45 +423,86 @@ def embed_knowledge_base(
     return finish(storage, stage, shard_uris, resumed_shards=sum(r.cached for r in results))
 
 
+def shard_layout(storage: Storage, stage_uri: str) -> list[tuple[int, int | None]]:
+    """(shard index, rows) of an embed stage's per-shard files, in row order: from ``shards.json`` for a finished
+    stage (every shard, with the rows it recorded), else the metadata files found (rows unknown). Rows are
+    addressed through this, never through a folder listing alone: a missing file must not shift the rows after
+    it (row 300 read as row 600's caption), it must be named."""
+    if storage.exists(join(stage_uri, "shards.json")):
+        return [(int(e["index"]), e.get("rows")) for e in storage.read_json(join(stage_uri, "shards.json"))]
+    found = sorted(_shard_index(u) for u in storage.ls(join(stage_uri, "metadata"), "metadata_*.parquet"))
+    gaps = sorted(set(range(len(found))) - set(found))
+    if gaps:
+        raise EmbeddingError(
+            f"{join(stage_uri, 'metadata', f'metadata_{gaps[0]}.parquet')} is missing ({len(gaps)} shard(s) without "
+            "metadata before the last one); fix: run the embed stage again (finished shards are kept)"
+        )
+    return [(i, None) for i in found]
+
+
+def _shard_file(stage_uri: str, kind: str, index: int) -> str:
+    if kind == "metadata":
+        return join(stage_uri, "metadata", f"metadata_{index}.parquet")
+    return join(stage_uri, f"{kind}_emb", f"{kind}_emb_{index}.npy")
+
+
+def _read_shard(storage: Storage, stage_uri: str, kind: str, index: int, rows: int | None) -> Any:
+    """One shard's metadata (DataFrame) or ``img`` / ``text`` embeddings (array), checked against the rows the
+    stage recorded for it; a missing or short file is named with the fix."""
+    uri = _shard_file(stage_uri, kind, index)
+    fix = (
+        f"fix: delete {join(stage_uri, SUCCESS)} and {_shard_file(stage_uri, 'metadata', index)}, then run the "
+        "embed stage again (it re-embeds that shard only)"
+    )
+    try:
+        data = storage.read_bytes(uri)
+    except StorageError:
+        raise EmbeddingError(f"{uri} is missing from the embed stage; {fix}") from None
+    out = pd.read_parquet(io.BytesIO(data)) if kind == "metadata" else np.load(io.BytesIO(data))
+    if rows is not None and len(out) != rows:
+        raise EmbeddingError(f"{uri} has {len(out)} rows where the embed stage recorded {rows}; {fix}")
+    return out
+
+
 def embedding_files(storage: Storage, stage_uri: str, kind: str = "img") -> list[str]:
     """The ``img`` or ``text`` embedding files of an embed stage, in metadata (shard index) order."""
-    files = storage.ls(join(stage_uri, f"{kind}_emb"), f"{kind}_emb_*.npy")
-    return sorted(files, key=_shard_index)
+    return [_shard_file(stage_uri, kind, i) for i, _ in shard_layout(storage, stage_uri)]
 
 
 def load_embeddings(storage: Storage, stage_uri: str, kind: str = "img") -> np.ndarray:
     """All rows of ``img`` or ``text`` embeddings of an embed stage, in metadata order."""
-    files = embedding_files(storage, stage_uri, kind)
-    return np.concatenate([np.load(io.BytesIO(storage.read_bytes(u))) for u in files])
-
-
-def _metadata_files(storage: Storage, stage_uri: str) -> list[str]:
-    files = storage.ls(join(stage_uri, "metadata"), "metadata_*.parquet")
-    return sorted(files, key=_shard_index)
+    return np.concatenate([_read_shard(storage, stage_uri, kind, i, n) for i, n in shard_layout(storage, stage_uri)])
 
 
 def load_metadata(storage: Storage, stage_uri: str) -> pd.DataFrame:
     """All metadata rows of an embed stage (small knowledge bases; see :func:`load_metadata_rows`)."""
-    files = _metadata_files(storage, stage_uri)
-    return pd.concat([pd.read_parquet(io.BytesIO(storage.read_bytes(u))) for u in files], ignore_index=True)
+    parts = [_read_shard(storage, stage_uri, "metadata", i, n) for i, n in shard_layout(storage, stage_uri)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _gather(storage: Storage, stage_uri: str, kind: str, rows: np.ndarray) -> Iterator[tuple[Any, np.ndarray]]:
+    """For each shard holding some of the global ``rows`` (sorted, unique): its data and those rows' local
+    positions. A finished stage's shards without wanted rows are not read at all."""
+    start = 0
+    for index, n in shard_layout(storage, stage_uri):
+        if start > rows.max(initial=-1):
+            return
+        if n is not None and not ((rows >= start) & (rows < start + n)).any():
+            start += n
+            continue
+        data = _read_shard(storage, stage_uri, kind, index, n)
+        lo, hi = np.searchsorted(rows, [start, start + len(data)])
+        yield data, rows[lo:hi] - start
+        start += len(data)
+    if len(rows) and rows.max() >= start:
+        raise ValueError(f"{stage_uri}: rows up to {rows.max()} asked, {start} embedded")
 
 
 def load_metadata_rows(storage: Storage, stage_uri: str, rows: np.ndarray) -> pd.DataFrame:
     """Metadata of the global ``rows`` (sorted, unique), reading one shard's file at a time and keeping only
     those rows: the whole metadata of a LAION-size knowledge base (hundreds of millions of captions) does not
     fit in memory, the rows retrieval picked do."""
-    rows = np.asarray(rows, dtype=np.int64)
-    parts, start = [], 0
-    for uri in _metadata_files(storage, stage_uri):
-        if start > rows.max(initial=-1):
-            break
-        meta = pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
-        lo, hi = np.searchsorted(rows, [start, start + len(meta)])
-        if hi > lo:
-            parts.append(meta.iloc[rows[lo:hi] - start])
-        start += len(meta)
-    if len(rows) and rows.max() >= start:
-        raise ValueError(f"{stage_uri}: metadata rows up to {rows.max()} asked, {start} embedded")
+    parts = [meta.iloc[local] for meta, local in _gather(storage, stage_uri, "metadata", np.asarray(rows, np.int64))]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["key", "caption", "shard", "offset"])
 
 
@@ -450,27 +515,16 @@ def metadata_rows(storage: Storage, stage_uri: str) -> int:
     if "embedded" in counts:
         return int(counts["embedded"])
     total = 0
-    for uri in _metadata_files(storage, stage_uri):
-        with storage.open(uri) as f:
+    for index, _ in shard_layout(storage, stage_uri):
+        with storage.open(_shard_file(stage_uri, "metadata", index)) as f:
             total += pq.ParquetFile(f).metadata.num_rows  # the footer only
     return total
 
 
 def load_rows(storage: Storage, stage_uri: str, rows: np.ndarray, kind: str = "img") -> np.ndarray:
-    """Embeddings of the given global ``rows`` (metadata order), reading one shard file at a time."""
-    files = embedding_files(storage, stage_uri, kind)
-    rows = np.asarray(rows, dtype=np.int64)
-    out: np.ndarray | None = None
-    start = 0
-    for uri in files:
-        emb = np.load(io.BytesIO(storage.read_bytes(uri)))
-        if out is None:
-            out = np.zeros((len(rows), emb.shape[1]), dtype=emb.dtype)
-        inside = (rows >= start) & (rows < start + len(emb))
-        out[inside] = emb[rows[inside] - start]
-        start += len(emb)
-        if start > rows.max(initial=-1):
-            break
-    if out is None or (len(rows) and rows.max() >= start):
-        raise ValueError(f"{stage_uri}: rows up to {rows.max(initial=-1)} asked, {start} embedded")
-    return out
+    """Embeddings of the given global ``rows`` (any order; metadata order numbering), one shard file at a time."""
+    wanted, back = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+    parts = [emb[local] for emb, local in _gather(storage, stage_uri, kind, wanted)]
+    if not parts:
+        raise ValueError(f"{stage_uri}: no rows asked or none embedded")
+    return np.concatenate(parts)[back]

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from react_core.config import IndexConfig
-from react_core.knowledge.embed import embedding_files
+from react_core.errors import ReactError
+from react_core.knowledge.embed import EmbeddingError, embedding_files, shard_layout
 from react_core.storage import Stage, Storage, join, local_path
 
 _logger = logging.getLogger(__name__)
@@ -27,11 +28,11 @@ _logger = logging.getLogger(__name__)
 KINDS = {"image": "img", "text": "text"}
 
 
-class IndexBuildError(RuntimeError):
+class IndexBuildError(ReactError, RuntimeError):
     """autofaiss could not build an index."""
 
 
-class IndexMismatchError(ValueError):
+class IndexMismatchError(ReactError, ValueError):
     """An index does not fit its metadata or the model; names both and the fix."""
 
 
@@ -247,7 +248,14 @@ def build_indices(storage: Storage, embed_uri: str, stage: Stage, cfg: IndexConf
         for name in ("text", "image"):  # text first: the queries come from it
             kind = KINDS[name]
             folder = os.path.join(tmp, f"{kind}_emb")
-            rows = _local_folder(storage, embedding_files(storage, embed_uri, kind), folder)
+            files = embedding_files(storage, embed_uri, kind)
+            rows = _local_folder(storage, files, folder)
+            recorded = [n for _, n in shard_layout(storage, embed_uri)]
+            wrong = [(f, got, n) for f, got, n in zip(files, rows, recorded, strict=True) if n is not None and got != n]
+            if wrong:
+                f, got, n = wrong[0]
+                raise EmbeddingError(f"{f} has {got} rows where the embed stage recorded {n}; fix: delete that "
+                                     "shard's metadata file and the stage's _SUCCESS, then run the embed stage again")  # fmt: skip
             if queries is None:
                 total = sum(rows)
                 picked = np.random.default_rng(seed).choice(total, size=min(cfg.recall_queries, total), replace=False)

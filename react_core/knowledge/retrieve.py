@@ -25,6 +25,7 @@ import torch
 
 from react_core.config import RetrievalConfig
 from react_core.data.datasets import EvalSet, image_features
+from react_core.errors import ReactError
 from react_core.knowledge.audit import audit_overlap
 from react_core.knowledge.embed import load_metadata_rows, load_rows, metadata_rows
 from react_core.knowledge.index import load_index
@@ -37,7 +38,7 @@ _logger = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ["url", "caption", "key", "class_id", "class_name", "score", "mode", "prompt", "shard", "offset"]
 
 
-class RetrievalError(ValueError):
+class RetrievalError(ReactError, ValueError):
     """The retrieved set cannot meet the configuration (target size, minimum per class); names the fix."""
 
 

@@ -38,6 +38,7 @@ from react_core.config import MiniWebConfig
 from react_core.data.datasets import EvalSet, from_tensors
 from react_core.miniweb.render import render, to_jpeg
 from react_core.miniweb.world import TASK_TEMPLATES, Concept, caption_for, make_concepts
+from react_core.registry import MINIWEB_TASKS
 from react_core.storage import Stage, Storage, local_path
 
 _logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ _logger = logging.getLogger(__name__)
 SPLIT_IDS = {"generic": 1, "kb": 2, "test": 3, "train": 4, "generic-test": 5}
 # Part of the stage identity: bump it when the generator's output changes for the same config.
 GENERATOR_VERSION = 2
-TASK_NAMES = {"fine": "miniweb-fine", "coarse": "miniweb-coarse"}
+TASK_NAMES = dict(zip(("fine", "coarse"), MINIWEB_TASKS, strict=True))  # group -> task name (the registry's)
 
 
 def concepts_for(cfg: MiniWebConfig) -> list[Concept]:

@@ -19,6 +19,7 @@ from typing import Any
 import open_clip
 import torch
 
+from react_core.errors import ReactError
 from react_core.storage import Storage, StorageError, join, local_path
 
 _logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def model_file(stage_uri: str) -> str:
     return join(stage_uri, MODEL_FILE)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ReactError, RuntimeError):
     """Weights could not be loaded; the message names the source and the fix."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from react_core.config import TrainingConfig
 from react_core.data import DatasetError, load_captions
+from react_core.errors import ReactError
 from react_core.models import create_model
 from react_core.models.encode import default_device, embed_prompts
 from react_core.storage import Stage, Storage, join
@@ -31,7 +32,7 @@ from react_core.training.trainer import METRICS_FILE, TrainJob, train
 _logger = logging.getLogger(__name__)
 
 
-class TrainingLaunchError(RuntimeError):
+class TrainingLaunchError(ReactError, RuntimeError):
     """torchrun exited with an error; the message carries the command and the tail of its output."""
 
 

@@ -62,3 +62,47 @@ def test_demo_rejects_more_gated_layers_than_the_model_has_before_running(capsys
     rc = main(["demo", "-c", str(REPO / "deployments" / "tiny.yaml"), "-s", "training.gated_layers=3"])
     assert rc == 2
     assert "training.gated_layers=3 but react-micro-vit has 2 image blocks" in capsys.readouterr().err
+
+
+TINY = str(REPO / "deployments" / "tiny.yaml")
+
+
+def _demo_fails_before_work(tmp_path, capsys, *sets: str) -> str:
+    """`react demo` on the tiny preset with ``sets``: exit 2, the error alone on stderr, no stage written."""
+    root = tmp_path / "root"
+    rc = main(["demo", "-c", TINY, "-q", "-s", f"storage.root={root}", *(a for s in sets for a in ("-s", s))])
+    out = capsys.readouterr()
+    assert rc == 2, out.err[-2000:]
+    assert "Traceback" not in out.err and "Flow run" not in out.err + out.out
+    assert not root.exists() or not any(p.is_dir() for p in root.iterdir())  # no stage folder
+    return out.err.strip()
+
+
+def test_an_unknown_target_task_fails_before_any_stage(tmp_path, capsys):
+    err = _demo_fails_before_work(tmp_path, capsys, "retrieval.task=no-such-task")
+    assert err.count("\n") == 0
+    assert "unknown target task 'no-such-task'; fix: use miniweb-fine, miniweb-coarse, imagenet-1k" in err
+
+
+def test_a_bad_task_file_is_one_line_per_problem_naming_the_file_and_the_fix(tmp_path, capsys):
+    for body, problem in (
+        ("classes: []\n", "the class list is empty; fix: list at least one class"),
+        ("classes: [wren, Wren]\n", "duplicate class names ['wren']; fix: merge them"),
+        ("classes: [wren]\ntemplates: ['a photo']\n", "without a '{}' slot for the class name: ['a photo']; fix:"),
+    ):
+        task = tmp_path / "birds.yaml"
+        task.write_text(body)
+        err = _demo_fails_before_work(tmp_path, capsys, f"retrieval.task={task}")
+        assert err == f"error: {task}: {problem}" or (err.startswith(f"error: {task}: ") and problem in err), err
+        assert err.count("\n") == 0
+
+
+def test_missing_knowledge_base_and_evaluation_data_fail_before_any_stage(tmp_path, capsys):
+    err = _demo_fails_before_work(tmp_path, capsys, f"knowledge_base.source={tmp_path}/no-shards")
+    assert f"knowledge base {tmp_path}/no-shards has no webdataset shards" in err and "fix:" in err
+    err = _demo_fails_before_work(tmp_path, capsys, "evaluation.tasks=[miniweb-fine, cifar-10]")
+    assert "evaluation dataset 'cifar-10' has no location; fix: set evaluation.data_root" in err
+    err = _demo_fails_before_work(
+        tmp_path, capsys, "evaluation.tasks=[cifar-10]", f"evaluation.data_root={tmp_path}/data"
+    )
+    assert f"evaluation dataset 'cifar-10': {tmp_path}/data/cifar-10 does not exist; fix:" in err

@@ -226,3 +226,38 @@ def test_embed_tasks_of_a_run_load_the_model_once_per_process(tiny_world, tmp_pa
         assert pipeline.run_embed_shards(st, cfg.model, kb, None, world, g)["shards"] == 1
     assert loads == [(cfg.model.name, None)]
     assert pipeline.embed_plan(st, cfg.model, kb, None, world) == []  # every shard done, nothing left to plan
+
+
+def test_rows_stay_aligned_when_a_shard_file_is_missing_or_short(tiny_world, micro, tmp_path):
+    from react_core.knowledge.embed import load_metadata_rows, load_rows
+
+    model, tok = micro
+    storage, shards = _kb_shards(tiny_world)
+    out = Storage(str(tmp_path))
+    stage = out.stage("embed", {"t": 4})
+    embed_knowledge_base(model, tok, storage, shards, stage, progress=False)
+    meta, emb = load_metadata(out, stage.uri), load_embeddings(out, stage.uri)
+    per_shard = [e["rows"] for e in out.read_json(stage.file("shards.json"))]
+    assert len(per_shard) >= 3 and sum(per_shard) == len(meta)
+    after = np.array([per_shard[0] + per_shard[1] + 5, len(meta) - 1])  # rows in the shards after shard 1
+    out.rm(stage.file("metadata", "metadata_1.parquet"))
+    out.rm(stage.file("img_emb", "img_emb_1.npy"))
+    # rows after the gap are still the right rows (not shifted by shard 1's count)
+    assert load_metadata_rows(out, stage.uri, after)["key"].tolist() == meta["key"].iloc[after].tolist()
+    assert np.array_equal(load_rows(out, stage.uri, after), emb[after])
+    # a row inside the missing shard: the file is named, with the fix
+    inside = np.array([per_shard[0] + 1])
+    with pytest.raises(EmbeddingError, match=r"metadata/metadata_1.parquet is missing from the embed stage; fix:"):
+        load_metadata_rows(out, stage.uri, inside)
+    with pytest.raises(EmbeddingError, match=r"img_emb/img_emb_1.npy is missing"):
+        load_rows(out, stage.uri, inside)
+    # a short file (rows lost) is named too
+    buf = io.BytesIO()
+    meta.iloc[: per_shard[0] - 3].to_parquet(buf)
+    out.write_bytes(stage.file("metadata", "metadata_0.parquet"), buf.getvalue())
+    with pytest.raises(EmbeddingError, match=rf"metadata_0.parquet has {per_shard[0] - 3} rows where the embed stage"):
+        load_metadata_rows(out, stage.uri, np.array([0]))
+    # an unfinished stage has no record of its shards: a gap in the files is named rather than skipped
+    out.rm(stage.file("shards.json"))
+    with pytest.raises(EmbeddingError, match=r"metadata/metadata_1.parquet is missing"):
+        load_metadata(out, stage.uri)

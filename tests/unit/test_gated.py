@@ -115,13 +115,13 @@ def test_bad_k_and_double_insertion_are_clear_errors():
 def test_non_vit_towers_and_empty_training_data_fail_before_training(tmp_path):
     from react_core.config import ConfigError, ModelConfig, TrainingConfig
     from react_core.data import DatasetError
-    from react_core.preflight import preflight
+    from react_core.preflight import check_model
     from react_core.storage import Storage
     from react_core.training.customize import customize
 
     for name, tower in (("RN50", "ResNet"), ("convnext_base", "timm convnext_base")):
         with pytest.raises(ConfigError, match=f"{name} has a {tower} image tower.*fix: use a ViT-\\* model"):
-            preflight(ModelConfig(name=name, pretrained=None), TrainingConfig())
+            check_model(ModelConfig(name=name, pretrained=None), TrainingConfig())
     st = Storage(str(tmp_path))
     with pytest.raises(DatasetError, match="no training shards in .*download/x; fix: check the download stage"):
         customize(

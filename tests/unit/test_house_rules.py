@@ -121,8 +121,8 @@ def test_knowledge_and_evaluation_never_import_each_other():
     assert not {m: d for m, d in crossing.items() if d}
 
 
-def test_models_import_only_storage_config_and_themselves():
-    allowed = ("react_core.models", "react_core.storage", "react_core.config")
+def test_models_import_only_storage_config_errors_and_themselves():
+    allowed = ("react_core.models", "react_core.storage", "react_core.config", "react_core.errors")
     graph = _module_graph()
     bad = {
         m: sorted(d for d in deps if not d.startswith(allowed)) for m, deps in graph.items() if m.startswith(allowed[0])
