@@ -524,7 +524,7 @@ def metadata_rows(storage: Storage, stage_uri: str) -> int:
 def load_rows(storage: Storage, stage_uri: str, rows: np.ndarray, kind: str = "img") -> np.ndarray:
     """Embeddings of the given global ``rows`` (any order; metadata order numbering), one shard file at a time."""
     wanted, back = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
-    parts = [emb[local] for emb, local in _gather(storage, stage_uri, kind, wanted)]
-    if not parts:
-        raise ValueError(f"{stage_uri}: no rows asked or none embedded")
-    return np.concatenate(parts)[back]
+    if not len(wanted):  # no rows: an empty array of the stage's width and dtype
+        index, n = shard_layout(storage, stage_uri)[0]
+        return _read_shard(storage, stage_uri, kind, index, n)[:0]
+    return np.concatenate([emb[local] for emb, local in _gather(storage, stage_uri, kind, wanted)])[back]

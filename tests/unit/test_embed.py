@@ -69,15 +69,21 @@ def test_embeddings_and_metadata_are_aligned_normalised_float16(tiny_world, micr
     assert counts["workers"] == 1 and counts["pairs_per_s_per_worker"] == pytest.approx(mine["pairs_per_s"])
 
 
-def _embedded_then_unfinished(tiny_world, micro, tmp_path):
-    """A finished embed stage with its marker removed, and a function that runs the stage again."""
+def _embedded(tiny_world, micro, tmp_path):
+    """A finished embed stage of the tiny knowledge base: (storage, stage, shards, a function running it again)."""
     model, tok = micro
     storage, shards = _kb_shards(tiny_world)
     out = Storage(str(tmp_path))
     stage = out.stage("embed", {"t": 2})
     embed_knowledge_base(model, tok, storage, shards, stage, progress=False)
-    out.rm(stage.file("_SUCCESS"))
     return out, stage, shards, lambda: embed_knowledge_base(model, tok, storage, shards, stage, progress=False)
+
+
+def _embedded_then_unfinished(tiny_world, micro, tmp_path):
+    """:func:`_embedded` with the stage's marker removed (as if the run had died before finishing)."""
+    out, stage, shards, run_again = _embedded(tiny_world, micro, tmp_path)
+    out.rm(stage.file("_SUCCESS"))
+    return out, stage, shards, run_again
 
 
 def test_resume_re_embeds_only_missing_shards(tiny_world, micro, tmp_path):
@@ -231,11 +237,7 @@ def test_embed_tasks_of_a_run_load_the_model_once_per_process(tiny_world, tmp_pa
 def test_rows_stay_aligned_when_a_shard_file_is_missing_or_short(tiny_world, micro, tmp_path):
     from react_core.knowledge.embed import load_metadata_rows, load_rows
 
-    model, tok = micro
-    storage, shards = _kb_shards(tiny_world)
-    out = Storage(str(tmp_path))
-    stage = out.stage("embed", {"t": 4})
-    embed_knowledge_base(model, tok, storage, shards, stage, progress=False)
+    out, stage, _, _ = _embedded(tiny_world, micro, tmp_path)
     meta, emb = load_metadata(out, stage.uri), load_embeddings(out, stage.uri)
     per_shard = [e["rows"] for e in out.read_json(stage.file("shards.json"))]
     assert len(per_shard) >= 3 and sum(per_shard) == len(meta)
@@ -251,6 +253,7 @@ def test_rows_stay_aligned_when_a_shard_file_is_missing_or_short(tiny_world, mic
         load_metadata_rows(out, stage.uri, inside)
     with pytest.raises(EmbeddingError, match=r"img_emb/img_emb_1.npy is missing"):
         load_rows(out, stage.uri, inside)
+    assert load_rows(out, stage.uri, np.array([], dtype=np.int64)).shape == (0, emb.shape[1])
     # a short file (rows lost) is named too
     buf = io.BytesIO()
     meta.iloc[: per_shard[0] - 3].to_parquet(buf)
