@@ -45,7 +45,7 @@ from react_core.models.cache import cached_model, inference_model
 from react_core.registry import resolve_task
 from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker, log_stage, stage_run
-from react_core.training.customize import caption_features, customize
+from react_core.training.customize import TEXT_FEATURES_SCHEMA, caption_features, customize
 from react_core.training.pretrain import pretrain_base
 
 _logger = logging.getLogger(__name__)
@@ -276,7 +276,8 @@ def _fetch_or_extract(
 def run_text_features(storage: Storage, model: ModelConfig, checkpoint: str | None, download_uri: str) -> str:
     """The downloaded captions' text features (``features.npy``), computed once per (download, text tower)."""
     stage = storage.stage("text-features", {"model": model.name},
-                          {"download": download_uri, "checkpoint": checkpoint or ""})  # fmt: skip
+                          {"download": download_uri, "checkpoint": checkpoint or ""},
+                          schema=TEXT_FEATURES_SCHEMA)  # fmt: skip
     return caption_features(storage, stage, model.name, checkpoint, downloaded_shards(storage, download_uri))
 
 

@@ -48,27 +48,32 @@ def _is_pair(sample: dict[str, Any]) -> bool:
     return "jpg" in sample and "txt" in sample
 
 
+def _pairs_in_key_order(storage: Storage, uri: str) -> list[dict[str, Any]]:
+    """A shard's image-caption samples sorted by key. img2dataset writes a shard's samples as its download
+    threads finish (another order on every run), but their keys number them in manifest order: read this
+    way, two downloads of one manifest give the same training data in the same order."""
+    return sorted((s for s in iter_shard(storage, uri) if _is_pair(s)), key=lambda s: s["__key__"])
+
+
 def load_captions(storage: Storage, shard_uris: Sequence[str]) -> tuple[list[str], list[str]]:
     """Captions and keys of the pairs :func:`load_labelled_pairs` would return, in order, without decoding images."""
     captions, keys = [], []
     for uri in shard_uris:
-        for s in iter_shard(storage, uri):
-            if _is_pair(s):
-                captions.append(s["txt"].decode("utf-8"))
-                keys.append(s["__key__"])
+        for s in _pairs_in_key_order(storage, uri):
+            captions.append(s["txt"].decode("utf-8"))
+            keys.append(s["__key__"])
     return captions, keys
 
 
 def load_labelled_pairs(
     storage: Storage, shard_uris: Sequence[str], image_size: int, max_samples: int | None = None
 ) -> tuple[torch.Tensor, list[str], list[str], torch.Tensor]:
-    """Decode image-caption pairs from shards into memory: images (N, 3, H, W) uint8, captions, keys and each
-    pair's ``class_id`` from its JSON (the manifest's; -1 when absent)."""
+    """Decode image-caption pairs from shards into memory, shard by shard, each shard's in key order (manifest
+    order): images (N, 3, H, W) uint8, captions, keys and each pair's ``class_id`` from its JSON (the
+    manifest's; -1 when absent)."""
     images, captions, keys, class_ids = [], [], [], []
     for uri in shard_uris:
-        for s in iter_shard(storage, uri):
-            if not _is_pair(s):
-                continue
+        for s in _pairs_in_key_order(storage, uri):
             images.append(decode_image(s["jpg"], image_size))
             captions.append(s["txt"].decode("utf-8"))
             keys.append(s["__key__"])

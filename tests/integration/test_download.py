@@ -198,3 +198,37 @@ def test_timeouts_and_html_served_as_jpeg_are_counted_rows_not_crashes(tiny_worl
     dead = len(m) - len(live)
     assert s["failures_by_reason"] == {"http_404": dead, "timeout": len(stalled), "decode_error": len(html)}
     assert s["count"] == len(m) and s["successes"] == len(live) - len(stalled) - len(html)
+
+
+def test_two_downloads_of_one_manifest_train_the_same_model(tiny_world, manifest, tiny_chain):
+    """img2dataset writes samples as its threads finish; training reads them in manifest (key) order, so the
+    same config on two fresh downloads gives the same pairs, the same caption features and the same weights."""
+    import torch
+
+    from react_core.config import TrainingConfig
+    from react_core.data import load_captions
+    from react_core.models import load_state_dict, model_file
+    from react_core.pipeline import run_text_features
+    from react_core.training.customize import customize
+
+    _, storage, world = tiny_world
+    st, ret = manifest
+    recipe = TrainingConfig(gated_layers=1, batch_size=32, lr=5e-3, warmup_steps=2, epochs=1, precision="fp32",
+                            augment={"enabled": False}, num_workers=0)  # fmt: skip
+    cfg = tiny_chain["config"]
+    base = model_file(tiny_chain["base"])
+    written, read, weights = [], [], []
+    for i in range(2):
+        stage = st.stage("download-twice", {"i": i}, {"retrieve": ret})
+        with MiniWebServer(storage, world) as server:
+            uri = download(st, ret, stage, DownloadConfig(processes_count=1, thread_count=16), server.base_url)
+        shards = downloaded_shards(st, uri)
+        written.append([s["__key__"] for u in shards for s in iter_shard(st, u) if "jpg" in s])
+        read.append(load_captions(st, shards)[1])
+        text = run_text_features(st, cfg.model, base, uri)
+        trained = customize(cfg.model.name, base, recipe, st, shards, st.stage("train-twice", {"i": i}), text,
+                            progress=False)  # fmt: skip
+        weights.append(load_state_dict(model_file(trained)))
+    assert sorted(written[0]) == sorted(written[1]) and read[0] == read[1] == sorted(read[0])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
