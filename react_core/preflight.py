@@ -10,13 +10,14 @@ from react_core.config import ConfigError, EvaluationConfig, ModelConfig, ReactC
 from react_core.data import DatasetError
 from react_core.evaluation.suite import dataset_uri
 from react_core.knowledge.embed import knowledge_base_shards
-from react_core.models import model_config
+from react_core.models import check_activation, model_config
 from react_core.registry import MINIWEB_TASKS, check_task
 from react_core.storage import Storage
 
 
 def check_model(model: ModelConfig, training: TrainingConfig) -> None:
-    """Checks that need the model architecture."""
+    """Checks that need the model architecture (its image tower, its layers, its activation for the weights)."""
+    check_activation(model.name, None if model.pretrained == "miniweb" else model.pretrained)
     vision = model_config(model.name).get("vision_cfg", {})
     layers = vision.get("layers")
     if vision.get("timm_model_name") or not isinstance(layers, int):

@@ -106,3 +106,8 @@ def test_missing_knowledge_base_and_evaluation_data_fail_before_any_stage(tmp_pa
         tmp_path, capsys, "evaluation.tasks=[cifar-10]", f"evaluation.data_root={tmp_path}/data"
     )
     assert f"evaluation dataset 'cifar-10': {tmp_path}/data/cifar-10 does not exist; fix:" in err
+
+
+def test_openai_weights_under_a_gelu_architecture_fail_before_any_stage(tmp_path, capsys):
+    err = _demo_fails_before_work(tmp_path, capsys, "model.name=ViT-B-32", "model.pretrained=openai")
+    assert err.count("\n") == 0 and "fix: model.name=ViT-B-32-quickgelu" in err

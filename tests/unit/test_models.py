@@ -17,7 +17,7 @@ def test_checkpoint_round_trip_through_any_storage_and_layout(tmp_path):
     model, _ = create_model("react-micro-vit")
     st = Storage("memory://ckpt-test")
     uri = save_checkpoint(model, st, st.uri("m", "model.pt"), {"note": "x"})
-    assert st.read_json(st.uri("m", "model.json")) == {"note": "x"}
+    assert st.read_json(st.uri("m", "model.json")) == {"note": "x", "quick_gelu": False}  # the activation recorded
     again, _ = create_model("react-micro-vit", uri, storage=st)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model.eval().encode_image(x), again.eval().encode_image(x))
@@ -58,3 +58,35 @@ def test_pretrained_tag_that_cannot_be_fetched_offline_is_a_clear_error():
 def test_miniweb_tag_points_at_the_prepare_world_flow():
     with pytest.raises(ModelLoadError, match="prepare-world"):
         create_model("react-micro-vit", "miniweb")
+
+
+def test_quickgelu_weights_under_a_gelu_architecture_are_refused_with_the_fix(tmp_path):
+    # OpenAI's weights (by tag: refused before any download, which open_clip would only warn about)
+    with pytest.raises(ModelLoadError, match=r"'openai' were trained with QuickGELU, but model.name=ViT-B-32 uses GELU.*"
+                       r"fix: model.name=ViT-B-32-quickgelu"):  # fmt: skip
+        create_model("ViT-B-32", "openai")
+    # our own checkpoint of a QuickGELU model: model.json records it, a GELU architecture is refused
+    st = Storage(str(tmp_path))
+    quick = open_clip.create_model("react-micro-vit", force_quick_gelu=True)
+    uri = save_checkpoint(quick, st, st.uri("q", "model.pt"), {"model": "react-micro-vit"})
+    assert st.read_json(st.uri("q", "model.json"))["quick_gelu"] is True
+    with pytest.raises(ModelLoadError, match=r"records quick_gelu\) were trained with QuickGELU.*fix: an architecture"):
+        create_model("react-micro-vit", uri, storage=st)
+    # a published REACT file of OpenAI's CLIP, known by its name
+    torch.save(quick.state_dict(), tmp_path / "clip-vit-base-32-gated-image.pt")
+    with pytest.raises(ModelLoadError, match=r"a REACT checkpoint of OpenAI's CLIP\) were trained with QuickGELU"):
+        create_model("react-micro-vit", str(tmp_path / "clip-vit-base-32-gated-image.pt"))
+
+
+def test_published_react_checkpoints_by_their_tags():
+    from react_core.models import REACT_HUB_REPO, react_checkpoint
+
+    assert react_checkpoint("ViT-B-32", "react_clip_ret_laion400m") == "clip-vit-base-32-gated-image.pt"
+    assert react_checkpoint("ViT-B-32-quickgelu", "react_clip_ret_laion400m") == "clip-vit-base-32-gated-image.pt"
+    assert react_checkpoint("ViT-B-32", "react_clip_ret_laion400m_locked_text") == "clip-vit-base-32-locked-text.pt"
+    assert react_checkpoint("ViT-L-14", "react_clip_ret_laion2b") == "clip-vit-large-14-gated-image-laion2b.pt"
+    assert react_checkpoint("ViT-B-32", "openai") is None
+    # QuickGELU is forced for react_clip_* (as the release did), so the only error offline is the download's
+    with pytest.raises(ModelLoadError, match=rf"REACT checkpoint 'react_clip_ret_laion400m' \({REACT_HUB_REPO}/"
+                       r"clip-vit-base-32-gated-image.pt.*fix: check the network \(HF_HUB_OFFLINE\)"):  # fmt: skip
+        create_model("ViT-B-32", "react_clip_ret_laion400m")
