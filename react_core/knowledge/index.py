@@ -21,7 +21,7 @@ import torch
 from react_core.config import IndexConfig
 from react_core.errors import ReactError
 from react_core.knowledge.embed import EmbeddingError, embedding_files, shard_layout
-from react_core.storage import Stage, Storage, join, local_path
+from react_core.storage import SUCCESS, Stage, Storage, StorageError, join, local_path
 
 _logger = logging.getLogger(__name__)
 
@@ -295,10 +295,20 @@ def load_index(storage: Storage, index_uri: str, name: str, metadata_rows: int, 
     Raises:
         IndexMismatchError: row count differs from the metadata, or dimension from the model's.
     """
+    uri = join(index_uri, f"{name}.index")
+    fix = f"fix: delete {join(index_uri, SUCCESS)} (or the whole folder) and run the index stage again"
+    try:
+        data = storage.read_bytes(uri)
+    except StorageError:
+        raise IndexMismatchError(f"{uri} is missing from the index stage; {fix}") from None
     with tempfile.NamedTemporaryFile(suffix=".index") as f:
-        f.write(storage.read_bytes(join(index_uri, f"{name}.index")))
+        f.write(data)
         f.flush()
-        index = faiss.read_index(f.name)
+        try:
+            index = faiss.read_index(f.name)
+        except RuntimeError as exc:  # faiss names only the temporary copy ("read error in /tmp/...: 51177 != 102400")
+            detail = str(exc).strip().splitlines()[-1].replace(f.name, uri)
+            raise IndexMismatchError(f"{uri} is damaged ({len(data):,} bytes; faiss: {detail}); {fix}") from None
     if index.ntotal != metadata_rows:
         raise IndexMismatchError(
             f"{index_uri}/{name}.index has {index.ntotal:,} rows but the metadata has {metadata_rows:,}; "

@@ -275,8 +275,12 @@ def load_state_dict(source: str, storage: Storage | None = None) -> dict[str, to
         raise ModelLoadError(
             f"checkpoint {source} not found; fix: check the URI or run the stage that writes it"
         ) from None
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"checkpoint {source} could not be read ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file fails in many ways inside torch.load
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelLoadError(
+            f"checkpoint {source} could not be read, it is damaged or not a checkpoint ({type(exc).__name__}: "
+            f"{detail}); fix: if a stage wrote it, delete that stage's _SUCCESS and run it again; else copy it anew"
+        ) from None
     return _strip(obj)
 
 

@@ -205,3 +205,21 @@ def test_index_rows_follow_the_metadata_order_from_local_or_remote_files(tmp_pat
     assert meta["key"].tolist() == ["0-3", "10-0", "11-6"]
     with pytest.raises(ValueError, match="rows up to 84 asked, 84 embedded"):
         load_metadata_rows(st, emb_uri, np.array([84]))
+
+
+def test_a_truncated_or_missing_index_is_named_by_its_real_path_with_the_fix(tmp_path):
+    st = Storage(str(tmp_path / "st"))
+    emb_uri, _, _ = _fake_embed_stage(st)
+    uri = build_indices(st, emb_uri, st.stage("index", {}), IndexConfig(index_key="Flat", recall_queries=20), k=5)
+    good = st.read_bytes(join(uri, "image.index"))
+    st.write_bytes(join(uri, "image.index"), good[: len(good) // 2])
+    with pytest.raises(IndexMismatchError) as err:
+        load_index(st, uri, "image", 84, 8)
+    msg = str(err.value)
+    assert f"{uri}/image.index is damaged ({len(good) // 2:,} bytes; faiss: " in msg and "/tmp/tmp" not in msg
+    assert msg.endswith("and run the index stage again")
+    st.rm(join(uri, "image.index"))
+    with pytest.raises(
+        IndexMismatchError, match=r"image.index is missing from the index stage; fix: delete .*_SUCCESS"
+    ):
+        load_index(st, uri, "image", 84, 8)

@@ -90,3 +90,18 @@ def test_published_react_checkpoints_by_their_tags():
     with pytest.raises(ModelLoadError, match=rf"REACT checkpoint 'react_clip_ret_laion400m' \({REACT_HUB_REPO}/"
                        r"clip-vit-base-32-gated-image.pt.*fix: check the network \(HF_HUB_OFFLINE\)"):  # fmt: skip
         create_model("ViT-B-32", "react_clip_ret_laion400m")
+
+
+def test_a_truncated_or_missing_checkpoint_is_named_with_the_fix(tmp_path):
+    st = Storage(str(tmp_path))
+    model, _ = create_model("react-micro-vit")
+    uri = save_checkpoint(model, st, st.uri("train", "v1", "model.pt"))
+    good = st.read_bytes(uri)
+    st.write_bytes(uri, good[: len(good) // 3])
+    with pytest.raises(
+        ModelLoadError, match=r"model.pt could not be read, it is damaged.*fix: if a stage wrote it, delete"
+    ):
+        create_model("react-micro-vit", uri, storage=st)
+    st.rm(uri)
+    with pytest.raises(ModelLoadError, match=r"checkpoint .*model.pt not found; fix:"):
+        create_model("react-micro-vit", uri, storage=st)
