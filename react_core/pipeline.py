@@ -54,8 +54,13 @@ _logger = logging.getLogger(__name__)
 def start_run(
     config: ReactConfig, flow_name: str, tracker: Tracker | None, tags: Mapping[str, str] | None = None
 ) -> str | None:
-    """Open the pipeline's parent tracking run (its params: the whole config); returns its id (None untracked)."""
-    with (tracker or NullTracker()).run(flow_name, tags=tags) as t:
+    """Open the pipeline's parent tracking run (its params: the whole config); returns its id (None untracked).
+    Runs an earlier, killed process left RUNNING are marked KILLED first; the stages it finished are reused."""
+    tracker = tracker or NullTracker()
+    if killed := tracker.mark_abandoned():
+        _logger.warning("resuming after %d killed run(s): finished stages are reused, unfinished ones continue",
+                        len(killed))  # fmt: skip
+    with tracker.run(flow_name, tags=tags) as t:
         t.log_params(config.model_dump(mode="json"))
         return t.run_id
 

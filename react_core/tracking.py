@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -58,6 +59,10 @@ class Tracker:
     def log_figure(self, fig: Any, name: str) -> None: ...
 
     def log_image(self, image: Any, name: str) -> None: ...
+
+    def mark_abandoned(self) -> list[str]:
+        """End as KILLED the runs left RUNNING by processes of this host that are gone; returns their ids."""
+        return []
 
 
 NullTracker = Tracker
@@ -122,7 +127,8 @@ class MLflowTracker(Tracker):
     def run(
         self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
     ) -> Iterator[Tracker]:
-        all_tags = dict(tags or {})
+        # Which process runs it: a run left RUNNING by a process that is gone (killed) is found by these.
+        all_tags = {"react.host": socket.gethostname(), "react.pid": str(os.getpid()), **dict(tags or {})}
         if parent_run_id:
             # MLflow's own nesting tag: works across processes, unlike start_run(nested=True).
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -153,6 +159,35 @@ class MLflowTracker(Tracker):
 
     def log_image(self, image: Any, name: str) -> None:
         self._mlflow.log_image(image, artifact_file=name)
+
+    def mark_abandoned(self) -> list[str]:
+        """A process killed by a signal (SIGKILL, the OOM killer, a lost node) cannot end its runs: they stay
+        RUNNING forever. Those of this host whose process no longer exists are ended KILLED here, at the next
+        start; runs of other hosts are left alone (their processes cannot be checked from here)."""
+        client = self._mlflow.tracking.MlflowClient(self.tracking_uri)
+        host, ended = socket.gethostname(), []
+        running = client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+        for r in running:
+            if r.data.tags.get("react.host") != host or not r.data.tags.get("react.pid", "").isdigit():
+                continue
+            if _alive(int(r.data.tags["react.pid"])):
+                continue
+            client.set_terminated(r.info.run_id, status="KILLED")
+            ended.append(r.info.run_id)
+        if ended:
+            _logger.warning("marked %d run(s) KILLED, left RUNNING by a process that is gone: %s", len(ended),
+                            ", ".join(ended))  # fmt: skip
+        return ended
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user's
+        return True
+    return True
 
 
 def default_tracking_uri(storage: Storage) -> tuple[str, str | None]:
