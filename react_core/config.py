@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from react_core.errors import ReactError
+from react_core.secrets import protect
 
 _logger = logging.getLogger(__name__)
 
@@ -36,8 +37,15 @@ class StorageConfig(_Section):
     root: str = Field("./react-artifacts", description="artifact root: a local path or an fsspec URI")
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="fsspec storage options, e.g. {endpoint_url: http://127.0.0.1:9000} for an S3-compatible server",
+        description="fsspec storage options, e.g. {endpoint_url: http://127.0.0.1:9000} for an S3-compatible server; "
+        "credentials belong in the environment (AWS_ACCESS_KEY_ID, AWS_PROFILE, an instance role), and any given "
+        "here (key, secret, token) are kept secret: shown as ********** and never written or sent as parameters",
     )
+
+    @field_validator("options")
+    @classmethod
+    def _secrets_stay_secret(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return protect(v)
 
     @field_validator("root")
     @classmethod

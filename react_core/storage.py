@@ -24,6 +24,7 @@ from fsspec.core import url_to_fs
 from pydantic import BaseModel
 
 from react_core.errors import ReactError
+from react_core.secrets import reveal
 
 _logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def version_hash(
 
 
 def _fs(uri: str, options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    opts = dict(options or {})
+    opts = reveal(options or {})  # credentials are SecretStr until here (react_core.secrets)
     if uri.startswith("s3://"):
         # One attempt and short timeouts so an unreachable endpoint fails in seconds, not minutes
         # (botocore's default retries a refused connection for a long time).
@@ -108,11 +109,32 @@ class Storage:
     """
 
     root: str
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials: never printed
 
     def __post_init__(self) -> None:
         self.root = normalize_uri(self.root)
-        self.fs, self._root_path = _fs(self.root, self.options)
+        self._fs, self._pid = None, None
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The filesystem, built in the process that uses it.
+
+        Why not once in ``__init__``: an s3fs instance owns an event loop and an HTTP session that cannot cross
+        a fork (``RuntimeError: This class is not fork-safe`` in a DataLoader worker) nor be pickled to a Dask
+        worker or a spawned process. A Storage handed to another process therefore rebuilds its filesystem
+        there (fsspec drops its instance cache in a forked child, so this is a fresh session).
+        """
+        if self._fs is None or self._pid != os.getpid():
+            self._fs, _ = _fs(self.root, self.options)
+            self._pid = os.getpid()
+        return self._fs
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": self.root, "options": dict(self.options or {})}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.root, self.options = state["root"], state["options"]
+        self._fs, self._pid = None, None
 
     # -- addressing ---------------------------------------------------------------------------
     def uri(self, *parts: str) -> str:

@@ -7,6 +7,8 @@ URI); ``MemoryTracker`` records calls for tests; ``NullTracker`` does nothing.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import logging
 import os
 import re
@@ -18,6 +20,8 @@ from react_core.config import TrackingConfig
 from react_core.storage import Storage, join, local_path
 
 _logger = logging.getLogger(__name__)
+
+_FSSPEC_ARTIFACT_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -110,11 +114,19 @@ class MemoryTracker(Tracker):
 class MLflowTracker(Tracker):
     """MLflow tracking; ``mlflow`` is imported lazily (it is slow to import)."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        artifact_location: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         import mlflow
 
         self._mlflow = mlflow
         self.tracking_uri = tracking_uri
+        self._options = dict(storage_options or {})
+        self._artifact_uris: dict[str, str] = {}
         mlflow.set_tracking_uri(tracking_uri)
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
@@ -148,17 +160,48 @@ class MLflowTracker(Tracker):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
+    # Artifacts. A run whose artifact URI is on an object store (s3://, the default under an S3 storage root) is
+    # written through our Storage with the storage options (endpoint, credentials): MLflow's own S3 client
+    # knows nothing of them (it reads only MLFLOW_S3_ENDPOINT_URL and the AWS environment) and failed with
+    # NoCredentialsError. Local and proxied (mlflow-artifacts:, http) URIs go through MLflow as usual.
+    def _remote_artifacts(self) -> Storage | None:
+        run_id = self.run_id or self._mlflow.active_run().info.run_id
+        if run_id not in self._artifact_uris:
+            self._artifact_uris[run_id] = self._mlflow.get_run(run_id).info.artifact_uri
+        uri = self._artifact_uris[run_id]
+        scheme = uri.split("://", 1)[0] if "://" in uri else "file"
+        return Storage(uri, self._options) if scheme in _FSSPEC_ARTIFACT_SCHEMES else None
+
     def log_artifact(self, local: str, artifact_path: str | None = None) -> None:
-        self._mlflow.log_artifact(local, artifact_path)
+        remote = self._remote_artifacts()
+        if remote is None:
+            self._mlflow.log_artifact(local, artifact_path)
+        else:
+            remote.put_file(local, remote.uri(artifact_path or "", os.path.basename(local)))
+
+    def _log_bytes(self, data: bytes, name: str) -> bool:
+        remote = self._remote_artifacts()
+        if remote is not None:
+            remote.write_bytes(remote.uri(name), data)
+        return remote is not None
 
     def log_dict(self, obj: Any, name: str) -> None:
-        self._mlflow.log_dict(obj, name)
+        if not self._log_bytes(json.dumps(obj, indent=2, default=str).encode(), name):
+            self._mlflow.log_dict(obj, name)
 
     def log_figure(self, fig: Any, name: str) -> None:
-        self._mlflow.log_figure(fig, name)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=name.rsplit(".", 1)[-1])
+        if not self._log_bytes(buf.getvalue(), name):
+            self._mlflow.log_figure(fig, name)
 
     def log_image(self, image: Any, name: str) -> None:
-        self._mlflow.log_image(image, artifact_file=name)
+        from PIL import Image
+
+        buf = io.BytesIO()
+        (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, format="PNG")
+        if not self._log_bytes(buf.getvalue(), name):
+            self._mlflow.log_image(image, artifact_file=name)
 
     def mark_abandoned(self) -> list[str]:
         """A process killed by a signal (SIGKILL, the OOM killer, a lost node) cannot end its runs: they stay
@@ -238,6 +281,10 @@ def make_tracker(cfg: TrackingConfig, storage: Storage) -> Tracker:
     if not cfg.enabled:
         return NullTracker()
     if cfg.tracking_uri:
-        return MLflowTracker(cfg.tracking_uri, cfg.experiment)
+        # A tracking server decides where artifacts go (--default-artifact-root, --serve-artifacts); for a
+        # database URI the experiment we create keeps them under the storage root, not in ./mlruns of the cwd.
+        server = cfg.tracking_uri.split(":", 1)[0] in {"http", "https", "databricks"}
+        artifacts = None if server else join(storage.root, "mlartifacts")
+        return MLflowTracker(cfg.tracking_uri, cfg.experiment, artifacts, storage_options=storage.options)
     uri, artifacts = default_tracking_uri(storage)
-    return MLflowTracker(uri, cfg.experiment, artifacts)
+    return MLflowTracker(uri, cfg.experiment, artifacts, storage_options=storage.options)

@@ -25,9 +25,10 @@ from react_core.data import DatasetError, load_captions
 from react_core.errors import ReactError
 from react_core.models import create_model
 from react_core.models.encode import default_device, embed_prompts
+from react_core.secrets import reveal, scrub
 from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker
-from react_core.training.trainer import METRICS_FILE, TrainJob, train
+from react_core.training.trainer import METRICS_FILE, OPTIONS_ENV, TrainJob, train
 
 _logger = logging.getLogger(__name__)
 
@@ -72,15 +73,19 @@ def launch(job: TrainJob, storage: Storage, tracker: Tracker, progress: bool) ->
               "--rdzv_endpoint", dcfg.rdzv_endpoint, "--rdzv_id", dcfg.rdzv_id]
     )  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc_per_node", str(dcfg.nproc_per_node),
-           "-m", "react_core.training.worker", job_uri, json.dumps(dict(storage.options or {}))]  # fmt: skip
+           "-m", "react_core.training.worker", job_uri]  # fmt: skip
     _logger.info("launching: %s", " ".join(cmd))
     env = {
         **os.environ,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // dcfg.nproc_per_node))),
+        # The storage options, credentials included, reach the workers through their environment: a command
+        # line is visible to every user (ps, /proc/*/cmdline) and is logged; job.json holds only public options.
+        OPTIONS_ENV: json.dumps(reveal(storage.options or {})),
     }
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr)[-3000:]
+        tail = scrub(tail, storage.options or {})
         raise TrainingLaunchError(f"torchrun exited with {proc.returncode}: {' '.join(cmd)}\n{tail}")
     for row in storage.read_json(join(job.stage_uri, METRICS_FILE)):
         step = int(row.pop("step"))

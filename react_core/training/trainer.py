@@ -38,6 +38,7 @@ from react_core.data import DatasetError, load_labelled_pairs
 from react_core.models import create_model, model_file, save_checkpoint
 from react_core.models.encode import autocast, default_device, model_image_size, normalize
 from react_core.models.gated import add_gated_blocks, gate_values, gated_parameter_count, set_trainable
+from react_core.secrets import public
 from react_core.storage import Storage, join
 from react_core.training import checkpoints
 from react_core.training.losses import contrastive_loss
@@ -46,6 +47,9 @@ from react_core.training.optim import adamw, cosine_lr, optimizer_step, set_lr
 _logger = logging.getLogger(__name__)
 
 METRICS_FILE = "train_metrics.json"
+
+
+OPTIONS_ENV = "REACT_STORAGE_OPTIONS"  # JSON storage options (with credentials) of a torchrun worker
 
 
 @dataclass
@@ -66,7 +70,9 @@ class TrainJob:
         return TrainingConfig.model_validate(self.training)
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True)
+        """The job as written to ``job.json``: storage options without credentials (those reach a torchrun worker
+        through its environment, :data:`OPTIONS_ENV`)."""
+        return json.dumps({**self.__dict__, "storage_options": public(self.storage_options)}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> TrainJob:

@@ -1,29 +1,35 @@
-"""Entry point of one ``torchrun`` training process: ``python -m react_core.training.worker JOB_URI OPTIONS``.
+"""Entry point of one ``torchrun`` training process: ``python -m react_core.training.worker JOB_URI``.
 
 ``JOB_URI`` is the :class:`~react_core.training.trainer.TrainJob` JSON that the launcher wrote into the
-train stage's folder; ``OPTIONS`` the storage options (JSON) needed to read it. On a multi-node run,
-start the same command with ``torchrun`` on every node (the launcher prints it).
+train stage's folder. The storage options needed to read it, credentials included, come from the environment
+variable ``REACT_STORAGE_OPTIONS`` (JSON), never from the command line or the job file. On a multi-node run,
+start the same command with ``torchrun`` on every node (the launcher prints it) with that variable set, or
+with the credentials in the node's standard places (AWS_ACCESS_KEY_ID, a profile, an instance role).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 from react_core.storage import Storage
-from react_core.training.trainer import TrainJob, train
+from react_core.training.trainer import OPTIONS_ENV, TrainJob, train
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
+    if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    job_uri, options = argv[0], json.loads(argv[1])
+    job_uri = argv[0]
+    options = json.loads(os.environ.get(OPTIONS_ENV) or "{}")
     storage = Storage(job_uri.rsplit("/", 1)[0], options)
-    train(TrainJob.from_json(storage.read_bytes(job_uri).decode()))
+    job = TrainJob.from_json(storage.read_bytes(job_uri).decode())
+    job.storage_options = {**job.storage_options, **options}
+    train(job)
     return 0
 
 

@@ -6,11 +6,11 @@ import shutil
 import pytest
 import torch
 
-from react_core.config import AugmentConfig, DistributedConfig, TrainingConfig
+from react_core.config import AugmentConfig, DistributedConfig, StorageConfig, TrainingConfig
 from react_core.knowledge.download import downloaded_shards
 from react_core.models import load_state_dict, model_file
 from react_core.pipeline import run_text_features
-from react_core.storage import join
+from react_core.storage import Storage, join
 from react_core.tracking import MemoryTracker
 from react_core.training import checkpoints
 from react_core.training.customize import launch
@@ -79,15 +79,22 @@ def test_resume_after_a_crash_gives_the_uninterrupted_weights(tiny_chain, caplog
     assert all(torch.equal(base[k], a[k]) for k in base if k != "logit_scale"), "a frozen weight changed"
 
 
-def test_two_gloo_processes_train_the_weights_of_one_process(tiny_chain):
-    """torchrun with 2 CPU processes (DDP, gloo) against one process with the same global batch."""
+def test_two_gloo_processes_train_the_weights_of_one_process(tiny_chain, caplog):
+    """torchrun with 2 CPU processes (DDP, gloo) against one process with the same global batch; storage options
+    with a credential reach the workers through their environment, not the command line or job.json."""
     st = tiny_chain["storage"]
     single = _job(tiny_chain, "single", epochs=1)
     train(single, progress=False)
     double = _job(tiny_chain, "ddp", epochs=1, distributed=DistributedConfig(nproc_per_node=2))
+    secret = "torchrun-secret-4f1c"
+    with_secret = Storage(st.root, StorageConfig(root=st.root, options={"token": secret}).options)
+    double.storage_options = dict(with_secret.options)
     tracker = MemoryTracker()
-    summary = launch(double, st, tracker, progress=False)
+    with caplog.at_level(logging.INFO, logger="react_core.training.customize"):
+        summary = launch(double, with_secret, tracker, progress=False)
     assert summary["processes"] == 2 and summary["global_batch"] == 16
+    assert "launching:" in caplog.text and secret not in caplog.text
+    assert secret not in st.read_bytes(join(double.stage_uri, "job.json")).decode()
     assert any(k == "train/loss" for k, _, _ in tracker.metrics), "rank 0's metrics reach the tracker"
     a = load_state_dict(join(single.stage_uri, "model.pt"))
     b = load_state_dict(join(double.stage_uri, "model.pt"))
