@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -29,6 +30,7 @@ from react_core.secrets import reveal
 _logger = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
+_VERSION = re.compile(r"[0-9a-f]{12}")  # a stage folder's version (version_hash)
 
 
 class StorageError(ReactError, RuntimeError):
@@ -249,8 +251,60 @@ class Storage:
         """The ``_SUCCESS`` manifest of a completed stage folder."""
         marker = join(stage_uri, SUCCESS)
         if not self.exists(marker):
-            raise StorageError(f"stage {stage_uri} is not complete (no {SUCCESS}); fix: run that stage again")
+            raise StorageError(
+                f"stage {stage_uri} is not complete (no {SUCCESS}); fix: run the flow again, which rebuilds it "
+                "(if a cached task still skips it, run once with PREFECT_TASKS_REFRESH_CACHE=true)"
+            )
         return self.read_json(marker)
+
+    def gone(self, value: Any) -> list[str]:
+        """The URIs under this root named in ``value`` (a string, or lists / tuples / dicts of them) that are no
+        longer there: a stage folder ``{root}/{stage}/{version}`` without ``_SUCCESS``, or a file inside a stage
+        that does not exist. What a cached result may be trusted with: one ``exists`` per URI."""
+        found: list[str] = []
+
+        def visit(v: Any) -> None:
+            if isinstance(v, str):
+                parts = v[len(self.root) + 1 :].split("/") if v.startswith(self.root + "/") else []
+                if len(parts) >= 2 and _VERSION.fullmatch(parts[1]):
+                    problem = self._stage_problem(join(self.root, parts[0], parts[1]))
+                    if problem is None and len(parts) > 2 and not self.exists(v):
+                        problem = v
+                    if problem is not None:
+                        found.append(problem)
+            elif isinstance(v, Mapping):
+                for x in v.values():
+                    visit(x)
+            elif isinstance(v, list | tuple):
+                for x in v:
+                    visit(x)
+
+        visit(value)
+        return found
+
+    def top_files(self, folder_uri: str) -> dict[str, int]:
+        """``{name: size}`` of the files directly in a folder (one listing; nothing cached from before)."""
+        path = self.path(folder_uri)
+        self.fs.invalidate_cache(path)
+        try:
+            entries = self.fs.ls(path, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        return {posixpath.basename(e["name"].rstrip("/")): int(e["size"]) for e in entries if e["type"] == "file"}
+
+    def _stage_problem(self, stage_uri: str) -> str | None:
+        """None if the stage is complete and every top-level file its manifest lists is there at its size; else
+        the URI of what is missing or damaged (the marker, or the file)."""
+        marker = join(stage_uri, SUCCESS)
+        try:
+            manifest = json.loads(self.fs.cat_file(self.path(marker)))
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            return marker
+        present = self.top_files(stage_uri)
+        for name, size in (manifest.get("files") or {}).items():
+            if present.get(name) != size:
+                return join(stage_uri, name)
+        return None
 
     def stage(
         self,
@@ -285,7 +339,13 @@ class Stage:
 
     @property
     def done(self) -> bool:
-        return self.storage.exists(self.file(SUCCESS))
+        """Complete: the marker is there and so is every top-level file it lists, at the size it was written.
+        A stage with a deleted or truncated file (model.pt, an index) is therefore rebuilt by the next run."""
+        problem = self.storage._stage_problem(self.uri)
+        if problem is not None and not problem.endswith("/" + SUCCESS):
+            _logger.warning("stage %s: %s is missing or not the size it was written at; building the stage again",
+                            self.uri, problem)  # fmt: skip
+        return problem is None
 
     def manifest(self) -> dict[str, Any]:
         return self.storage.read_json(self.file(SUCCESS))
@@ -298,6 +358,9 @@ class Stage:
     def complete(self, counts: Mapping[str, Any] | None = None, **extra: Any) -> str:
         """Write the ``_SUCCESS`` marker last; returns the stage URI."""
         cfg = self.config.model_dump(mode="json") if isinstance(self.config, BaseModel) else self.config
+        # The top-level files and their sizes: what a cache may check cheaply (one listing) before trusting
+        # the stage (Storage.gone); subfolders (shards, checkpoints) are read with checks of their own.
+        files = {k: v for k, v in self.storage.top_files(self.uri).items() if k != SUCCESS}
         self.storage.write_json(
             self.file(SUCCESS),
             {
@@ -307,6 +370,7 @@ class Stage:
                 "counts": dict(counts or {}),
                 "config": cfg,
                 "inputs": self.inputs,
+                "files": files,
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 **extra,
             },

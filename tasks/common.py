@@ -7,10 +7,11 @@ import functools
 import hashlib
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -46,10 +47,50 @@ class LibraryCode(CachePolicy):
         return _library_hash()
 
 
+@dataclass
+class StagesStillThere(CachePolicy):
+    """A cached result is used only while the stages it names are still complete.
+
+    Why a policy and not a validation inside the task: a cache hit never runs the task. Prefect kept returning
+    the URI of a stage whose files had been deleted (``customized model: .../model.pt`` for a file that did not
+    exist; later stages failing on every run). So the key is computed by ``inner`` as before, then the record
+    under it is read and every stage URI in it checked (``Storage.gone``: ``_SUCCESS`` present, files exist); if
+    one is gone the policy returns no key, and the task runs (rebuilding the stage at the same URI, since the
+    URI is a function of the same inputs), after which the old record is true again and is used next time.
+    """
+
+    inner: CachePolicy = field(default_factory=lambda: INPUTS)
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:  # fmt: skip
+        key = self.inner.compute_key(task_ctx=task_ctx, inputs=inputs, flow_parameters=flow_parameters, **kwargs)
+        storage_cfg = next((v for v in inputs.values() if isinstance(v, StorageConfig)), None)
+        if key is None or storage_cfg is None:
+            return key
+        store = task_ctx.result_store
+        try:
+            if not store.exists(key):
+                return key
+            value = store.read(key).result
+        except Exception as exc:  # noqa: BLE001 - an unreadable record is Prefect's to handle, as without us
+            _logger.debug("cache record %s unreadable: %s", key, exc)
+            return key
+        gone = storage_of(storage_cfg).gone(value)
+        if gone:
+            get_run_logger().warning(
+                "%s: the cached result names %s, which is gone (deleted or incomplete); running it again",
+                task_ctx.task.name, gone[0],
+            )  # fmt: skip
+            return None
+        return key
+
+    def __sub__(self, other: str) -> CachePolicy:
+        return replace(self, inner=self.inner - other)
+
+
 # Cache across runs on the task's inputs (configs and URIs hash as JSON; storage roots are absolute
-# after validation), its source and the library's; the MLflow parent run id changes every run and
-# must not bust the cache.
-CACHE = INPUTS + TASK_SOURCE + LibraryCode() - "parent_run_id"
+# after validation), its source and the library's, while the stages it returned are still there; the
+# MLflow parent run id changes every run and must not bust the cache.
+CACHE = StagesStillThere(inner=INPUTS + TASK_SOURCE + LibraryCode() - "parent_run_id")
 
 _TRANSIENT = (ConnectionError, TimeoutError, socket.timeout)
 _TRANSIENT_ERRNO = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE, errno.EAGAIN}

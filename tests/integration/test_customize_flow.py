@@ -66,3 +66,19 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     assert states["train"] == "Completed" and states["evaluation-report"] == "Completed"
     assert states["eval miniweb-fine (customized)"] == "Completed"
     assert third["train"] != first["train"] and third["retrieve"] == first["retrieve"]
+
+    # A cache that cannot return what is not there: the customized model deleted, the retrieve stage's marker
+    # gone, the index truncated. Only those tasks run again (rebuilding at the same URIs); the rest is cached.
+    from react_core.storage import Storage, join
+
+    st = Storage(cfg.storage.root)
+    st.rm(join(first["train"], "model.pt"))
+    st.rm(join(first["retrieve"], "_SUCCESS"))
+    index_file = join(first["index"], "image.index")
+    st.write_bytes(index_file, st.read_bytes(index_file)[:100])
+    fourth = customize(config=cfg)
+    states = _task_states(fourth["flow_run_id"], set(STAGES))
+    assert {s for s in STAGES if states[s] != "Cached"} == {"index", "retrieve", "train"}, states
+    assert fourth["train"] == first["train"] and st.exists(join(first["train"], "model.pt"))
+    assert st.stage_manifest(first["retrieve"])["counts"] == st.stage_manifest(third["retrieve"])["counts"]
+    assert fourth["table"] == first["table"]

@@ -106,3 +106,26 @@ def test_a_stage_s_schema_is_part_of_its_identity(tmp_path):
     assert new.version != old.version and not new.done  # a folder in the older layout is never adopted
     new.complete()
     assert st.stage_manifest(new.uri)["schema"] == 2
+
+
+@pytest.mark.parametrize("root", ["file", "memory"])
+def test_a_stage_with_a_deleted_or_truncated_file_is_not_done_and_is_named(tmp_path, root):
+    st = Storage(str(tmp_path) if root == "file" else f"memory://gone-{uuid.uuid4().hex[:8]}")
+    stage = st.stage("train", {"lr": 1})
+    st.write_bytes(stage.file("model.pt"), b"x" * 100)
+    st.write_bytes(stage.file("checkpoints", "step-1.pt"), b"y")
+    uri = stage.complete(counts={"pairs": 3})
+    assert stage.manifest()["files"] == {"model.pt": 100}  # the top level only
+    value = {"train": uri, "model": stage.file("model.pt"), "elsewhere": "s3://other/train/0123456789ab", "n": 3}
+    assert stage.done and st.gone(value) == []
+
+    st.write_bytes(stage.file("model.pt"), b"x" * 60)  # truncated
+    assert not stage.done and st.gone(value) == [stage.file("model.pt")] * 2
+    st.rm(stage.file("model.pt"))  # deleted
+    assert not stage.done and st.gone([uri]) == [stage.file("model.pt")]
+    st.write_bytes(stage.file("model.pt"), b"x" * 100)
+    assert stage.done
+    st.rm(stage.file(SUCCESS))
+    assert not stage.done and st.gone((uri,)) == [stage.file(SUCCESS)]
+    with pytest.raises(StorageError, match="run the flow again.*PREFECT_TASKS_REFRESH_CACHE=true"):
+        st.stage_manifest(uri)

@@ -15,7 +15,7 @@ def test_only_transient_errors_are_retried():
 
 
 def test_cache_keys_follow_the_library_source(tmp_path):
-    assert any(isinstance(p, LibraryCode) for p in CACHE.policies)
+    assert any(isinstance(p, LibraryCode) for p in CACHE.inner.policies)
     copy = tmp_path / "react_core"
     shutil.copytree(Path(react_core.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
     before = source_hash(copy)
