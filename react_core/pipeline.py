@@ -331,13 +331,14 @@ def run_evaluate_dataset(
          "metrics": metrics_for(dataset), "linear_probe": probe.model_dump(mode="json") if probe.enabled else None},
         {"model": model.name, "weights": model_weights(model, checkpoint)},
     )  # fmt: skip
-    if stage.done:
-        return stage.uri
-    m, tok = inference_model(model, checkpoint, storage)
-    result = evaluate_dataset(m, tok, storage, evaluation, dataset, miniweb_uri, progress)
-    result.update(model=model.name, checkpoint=checkpoint)
-    storage.write_json(stage.file("result.json"), result)
-    return stage.complete(counts={"images": result["n"]}, zero_shot=result["zero_shot"])
+    with stage.lock():
+        if stage.done:
+            return stage.uri
+        m, tok = inference_model(model, checkpoint, storage)
+        result = evaluate_dataset(m, tok, storage, evaluation, dataset, miniweb_uri, progress)
+        result.update(model=model.name, checkpoint=checkpoint)
+        storage.write_json(stage.file("result.json"), result)
+        return stage.complete(counts={"images": result["n"]}, zero_shot=result["zero_shot"])
 
 
 def run_report(
@@ -350,7 +351,7 @@ def run_report(
     """``metrics.json``, ``table.md`` and ``deltas.png`` from per-dataset stages of two models (base, customized)."""
     inputs = {f"{which}/{i}": uri for which, uris in results.items() for i, uri in enumerate(uris)}
     stage = storage.stage("evaluate", {"models": list(results)}, inputs)
-    with (tracker or NullTracker()).run("evaluate", parent_run_id=parent_run_id) as t:
+    with (tracker or NullTracker()).run("evaluate", parent_run_id=parent_run_id) as t, stage.lock():
         if stage.done:
             return stage.uri
         per_model = {w: [storage.read_json(join(u, "result.json")) for u in uris] for w, uris in results.items()}

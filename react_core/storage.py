@@ -7,15 +7,18 @@ config, inputs). A stage folder with a marker is complete and is never recompute
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import posixpath
 import re
+import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,12 @@ from react_core.secrets import reveal
 _logger = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS"
+# Stage.lock: a re-entrant lock per stage lock file for the threads of this process, and how deep the holding
+# thread is (an flock is held once per process: a second flock of the same file from this process would wait
+# for itself).
+_THREAD_LOCKS: dict[str, threading.RLock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+_HELD: dict[str, int] = {}
 _VERSION = re.compile(r"[0-9a-f]{12}")  # a stage folder's version (version_hash)
 
 
@@ -355,6 +364,48 @@ class Stage:
         if not self.done:
             self.storage.rm(self.uri)
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this stage's build lock: a second process building the same stage on the same root waits, then
+        finds it done and adopts it, instead of writing over the first (img2dataset's ``_tmp`` folder deleted
+        under the other run, a half-written folder cleared).
+
+        Local roots: an ``flock`` on ``{root}/.locks/{stage}-{version}.lock`` (released by the kernel when the
+        process dies, so a killed run never leaves it held). Object stores have no lock primitive in fsspec;
+        there each object is written whole by one PUT and a stage's files are the same whoever writes them,
+        so two writers end with the same complete stage.
+        """
+        root = local_path(self.storage.root)
+        if root is None:
+            yield
+            return
+        import fcntl
+
+        path = os.path.join(root, ".locks", f"{self.name}-{self.version}.lock")
+        with _THREAD_LOCKS_GUARD:
+            in_process = _THREAD_LOCKS.setdefault(path, threading.RLock())
+        with in_process:  # other threads of this process wait here; this thread may re-enter (finish in embed)
+            if _HELD.get(path):
+                _HELD[path] += 1
+                try:
+                    yield
+                finally:
+                    _HELD[path] -= 1
+                return
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a+") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    _logger.warning("stage %s is being built by another run on this root; waiting for it", self.uri)
+                    fcntl.flock(f, fcntl.LOCK_EX)
+                _HELD[path] = 1
+                try:
+                    yield
+                finally:
+                    _HELD[path] = 0
+                    fcntl.flock(f, fcntl.LOCK_UN)
+
     def complete(self, counts: Mapping[str, Any] | None = None, **extra: Any) -> str:
         """Write the ``_SUCCESS`` marker last; returns the stage URI."""
         cfg = self.config.model_dump(mode="json") if isinstance(self.config, BaseModel) else self.config
@@ -376,3 +427,16 @@ class Stage:
             },
         )
         return self.uri
+
+
+def exclusive(fn: Callable[..., str]) -> Callable[..., str]:
+    """Run a stage's computation (a function with a :class:`Stage` argument that returns early when the stage is
+    done) under :meth:`Stage.lock`, so concurrent runs on one root build each stage once."""
+
+    @functools.wraps(fn)
+    def locked(*args: Any, **kwargs: Any) -> str:
+        stage = next(a for a in (*args, *kwargs.values()) if isinstance(a, Stage))
+        with stage.lock():
+            return fn(*args, **kwargs)
+
+    return locked

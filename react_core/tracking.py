@@ -128,11 +128,15 @@ class MLflowTracker(Tracker):
         self._options = dict(storage_options or {})
         self._artifact_uris: dict[str, str] = {}
         mlflow.set_tracking_uri(tracking_uri)
-        exp = mlflow.get_experiment_by_name(experiment)
-        if exp is None:
-            exp_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
-        else:
-            exp_id = exp.experiment_id
+        with _sqlite_lock(tracking_uri):  # the first access creates the schema: two processes at once collide
+            exp = mlflow.get_experiment_by_name(experiment)
+            if exp is None:
+                try:
+                    exp_id = mlflow.create_experiment(experiment, artifact_location=artifact_location)
+                except mlflow.exceptions.MlflowException:  # created meanwhile by a process on another host
+                    exp_id = mlflow.get_experiment_by_name(experiment).experiment_id
+            else:
+                exp_id = exp.experiment_id
         self.experiment_id = exp_id
 
     @contextlib.contextmanager
@@ -221,6 +225,25 @@ class MLflowTracker(Tracker):
             _logger.warning("marked %d run(s) KILLED, left RUNNING by a process that is gone: %s", len(ended),
                             ", ".join(ended))  # fmt: skip
         return ended
+
+
+@contextlib.contextmanager
+def _sqlite_lock(tracking_uri: str) -> Iterator[None]:
+    """An flock beside a sqlite tracking store while it is opened: MLflow creates and migrates the schema on
+    first access, and two processes starting on one fresh root raced there (``table ... already exists``)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = tracking_uri[len("sqlite:///") :]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _alive(pid: int) -> bool:

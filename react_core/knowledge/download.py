@@ -19,7 +19,7 @@ from typing import Any
 from react_core.config import DownloadConfig
 from react_core.errors import ReactError
 from react_core.knowledge.retrieve import read_manifest
-from react_core.storage import Stage, Storage, local_path
+from react_core.storage import Stage, Storage, exclusive, local_path
 
 _logger = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ def summarize(output_dir: str) -> dict[str, Any]:
     return out
 
 
+@exclusive
 def download(
     storage: Storage, manifest_uri: str, stage: Stage, cfg: DownloadConfig, base_url: str | None = None
 ) -> str:

@@ -48,7 +48,7 @@ from react_core.data.datasets import prepare
 from react_core.errors import ReactError
 from react_core.models.encode import autocast, model_device, model_image_size, normalize
 from react_core.models.text import encode_text
-from react_core.storage import SUCCESS, Stage, Storage, StorageError, join
+from react_core.storage import SUCCESS, Stage, Storage, StorageError, exclusive, join
 
 _logger = logging.getLogger(__name__)
 
@@ -371,6 +371,7 @@ def embed_shards(
     return sorted(results, key=lambda r: r.index)
 
 
+@exclusive
 def finish(storage: Storage, stage: Stage, shard_uris: Sequence[str], resumed_shards: int = 0) -> str:
     """Check that every shard was embedded, write ``shards.json``, ``throughput.json`` and the stage marker;
     returns the URI.
@@ -403,6 +404,7 @@ def finish(storage: Storage, stage: Stage, shard_uris: Sequence[str], resumed_sh
     return stage.complete(counts=counts)
 
 
+@exclusive
 def embed_knowledge_base(
     model: torch.nn.Module,
     tokenizer: Callable[[list[str]], torch.Tensor],

@@ -32,7 +32,7 @@ from react_core.config import DownloadConfig
 from react_core.data import iter_shard
 from react_core.knowledge.download import EXTRA_COLUMNS, DownloadError, summarize
 from react_core.knowledge.retrieve import read_manifest
-from react_core.storage import Stage, Storage, local_path
+from react_core.storage import Stage, Storage, exclusive, local_path
 
 _logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def _kb_images(storage: Storage, rows: pd.DataFrame) -> Iterator[tuple[int, byte
             yield int(positions[k]), None
 
 
+@exclusive
 def extract(storage: Storage, manifest_uri: str, stage: Stage, cfg: DownloadConfig, progress: bool = True) -> str:
     """Write the manifest's pairs, taken from the knowledge-base shards, into ``stage`` as img2dataset would.
 

@@ -31,7 +31,7 @@ from react_core.knowledge.embed import load_metadata_rows, load_rows, metadata_r
 from react_core.knowledge.index import load_index
 from react_core.models.encode import embed_prompts
 from react_core.registry import TaskSpec
-from react_core.storage import Stage, Storage
+from react_core.storage import Stage, Storage, exclusive
 
 _logger = logging.getLogger(__name__)
 
@@ -173,6 +173,7 @@ def search(
     return pd.concat(frames, ignore_index=True)
 
 
+@exclusive
 def retrieve(
     model: torch.nn.Module,
     tokenizer: Callable[[list[str]], torch.Tensor],

@@ -39,7 +39,7 @@ from react_core.data.datasets import EvalSet, from_tensors
 from react_core.miniweb.render import render, to_jpeg
 from react_core.miniweb.world import TASK_TEMPLATES, Concept, caption_for, make_concepts
 from react_core.registry import MINIWEB_TASKS
-from react_core.storage import Stage, Storage, local_path
+from react_core.storage import Stage, Storage, exclusive, local_path
 
 _logger = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ def generic_task(cfg: MiniWebConfig, n_classes: int = 40, per_class: int = 20) -
     )
 
 
+@exclusive
 def generate(
     cfg: MiniWebConfig, storage: Storage, stage: Stage, processes: int | None = None, progress: bool = True
 ) -> str:

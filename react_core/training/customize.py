@@ -26,7 +26,7 @@ from react_core.errors import ReactError
 from react_core.models import create_model
 from react_core.models.encode import default_device, embed_prompts
 from react_core.secrets import reveal, scrub
-from react_core.storage import Stage, Storage, join
+from react_core.storage import Stage, Storage, exclusive, join
 from react_core.tracking import NullTracker, Tracker
 from react_core.training.trainer import METRICS_FILE, OPTIONS_ENV, TrainJob, train
 
@@ -42,6 +42,7 @@ class TrainingLaunchError(ReactError, RuntimeError):
 TEXT_FEATURES_SCHEMA = 2
 
 
+@exclusive
 def caption_features(
     storage: Storage, stage: Stage, model_name: str, checkpoint: str | None, shards: Sequence[str]
 ) -> str:
@@ -116,6 +117,7 @@ def plot_gates(history: list[dict[str, float]]):
     return fig
 
 
+@exclusive
 def customize(
     model_name: str,
     base_checkpoint: str | None,

@@ -23,13 +23,14 @@ from react_core.evaluation.zeroshot import evaluate_zero_shot
 from react_core.miniweb.generate import TASK_NAMES
 from react_core.models import model_config, model_file, save_checkpoint
 from react_core.models.encode import normalize
-from react_core.storage import Stage, Storage, join
+from react_core.storage import Stage, Storage, exclusive, join
 from react_core.tracking import NullTracker, Tracker
 from react_core.training.optim import adamw, cosine_lr, optimizer_step, set_lr
 
 _logger = logging.getLogger(__name__)
 
 
+@exclusive
 def pretrain_base(
     cfg: ModelConfig,
     storage: Storage,

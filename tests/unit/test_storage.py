@@ -129,3 +129,26 @@ def test_a_stage_with_a_deleted_or_truncated_file_is_not_done_and_is_named(tmp_p
     assert not stage.done and st.gone((uri,)) == [stage.file(SUCCESS)]
     with pytest.raises(StorageError, match="run the flow again.*PREFECT_TASKS_REFRESH_CACHE=true"):
         st.stage_manifest(uri)
+
+
+def test_a_stage_lock_is_held_against_other_processes_and_reentrant_in_this_one(tmp_path):
+    import subprocess
+    import sys
+
+    stage = Storage(str(tmp_path)).stage("download", {"a": 1})
+    probe = (
+        "import fcntl, sys\n"
+        "f = open(sys.argv[1], 'a+')\n"
+        "try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+        "except BlockingIOError:\n    print('held')\n"
+    )
+    lock_file = str(tmp_path / ".locks" / f"download-{stage.version}.lock")
+
+    def other_process() -> str:
+        return subprocess.run(
+            [sys.executable, "-c", probe, lock_file], check=True, capture_output=True, text=True
+        ).stdout
+
+    with stage.lock(), stage.lock():  # re-entered by the same thread (embed's finish inside embed_knowledge_base)
+        assert other_process().strip() == "held"
+    assert other_process().strip() == "free"
