@@ -392,8 +392,14 @@ class Stage:
                 finally:
                     _HELD[path] -= 1
                 return
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "a+") as f:
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                f = open(path, "a+")  # noqa: SIM115 - closed below
+            except OSError as exc:  # an unwritable root: the stage's first write fails with the clear message
+                _logger.debug("no lock for %s: %s", self.uri, exc)
+                yield
+                return
+            with f:
                 try:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
