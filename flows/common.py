@@ -28,7 +28,7 @@ def embed_knowledge_base(
     """The embed stage as one task per group of shards, on a Dask cluster's workers when
     ``knowledge_base.dask_address`` is set (else in this process), then the stage's completion."""
     kb = config.knowledge_base
-    groups = t.embed_plan(config.storage, config.model, kb, checkpoint, miniweb_uri)
+    planned, groups = t.embed_plan(config.storage, config.model, kb, checkpoint, miniweb_uri)
     with embed_task_runner(kb) as runner:
         fixed = {
             "storage": config.storage,
@@ -38,7 +38,8 @@ def embed_knowledge_base(
             "miniweb_uri": miniweb_uri,
         }
         runner.map(t.embed_shards, {**{k: unmapped(v) for k, v in fixed.items()}, "indices": groups}).result()
-    return t.embed(config.storage, config.model, kb, checkpoint, miniweb_uri, groups, config.tracking, parent_run_id)
+    return t.embed(config.storage, config.model, kb, checkpoint, miniweb_uri, groups, config.tracking, parent_run_id,
+                   planned=planned)  # fmt: skip
 
 
 def evaluate_models(

@@ -121,6 +121,11 @@ class KnowledgeBaseConfig(_Section):
     batch_size: int = Field(256, ge=1, description="pairs per embedding batch")
     num_workers: int = Field(2, ge=0, description="DataLoader processes decoding shards for the embedding model")
     shards_per_task: int = Field(16, ge=1, description="shards per Prefect embedding task (the unit of fan-out)")
+    max_damaged_shards: int = Field(
+        0, ge=0, description="knowledge-base shards that may be damaged (truncated, unreadable, fewer samples than "
+        "their _stats.json) with the embed stage still completing, their loss counted; above it the stage fails "
+        "naming them",
+    )  # fmt: skip
     jpeg_draft: bool = Field(
         True,
         description="decode JPEGs much larger than the model input at a reduced DCT scale (PIL draft: 2x faster "

@@ -107,25 +107,28 @@ def base_checkpoint(model: ModelConfig, base_stage: str | None) -> str | None:
 def embed_stage(
     storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, miniweb_uri: str | None
 ) -> tuple[Stage, list[str]]:
-    """The embed stage and the shards it embeds (its identity: model, batch size, checkpoint, shard folder)."""
+    """The embed stage and the shards it embeds (its identity: model, batch size, checkpoint, shard folder, and
+    the shards' contents by size and etag / modification time, so a replaced or repaired shard makes a new stage)."""
     shards = knowledge_base_shards(storage, kb.source, miniweb_uri)
     stage = storage.stage("embed", {"model": model.name, "batch_size": kb.batch_size, "jpeg_draft": kb.jpeg_draft},
-                          {"checkpoint": checkpoint or "", "shards": shards[0].rsplit("/", 1)[0]},
+                          {"checkpoint": checkpoint or "", "shards": shards[0].rsplit("/", 1)[0],
+                           "contents": storage.fingerprint(shards)},
                           schema=EMBED_SCHEMA)  # fmt: skip
     return stage, shards
 
 
 def embed_plan(
     storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, miniweb_uri: str | None
-) -> list[list[int]]:
-    """Indices of the shards still to embed, ``kb.shards_per_task`` per group (one task each); [] when done."""
+) -> tuple[str, list[list[int]]]:
+    """The embed stage's URI, and the indices of the shards still to embed, ``kb.shards_per_task`` per group (one
+    task each; [] when done)."""
     stage, shards = embed_stage(storage, model, kb, checkpoint, miniweb_uri)
     if stage.done:
-        return []
+        return stage.uri, []
     finished = embedded_shards(storage, stage)
     todo = [i for i in range(len(shards)) if i not in finished]
     n = kb.shards_per_task
-    return [todo[j : j + n] for j in range(0, len(todo), n)]
+    return stage.uri, [todo[j : j + n] for j in range(0, len(todo), n)]
 
 
 def run_embed_shards(
@@ -156,7 +159,7 @@ def run_embed_finish(
 ) -> str:
     """Mark the embed stage complete once every shard is embedded; ``groups``: what this run embedded."""
     stage, shards = embed_stage(storage, model, kb, checkpoint, miniweb_uri)
-    uri = finish(storage, stage, shards, resumed_shards=len(shards) - sum(len(g) for g in groups))
+    uri = finish(storage, stage, shards, len(shards) - sum(len(g) for g in groups), kb.max_damaged_shards)
     params = {"knowledge_base": kb.model_dump(mode="json")}
     log_stage(tracker, storage, "embed", uri, params, ("throughput.json",), parent_run_id)
     return uri
@@ -170,7 +173,8 @@ def run_embed(
     if stage.done:
         return stage.uri
     m, tok = inference_model(model, checkpoint, storage)
-    return embed_knowledge_base(m, tok, storage, shards, stage, kb.batch_size, kb.num_workers, draft=kb.jpeg_draft)
+    return embed_knowledge_base(m, tok, storage, shards, stage, kb.batch_size, kb.num_workers, draft=kb.jpeg_draft,
+                                max_damaged_shards=kb.max_damaged_shards)  # fmt: skip
 
 
 def run_index(

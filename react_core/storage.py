@@ -301,6 +301,20 @@ class Storage:
             return {}
         return {posixpath.basename(e["name"].rstrip("/")): int(e["size"]) for e in entries if e["type"] == "file"}
 
+    def fingerprint(self, uris: Sequence[str]) -> str:
+        """A short hash of what ``uris`` hold, from one listing per folder: each file's name, size and etag (object
+        stores) or modification time (disks). A stage's identity includes it, so a shard replaced, truncated or
+        restored makes a new stage, at the cost of a listing, not of reading the data."""
+        info: dict[str, Any] = {}
+        for folder in sorted({u.rsplit("/", 1)[0] for u in uris}):
+            path = self.path(folder)
+            self.fs.invalidate_cache(path)
+            for e in self.fs.ls(path, detail=True):
+                tag = e.get("ETag") or e.get("etag") or e.get("mtime") or e.get("LastModified") or e.get("created")
+                info[self.url(e["name"])] = [e.get("size"), str(tag)]
+        listed = [[u, *info.get(u, [None, "missing"])] for u in uris]
+        return hashlib.sha256(json.dumps(listed).encode()).hexdigest()[:16]
+
     def _stage_problem(self, stage_uri: str) -> str | None:
         """None if the stage is complete and every top-level file its manifest lists is there at its size; else
         the URI of what is missing or damaged (the marker, or the file)."""

@@ -37,8 +37,9 @@ def resolve_base(model: ModelConfig, base_stage: str | None) -> str | None:
 @task(name="embed-plan", cache_policy=None, persist_result=False)
 def embed_plan(
     storage: StorageConfig, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, miniweb_uri: str | None
-) -> list[list[int]]:
-    """Groups of shard indices still to embed (read from the shards' markers, so never cached)."""
+) -> tuple[str, list[list[int]]]:
+    """The embed stage's URI (it hashes the shards' sizes and etags) and the groups of shard indices still to embed
+    (read from the shards' files, so never cached)."""
     return pipeline.embed_plan(storage_of(storage), model, kb, checkpoint, miniweb_uri)
 
 
@@ -82,8 +83,11 @@ def embed(
     groups: list[list[int]] | None = None,
     tracking: TrackingConfig | None = None,
     parent_run_id: str | None = None,
+    planned: str | None = None,
 ) -> str:
-    """Mark the embed stage complete once every shard is embedded; returns its URI."""
+    """Mark the embed stage complete once every shard is embedded; returns its URI. ``planned``: the stage URI
+    the plan found; unused here, it puts the knowledge base's contents into the cache key (a replaced shard
+    makes a new stage, which a key of configs and folder paths alone would not see)."""
     st = storage_of(storage)
     return pipeline.run_embed_finish(
         st, model, kb, checkpoint, miniweb_uri, groups or [], tracker_of(tracking, st), parent_run_id

@@ -10,6 +10,8 @@ import io
 import json
 import logging
 import math
+import tarfile
+import zlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -29,11 +31,45 @@ class DatasetError(ReactError, ValueError):
     """A dataset is malformed; the message names the file and the fix."""
 
 
+class ShardReadError(DatasetError):
+    """A shard could not be read to its end (truncated, not a tar, unreadable); names the file."""
+
+
 def iter_shard(storage: Storage, uri: str) -> Iterator[dict[str, Any]]:
-    """Samples of one webdataset tar (any fsspec URI), as dicts of raw bytes keyed by extension."""
-    with storage.open(uri, "rb") as f:
-        files = ({**rec, "__url__": uri} for rec in tar_file_iterator(f))
-        yield from group_by_keys(files)
+    """Samples of one webdataset tar (any fsspec URI), as dicts of raw bytes keyed by extension.
+
+    Raises :class:`ShardReadError` (naming the file and how many samples came before) when the tar ends in the
+    middle of a member or cannot be read. A tar cut exactly between two members reads as a shorter shard:
+    only its index (:func:`shard_index_count`) tells, which is why readers compare the two.
+    """
+    n = 0
+    try:
+        with storage.open(uri, "rb") as f:
+            files = ({**rec, "__url__": uri} for rec in tar_file_iterator(f))
+            for sample in group_by_keys(files):
+                n += 1
+                yield sample
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise ShardReadError(f"{uri} is damaged after {n} samples ({' '.join(str(exc).split())})") from None
+
+
+def shard_index_count(storage: Storage, uri: str) -> int | None:
+    """How many samples a shard's own index says it holds: ``{stem}_stats.json``'s ``successes``, as img2dataset
+    and the mini-web write it; None for a shard without an index (nothing to check it against)."""
+    stats = uri[: -len(".tar")] + "_stats.json" if uri.endswith(".tar") else None
+    if stats is None or not storage.exists(stats):
+        return None
+    try:
+        return int(storage.read_json(stats)["successes"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def check_shard_count(storage: Storage, uri: str, read: int) -> None:
+    """Raise :class:`ShardReadError` when a shard gave fewer samples than its index says."""
+    expected = shard_index_count(storage, uri)
+    if expected is not None and read != expected:
+        raise ShardReadError(f"{uri} holds {read} samples but its index ({uri[:-4]}_stats.json) says {expected}")
 
 
 def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
@@ -52,7 +88,12 @@ def _pairs_in_key_order(storage: Storage, uri: str) -> list[dict[str, Any]]:
     """A shard's image-caption samples sorted by key. img2dataset writes a shard's samples as its download
     threads finish (another order on every run), but their keys number them in manifest order: read this
     way, two downloads of one manifest give the same training data in the same order."""
-    return sorted((s for s in iter_shard(storage, uri) if _is_pair(s)), key=lambda s: s["__key__"])
+    try:
+        samples = list(iter_shard(storage, uri))
+        check_shard_count(storage, uri, len(samples))
+    except ShardReadError as exc:
+        raise ShardReadError(f"{exc.args[0]}; fix: run the stage that wrote it again (delete its _SUCCESS)") from None
+    return sorted((s for s in samples if _is_pair(s)), key=lambda s: s["__key__"])
 
 
 def load_captions(storage: Storage, shard_uris: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from react_core.data import iter_shard
+from react_core.data import ShardReadError, iter_shard, shard_index_count
 from react_core.data.datasets import prepare
 from react_core.errors import ReactError
 from react_core.models.encode import autocast, model_device, model_image_size, normalize
@@ -111,6 +111,9 @@ class ShardBatches(torch.utils.data.IterableDataset):
             "tokens": self.tokenizer(list(captions)) if captions else None,
             "skipped": 0,
             "batches": 0,
+            "read": 0,
+            "expected": None,
+            "error": None,
         }
 
     def _shard(self, index: int, uri: str) -> Iterator[dict[str, Any]]:
@@ -118,8 +121,18 @@ class ShardBatches(torch.utils.data.IterableDataset):
         rows: list[dict[str, Any]] = []
         images: list[torch.Tensor] = []
         captions: list[str] = []
-        skipped = batches = 0
-        for offset, sample in enumerate(iter_shard(self.storage, uri)):
+        skipped = batches = read = 0
+        error = None
+        samples = iter_shard(self.storage, uri)
+        while True:
+            try:
+                sample = next(samples)
+            except StopIteration:
+                break
+            except ShardReadError as exc:  # truncated or unreadable: what came before is kept, the loss counted
+                error = exc.args[0]
+                break
+            offset, read = read, read + 1
             data = _image_bytes(sample)
             try:
                 if data is None:
@@ -143,7 +156,10 @@ class ShardBatches(torch.utils.data.IterableDataset):
                 batches += 1
                 offsets, rows, images, captions = [], [], [], []
         last = self._batch((index, uri), offsets, rows, images, captions)  # possibly empty: it carries the totals
-        last.update(skipped=skipped, batches=batches + 1)
+        expected = shard_index_count(self.storage, uri)
+        if error is None and expected is not None and read != expected:
+            error = f"{uri} holds {read} samples but its index ({uri[:-4]}_stats.json) says {expected}"
+        last.update(skipped=skipped, batches=batches + 1, read=read, expected=expected, error=error)
         yield last
 
 
@@ -156,13 +172,16 @@ class _Pending:
     img: list[np.ndarray] = field(default_factory=list)
     txt: list[np.ndarray] = field(default_factory=list)
     received: int = 0
-    expected: int | None = None
+    batches: int | None = None  # how many batches the shard gave (known from its last one)
     skipped: int = 0
+    read: int = 0  # samples read from the tar
+    expected: int | None = None  # samples its index promises (None: no index)
+    error: str | None = None  # why the shard is damaged (truncated, unreadable, fewer samples than its index)
     started: float = field(default_factory=time.time)  # its first batch came out of the loader
 
     @property
     def complete(self) -> bool:
-        return self.expected is not None and self.received == self.expected
+        return self.batches is not None and self.received == self.batches
 
 
 def _check(emb: np.ndarray, what: str, shard_uri: str) -> None:
@@ -194,16 +213,28 @@ def _write_shard(storage: Storage, stage: Stage, index: int, uri: str, p: _Pendi
         "shard": uri,
         "embedded": len(rows),
         "skipped": p.skipped,
+        "read": p.read,
+        "expected": p.expected,
+        "unread": max(0, (p.expected or 0) - p.read),
+        "error": p.error,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
         "started": p.started,
         "finished": time.time(),
     }
     storage.write_json(stage.file("stats", f"stats_{index}.json"), stats)
+    damaged = stage.file("damaged", f"damaged_{index}.json")
+    if p.error:  # marked before the shard counts as finished: it is embedded again by the next run
+        storage.write_json(damaged, stats)
     buf = io.BytesIO()
     pd.DataFrame(rows, columns=None if rows else ["key", "caption", "shard", "offset"]).to_parquet(buf)
     storage.write_bytes(stage.file("metadata", f"metadata_{index}.parquet"), buf.getvalue())  # last: shard done
+    if not p.error:
+        storage.rm(damaged)  # embedded whole this time
     if p.skipped:
         _logger.warning("%s: %d undecodable samples skipped", uri, p.skipped)
+    if p.error:
+        _logger.warning("damaged shard: %s (%d samples embedded, %d skipped, %s unread)", p.error, len(rows),
+                        p.skipped, stats["unread"] if p.expected is not None else "an unknown number of")  # fmt: skip
     return ShardResult(index, len(rows), p.skipped, False)
 
 
@@ -234,7 +265,8 @@ def embed_batches(
             p.rows.extend(b["rows"])
         p.received += 1
         if b["batches"]:
-            p.expected, p.skipped = b["batches"], b["skipped"]
+            p.batches, p.skipped, p.read, p.expected, p.error = (b[k] for k in ("batches", "skipped", "read",
+                                                                                 "expected", "error"))  # fmt: skip
         if p.complete:
             results.append(_write_shard(storage, stage, b["index"], uris[b["index"]], pending.pop(b["index"]), dim))
             if progress is not None:
@@ -277,11 +309,20 @@ def _shard_index(uri: str) -> int:
     return int(uri.rsplit("_", 1)[1].split(".")[0])
 
 
+def _written_shards(storage: Storage, stage: Stage) -> set[int]:
+    return {_shard_index(u) for u in storage.ls(stage.file("metadata"), "metadata_*.parquet")}
+
+
+def damaged_shards(storage: Storage, stage: Stage) -> set[int]:
+    """Indices of shards written with a damage (truncated, unreadable, fewer samples than their index)."""
+    return {_shard_index(u) for u in storage.ls(stage.file("damaged"), "damaged_*.json")}
+
+
 def embedded_shards(storage: Storage, stage: Stage) -> set[int]:
-    """Indices of the finished shards (their metadata, written last, exists): one listing of the folder, not a
-    request per shard (a LAION-size knowledge base has tens of thousands of shards, on S3)."""
-    files = storage.ls(stage.file("metadata"), "metadata_*.parquet")
-    return {_shard_index(u) for u in files}
+    """Indices of the finished shards (their metadata, written last, exists, and they are not damaged): two
+    listings, not a request per shard (a LAION-size knowledge base has tens of thousands of shards, on S3).
+    A damaged shard is tried again by every run, so a shard put right is embedded whole."""
+    return _written_shards(storage, stage) - damaged_shards(storage, stage)
 
 
 def _read_stats(storage: Storage, stage: Stage, indices: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -372,15 +413,19 @@ def embed_shards(
 
 
 @exclusive
-def finish(storage: Storage, stage: Stage, shard_uris: Sequence[str], resumed_shards: int = 0) -> str:
+def finish(
+    storage: Storage, stage: Stage, shard_uris: Sequence[str], resumed_shards: int = 0, max_damaged_shards: int = 0
+) -> str:
     """Check that every shard was embedded, write ``shards.json``, ``throughput.json`` and the stage marker;
     returns the URI.
 
     ``resumed_shards``: how many shards an earlier, interrupted attempt had finished (a count for the marker).
+    ``max_damaged_shards``: how many damaged shards (``knowledge_base.max_damaged_shards``) the stage accepts,
+    their readable samples embedded and the rest counted as ``unread``; above it the stage fails naming them.
     """
     if stage.done:
         return stage.uri
-    finished = embedded_shards(storage, stage)
+    finished = _written_shards(storage, stage)
     missing = [u for i, u in enumerate(shard_uris) if i not in finished]
     if missing:
         raise EmbeddingError(
@@ -388,11 +433,22 @@ def finish(storage: Storage, stage: Stage, shard_uris: Sequence[str], resumed_sh
             "fix: run the embed stage again (finished shards are kept)"
         )
     stats = _read_stats(storage, stage, range(len(shard_uris)))
+    damaged = sorted(i for i in damaged_shards(storage, stage) if i < len(shard_uris))
+    if len(damaged) > max_damaged_shards:
+        shown = "; ".join(str(stats[i]["error"]) for i in damaged[:3])
+        raise EmbeddingError(
+            f"{len(damaged)} damaged knowledge-base shard(s) ({shown}{'; ...' if len(damaged) > 3 else ''}), "
+            f"more than knowledge_base.max_damaged_shards={max_damaged_shards}; fix: replace those shards (download "
+            "them again) and run again (only they are embedded again), or raise knowledge_base.max_damaged_shards "
+            "to accept the loss"
+        )
     workers = throughput(stats.values())
     counts = {
         "shards": len(stats),
         "embedded": sum(int(s["embedded"]) for s in stats.values()),
         "skipped": sum(int(s["skipped"]) for s in stats.values()),
+        "damaged_shards": len(damaged),
+        "unread": sum(int(s.get("unread") or 0) for s in stats.values()),
         "resumed_shards": resumed_shards,
         "workers": len(workers),
     }
@@ -415,6 +471,7 @@ def embed_knowledge_base(
     num_workers: int = 0,
     progress: bool = True,
     draft: bool = True,
+    max_damaged_shards: int = 0,
 ) -> str:
     """Embed every shard in this process (finished ones are skipped), then mark the stage complete."""
     if stage.done:
@@ -422,7 +479,7 @@ def embed_knowledge_base(
     if not shard_uris:
         raise EmbeddingError("no shards to embed; fix: point knowledge_base.source at webdataset .tar shards")
     results = embed_shards(model, tokenizer, storage, shard_uris, stage, None, batch_size, num_workers, progress, draft)
-    return finish(storage, stage, shard_uris, resumed_shards=sum(r.cached for r in results))
+    return finish(storage, stage, shard_uris, sum(r.cached for r in results), max_damaged_shards)
 
 
 def shard_layout(storage: Storage, stage_uri: str) -> list[tuple[int, int | None]]:

@@ -45,7 +45,7 @@ _logger = logging.getLogger(__name__)
 
 SPLIT_IDS = {"generic": 1, "kb": 2, "test": 3, "train": 4, "generic-test": 5}
 # Part of the stage identity: bump it when the generator's output changes for the same config.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 TASK_NAMES = dict(zip(("fine", "coarse"), MINIWEB_TASKS, strict=True))  # group -> task name (the registry's)
 
 
@@ -108,6 +108,10 @@ def _write_shard(job: _ShardJob) -> list[dict[str, Any]]:
                 {"key": key, "url": rel, "caption": caption, "concept_id": int(cid), "caption_kind": kind, "dead": dead}
             )
     os.replace(tmp, tar_path)
+    # The shard's index, in img2dataset's layout ({shard}_stats.json, "successes"): what a reader checks the
+    # tar against, so a truncated shard is caught rather than read as a shorter one.
+    with open(os.path.join(os.path.dirname(tar_path), f"{job.shard:05d}_stats.json"), "w") as f:
+        json.dump({"count": len(rows), "successes": len(rows)}, f)
     return rows
 
 

@@ -226,12 +226,12 @@ def test_embed_tasks_of_a_run_load_the_model_once_per_process(tiny_world, tmp_pa
     monkeypatch.setattr(cache, "_EMBEDDING_MODEL", {})
     st = Storage(str(tmp_path))
     kb = cfg.knowledge_base.model_copy(update={"num_workers": 0})
-    groups = pipeline.embed_plan(st, cfg.model, kb.model_copy(update={"shards_per_task": 1}), None, world)
+    _, groups = pipeline.embed_plan(st, cfg.model, kb.model_copy(update={"shards_per_task": 1}), None, world)
     assert len(groups) >= 2
     for g in groups:
         assert pipeline.run_embed_shards(st, cfg.model, kb, None, world, g)["shards"] == 1
     assert loads == [(cfg.model.name, None)]
-    assert pipeline.embed_plan(st, cfg.model, kb, None, world) == []  # every shard done, nothing left to plan
+    assert pipeline.embed_plan(st, cfg.model, kb, None, world)[1] == []  # every shard done, nothing left to plan
 
 
 def test_rows_stay_aligned_when_a_shard_file_is_missing_or_short(tiny_world, micro, tmp_path):
@@ -264,3 +264,82 @@ def test_rows_stay_aligned_when_a_shard_file_is_missing_or_short(tiny_world, mic
     out.rm(stage.file("shards.json"))
     with pytest.raises(EmbeddingError, match=r"metadata/metadata_1.parquet is missing"):
         load_metadata(out, stage.uri)
+
+
+def _copy_kb(tiny_world, folder) -> tuple[Storage, list[str]]:
+    """The tiny world's knowledge-base shards and their indices, copied into ``folder`` to be damaged there."""
+    storage, shards = _kb_shards(tiny_world)
+    st = Storage(str(folder))
+    for uri in shards:
+        name = uri.rsplit("/", 1)[1]
+        st.write_bytes(st.uri(name), storage.read_bytes(uri))
+        st.write_bytes(st.uri(name[:-4] + "_stats.json"), storage.read_bytes(uri[:-4] + "_stats.json"))
+    return st, st.ls(st.root, "*.tar")
+
+
+def _member_offsets(path) -> list[tuple[int, int]]:
+    with tarfile.open(path) as t:
+        return [(m.offset, m.offset_data) for m in t.getmembers()]
+
+
+@pytest.mark.parametrize("cut", ["mid-member", "between-samples"])
+def test_a_truncated_shard_is_counted_named_and_fails_the_stage_by_default(tiny_world, micro, tmp_path, cut):
+    model, tok = micro
+    st, shards = _copy_kb(tiny_world, tmp_path / "kb")
+    expected = [st.read_json(u[:-4] + "_stats.json")["successes"] for u in shards]
+    path = st.path(shards[1])
+    members = _member_offsets(path)  # three members (jpg, txt, json) per sample
+    at = members[3 * 100][0] if cut == "between-samples" else members[3 * 100][1] + 10
+    with open(path, "r+b") as f:
+        f.truncate(at)
+    out = Storage(str(tmp_path / "out"))
+    stage = out.stage("embed", {"t": cut})
+    with pytest.raises(EmbeddingError, match=r"1 damaged knowledge-base shard.*00001\.tar.*max_damaged_shards=0"):
+        embed_knowledge_base(model, tok, st, shards, stage, progress=False)
+    stats = out.read_json(stage.file("stats", "stats_1.json"))
+    # Cut inside sample 100's first member: sample 99, whose end the reader had not confirmed, is counted unread.
+    read = 99 if cut == "mid-member" else 100
+    assert stats["read"] == read and stats["expected"] == expected[1] and stats["unread"] == expected[1] - read
+    assert ("damaged after 99 samples" if cut == "mid-member" else f"says {expected[1]}") in stats["error"]
+    assert not stage.done
+
+    # Accepting one damaged shard completes the stage with the loss counted: embedded + skipped + unread = index.
+    uri = embed_knowledge_base(model, tok, st, shards, stage, progress=False, max_damaged_shards=1)
+    c = out.stage_manifest(uri)["counts"]
+    assert c["damaged_shards"] == 1 and c["embedded"] + c["skipped"] + c["unread"] == sum(expected)
+    assert c["unread"] == expected[1] - read
+
+
+def test_a_damaged_shard_is_embedded_again_once_put_right_and_contents_are_identity(tiny_world, micro, tmp_path):
+    from react_core import pipeline
+
+    model, tok = micro
+    cfg, _, _ = tiny_world
+    st, shards = _copy_kb(tiny_world, tmp_path / "kb")
+    whole = st.read_bytes(shards[0])
+    kb = cfg.knowledge_base.model_copy(update={"source": st.root})
+    before, _ = pipeline.embed_stage(st, cfg.model, kb, None, None)
+    st.write_bytes(shards[0], whole[: len(whole) // 2])
+    damaged, _ = pipeline.embed_stage(st, cfg.model, kb, None, None)
+    assert damaged.version != before.version  # a truncated (or replaced) shard is another knowledge base
+
+    stage = st.stage("embed-test", {"t": 1})
+    with pytest.raises(EmbeddingError, match="00000.tar"):
+        embed_knowledge_base(model, tok, st, shards, stage, progress=False)
+    st.write_bytes(shards[0], whole)  # put right: only that shard is embedded again, and the stage completes
+    uri = embed_knowledge_base(model, tok, st, shards, stage, progress=False)
+    c = st.stage_manifest(uri)["counts"]
+    assert c["damaged_shards"] == 0 and c["unread"] == 0 and c["resumed_shards"] == len(shards) - 1
+    assert c["embedded"] == sum(st.read_json(u[:-4] + "_stats.json")["successes"] for u in shards)
+
+
+def test_training_data_read_from_a_truncated_shard_is_an_error_naming_it(tiny_world, tmp_path):
+    from react_core.data import ShardReadError, load_captions
+
+    st, shards = _copy_kb(tiny_world, tmp_path / "kb")
+    captions, _ = load_captions(st, shards[:1])
+    path = st.path(shards[0])
+    with open(path, "r+b") as f:
+        f.truncate(_member_offsets(path)[3 * 10][0])  # between samples 9 and 10: a valid, shorter tar
+    with pytest.raises(ShardReadError, match=rf"00000.tar holds 10 samples but its index .* says {len(captions)}"):
+        load_captions(st, shards[:1])
