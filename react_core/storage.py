@@ -39,6 +39,7 @@ SUCCESS = "_SUCCESS"
 _THREAD_LOCKS: dict[str, threading.RLock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
 _HELD: dict[str, int] = {}
+_WARNED: set[str] = set()  # damaged stage files already reported by Stage.done
 _VERSION = re.compile(r"[0-9a-f]{12}")  # a stage folder's version (version_hash)
 
 
@@ -365,7 +366,8 @@ class Stage:
         """Complete: the marker is there and so is every top-level file it lists, at the size it was written.
         A stage with a deleted or truncated file (model.pt, an index) is therefore rebuilt by the next run."""
         problem = self.storage._stage_problem(self.uri)
-        if problem is not None and not problem.endswith("/" + SUCCESS):
+        if problem is not None and not problem.endswith("/" + SUCCESS) and problem not in _WARNED:
+            _WARNED.add(problem)  # once per process: several callers ask before the stage is rebuilt
             _logger.warning("stage %s: %s is missing or not the size it was written at; building the stage again",
                             self.uri, problem)  # fmt: skip
         return problem is None
