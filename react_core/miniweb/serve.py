@@ -48,6 +48,7 @@ class MiniWebServer:
     ) -> None:
         self.storage = storage
         self.before_response = before_response
+        self.hangups = 0  # responses the client closed the connection on before they were sent
         self.kb_uri = join(miniweb_uri, "kb")
         if not storage.exists(join(self.kb_uri, "urls.parquet")):
             raise StorageError(
@@ -71,8 +72,12 @@ class MiniWebServer:
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")
                 self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout): counted
+                    server.hangups += 1
+                    _logger.debug("miniweb http: client hung up before %s was sent", rel)
 
             def log_message(self, fmt: str, *args) -> None:
                 _logger.debug("miniweb http: " + fmt, *args)
