@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from prefect import unmapped
 
-from react_core.config import EvaluationConfig, ModelConfig, ReactConfig, StorageConfig, TrackingConfig
+from react_core.config import (
+    ConfigOverrides,
+    EvaluationConfig,
+    ModelConfig,
+    ReactConfig,
+    StorageConfig,
+    TrackingConfig,
+    apply_overrides,
+)
 from tasks import customize as t
 from tasks.common import embed_task_runner
 from tasks.world import generate_miniweb, pretrain_base_model
+
+# The presets a deployment names (deployments/*.yaml, beside the code on every worker); a Literal, so the
+# Prefect form offers them as a list.
+PRESETS = Path(__file__).resolve().parents[1] / "deployments"
+Preset = Literal[tuple(sorted(p.stem for p in PRESETS.glob("*.yaml")))]  # type: ignore[valid-type]
+
+
+def run_config(preset: str, config: ConfigOverrides | None) -> ReactConfig:
+    """The tree a flow run uses: its preset with the fields ``config`` names changed. Prefect merges a run's
+    parameters into the deployment's one level deep only, so a run that names ``training.epochs`` sends a
+    ``config`` holding just that; applied here, the preset keeps every other value."""
+    return apply_overrides(PRESETS / f"{preset}.yaml", config)
 
 
 def miniweb_and_base(config: ReactConfig, parent_run_id: str | None) -> tuple[str | None, str | None]:

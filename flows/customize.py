@@ -6,18 +6,20 @@ from typing import Any
 
 from prefect import flow, runtime
 
-from flows.common import embed_knowledge_base, evaluate_models, miniweb_and_base
-from react_core.config import ReactConfig
+from flows.common import Preset, embed_knowledge_base, evaluate_models, miniweb_and_base, run_config
+from react_core.config import ConfigOverrides
 from react_core.models import model_file
 from tasks import customize as t
 from tasks.world import start_tracking
 
-DEFAULT_CONFIG = ReactConfig()
-
 
 @flow(name="customize")
-def customize(config: ReactConfig = DEFAULT_CONFIG) -> dict[str, Any]:
-    """Embed the knowledge base, index it, retrieve for the task's class names, download, train, evaluate."""
+def customize(preset: Preset = "demo", config: ConfigOverrides | None = None) -> dict[str, Any]:
+    """Embed the knowledge base, index it, retrieve for the task's class names, download, train, evaluate.
+
+    ``preset``: a preset of deployments/; ``config``: the fields to change in it (a full tree changes them all).
+    """
+    config = run_config(preset, config)
     t.preflight(config)
     parent = start_tracking(config, "customize", runtime.flow_run.id)
     miniweb_uri, checkpoint = miniweb_and_base(config, parent)

@@ -6,19 +6,23 @@ from typing import Any
 
 from prefect import flow, runtime
 
-from flows.common import evaluate_models, miniweb_and_base
-from react_core.config import ReactConfig
+from flows.common import Preset, evaluate_models, miniweb_and_base, run_config
+from react_core.config import ConfigOverrides
 from tasks import customize as t
 from tasks.world import start_tracking
 
-DEFAULT_CONFIG = ReactConfig()
-
 
 @flow(name="evaluate")
-def evaluate(config: ReactConfig = DEFAULT_CONFIG, customized: str | None = None) -> dict[str, Any]:
+def evaluate(
+    preset: Preset = "demo", config: ConfigOverrides | None = None, customized: str | None = None
+) -> dict[str, Any]:
     """Evaluate ``model`` (``model.pretrained``: a tag, a checkpoint, or the mini-web base) and, when given,
     the ``customized`` checkpoint against it. Each (model, dataset) pair is its own cached task, so adding a
-    dataset to ``evaluation.tasks`` evaluates only that one."""
+    dataset to ``evaluation.tasks`` evaluates only that one.
+
+    ``preset``: a preset of deployments/; ``config``: the fields to change in it (a full tree changes them all).
+    """
+    config = run_config(preset, config)
     t.preflight(config, "evaluate")
     parent = start_tracking(config, "evaluate", runtime.flow_run.id)
     miniweb_uri, base = miniweb_and_base(config, parent)

@@ -6,15 +6,18 @@ from typing import Any
 
 from prefect import flow, runtime
 
-from react_core.config import ReactConfig
+from flows.common import Preset, run_config
+from react_core.config import ConfigOverrides
 from tasks.world import base_report, generate_miniweb, pretrain_base_model, start_tracking
-
-DEFAULT_CONFIG = ReactConfig()
 
 
 @flow(name="prepare-world")
-def prepare_world(config: ReactConfig = DEFAULT_CONFIG) -> dict[str, Any]:
-    """Generate the mini-web, pretrain the base CLIP on its generic split, report zero-shot accuracy."""
+def prepare_world(preset: Preset = "demo", config: ConfigOverrides | None = None) -> dict[str, Any]:
+    """Generate the mini-web, pretrain the base CLIP on its generic split, report zero-shot accuracy.
+
+    ``preset``: a preset of deployments/; ``config``: the fields to change in it (a full tree changes them all).
+    """
+    config = run_config(preset, config)
     parent = start_tracking(config, "prepare-world", runtime.flow_run.id)
     miniweb = generate_miniweb(config.storage, config.miniweb)
     base = pretrain_base_model(config.storage, config.model, config.tracking, miniweb, parent_run_id=parent)

@@ -12,10 +12,10 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from react_core.errors import ReactError
 from react_core.secrets import protect
@@ -491,3 +491,71 @@ def load_config(
         return ReactConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, name)) from None
+
+
+# -- overrides: a partial tree (what a deployment run changes) ------------------------------------------------
+
+
+def _as_dict(data: Any) -> Any:
+    """A full section (or tree) given where a partial one is expected: every field counts as named."""
+    return data.model_dump() if isinstance(data, BaseModel) else data
+
+
+def _partial(cls: type[BaseModel]) -> type[BaseModel]:
+    """The same tree with every field optional (default: not named) and its type, bounds and description kept,
+    so a Prefect form or ``--params`` can name one field and leave the rest to the preset."""
+    fields: dict[str, Any] = {}
+    validators: dict[str, Any] = {"_full": model_validator(mode="before")(classmethod(lambda c, d: _as_dict(d)))}
+    for name, f in cls.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            ann = _partial(ann)
+        elif f.metadata:
+            ann = Annotated[(ann, *f.metadata)]
+        fields[name] = (Optional[ann], Field(None, description=f.description))  # noqa: UP045 - create_model
+        if name == "options" and cls is StorageConfig:
+            validators["_secrets"] = field_validator("options")(classmethod(lambda c, v: protect(v) if v else v))
+    return create_model(f"{cls.__name__}Overrides", __config__=ConfigDict(extra="forbid", frozen=True),
+                        __doc__=f"Only the fields named change the preset: {cls.__doc__ or cls.__name__}",
+                        __validators__=validators, **fields)  # fmt: skip
+
+
+ConfigOverrides = _partial(ReactConfig)
+
+
+def _named(overrides: BaseModel) -> dict[str, Any]:
+    """The fields an overrides tree names (set explicitly, ``null`` included), nested sections as dicts."""
+    out: dict[str, Any] = {}
+    for name in overrides.model_fields_set:
+        value = getattr(overrides, name)
+        out[name] = _named(value) if isinstance(value, BaseModel) else value
+    return out
+
+
+def _apply(base: dict[str, Any], named: Mapping[str, Any], sections: type[BaseModel]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in named.items():
+        ann = sections.model_fields[k].annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(v, Mapping):
+            out[k] = _apply(dict(out.get(k) or {}), v, ann)  # a section: only the fields it names
+        else:
+            out[k] = v  # a value, a list or a dict field (storage.options): replaced whole
+    return out
+
+
+def apply_overrides(preset: str | Path | ReactConfig, overrides: BaseModel | Mapping[str, Any] | None) -> ReactConfig:
+    """``preset`` (a YAML file or a tree) with the fields ``overrides`` names changed, validated as a whole.
+    ``overrides``: a :data:`ConfigOverrides` (its explicitly set fields), a nested mapping, or a full
+    :class:`ReactConfig` (all of its fields)."""
+    base = preset.model_dump() if isinstance(preset, ReactConfig) else load_config(preset).model_dump()
+    if overrides is None:
+        return ReactConfig.model_validate(base)
+    if not isinstance(overrides, ConfigOverrides):  # a mapping, or a full tree (every field named)
+        try:
+            overrides = ConfigOverrides.model_validate(overrides)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, "overrides")) from None
+    try:
+        return ReactConfig.model_validate(_apply(base, _named(overrides), ReactConfig))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(preset) if isinstance(preset, (str, Path)) else "config"))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,9 +48,6 @@ def prefect_server(tmp_path_factory):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",
-        # prefect.yaml's pull step is set_working_directory: {{ $PWD }}, resolved at deploy time; a
-        # subprocess's cwd= does not update PWD, so say it here rather than trust the caller's shell.
-        "PWD": str(REPO),
     }
     log = open(home / "server.log", "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
@@ -68,10 +66,14 @@ def prefect_server(tmp_path_factory):
     log.close()
 
 
-def _prefect(env, *args, timeout=300):
+def _prefect(env, *args, timeout=300, cwd=REPO):
     return subprocess.run(
-        [BIN / "prefect", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+        [BIN / "prefect", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def _git(*args, cwd=REPO):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
 
 
 def imagenet_on_the_miniweb(root: Path) -> dict:
@@ -103,28 +105,38 @@ def _customize_runs(root: Path, experiment: str):
     return client.search_runs([exp.experiment_id], filter_string="tags.`prefect.flow_name` = 'customize'")
 
 
-def test_deploy_all_and_run_demo_and_imagenet_on_a_process_worker(prefect_server, tmp_path):
+def test_deployed_from_one_checkout_run_by_a_worker_elsewhere_with_one_field_changed(prefect_server, tmp_path):
+    """Deploy from a checkout that is then deleted (the deploying machine); a process worker with its own
+    PREFECT_HOME and working directory (another host) clones the deployed commit and runs it. A run that names
+    one field of the preset (training.epochs) runs the preset's other values."""
     env = prefect_server
+    origin, deployer, host = tmp_path / "origin.git", tmp_path / "deployer", tmp_path / "worker-host"
+    _git("clone", "--quiet", "--bare", str(REPO), str(origin))
+    _git("clone", "--quiet", str(origin), str(deployer))
     out = _prefect(env, "work-pool", "create", "react-process", "--type", "process")
     assert out.returncode == 0, out.stdout + out.stderr
-    out = _prefect(env, "--no-prompt", "deploy", "--all")
+    out = _prefect(env, "--no-prompt", "deploy", "--all", cwd=deployer)
     assert out.returncode == 0, out.stdout + out.stderr
     for name in ("customize/demo", "customize/tiny", "customize/imagenet"):
         assert name in out.stdout, out.stdout
+    shutil.rmtree(deployer)  # nothing of the deploying machine's disk is left for the worker
 
+    host.mkdir()
+    worker_env = {**env, "PREFECT_HOME": str(tmp_path / "worker-prefect-home")}
     log_path = tmp_path / "worker.log"
     worker_log = open(log_path, "wb")  # noqa: SIM115
     worker = subprocess.Popen(
         [BIN / "prefect", "worker", "start", "--pool", "react-process", "--type", "process"],
-        env=env,
-        cwd=REPO,
+        env=worker_env,
+        cwd=host,
         stdout=worker_log,
         stderr=subprocess.STDOUT,
     )
     root = tmp_path / "artifacts"
     imagenet = imagenet_on_the_miniweb(root)
     try:
-        _run_deployment(env, "customize/demo", tiny_config(root).model_dump(mode="json"), log_path)
+        one_field = {"storage": {"root": str(root)}, "training": {"epochs": 1}}
+        _run_deployment(env, "customize/tiny", one_field, log_path)
         # Same root: the world, base model and knowledge-base stages come from the first run's cache.
         _run_deployment(env, "customize/imagenet", imagenet, log_path)
     finally:
@@ -136,7 +148,13 @@ def test_deploy_all_and_run_demo_and_imagenet_on_a_process_worker(prefect_server
         worker_log.close()
 
     assert len(list((root / "evaluate").glob("*/_SUCCESS"))) == 2, "one evaluation per run (different training)"
-    for experiment in ("react-tiny", "react-imagenet"):
-        runs = _customize_runs(root, experiment)
-        assert len(runs) == 1 and runs[0].data.tags["prefect.flow_run_id"], experiment
+    (tiny_run,) = _customize_runs(root, "react-tiny")
+    params = tiny_run.data.params
+    tiny = load_config(REPO / "deployments" / "tiny.yaml")
+    assert params["training.epochs"] == "1"  # the field the run named ...
+    assert params["model.name"] == tiny.model.name == "react-micro-vit"  # ... and the preset's others
+    assert params["training.gated_layers"] == str(tiny.training.gated_layers)
+    assert params["retrieval.k"] == str(tiny.retrieval.k) and params["miniweb.kb_size"] == str(tiny.miniweb.kb_size)
+    (imagenet_run,) = _customize_runs(root, "react-imagenet")
+    assert imagenet_run.data.tags["prefect.flow_run_id"]
     assert imagenet["training"]["lr"] == 5e-4 and imagenet["training"]["mode"] == "gated-image"

@@ -1,27 +1,56 @@
+import importlib
 from pathlib import Path
 
 import pytest
 import yaml
 
-from react_core.config import load_config
+from react_core.config import ConfigError, ConfigOverrides, apply_overrides, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
 
 
+def _flow(dep):
+    module, func = dep["entrypoint"].split(":")
+    return getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
+
+
 @pytest.mark.parametrize("dep", DEPLOYMENTS, ids=lambda d: d["name"])
-def test_deployment_parameters_validate_and_match_their_preset(dep):
-    cfg = load_config(dep["parameters"]["config"])
-    preset = REPO / "deployments" / f"{dep['name']}.yaml"
-    assert preset.exists(), f"prefect.yaml deployment {dep['name']} has no preset {preset}"
-    assert cfg == load_config(preset)
+def test_each_deployment_names_a_preset_that_validates(dep):
+    preset = REPO / "deployments" / f"{dep['parameters']['preset']}.yaml"
+    assert preset.exists(), f"prefect.yaml deployment {dep['name']} names no preset file {preset}"
+    load_config(preset)
+    schema = _flow(dep).parameters.properties
+    assert dep["parameters"]["preset"] in schema["preset"]["enum"]  # a choice of the form's list
 
 
 @pytest.mark.parametrize("dep", DEPLOYMENTS, ids=lambda d: d["name"])
 def test_deployment_entrypoints_resolve(dep):
-    import importlib
+    flow = _flow(dep)
+    assert flow.name in {"customize", "evaluate", "prepare-world"}
+    assert {"preset", "config"} <= set(flow.parameters.properties)
 
-    module, func = dep["entrypoint"].split(":")
-    flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func)
-    assert flow.name == "customize"
-    assert "config" in flow.parameters.properties
+
+def test_a_run_changes_only_the_fields_it_names():
+    tiny = load_config(REPO / "deployments" / "tiny.yaml")
+    # What Prefect hands the flow for `--params '{"config": {"training": {"epochs": 1}}}'` on customize/tiny.
+    run = apply_overrides(REPO / "deployments" / "tiny.yaml", {"training": {"epochs": 1}, "index": {"index_key": None}})
+    assert run.training.epochs == 1 and run.index.index_key is None
+    assert run.model_copy(update={"training": tiny.training, "index": tiny.index}) == tiny
+    assert run.training.model_copy(update={"epochs": tiny.training.epochs}) == tiny.training
+    assert apply_overrides(REPO / "deployments" / "demo.yaml", tiny) == tiny  # a full tree changes everything
+    with pytest.raises(ConfigError, match=r"training.epochs.*greater than or equal to 1"):
+        apply_overrides(REPO / "deployments" / "tiny.yaml", {"training": {"epochs": 0}})
+    with pytest.raises(ConfigError, match=r"training.epoch"):
+        apply_overrides(REPO / "deployments" / "tiny.yaml", {"training": {"epoch": 1}})
+
+
+def test_the_form_is_typed_with_bounds_and_keeps_secrets():
+    from flows.customize import customize
+
+    props = customize.parameters.model_dump()["definitions"]
+    training = props["TrainingConfigOverrides"]["properties"]
+    assert {"type": "integer", "minimum": 1} in training["epochs"]["anyOf"]
+    assert training["epochs"]["description"] and training["epochs"]["default"] is None
+    named = ConfigOverrides.model_validate({"storage": {"options": {"secret": "s3cr3t"}}})
+    assert "s3cr3t" not in named.model_dump_json()
