@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from prefect import unmapped
+from prefect import runtime, unmapped
 
 from react_core.config import (
     ConfigOverrides,
@@ -18,7 +20,7 @@ from react_core.config import (
 )
 from tasks import customize as t
 from tasks.common import embed_task_runner
-from tasks.world import generate_miniweb, pretrain_base_model
+from tasks.world import end_tracking, generate_miniweb, pretrain_base_model, start_tracking
 
 # The presets a deployment names (deployments/*.yaml, beside the code on every worker); a Literal, so the
 # Prefect form offers them as a list.
@@ -31,6 +33,22 @@ def run_config(preset: str, config: ConfigOverrides | None) -> ReactConfig:
     parameters into the deployment's one level deep only, so a run that names ``training.epochs`` sends a
     ``config`` holding just that; applied here, the preset keeps every other value."""
     return apply_overrides(PRESETS / f"{preset}.yaml", config)
+
+
+@contextlib.contextmanager
+def tracked(config: ReactConfig, flow_name: str) -> Iterator[dict[str, Any]]:
+    """The flow's parent MLflow run, open while the flow runs and ended with its outcome: FINISHED, or FAILED
+    when the flow raises (KILLED on an interrupt). Yields the flow's result dict (``mlflow_run_id``,
+    ``flow_run_id``), which the flow fills with its stage URIs: they become the parent run's tags."""
+    out: dict[str, Any] = {"flow_run_id": runtime.flow_run.id}
+    out["mlflow_run_id"] = start_tracking(config, flow_name, runtime.flow_run.id)
+    try:
+        yield out
+    except BaseException as exc:
+        status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+        end_tracking(config, out["mlflow_run_id"], status, {k: v for k, v in out.items() if isinstance(v, str)})
+        raise
+    end_tracking(config, out["mlflow_run_id"], "FINISHED", {k: v for k, v in out.items() if isinstance(v, str)})
 
 
 def miniweb_and_base(config: ReactConfig, parent_run_id: str | None) -> tuple[str | None, str | None]:

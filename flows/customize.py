@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, runtime
+from prefect import flow
 
-from flows.common import Preset, embed_knowledge_base, evaluate_models, miniweb_and_base, run_config
+from flows.common import Preset, embed_knowledge_base, evaluate_models, miniweb_and_base, run_config, tracked
 from react_core.config import ConfigOverrides
 from react_core.models import model_file
 from tasks import customize as t
-from tasks.world import start_tracking
 
 
 @flow(name="customize")
@@ -21,32 +20,25 @@ def customize(preset: Preset = "demo", config: ConfigOverrides | None = None) ->
     """
     config = run_config(preset, config)
     t.preflight(config)
-    parent = start_tracking(config, "customize", runtime.flow_run.id)
-    miniweb_uri, checkpoint = miniweb_and_base(config, parent)
-    embedded = embed_knowledge_base(config, checkpoint, miniweb_uri, parent)
-    indexed = t.index(config.storage, config.index, config.retrieval.k, embedded, config.tracking, parent)
-    retrieved = t.retrieve(
-        config.storage, config.model, checkpoint, config.retrieval, embedded, indexed, miniweb_uri,
-        config.tracking, parent_run_id=parent, evaluation=config.evaluation,
-    )  # fmt: skip
-    downloaded = t.download(config.storage, config.download, retrieved, miniweb_uri, config.tracking, parent)
-    trained = t.train(
-        config.storage, config.model, checkpoint, config.training, config.tracking, downloaded, parent_run_id=parent
-    )
-    evaluated = evaluate_models(
-        config.storage, config.model, {"base": checkpoint, "customized": model_file(trained)}, config.evaluation,
-        config.tracking, miniweb_uri, parent_run_id=parent,
-    )  # fmt: skip
-    return {
-        "miniweb": miniweb_uri,
-        "base": checkpoint,
-        "embed": embedded,
-        "index": indexed,
-        "retrieve": retrieved,
-        "download": downloaded,
-        "train": trained,
-        "evaluate": evaluated,
-        "table": t.report(config.storage, evaluated),
-        "mlflow_run_id": parent,
-        "flow_run_id": runtime.flow_run.id,
-    }
+    with tracked(config, "customize") as out:
+        parent = out["mlflow_run_id"]
+        out["miniweb"], out["base"] = miniweb_uri, checkpoint = miniweb_and_base(config, parent)
+        out["embed"] = embedded = embed_knowledge_base(config, checkpoint, miniweb_uri, parent)
+        out["index"] = indexed = t.index(config.storage, config.index, config.retrieval.k, embedded, config.tracking,
+                                         parent)  # fmt: skip
+        out["retrieve"] = retrieved = t.retrieve(
+            config.storage, config.model, checkpoint, config.retrieval, embedded, indexed, miniweb_uri,
+            config.tracking, parent_run_id=parent, evaluation=config.evaluation,
+        )  # fmt: skip
+        out["download"] = downloaded = t.download(
+            config.storage, config.download, retrieved, miniweb_uri, config.tracking, parent
+        )
+        out["train"] = trained = t.train(
+            config.storage, config.model, checkpoint, config.training, config.tracking, downloaded, parent_run_id=parent
+        )
+        out["evaluate"] = evaluated = evaluate_models(
+            config.storage, config.model, {"base": checkpoint, "customized": model_file(trained)}, config.evaluation,
+            config.tracking, miniweb_uri, parent_run_id=parent,
+        )  # fmt: skip
+        out["table"] = t.report(config.storage, evaluated)
+    return out

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, runtime
+from prefect import flow
 
-from flows.common import Preset, evaluate_models, miniweb_and_base, run_config
+from flows.common import Preset, evaluate_models, miniweb_and_base, run_config, tracked
 from react_core.config import ConfigOverrides
 from tasks import customize as t
-from tasks.world import start_tracking
 
 
 @flow(name="evaluate")
@@ -24,15 +23,13 @@ def evaluate(
     """
     config = run_config(preset, config)
     t.preflight(config, "evaluate")
-    parent = start_tracking(config, "evaluate", runtime.flow_run.id)
-    miniweb_uri, base = miniweb_and_base(config, parent)
-    checkpoints = {"base": base} if customized is None else {"base": base, "customized": customized}
-    evaluated = evaluate_models(
-        config.storage, config.model, checkpoints, config.evaluation, config.tracking, miniweb_uri, parent_run_id=parent
-    )
-    return {
-        "evaluate": evaluated,
-        "table": t.report(config.storage, evaluated),
-        "mlflow_run_id": parent,
-        "flow_run_id": runtime.flow_run.id,
-    }
+    with tracked(config, "evaluate") as out:
+        parent = out["mlflow_run_id"]
+        miniweb_uri, base = miniweb_and_base(config, parent)
+        checkpoints = {"base": base} if customized is None else {"base": base, "customized": customized}
+        out["evaluate"] = evaluated = evaluate_models(
+            config.storage, config.model, checkpoints, config.evaluation, config.tracking, miniweb_uri,
+            parent_run_id=parent,
+        )  # fmt: skip
+        out["table"] = t.report(config.storage, evaluated)
+    return out

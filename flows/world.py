@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, runtime
+from prefect import flow
 
-from flows.common import Preset, run_config
+from flows.common import Preset, run_config, tracked
 from react_core.config import ConfigOverrides
-from tasks.world import base_report, generate_miniweb, pretrain_base_model, start_tracking
+from tasks.world import base_report, generate_miniweb, pretrain_base_model
 
 
 @flow(name="prepare-world")
@@ -18,13 +18,10 @@ def prepare_world(preset: Preset = "demo", config: ConfigOverrides | None = None
     ``preset``: a preset of deployments/; ``config``: the fields to change in it (a full tree changes them all).
     """
     config = run_config(preset, config)
-    parent = start_tracking(config, "prepare-world", runtime.flow_run.id)
-    miniweb = generate_miniweb(config.storage, config.miniweb)
-    base = pretrain_base_model(config.storage, config.model, config.tracking, miniweb, parent_run_id=parent)
-    return {
-        "miniweb": miniweb,
-        "base": base,
-        "report": base_report(config.storage, base),
-        "mlflow_run_id": parent,
-        "flow_run_id": runtime.flow_run.id,
-    }
+    with tracked(config, "prepare-world") as out:
+        out["miniweb"] = miniweb = generate_miniweb(config.storage, config.miniweb)
+        out["base"] = base = pretrain_base_model(
+            config.storage, config.model, config.tracking, miniweb, parent_run_id=out["mlflow_run_id"]
+        )
+        out["report"] = base_report(config.storage, base)
+    return out

@@ -330,7 +330,7 @@ class EvaluationConfig(_Section):
 
 class TrackingConfig(_Section):
     tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; null: a sqlite file under the storage root"
+        None, description="MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else a sqlite file under the storage root"
     )
     experiment: str = Field("react", description="MLflow experiment name")
     enabled: bool = Field(True, description="log to MLflow; false: nothing is tracked")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from react_core.config import (
     DownloadConfig,
@@ -51,18 +52,41 @@ from react_core.training.pretrain import pretrain_base
 _logger = logging.getLogger(__name__)
 
 
+def _stage_tags(stage: Stage) -> dict[str, str]:
+    """Tags of a stage's tracking run: how a later run that reuses the stage finds the run that made it."""
+    return {"react.stage": stage.name, "react.stage_uri": stage.uri}
+
+
 def start_run(
     config: ReactConfig, flow_name: str, tracker: Tracker | None, tags: Mapping[str, str] | None = None
 ) -> str | None:
-    """Open the pipeline's parent tracking run (its params: the whole config); returns its id (None untracked).
-    Runs an earlier, killed process left RUNNING are marked KILLED first; the stages it finished are reused."""
+    """Open the pipeline's parent tracking run (its params: the whole config) and leave it RUNNING until
+    :func:`end_run`; returns its id (None untracked). Runs an earlier, killed process left RUNNING are marked
+    KILLED first; the stages it finished are reused."""
     tracker = tracker or NullTracker()
     if killed := tracker.mark_abandoned():
         _logger.warning("resuming after %d killed run(s): finished stages are reused, unfinished ones continue",
                         len(killed))  # fmt: skip
-    with tracker.run(flow_name, tags=tags) as t:
-        t.log_params(config.model_dump(mode="json"))
-        return t.run_id
+    return tracker.open_run(flow_name, tags, config.model_dump(mode="json"))
+
+
+def end_run(
+    tracker: Tracker | None, run_id: str | None, status: str = "FINISHED", stages: Mapping[str, Any] | None = None
+) -> None:
+    """End the parent run with the pipeline's outcome (``FINISHED``, ``FAILED``, ``KILLED``). ``stages``: what the
+    pipeline returned; each stage URI in it becomes a tag ``react.stage.{name}`` with, beside it,
+    ``react.stage.{name}.run``: the run that produced the stage (this run's child, or an earlier run's when the
+    stage was reused), so a run whose stages all came from a cache still says where everything is."""
+    if tracker is None or run_id is None:
+        return
+    tags: dict[str, str] = {}
+    for name, value in (stages or {}).items():
+        if isinstance(value, str) and "://" in value:
+            tags[f"react.stage.{name}"] = value
+            producer = tracker.stage_producer(value.rsplit("/model.pt", 1)[0])
+            if producer:
+                tags[f"react.stage.{name}.run"] = producer
+    tracker.end_run(run_id, status, tags)
 
 
 def miniweb_stage(storage: Storage, miniweb: MiniWebConfig) -> Stage:
@@ -90,9 +114,10 @@ def run_pretrain_base(
     progress: bool = False,
 ) -> str:
     """The tiny base CLIP pretrained on the mini-web (``model.pt`` in the stage)."""
-    with (tracker or NullTracker()).run("pretrain-base", parent_run_id=parent_run_id) as t:
+    stage = base_stage(storage, model, miniweb_uri)
+    with (tracker or NullTracker()).run("pretrain-base", _stage_tags(stage), parent_run_id) as t:
         t.log_params({"model": model.model_dump(mode="json")})
-        return pretrain_base(model, storage, base_stage(storage, model, miniweb_uri), miniweb_uri, t, progress)
+        return pretrain_base(model, storage, stage, miniweb_uri, t, progress)
 
 
 def base_checkpoint(model: ModelConfig, base_stage: str | None) -> str | None:
@@ -304,7 +329,7 @@ def run_train(
     stage = storage.stage("train", {"model": model.name, "training": training.recipe()},
                           {"download": download_uri, "checkpoint": checkpoint or ""})  # fmt: skip
     shards = downloaded_shards(storage, download_uri)
-    with (tracker or NullTracker()).run("train", parent_run_id=parent_run_id) as t:
+    with (tracker or NullTracker()).run("train", _stage_tags(stage), parent_run_id) as t:
         t.log_params({"training": training.model_dump(mode="json")})
         if stage.done:
             return stage.uri
@@ -355,7 +380,7 @@ def run_report(
     """``metrics.json``, ``table.md`` and ``deltas.png`` from per-dataset stages of two models (base, customized)."""
     inputs = {f"{which}/{i}": uri for which, uris in results.items() for i, uri in enumerate(uris)}
     stage = storage.stage("evaluate", {"models": list(results)}, inputs)
-    with (tracker or NullTracker()).run("evaluate", parent_run_id=parent_run_id) as t, stage.lock():
+    with (tracker or NullTracker()).run("evaluate", _stage_tags(stage), parent_run_id) as t, stage.lock():
         if stage.done:
             return stage.uri
         per_model = {w: [storage.read_json(join(u, "result.json")) for u in uris] for w, uris in results.items()}

@@ -68,6 +68,18 @@ class Tracker:
         """End as KILLED the runs left RUNNING by processes of this host that are gone; returns their ids."""
         return []
 
+    # A run that outlives a ``with`` block: a flow's parent run, ended with the flow's final state.
+    def open_run(self, name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None) -> str | None:  # fmt: skip
+        """Start a run and leave it RUNNING; returns its id (None: untracked)."""
+        return None
+
+    def end_run(self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
+        """Tag a run opened by :meth:`open_run` and end it (``FINISHED``, ``FAILED`` or ``KILLED``)."""
+
+    def stage_producer(self, stage_uri: str) -> str | None:
+        """The id of the first run that logged the stage at ``stage_uri`` (None if none did)."""
+        return None
+
 
 NullTracker = Tracker
 
@@ -109,6 +121,20 @@ class MemoryTracker(Tracker):
 
     def log_image(self, image: Any, name: str) -> None:
         self.artifacts.append(name)
+
+    def open_run(self, name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None) -> str | None:  # fmt: skip
+        self.runs.append({"name": name, "tags": dict(tags or {}), "parent_run_id": None, "status": "RUNNING"})
+        self.params.update(_flatten(params or {}))
+        return f"run-{len(self.runs)}"
+
+    def end_run(self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
+        run = self.runs[int(run_id.split("-")[1]) - 1]
+        run["tags"].update(tags or {})
+        run["status"] = status
+
+    def stage_producer(self, stage_uri: str) -> str | None:
+        found = [i for i, r in enumerate(self.runs) if r["tags"].get("react.stage_uri") == stage_uri]
+        return f"run-{found[0] + 1}" if found else None
 
 
 class MLflowTracker(Tracker):
@@ -158,8 +184,35 @@ class MLflowTracker(Tracker):
                 self.run_id = prev
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        flat = {k: (str(v)[:5000]) for k, v in _flatten(params).items()}
-        self._mlflow.log_params(flat)
+        self._mlflow.log_params(_param_strings(params))
+
+    def _client(self) -> Any:
+        return self._mlflow.tracking.MlflowClient(self.tracking_uri)
+
+    def open_run(self, name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None) -> str | None:  # fmt: skip
+        from mlflow.entities import Param
+
+        all_tags = {"react.host": socket.gethostname(), "react.pid": str(os.getpid()), "mlflow.runName": name,
+                    **dict(tags or {})}  # fmt: skip
+        client = self._client()
+        run = client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        items = [Param(k, v) for k, v in _param_strings(params or {}).items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            client.log_batch(run.info.run_id, params=items[i : i + 100])
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
+        client = self._client()
+        for k, v in (tags or {}).items():
+            client.set_tag(run_id, k, v)
+        client.set_terminated(run_id, status=status)
+
+    def stage_producer(self, stage_uri: str) -> str | None:
+        found = self._client().search_runs(
+            [self.experiment_id], f"tags.`react.stage_uri` = '{stage_uri}'", max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )  # fmt: skip
+        return found[0].info.run_id if found else None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
@@ -246,6 +299,10 @@ def _sqlite_lock(tracking_uri: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _param_strings(params: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(v)[:5000] for k, v in _flatten(params).items()}
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -285,7 +342,7 @@ def stage_run(
     if tracker is None:
         yield NullTracker()
         return
-    with tracker.run(name, parent_run_id=parent_run_id) as t:
+    with tracker.run(name, tags={"react.stage": name, "react.stage_uri": uri}, parent_run_id=parent_run_id) as t:
         t.log_params(params)
         counts = storage.stage_manifest(uri)["counts"]
         t.log_metrics({f"{name}/{k}": v for k, v in counts.items() if isinstance(v, int | float)})
@@ -301,13 +358,16 @@ def log_stage(*args: Any, **kwargs: Any) -> None:
 
 
 def make_tracker(cfg: TrackingConfig, storage: Storage) -> Tracker:
+    """MLflow at ``tracking.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a sqlite file under the storage root
+    (``tracking.enabled: false``: nothing is tracked)."""
     if not cfg.enabled:
         return NullTracker()
-    if cfg.tracking_uri:
+    tracking_uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if tracking_uri:
         # A tracking server decides where artifacts go (--default-artifact-root, --serve-artifacts); for a
         # database URI the experiment we create keeps them under the storage root, not in ./mlruns of the cwd.
-        server = cfg.tracking_uri.split(":", 1)[0] in {"http", "https", "databricks"}
+        server = tracking_uri.split(":", 1)[0] in {"http", "https", "databricks"}
         artifacts = None if server else join(storage.root, "mlartifacts")
-        return MLflowTracker(cfg.tracking_uri, cfg.experiment, artifacts, storage_options=storage.options)
+        return MLflowTracker(tracking_uri, cfg.experiment, artifacts, storage_options=storage.options)
     uri, artifacts = default_tracking_uri(storage)
     return MLflowTracker(uri, cfg.experiment, artifacts, storage_options=storage.options)

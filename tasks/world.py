@@ -29,6 +29,12 @@ def pretrain_base_model(
     return pipeline.run_pretrain_base(st, model, miniweb_uri, tracker_of(tracking, st), parent_run_id)
 
 
+@task(name="end-tracking", cache_policy=None, persist_result=False)
+def end_tracking(config: ReactConfig, parent_run_id: str | None, status: str, stages: dict | None = None) -> None:
+    """End the parent MLflow run with the flow's outcome, tagged with every stage and the run that produced it."""
+    pipeline.end_run(tracker_of(config.tracking, storage_of(config.storage)), parent_run_id, status, stages)
+
+
 @task(name="start-tracking", cache_policy=None, persist_result=False)
 def start_tracking(config: ReactConfig, flow_name: str, flow_run_id: str | None) -> str | None:
     """Open the pipeline's parent MLflow run (tagged with the Prefect flow-run id); returns its id."""

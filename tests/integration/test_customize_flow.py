@@ -54,10 +54,19 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     artifacts = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
     assert artifacts == {"evaluation_table.json", "metrics.json", "deltas.png"}
 
+    # The parent run lasts as long as the flow and says where every stage is and which run made it.
+    assert parent.info.status == "FINISHED" and parent.info.end_time - parent.info.start_time > 5_000
+    assert parent.data.tags["react.stage.train"] == first["train"]
+    assert parent.data.tags["react.stage.train.run"] == runs["train"].info.run_id
+
     second = customize(config=cfg)
     assert second["table"] == first["table"]
     states = _task_states(second["flow_run_id"], set(STAGES))
     assert all(states[s] == "Cached" for s in STAGES), states
+    cached_parent = client.get_run(second["mlflow_run_id"])  # nothing ran: not empty, it points at the producers
+    assert cached_parent.info.status == "FINISHED" and cached_parent.data.params["training.lr"] == str(cfg.training.lr)
+    assert cached_parent.data.tags["react.stage.train.run"] == runs["train"].info.run_id
+    assert cached_parent.data.tags["react.stage.evaluate.run"] == evaluate.info.run_id
 
     third = customize(config=tiny_config(tmp_path / "root", **{"training.lr": 0.002}))
     states = _task_states(third["flow_run_id"], set(STAGES))
@@ -82,3 +91,10 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     assert fourth["train"] == first["train"] and st.exists(join(first["train"], "model.pt"))
     assert st.stage_manifest(first["retrieve"])["counts"] == st.stage_manifest(third["retrieve"])["counts"]
     assert fourth["table"] == first["table"]
+
+    # A flow that fails ends its parent run FAILED (it was FINISHED 0.1 s after starting, whatever happened).
+    with pytest.raises(Exception, match="min_per_class"):
+        customize(config=tiny_config(tmp_path / "root", **{"retrieval.min_per_class": 100000}))
+    failed = client.search_runs([parent.info.experiment_id], "attributes.status = 'FAILED'")
+    assert [r.info.run_name for r in failed] == ["customize"]
+    assert failed[0].data.tags["react.stage.index"] == first["index"]  # what it got to is recorded

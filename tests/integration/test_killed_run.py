@@ -17,7 +17,7 @@ def test_runs_left_running_by_a_killed_process_are_marked_killed_at_the_next_sta
     from mlflow.tracking import MlflowClient
 
     from react_core.config import load_config
-    from react_core.pipeline import start_run
+    from react_core.pipeline import end_run, start_run
     from react_core.tracking import MLflowTracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -41,4 +41,6 @@ with t.run("customize") as parent:
         assert client.get_run(live.run_id).info.status == "RUNNING"  # this process is alive: its run is left alone
     assert {client.get_run(r.info.run_id).info.status for r in left} == {"KILLED"}
     assert "resuming after 2 killed run(s)" in caplog.text
-    assert client.get_run(run_id).info.status == "FINISHED"
+    assert client.get_run(run_id).info.status == "RUNNING"  # a parent stays open until the pipeline ends it
+    end_run(tracker, run_id, "FAILED")
+    assert client.get_run(run_id).info.status == "FAILED"

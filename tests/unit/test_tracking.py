@@ -1,0 +1,31 @@
+"""Where runs are tracked, and the parent run's life as the pipeline sees it (MemoryTracker)."""
+
+from react_core.config import TrackingConfig, load_config
+from react_core.pipeline import end_run, start_run
+from react_core.storage import Storage
+from react_core.tracking import MemoryTracker, log_stage, make_tracker
+
+
+def test_tracking_uri_comes_from_the_config_then_the_environment_then_the_storage_root(tmp_path, monkeypatch):
+    st = Storage(str(tmp_path / "root"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert make_tracker(TrackingConfig(), st).tracking_uri == f"sqlite:///{tmp_path}/root/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/env.db")
+    assert make_tracker(TrackingConfig(), st).tracking_uri == f"sqlite:///{tmp_path}/env.db"
+    given = f"sqlite:///{tmp_path}/given.db"
+    assert make_tracker(TrackingConfig(tracking_uri=given), st).tracking_uri == given
+
+
+def test_the_parent_run_stays_open_and_ends_tagged_with_each_stage_and_its_producer(tmp_path):
+    st = Storage(str(tmp_path))
+    stage = st.stage("index", {"a": 1})
+    uri = stage.complete(counts={"rows": 3})
+    tracker = MemoryTracker()
+    log_stage(tracker, st, "index", uri, {"k": 1})  # an earlier run made the stage
+    parent = start_run(load_config(), "customize", tracker, {"prefect.flow_run_id": "f"})
+    assert tracker.runs[-1]["status"] == "RUNNING" and tracker.params["training.lr"] == load_config().training.lr
+    end_run(tracker, parent, "FAILED", {"index": uri, "table": {"x": 1}, "flow_run_id": "f"})
+    assert tracker.runs[-1]["status"] == "FAILED"
+    assert tracker.runs[-1]["tags"]["react.stage.index"] == uri
+    assert tracker.runs[-1]["tags"]["react.stage.index.run"] == "run-1"
+    assert "react.stage.flow_run_id" not in tracker.runs[-1]["tags"]
