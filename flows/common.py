@@ -70,15 +70,14 @@ def embed_knowledge_base(
     ``knowledge_base.dask_address`` is set (else in this process), then the stage's completion."""
     kb = config.knowledge_base
     planned, groups = t.embed_plan(config.storage, config.model, kb, checkpoint, miniweb_uri)
-    with embed_task_runner(kb) as runner:
-        fixed = {
-            "storage": config.storage,
-            "model": config.model,
-            "kb": kb,
-            "checkpoint": checkpoint,
-            "miniweb_uri": miniweb_uri,
-        }
-        runner.map(t.embed_shards, {**{k: unmapped(v) for k, v in fixed.items()}, "indices": groups}).result()
+    fixed = {"storage": config.storage, "model": config.model, "kb": kb, "checkpoint": checkpoint,
+             "miniweb_uri": miniweb_uri}  # fmt: skip
+    if kb.dask_address:
+        with embed_task_runner(kb) as runner:
+            runner.map(t.embed_shards, {**{k: unmapped(v) for k, v in fixed.items()}, "indices": groups}).result()
+    else:  # in the flow's thread, one group after the other (see evaluate_models: DataLoaders and threads)
+        for indices in groups:
+            t.embed_shards(**fixed, indices=indices)
     return t.embed(config.storage, config.model, kb, checkpoint, miniweb_uri, groups, config.tracking, parent_run_id,
                    planned=planned)  # fmt: skip
 
@@ -92,22 +91,17 @@ def evaluate_models(
     miniweb_uri: str | None,
     parent_run_id: str | None = None,
 ) -> str:
-    """Map one task per (model, dataset), then the report. Called from a flow."""
+    """One task per (model, dataset), then the report. Called from a flow."""
     # Each task gets the config narrowed to its dataset, so its cache key does not change when another
-    # dataset is added. Shared arguments are unmapped (pydantic configs are iterable: map would split them).
+    # dataset is added. The tasks run one after the other in the flow's thread, not mapped onto a thread pool:
+    # each decodes in DataLoader worker processes, and PyTorch watches those from the main thread only (its
+    # SIGCHLD handler); DataLoaders forked from several threads at once failed, rarely, with "DataLoader
+    # worker exited unexpectedly with exit code 1" raised in the flow's thread. The workers keep the cores busy.
     per_dataset = [cfg.model_copy(update={"tasks": [d], "locations": {k: v for k, v in cfg.locations.items() if k == d}})
                    for d in cfg.tasks]  # fmt: skip
-    futures = {
-        label: t.evaluate_dataset.map(
-            unmapped(storage),
-            unmapped(model),
-            unmapped(ckpt),
-            per_dataset,
-            cfg.tasks,
-            unmapped(miniweb_uri),
-            label=label,
-        )
+    results = {
+        label: [t.evaluate_dataset(storage, model, ckpt, one, name, miniweb_uri, label=label)
+                for one, name in zip(per_dataset, cfg.tasks, strict=True)]
         for label, ckpt in checkpoints.items()
-    }
-    results = {label: [f.result() for f in fs] for label, fs in futures.items()}
+    }  # fmt: skip
     return t.evaluation_report(storage, results, checkpoints, tracking, parent_run_id=parent_run_id)

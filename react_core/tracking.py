@@ -153,7 +153,14 @@ class MLflowTracker(Tracker):
         self.tracking_uri = tracking_uri
         self._options = dict(storage_options or {})
         self._artifact_uris: dict[str, str] = {}
+        user_choice = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(tracking_uri)
+        # MLflow also exports the URI as MLFLOW_TRACKING_URI, which make_tracker reads as the user's choice: a
+        # second root in this process would then track into the first root's store.
+        if user_choice is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = user_choice
         with _sqlite_lock(tracking_uri):  # the first access creates the schema: two processes at once collide
             exp = mlflow.get_experiment_by_name(experiment)
             if exp is None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner
 
 import react_core
 from react_core.config import ConfigError, KnowledgeBaseConfig, StorageConfig, TrackingConfig
@@ -135,10 +135,10 @@ def tracker_of(config: TrackingConfig | None, storage: Storage) -> Tracker | Non
 
 
 def embed_task_runner(kb: KnowledgeBaseConfig) -> TaskRunner:
-    """Where the embedding tasks run: the workers of an existing Dask cluster (``kb.dask_address``) through
-    prefect-dask, or the flow's process one task at a time (each task's DataLoader workers use the cores)."""
+    """Where the embedding tasks run when ``kb.dask_address`` names a Dask cluster: its workers, through
+    prefect-dask. (Without one, the flow calls them one at a time in its own thread.)"""
     if not kb.dask_address:
-        return ThreadPoolTaskRunner(max_workers=1)
+        raise ConfigError("knowledge_base.dask_address is not set; fix: set it to the Dask scheduler's address")
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError as exc:

@@ -29,3 +29,11 @@ def test_the_parent_run_stays_open_and_ends_tagged_with_each_stage_and_its_produ
     assert tracker.runs[-1]["tags"]["react.stage.index"] == uri
     assert tracker.runs[-1]["tags"]["react.stage.index.run"] == "run-1"
     assert "react.stage.flow_run_id" not in tracker.runs[-1]["tags"]
+
+
+def test_a_second_root_in_one_process_tracks_into_its_own_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = make_tracker(TrackingConfig(), Storage(str(tmp_path / "a")))
+    second = make_tracker(TrackingConfig(), Storage(str(tmp_path / "b")))
+    assert (first.tracking_uri, second.tracking_uri) == (f"sqlite:///{tmp_path}/a/mlflow.db",
+                                                        f"sqlite:///{tmp_path}/b/mlflow.db")  # fmt: skip
