@@ -10,6 +10,7 @@ from flows.common import Preset, embed_knowledge_base, evaluate_models, miniweb_
 from react_core.config import ConfigOverrides
 from react_core.models import model_file
 from tasks import customize as t
+from tasks.world import publish
 
 
 @flow(name="customize")
@@ -41,4 +42,5 @@ def customize(preset: Preset = "demo", config: ConfigOverrides | None = None) ->
             config.tracking, miniweb_uri, parent_run_id=parent,
         )  # fmt: skip
         out["table"] = t.report(config.storage, evaluated)
+        publish(config, out)
     return out

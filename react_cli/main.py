@@ -25,6 +25,7 @@ def _env_defaults() -> None:
     # telemetry otherwise fights over its sqlite file, and albumentations phones home at import.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "react_core")  # the library's lines in the run's logs
 
 
 def _config(args: argparse.Namespace) -> ReactConfig:

@@ -385,3 +385,31 @@ def run_report(
             return stage.uri
         per_model = {w: [storage.read_json(join(u, "result.json")) for u in uris] for w, uris in results.items()}
         return write_report(storage, stage, per_model, checkpoints, t)
+
+
+def run_summary(storage: Storage, result: Mapping[str, Any], tracker: Tracker | None = None) -> dict[str, Any]:
+    """What a person looks at after a customize run, from its stages: the evaluation table (rows of dataset,
+    metric, base, customized, delta), where the model and the tracking run are, and a markdown summary of
+    the retrieval (pairs, pairs per class, what the overlap audit removed) and the download."""
+    rows = [{"dataset": d, "metric": r["metric"], "base": round(r["base"], 4), "customized": round(r["customized"], 4),
+             "delta": round(r["delta"], 4)} for d, r in sorted((result.get("table") or {}).items())]  # fmt: skip
+    links: dict[str, str] = {}
+    if result.get("train"):
+        links["customized model"] = model_file(result["train"])
+    run_id = result.get("mlflow_run_id")
+    if tracker is not None and run_id:
+        links["MLflow run"] = tracker.run_url(run_id) or run_id
+    lines = []
+    if result.get("retrieve"):
+        m = storage.stage_manifest(result["retrieve"])
+        c, per_class = m["counts"], storage.read_json(join(result["retrieve"], "class_counts.json"))
+        lines += [(f"**Retrieval** for `{m['config'].get('task')}`: {c.get('pairs', 0):,} pairs from "
+                  f"{c.get('prompts', 0):,} prompts over {c.get('classes', 0)} classes; the overlap audit checked "
+                  f"{c.get('overlap.checked', 0):,} and removed {c.get('overlap.duplicates', 0):,} near-duplicates "
+                  "of evaluation images."), "", "| class | pairs |", "|---|---|"]  # fmt: skip
+        lines += [f"| {name} | {n:,} |" for name, n in sorted(per_class.items(), key=lambda kv: -kv[1])]
+    if result.get("download"):
+        d = storage.stage_manifest(result["download"])["counts"]
+        lines += ["", (f"**Download**: {d.get('successes', 0):,} of {d.get('count', 0):,} images "
+                      f"({100 * d.get('success_rate', 0):.1f}%).")]  # fmt: skip
+    return {"table": rows, "links": links, "markdown": "\n".join(lines)}

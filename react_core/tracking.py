@@ -80,6 +80,10 @@ class Tracker:
         """The id of the first run that logged the stage at ``stage_uri`` (None if none did)."""
         return None
 
+    def run_url(self, run_id: str) -> str | None:
+        """Where a person opens the run (an MLflow server's page), or None when it has no web page."""
+        return None
+
 
 NullTracker = Tracker
 
@@ -213,6 +217,11 @@ class MLflowTracker(Tracker):
         for k, v in (tags or {}).items():
             client.set_tag(run_id, k, v)
         client.set_terminated(run_id, status=status)
+
+    def run_url(self, run_id: str) -> str | None:
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return None  # a local store: `mlflow ui --backend-store-uri {tracking_uri}` serves it
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
 
     def stage_producer(self, stage_uri: str) -> str | None:
         found = self._client().search_runs(

@@ -4,6 +4,7 @@ the pipeline's parent tracking run: one react_core.pipeline call each."""
 from __future__ import annotations
 
 from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from react_core import pipeline
 from react_core.config import MiniWebConfig, ModelConfig, ReactConfig, StorageConfig, TrackingConfig
@@ -27,6 +28,21 @@ def pretrain_base_model(
     """Pretrain the tiny base CLIP on the mini-web; returns the stage URI (model.pt inside)."""
     st = storage_of(storage)
     return pipeline.run_pretrain_base(st, model, miniweb_uri, tracker_of(tracking, st), parent_run_id)
+
+
+@task(name="publish", cache_policy=None, persist_result=False)
+def publish(config: ReactConfig, result: dict) -> None:
+    """The run's results in the Prefect UI: the evaluation table, links to the model and the MLflow run, and the
+    retrieval summary, as artifacts of this flow run (react_core.pipeline.run_summary reads them from the stages)."""
+    st = storage_of(config.storage)
+    summary = pipeline.run_summary(st, result, tracker_of(config.tracking, st))
+    if summary["table"]:
+        create_table_artifact(summary["table"], key="evaluation", description="zero-shot: base vs customized")
+    for name, target in summary["links"].items():
+        if "://" in target and target.split("://", 1)[0] in {"http", "https", "s3", "file"}:
+            create_link_artifact(target, link_text=target, key=name.replace(" ", "-"), description=name)
+    lines = [f"- {name}: `{target}`" for name, target in summary["links"].items()]
+    create_markdown_artifact("\n".join([*lines, "", summary["markdown"]]), key="summary", description="REACT run")
 
 
 @task(name="end-tracking", cache_policy=None, persist_result=False)

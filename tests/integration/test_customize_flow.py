@@ -1,5 +1,8 @@
 """The customize flow end to end on the tiny mini-web, under Prefect's test API."""
 
+import asyncio
+import json
+
 import pytest
 
 from tests.conftest import tiny_config
@@ -10,6 +13,21 @@ pytestmark = pytest.mark.integration
 EVALS = [f"eval {d} ({m})" for d in ("miniweb-fine", "miniweb-coarse") for m in ("base", "customized")]
 STAGES = ["generate-miniweb", "pretrain-base", "embed", "index", "retrieve", "download", "train", *EVALS,
           "evaluation-report"]  # fmt: skip
+
+
+def _artifacts(flow_run_id) -> dict:
+    """The artifacts of a flow run, by key, read back through the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def go():
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            )
+            return {a.key: a for a in found}
+
+    return asyncio.run(go())
 
 
 def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness, tmp_path):
@@ -53,6 +71,17 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     assert evaluate.data.metrics["zero-shot/miniweb-fine/accuracy/base"] == first["table"]["miniweb-fine"]["base"]
     artifacts = {a.path for a in client.list_artifacts(evaluate.info.run_id)}
     assert artifacts == {"evaluation_table.json", "metrics.json", "deltas.png"}
+
+    # The results in the Prefect UI: the table, the model's link, the retrieval summary.
+    artifacts = _artifacts(first["flow_run_id"])
+    assert {"evaluation", "summary", "customized-model"} <= set(artifacts), artifacts
+    table = artifacts["evaluation"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert {r["dataset"]: r["customized"] for r in table} == pytest.approx(
+        {d: r["customized"] for d, r in first["table"].items()}, abs=1e-4
+    )
+    assert "**Retrieval** for `miniweb-fine`" in artifacts["summary"].data
+    assert f"({first['train']}/model.pt)" in artifacts["customized-model"].data  # a markdown link
 
     # The parent run lasts as long as the flow and says where every stage is and which run made it.
     assert parent.info.status == "FINISHED" and parent.info.end_time - parent.info.start_time > 5_000

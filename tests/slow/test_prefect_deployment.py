@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -90,10 +91,26 @@ def imagenet_on_the_miniweb(root: Path) -> dict:
     return load_config(REPO / "deployments" / "imagenet.yaml", tiny).model_dump(mode="json")
 
 
-def _run_deployment(env, name: str, config: dict, worker_log: Path):
+def _run_deployment(env, name: str, config: dict, worker_log: Path) -> str:
+    """Run a deployment to its end; returns the flow run's id."""
     out = _prefect(env, "deployment", "run", name, "--params", json.dumps({"config": config}), "--watch", timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr + worker_log.read_text()[-4000:]
     assert "Completed" in out.stdout, out.stdout
+    return re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
+
+
+def _flow_run_logs(env, flow_run_id: str) -> str:
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def go():
+        async with PrefectClient(env["PREFECT_API_URL"]) as client:
+            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+            return "\n".join(f"{log.name}: {log.message}" for log in logs)
+
+    return asyncio.run(go())
 
 
 def _customize_runs(root: Path, experiment: str):
@@ -136,7 +153,7 @@ def test_deployed_from_one_checkout_run_by_a_worker_elsewhere_with_one_field_cha
     imagenet = imagenet_on_the_miniweb(root)
     try:
         one_field = {"storage": {"root": str(root)}, "training": {"epochs": 1}}
-        _run_deployment(env, "customize/tiny", one_field, log_path)
+        tiny_run_id = _run_deployment(env, "customize/tiny", one_field, log_path)
         # Same root: the world, base model and knowledge-base stages come from the first run's cache.
         _run_deployment(env, "customize/imagenet", imagenet, log_path)
     finally:
@@ -155,6 +172,8 @@ def test_deployed_from_one_checkout_run_by_a_worker_elsewhere_with_one_field_cha
     assert params["model.name"] == tiny.model.name == "react-micro-vit"  # ... and the preset's others
     assert params["training.gated_layers"] == str(tiny.training.gated_layers)
     assert params["retrieval.k"] == str(tiny.retrieval.k) and params["miniweb.kb_size"] == str(tiny.miniweb.kb_size)
+    logs = _flow_run_logs(env, tiny_run_id)  # react_core's own lines reach the run's logs in the UI
+    assert "react_core.knowledge.download: download:" in logs, logs[-3000:]
     (imagenet_run,) = _customize_runs(root, "react-imagenet")
     assert imagenet_run.data.tags["prefect.flow_run_id"]
     assert imagenet["training"]["lr"] == 5e-4 and imagenet["training"]["mode"] == "gated-image"
