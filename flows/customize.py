@@ -10,7 +10,7 @@ from flows.common import Preset, embed_knowledge_base, evaluate_models, miniweb_
 from react_core.config import ConfigOverrides
 from react_core.models import model_file
 from tasks import customize as t
-from tasks.world import publish
+from tasks.world import publish, register_model
 
 
 @flow(name="customize")
@@ -42,5 +42,6 @@ def customize(preset: Preset = "demo", config: ConfigOverrides | None = None) ->
             config.tracking, miniweb_uri, parent_run_id=parent,
         )  # fmt: skip
         out["table"] = t.report(config.storage, evaluated)
+        out["registered"] = register_model(config, out)
         publish(config, out)
     return out

@@ -334,6 +334,14 @@ class TrackingConfig(_Section):
     )
     experiment: str = Field("react", description="MLflow experiment name")
     enabled: bool = Field(True, description="log to MLflow; false: nothing is tracked")
+    registered_model: str | None = Field(
+        "react-{task}", description="MLflow registered model each customized model becomes a version of ({task}: the "
+        "retrieval task); null: not registered",
+    )  # fmt: skip
+    promote: Literal["if-better", "always", "never"] = Field(
+        "if-better", description="when a new version (alias 'candidate') also becomes 'champion': when its target "
+        "task score beats the champion's, always, or never",
+    )  # fmt: skip
 
 
 class ReactConfig(_Section):

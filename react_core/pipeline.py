@@ -413,3 +413,52 @@ def run_summary(storage: Storage, result: Mapping[str, Any], tracker: Tracker | 
         lines += ["", (f"**Download**: {d.get('successes', 0):,} of {d.get('count', 0):,} images "
                       f"({100 * d.get('success_rate', 0):.1f}%).")]  # fmt: skip
     return {"table": rows, "links": links, "markdown": "\n".join(lines)}
+
+
+def run_register(
+    storage: Storage, config: ReactConfig, result: Mapping[str, Any], tracker: Tracker | None
+) -> dict[str, Any] | None:
+    """Register the customized model as a version of ``tracking.registered_model`` (``react-{task}``): the train
+    run's ``model/`` artifacts (its architecture and the checkpoint's URI in storage; the weights stay there,
+    not copied), the evaluation as tags (``{dataset}/{metric}/{base,customized,delta}``) and as the description.
+    The version gets alias ``candidate``, and ``champion`` per ``tracking.promote`` (``if-better``: its score on
+    the retrieval task beats the champion's). A model already registered (a cached re-run) is not registered
+    twice. Returns ``{name, version, champion}`` (None when nothing is registered)."""
+    template, train = config.tracking.registered_model, result.get("train")
+    if tracker is None or not template or not train:
+        return None
+    task = config.retrieval.task
+    name = template.format(task=task)
+    existing = tracker.find_version(name, "react.train_stage", train)
+    if existing is not None:
+        return {"name": name, "version": existing, "champion": None, "new": False}
+    producer = tracker.stage_producer(train)
+    if producer is None:
+        _logger.warning("not registering %s: no tracking run recorded its train stage %s", name, train)
+        return None
+    table = result.get("table") or {}
+    tags = {"react.train_stage": train, "react.model_file": model_file(train), "react.model": config.model.name,
+            "react.task": task, "react.evaluate_stage": str(result.get("evaluate") or "")}  # fmt: skip
+    for dataset, row in table.items():
+        for col in ("base", "customized", "delta"):
+            tags[f"{dataset}/{row['metric']}/{col}"] = f"{row[col]:.4f}"
+    score = table.get(task, {}).get("customized")
+    if score is not None:
+        tags["react.target_score"] = f"{score:.6f}"
+    lines = ["| dataset | metric | base | customized | delta |", "|---|---|---|---|---|"]
+    lines += [f"| {d} | {r['metric']} | {r['base']:.4f} | {r['customized']:.4f} | {r['delta']:+.4f} |"
+              for d, r in sorted(table.items())]  # fmt: skip
+    files = {"model.json": {**storage.read_json(join(train, "model.json")), "checkpoint": model_file(train),
+                            "architecture": config.model.name},
+             "evaluation.json": table}  # fmt: skip
+    version = tracker.register(name, producer, files, tags, "\n".join(lines))
+    if version is None:
+        return None
+    tracker.set_alias(name, "candidate", version)
+    champion = tracker.alias_tags(name, "champion")
+    best = champion is None or (score is not None and score > float(champion.get("react.target_score", "-inf")))
+    promote = config.tracking.promote == "always" or (config.tracking.promote == "if-better" and best)
+    if promote:
+        tracker.set_alias(name, "champion", version)
+    _logger.info("registered %s version %s (candidate%s)", name, version, ", champion" if promote else "")
+    return {"name": name, "version": version, "champion": promote, "new": True}

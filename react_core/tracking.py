@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import socket
+import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -84,6 +85,22 @@ class Tracker:
         """Where a person opens the run (an MLflow server's page), or None when it has no web page."""
         return None
 
+    # The model registry: versions of a named model, their tags and aliases.
+    def register(self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str) -> str | None:  # fmt: skip
+        """Log ``files`` (name -> JSON object) as the run's ``model/`` artifacts and register them as a new version
+        of ``name`` with ``tags`` and ``description``; returns the version (None: no registry)."""
+        return None
+
+    def alias_tags(self, name: str, alias: str) -> dict[str, str] | None:
+        """The tags of the version ``alias`` points at (None: no such alias)."""
+        return None
+
+    def set_alias(self, name: str, alias: str, version: str) -> None: ...
+
+    def find_version(self, name: str, tag: str, value: str) -> str | None:
+        """The version of ``name`` whose tag ``tag`` is ``value`` (None: none)."""
+        return None
+
 
 NullTracker = Tracker
 
@@ -96,6 +113,7 @@ class MemoryTracker(Tracker):
         self.params: dict[str, Any] = {}
         self.metrics: list[tuple[str, float, int | None]] = []
         self.artifacts: list[str] = []
+        self.registry: dict[str, dict[str, Any]] = {}
 
     @contextlib.contextmanager
     def run(
@@ -139,6 +157,23 @@ class MemoryTracker(Tracker):
     def stage_producer(self, stage_uri: str) -> str | None:
         found = [i for i, r in enumerate(self.runs) if r["tags"].get("react.stage_uri") == stage_uri]
         return f"run-{found[0] + 1}" if found else None
+
+    def register(self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str) -> str | None:  # fmt: skip
+        versions = self.registry.setdefault(name, {"versions": [], "aliases": {}})["versions"]
+        versions.append({"run_id": run_id, "files": dict(files), "tags": dict(tags), "description": description})
+        return str(len(versions))
+
+    def alias_tags(self, name: str, alias: str) -> dict[str, str] | None:
+        model = self.registry.get(name, {"versions": [], "aliases": {}})
+        version = model["aliases"].get(alias)
+        return None if version is None else model["versions"][int(version) - 1]["tags"]
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.registry[name]["aliases"][alias] = version
+
+    def find_version(self, name: str, tag: str, value: str) -> str | None:
+        versions = self.registry.get(name, {"versions": []})["versions"]
+        return next((str(i + 1) for i, v in enumerate(versions) if v["tags"].get(tag) == value), None)
 
 
 class MLflowTracker(Tracker):
@@ -223,6 +258,43 @@ class MLflowTracker(Tracker):
             return None  # a local store: `mlflow ui --backend-store-uri {tracking_uri}` serves it
         return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
 
+    def register(self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str) -> str | None:  # fmt: skip
+        client = self._client()
+        with tempfile.TemporaryDirectory(prefix="react-model-") as tmp:
+            for fname, obj in files.items():
+                with open(os.path.join(tmp, fname), "w") as f:
+                    json.dump(obj, f, indent=2, default=str)
+            remote = self._artifacts_of(run_id)
+            if remote is None:
+                for fname in files:
+                    client.log_artifact(run_id, os.path.join(tmp, fname), "model")
+            else:
+                for fname in files:
+                    remote.put_file(os.path.join(tmp, fname), remote.uri("model", fname))
+        try:
+            client.create_registered_model(name)
+        except self._mlflow.exceptions.MlflowException:
+            pass  # it exists
+        source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
+        version = client.create_model_version(name, source, run_id=run_id, tags=dict(tags), description=description)
+        return str(version.version)
+
+    def alias_tags(self, name: str, alias: str) -> dict[str, str] | None:
+        try:
+            return dict(self._client().get_model_version_by_alias(name, alias).tags)
+        except self._mlflow.exceptions.MlflowException:
+            return None
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._client().set_registered_model_alias(name, alias, version)
+
+    def find_version(self, name: str, tag: str, value: str) -> str | None:
+        try:
+            versions = self._client().search_model_versions(f"name = '{name}'")
+        except self._mlflow.exceptions.MlflowException:
+            return None
+        return next((str(v.version) for v in versions if v.tags.get(tag) == value), None)
+
     def stage_producer(self, stage_uri: str) -> str | None:
         found = self._client().search_runs(
             [self.experiment_id], f"tags.`react.stage_uri` = '{stage_uri}'", max_results=1,
@@ -238,7 +310,9 @@ class MLflowTracker(Tracker):
     # knows nothing of them (it reads only MLFLOW_S3_ENDPOINT_URL and the AWS environment) and failed with
     # NoCredentialsError. Local and proxied (mlflow-artifacts:, http) URIs go through MLflow as usual.
     def _remote_artifacts(self) -> Storage | None:
-        run_id = self.run_id or self._mlflow.active_run().info.run_id
+        return self._artifacts_of(self.run_id or self._mlflow.active_run().info.run_id)
+
+    def _artifacts_of(self, run_id: str) -> Storage | None:
         if run_id not in self._artifact_uris:
             self._artifact_uris[run_id] = self._mlflow.get_run(run_id).info.artifact_uri
         uri = self._artifact_uris[run_id]

@@ -30,6 +30,13 @@ def pretrain_base_model(
     return pipeline.run_pretrain_base(st, model, miniweb_uri, tracker_of(tracking, st), parent_run_id)
 
 
+@task(name="register-model", cache_policy=None, persist_result=False)
+def register_model(config: ReactConfig, result: dict) -> dict | None:
+    """The customized model as a new version of the MLflow registered model, aliases moved (react_core.pipeline)."""
+    st = storage_of(config.storage)
+    return pipeline.run_register(st, config, result, tracker_of(config.tracking, st))
+
+
 @task(name="publish", cache_policy=None, persist_result=False)
 def publish(config: ReactConfig, result: dict) -> None:
     """The run's results in the Prefect UI: the evaluation table, links to the model and the MLflow run, and the
@@ -42,6 +49,12 @@ def publish(config: ReactConfig, result: dict) -> None:
         if "://" in target and target.split("://", 1)[0] in {"http", "https", "s3", "file"}:
             create_link_artifact(target, link_text=target, key=name.replace(" ", "-"), description=name)
     lines = [f"- {name}: `{target}`" for name, target in summary["links"].items()]
+    if reg := result.get("registered"):
+        aliases = "candidate, champion" if reg.get("champion") else "candidate"
+        lines.append(
+            f"- registered model: `{reg['name']}` version {reg['version']}"
+            + (f" ({aliases})" if reg.get("new") else "")
+        )
     create_markdown_artifact("\n".join([*lines, "", summary["markdown"]]), key="summary", description="REACT run")
 
 

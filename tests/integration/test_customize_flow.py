@@ -83,6 +83,17 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     assert "**Retrieval** for `miniweb-fine`" in artifacts["summary"].data
     assert f"({first['train']}/model.pt)" in artifacts["customized-model"].data  # a markdown link
 
+    # The customized model is a registered version (MLflow's registry), candidate and, being the first, champion.
+    name = "react-miniweb-fine"
+    candidate = client.get_model_version_by_alias(name, "candidate")
+    assert str(candidate.version) == str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert candidate.run_id == runs["train"].info.run_id and candidate.tags["react.train_stage"] == first["train"]
+    assert float(candidate.tags["miniweb-fine/accuracy/customized"]) == pytest.approx(
+        first["table"]["miniweb-fine"]["customized"], abs=1e-4
+    )
+    assert {a.path for a in client.list_artifacts(runs["train"].info.run_id, "model")} == {
+        "model/model.json", "model/evaluation.json"}  # fmt: skip
+
     # The parent run lasts as long as the flow and says where every stage is and which run made it.
     assert parent.info.status == "FINISHED" and parent.info.end_time - parent.info.start_time > 5_000
     assert parent.data.tags["react.stage.train"] == first["train"]
@@ -104,6 +115,10 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     assert states["train"] == "Completed" and states["evaluation-report"] == "Completed"
     assert states["eval miniweb-fine (customized)"] == "Completed"
     assert third["train"] != first["train"] and third["retrieve"] == first["retrieve"]
+    assert len(client.search_model_versions(f"name = '{name}'")) == 2  # the cached second run added none
+    assert str(client.get_model_version_by_alias(name, "candidate").version) == "2"
+    better = third["table"]["miniweb-fine"]["customized"] > first["table"]["miniweb-fine"]["customized"]
+    assert str(client.get_model_version_by_alias(name, "champion").version) == ("2" if better else "1")
 
     # A cache that cannot return what is not there: the customized model deleted, the retrieve stage's marker
     # gone, the index truncated. Only those tasks run again (rebuilding at the same URIs); the rest is cached.

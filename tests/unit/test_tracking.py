@@ -37,3 +37,34 @@ def test_a_second_root_in_one_process_tracks_into_its_own_store(tmp_path, monkey
     second = make_tracker(TrackingConfig(), Storage(str(tmp_path / "b")))
     assert (first.tracking_uri, second.tracking_uri) == (f"sqlite:///{tmp_path}/a/mlflow.db",
                                                         f"sqlite:///{tmp_path}/b/mlflow.db")  # fmt: skip
+
+
+def test_a_customized_model_is_registered_once_as_candidate_and_champion_only_when_better(tmp_path):
+    from react_core.pipeline import run_register
+
+    st = Storage(str(tmp_path))
+    cfg = load_config(None, ["retrieval.task=miniweb-fine"])
+    tracker = MemoryTracker()
+
+    def trained(lr: float, fine: float) -> dict:
+        stage = st.stage("train", {"lr": lr})
+        st.write_json(stage.file("model.json"), {"gated_layers": 2})
+        uri = stage.complete()
+        log_stage(tracker, st, "train", uri, {"lr": lr})
+        table = {"miniweb-fine": {"metric": "accuracy", "base": 0.3, "customized": fine, "delta": fine - 0.3}}
+        return {"train": uri, "table": table, "evaluate": st.uri("evaluate", "x")}
+
+    first = run_register(st, cfg, trained(1e-3, 0.90), tracker)
+    assert first == {"name": "react-miniweb-fine", "version": "1", "champion": True, "new": True}
+    v1 = tracker.registry["react-miniweb-fine"]["versions"][0]
+    assert v1["tags"]["miniweb-fine/accuracy/customized"] == "0.9000" and v1["run_id"] == "run-1"
+    assert v1["files"]["model.json"]["checkpoint"].endswith("/model.pt") and "| miniweb-fine |" in v1["description"]
+    assert run_register(st, cfg, trained(1e-3, 0.90), tracker)["new"] is False  # a cached re-run: no new version
+    worse = run_register(st, cfg, trained(2e-3, 0.80), tracker)
+    assert worse["version"] == "2" and not worse["champion"]
+    assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "2", "champion": "1"}
+    better = run_register(st, cfg, trained(3e-3, 0.95), tracker)
+    assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"} and better["champion"]
+    never = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"promote": "never"})})
+    run_register(st, never, trained(4e-3, 0.99), tracker)
+    assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "4", "champion": "3"}
