@@ -9,6 +9,7 @@ from prefect import flow
 from flows.common import Preset, evaluate_models, miniweb_and_base, run_config, tracked
 from react_core.config import ConfigOverrides
 from tasks import customize as t
+from tasks.world import resolve_model
 
 
 @flow(name="evaluate")
@@ -16,7 +17,7 @@ def evaluate(
     preset: Preset = "demo", config: ConfigOverrides | None = None, customized: str | None = None
 ) -> dict[str, Any]:
     """Evaluate ``model`` (``model.pretrained``: a tag, a checkpoint, or the mini-web base) and, when given,
-    the ``customized`` checkpoint against it. Each (model, dataset) pair is its own cached task, so adding a
+    the ``customized`` checkpoint against it (a URI, or a registered version: ``models:/react-miniweb-fine@champion``). Each (model, dataset) pair is its own cached task, so adding a
     dataset to ``evaluation.tasks`` evaluates only that one.
 
     ``preset``: a preset of deployments/; ``config``: the fields to change in it (a full tree changes them all).
@@ -26,6 +27,7 @@ def evaluate(
     with tracked(config, "evaluate") as out:
         parent = out["mlflow_run_id"]
         miniweb_uri, base = miniweb_and_base(config, parent)
+        customized = resolve_model(config, customized)
         checkpoints = {"base": base} if customized is None else {"base": base, "customized": customized}
         out["evaluate"] = evaluated = evaluate_models(
             config.storage, config.model, checkpoints, config.evaluation, config.tracking, miniweb_uri,

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from react_core.config import (
+    ConfigError,
     DownloadConfig,
     EvaluationConfig,
     IndexConfig,
@@ -462,3 +463,19 @@ def run_register(
         tracker.set_alias(name, "champion", version)
     _logger.info("registered %s version %s (candidate%s)", name, version, ", champion" if promote else "")
     return {"name": name, "version": version, "champion": promote, "new": True}
+
+
+def resolve_model(customized: str | None, tracker: Tracker | None) -> str | None:
+    """A checkpoint URI, or a registered model as ``models:/{name}@{alias}`` (``models:/react-imagenet-1k@champion``)
+    resolved to the checkpoint its version records."""
+    if not customized or not customized.startswith("models:/"):
+        return customized
+    name, sep, alias = customized[len("models:/") :].partition("@")
+    tags = tracker.alias_tags(name, alias) if (tracker is not None and sep) else None
+    if not tags or "react.model_file" not in tags:
+        raise ConfigError(
+            f"customized={customized}: no version of registered model {name!r} has the alias {alias!r}"
+            + ("" if sep else " (give one: models:/NAME@ALIAS)")
+            + "; fix: run customize first, or name a checkpoint URI"
+        )
+    return tags["react.model_file"]

@@ -6,8 +6,20 @@ fix; the ``react`` command prints it as one line, and the flows run the same che
 
 from __future__ import annotations
 
-from react_core.config import ConfigError, EvaluationConfig, ModelConfig, ReactConfig, TrainingConfig
+import os
+import urllib.error
+import urllib.request
+
+from react_core.config import (
+    ConfigError,
+    EvaluationConfig,
+    ModelConfig,
+    ReactConfig,
+    TrackingConfig,
+    TrainingConfig,
+)
 from react_core.data import DatasetError
+from react_core.errors import ReactError
 from react_core.evaluation.suite import dataset_uri
 from react_core.knowledge.embed import knowledge_base_shards
 from react_core.models import check_activation, model_config
@@ -46,18 +58,44 @@ def check_evaluation_data(storage: Storage, evaluation: EvaluationConfig, uses_m
             )
 
 
+class TrackingUnreachableError(ReactError, ConnectionError):
+    """The MLflow tracking server cannot be reached; names the URI and the fix."""
+
+
+def check_tracking(tracking: TrackingConfig) -> None:
+    """An MLflow tracking server (http/https) answers its health check, before hours of work that would then
+    fail to record anything."""
+    uri = tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking.enabled or not uri or not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as r:
+            if r.status == 200:
+                return
+            problem = f"HTTP {r.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = " ".join(str(getattr(exc, "reason", exc)).split())
+    field = "tracking.tracking_uri" if tracking.tracking_uri else "MLFLOW_TRACKING_URI"
+    raise TrackingUnreachableError(
+        f"MLflow tracking server {uri} is not reachable ({problem}); fix: start it, or point {field} at one "
+        "(tracking.enabled: false to run untracked)"
+    )
+
+
 def check_customize(config: ReactConfig, storage: Storage) -> None:
     """Everything the customize flow can check before its first stage: the architecture, the target task, the
-    knowledge base, the evaluation data and the storage root."""
+    knowledge base, the evaluation data, the storage root and the tracking server."""
     check_model(config.model, config.training)
     check_task(storage, config.retrieval.task)
     if config.knowledge_base.source != "miniweb":
         knowledge_base_shards(storage, config.knowledge_base.source, None)
     check_evaluation_data(storage, config.evaluation, config.uses_miniweb)
     storage.check_writable()
+    check_tracking(config.tracking)
 
 
 def check_evaluate(config: ReactConfig, storage: Storage) -> None:
-    """What the evaluate flow can check before it starts: the evaluation data and the storage root."""
+    """What the evaluate flow can check before it starts: the evaluation data, the storage root, the tracking."""
     check_evaluation_data(storage, config.evaluation, config.uses_miniweb)
     storage.check_writable()
+    check_tracking(config.tracking)

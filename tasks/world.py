@@ -37,6 +37,12 @@ def register_model(config: ReactConfig, result: dict) -> dict | None:
     return pipeline.run_register(st, config, result, tracker_of(config.tracking, st))
 
 
+@task(name="resolve-model", cache_policy=None, persist_result=False)
+def resolve_model(config: ReactConfig, customized: str | None) -> str | None:
+    """A checkpoint URI as given, or ``models:/{name}@{alias}`` resolved through the MLflow registry."""
+    return pipeline.resolve_model(customized, tracker_of(config.tracking, storage_of(config.storage)))
+
+
 @task(name="publish", cache_policy=None, persist_result=False)
 def publish(config: ReactConfig, result: dict) -> None:
     """The run's results in the Prefect UI: the evaluation table, links to the model and the MLflow run, and the

@@ -136,9 +136,21 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     assert st.stage_manifest(first["retrieve"])["counts"] == st.stage_manifest(third["retrieve"])["counts"]
     assert fourth["table"] == first["table"]
 
+    # The evaluate flow (the nightly deployment) evaluates the registered champion by its alias.
+    from flows.evaluate import evaluate
+
+    champion = client.get_model_version_by_alias(name, "champion")
+    night = evaluate(config=cfg, customized=f"models:/{name}@champion")
+    assert night["table"]["miniweb-fine"]["customized"] == pytest.approx(
+        float(champion.tags["miniweb-fine/accuracy/customized"]), abs=1e-4
+    )
+    with pytest.raises(Exception, match="no version of registered model 'react-nothing' has the alias 'champion'"):
+        evaluate(config=cfg, customized="models:/react-nothing@champion")
+
     # A flow that fails ends its parent run FAILED (it was FINISHED 0.1 s after starting, whatever happened).
     with pytest.raises(Exception, match="min_per_class"):
         customize(config=tiny_config(tmp_path / "root", **{"retrieval.min_per_class": 100000}))
     failed = client.search_runs([parent.info.experiment_id], "attributes.status = 'FAILED'")
-    assert [r.info.run_name for r in failed] == ["customize"]
+    assert sorted(r.info.run_name for r in failed) == ["customize", "evaluate"]  # the bad alias above, and this
+    failed = [r for r in failed if r.info.run_name == "customize"]
     assert failed[0].data.tags["react.stage.index"] == first["index"]  # what it got to is recorded

@@ -99,6 +99,19 @@ def _run_deployment(env, name: str, config: dict, worker_log: Path) -> str:
     return re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
 
 
+def _schedules(env, deployment: str) -> list[bool]:
+    """Whether each schedule of a deployment is active, as the server has it."""
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+
+    async def go():
+        async with PrefectClient(env["PREFECT_API_URL"]) as client:
+            return [s.active for s in (await client.read_deployment_by_name(deployment)).schedules]
+
+    return asyncio.run(go())
+
+
 def _flow_run_logs(env, flow_run_id: str) -> str:
     import asyncio
 
@@ -134,8 +147,10 @@ def test_deployed_from_one_checkout_run_by_a_worker_elsewhere_with_one_field_cha
     assert out.returncode == 0, out.stdout + out.stderr
     out = _prefect(env, "--no-prompt", "deploy", "--all", cwd=deployer)
     assert out.returncode == 0, out.stdout + out.stderr
-    for name in ("customize/demo", "customize/tiny", "customize/imagenet"):
+    for name in ("customize/demo", "customize/tiny", "customize/imagenet", "evaluate/demo", "evaluate/imagenet",
+                 "prepare-world/demo"):  # fmt: skip
         assert name in out.stdout, out.stdout
+    assert _schedules(env, "evaluate/demo") == [True] and _schedules(env, "evaluate/imagenet") == [False]
     shutil.rmtree(deployer)  # nothing of the deploying machine's disk is left for the worker
 
     host.mkdir()

@@ -111,3 +111,13 @@ def test_missing_knowledge_base_and_evaluation_data_fail_before_any_stage(tmp_pa
 def test_openai_weights_under_a_gelu_architecture_fail_before_any_stage(tmp_path, capsys):
     err = _demo_fails_before_work(tmp_path, capsys, "model.name=ViT-B-32", "model.pretrained=openai")
     assert err.count("\n") == 0 and "fix: model.name=ViT-B-32-quickgelu" in err
+
+
+def test_an_unreachable_tracking_server_fails_before_any_stage(tmp_path, capsys, monkeypatch):
+    from tests.conftest import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    err = _demo_fails_before_work(tmp_path, capsys, f"tracking.tracking_uri={url}")
+    assert f"MLflow tracking server {url} is not reachable" in err and "fix: start it" in err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # the variable, when the config names none
+    assert "point MLFLOW_TRACKING_URI at one" in _demo_fails_before_work(tmp_path, capsys)

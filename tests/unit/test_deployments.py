@@ -54,3 +54,22 @@ def test_the_form_is_typed_with_bounds_and_keeps_secrets():
     assert training["epochs"]["description"] and training["epochs"]["default"] is None
     named = ConfigOverrides.model_validate({"storage": {"options": {"secret": "s3cr3t"}}})
     assert "s3cr3t" not in named.model_dump_json()
+
+
+@pytest.mark.parametrize("dep", [d for d in DEPLOYMENTS if d.get("schedules")], ids=lambda d: d["entrypoint"])
+def test_schedules_are_valid_crons_active_only_where_their_data_is_made_here(dep):
+    from prefect.client.schemas.schedules import CronSchedule
+
+    for schedule in dep["schedules"]:
+        CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])  # raises on a bad expression
+        preset = load_config(REPO / "deployments" / f"{dep['parameters']['preset']}.yaml")
+        assert schedule["active"] == preset.uses_miniweb, "a schedule needing outside data starts inactive"
+    assert _flow(dep).name == "evaluate" and dep["parameters"]["customized"].endswith("@champion")
+
+
+def test_the_evaluated_champion_is_the_one_customize_registers():
+    for dep in DEPLOYMENTS:
+        if _flow(dep).name == "evaluate" and "customized" in dep["parameters"]:
+            preset = load_config(REPO / "deployments" / f"{dep['parameters']['preset']}.yaml")
+            name = preset.tracking.registered_model.format(task=preset.retrieval.task)
+            assert dep["parameters"]["customized"] == f"models:/{name}@champion"

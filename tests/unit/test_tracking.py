@@ -64,7 +64,9 @@ def test_a_customized_model_is_registered_once_as_candidate_and_champion_only_wh
     assert worse["version"] == "2" and not worse["champion"]
     assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "2", "champion": "1"}
     better = run_register(st, cfg, trained(3e-3, 0.95), tracker)
-    assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"} and better["champion"]
+    assert (
+        tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"} and better["champion"]
+    )
     never = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"promote": "never"})})
     run_register(st, never, trained(4e-3, 0.99), tracker)
     assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "4", "champion": "3"}
