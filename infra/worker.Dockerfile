@@ -3,6 +3,8 @@
 # /opt/react/.venv, then the project). The lock is for CPython 3.11 on Linux x86_64: build for linux/amd64.
 # GPU nodes use a CUDA base image and the `gpu` extra.
 FROM python:3.11.7-slim-bookworm
+# git: the deployments' pull step clones the deployed commit (prefect.yaml, git_clone)
+RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/react
 COPY bootstrap.py pyproject.toml constraints.txt requirements.lock.txt README.md ./
 COPY react_core ./react_core
