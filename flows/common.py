@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import runtime, unmapped
+from prefect.context import FlowRunContext
 
 from react_core.config import (
     ConfigOverrides,
@@ -19,7 +20,7 @@ from react_core.config import (
     apply_overrides,
 )
 from tasks import customize as t
-from tasks.common import embed_task_runner
+from tasks.common import embed_task_runner, result_storage_of
 from tasks.world import end_tracking, generate_miniweb, pretrain_base_model, start_tracking
 
 # The presets a deployment names (deployments/*.yaml, beside the code on every worker); a Literal, so the
@@ -40,6 +41,12 @@ def tracked(config: ReactConfig, flow_name: str) -> Iterator[dict[str, Any]]:
     """The flow's parent MLflow run, open while the flow runs and ended with its outcome: FINISHED, or FAILED
     when the flow raises (KILLED on an interrupt). Yields the flow's result dict (``mlflow_run_id``,
     ``flow_run_id``), which the flow fills with its stage URIs: they become the parent run's tags."""
+    # Task results and cache records under the storage root, shared by every worker (tasks.common). Prefect
+    # takes a flow's result storage from its decorator only, fixed at import; a run's storage is known here,
+    # so the run's result store is pointed there before the first task (tasks inherit it).
+    ctx = FlowRunContext.get()
+    if ctx is not None:
+        ctx.result_store = ctx.result_store.model_copy(update={"result_storage": result_storage_of(config.storage)})
     out: dict[str, Any] = {"flow_run_id": runtime.flow_run.id}
     out["mlflow_run_id"] = start_tracking(config, flow_name, runtime.flow_run.id)
     try:

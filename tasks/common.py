@@ -17,6 +17,7 @@ from prefect.task_runners import TaskRunner
 
 import react_core
 from react_core.config import ConfigError, KnowledgeBaseConfig, StorageConfig, TrackingConfig
+from react_core.secrets import reveal
 from react_core.storage import Storage
 from react_core.tracking import Tracker, make_tracker
 
@@ -127,6 +128,19 @@ TASK_OPTIONS: dict[str, Any] = {
 
 def storage_of(config: StorageConfig) -> Storage:
     return Storage(config.root, config.options)
+
+
+def result_storage_of(config: StorageConfig) -> Any:
+    """Where Prefect keeps task results and cache records: ``{storage.root}/prefect-results``, beside the stages
+    they name, so every worker that reaches the storage shares one cache (the default, ``$PREFECT_HOME/storage``,
+    is per host: a second worker ran every task again). Never saved as a block: the storage options may hold
+    credentials."""
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+
+    uri = storage_of(config).uri("prefect-results")
+    if uri.startswith("file://"):
+        return LocalFileSystem(basepath=uri[len("file://") :])
+    return RemoteFileSystem(basepath=uri, settings=reveal(config.options or {}))
 
 
 def tracker_of(config: TrackingConfig | None, storage: Storage) -> Tracker | None:

@@ -126,19 +126,56 @@ def _flow_run_logs(env, flow_run_id: str) -> str:
     return asyncio.run(go())
 
 
-def _customize_runs(root: Path, experiment: str):
+def _customize_runs(root: Path | str, experiment: str):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    client = MlflowClient(root if str(root).startswith("sqlite:") else f"sqlite:///{root}/mlflow.db")
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, f"no MLflow experiment {experiment!r}"
     return client.search_runs([exp.experiment_id], filter_string="tags.`prefect.flow_name` = 'customize'")
 
 
-def test_deployed_from_one_checkout_run_by_a_worker_elsewhere_with_one_field_changed(prefect_server, tmp_path):
+def _start_worker(env, home: Path, folder: Path, log_path: Path) -> subprocess.Popen:
+    """A process worker as on another host: its own PREFECT_HOME and working directory."""
+    folder.mkdir()
+    return subprocess.Popen(
+        [BIN / "prefect", "worker", "start", "--pool", "react-process", "--type", "process"],
+        env={**env, "PREFECT_HOME": str(home)},
+        cwd=folder,
+        stdout=open(log_path, "ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _stop(worker: subprocess.Popen) -> None:
+    worker.send_signal(signal.SIGINT)  # the worker stops on SIGINT, not SIGTERM
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+
+
+def _task_states(env, flow_run_id: str) -> dict[str, str]:
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def go():
+        async with PrefectClient(env["PREFECT_API_URL"]) as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return {r.name: r.state.name for r in runs}
+
+    return asyncio.run(go())
+
+
+def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_s3(
+    prefect_server, s3_endpoint, tmp_path
+):
     """Deploy from a checkout that is then deleted (the deploying machine); a process worker with its own
     PREFECT_HOME and working directory (another host) clones the deployed commit and runs it. A run that names
-    one field of the preset (training.epochs) runs the preset's other values."""
+    one field of the preset (training.epochs) runs the preset's other values. With the storage on S3, a second
+    worker (another PREFECT_HOME, another folder) runs the same parameters from the shared cache: all Cached."""
     env = prefect_server
     origin, deployer, host = tmp_path / "origin.git", tmp_path / "deployer", tmp_path / "worker-host"
     _git("clone", "--quiet", "--bare", str(REPO), str(origin))
@@ -153,34 +190,31 @@ def test_deployed_from_one_checkout_run_by_a_worker_elsewhere_with_one_field_cha
     assert _schedules(env, "evaluate/demo") == [True] and _schedules(env, "evaluate/imagenet") == [False]
     shutil.rmtree(deployer)  # nothing of the deploying machine's disk is left for the worker
 
-    host.mkdir()
-    worker_env = {**env, "PREFECT_HOME": str(tmp_path / "worker-prefect-home")}
     log_path = tmp_path / "worker.log"
-    worker_log = open(log_path, "wb")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [BIN / "prefect", "worker", "start", "--pool", "react-process", "--type", "process"],
-        env=worker_env,
-        cwd=host,
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
-    )
+    worker = _start_worker(env, tmp_path / "worker-prefect-home", host, log_path)
     root = tmp_path / "artifacts"
     imagenet = imagenet_on_the_miniweb(root)
+    tracking = f"sqlite:///{tmp_path}/team-mlflow.db"
+    one_field = {"storage": {"root": "s3://react-test/team", "options": {"endpoint_url": s3_endpoint}},
+                 "training": {"epochs": 1}, "tracking": {"tracking_uri": tracking}}  # fmt: skip
     try:
-        one_field = {"storage": {"root": str(root)}, "training": {"epochs": 1}}
         tiny_run_id = _run_deployment(env, "customize/tiny", one_field, log_path)
-        # Same root: the world, base model and knowledge-base stages come from the first run's cache.
         _run_deployment(env, "customize/imagenet", imagenet, log_path)
     finally:
-        worker.send_signal(signal.SIGINT)  # the worker stops on SIGINT, not SIGTERM
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        worker_log.close()
+        _stop(worker)
+    other = _start_worker(env, tmp_path / "other-prefect-home", tmp_path / "other-host", log_path)
+    try:
+        again = _run_deployment(env, "customize/tiny", one_field, log_path)
+    finally:
+        _stop(other)
+    stages = {n: s for n, s in _task_states(env, again).items() if not n.startswith(("preflight", "start-", "end-",
+              "embed-plan", "publish", "register", "report", "resolve-base"))}  # fmt: skip
+    assert stages and set(stages.values()) == {"Cached"}, stages
 
-    assert len(list((root / "evaluate").glob("*/_SUCCESS"))) == 2, "one evaluation per run (different training)"
-    (tiny_run,) = _customize_runs(root, "react-tiny")
+    assert len(list((root / "evaluate").glob("*/_SUCCESS"))) == 1
+    tiny_run = next(
+        r for r in _customize_runs(tracking, "react-tiny") if r.data.tags["prefect.flow_run_id"] == tiny_run_id
+    )
     params = tiny_run.data.params
     tiny = load_config(REPO / "deployments" / "tiny.yaml")
     assert params["training.epochs"] == "1"  # the field the run named ...
