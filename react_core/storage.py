@@ -269,8 +269,9 @@ class Storage:
 
     def gone(self, value: Any) -> list[str]:
         """The URIs under this root named in ``value`` (a string, or lists / tuples / dicts of them) that are no
-        longer there: a stage folder ``{root}/{stage}/{version}`` without ``_SUCCESS``, or a file inside a stage
-        that does not exist. What a cached result may be trusted with: one ``exists`` per URI."""
+        longer there: a stage folder ``{root}/{stage}/{version}`` that is not complete, or a file inside a stage
+        that does not exist. What a cached result may be trusted with: per stage, its marker and one listing
+        (every top-level file the marker lists, at its size)."""
         found: list[str] = []
 
         def visit(v: Any) -> None:
