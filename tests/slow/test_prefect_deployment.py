@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from react_core.config import load_config
+from react_core.storage import Storage
 from tests.conftest import free_port, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -65,6 +66,25 @@ def prefect_server(tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture
+def mlflow_on_s3(s3_endpoint, tmp_path):
+    """A real MLflow tracking server whose artifacts go to moto's S3 (served through the server, as a team runs
+    it: clients need no S3 credentials for MLflow)."""
+    port = free_port()
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow-server.db",
+         "--artifacts-destination", "s3://react-test/mlflow-artifacts", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    _wait_healthy(url + "/health", proc, "mlflow server")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
 
 
 def _prefect(env, *args, timeout=300, cwd=REPO):
@@ -129,7 +149,7 @@ def _flow_run_logs(env, flow_run_id: str) -> str:
 def _customize_runs(root: Path | str, experiment: str):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(root if str(root).startswith("sqlite:") else f"sqlite:///{root}/mlflow.db")
+    client = MlflowClient(root if "://" in str(root) else f"sqlite:///{root}/mlflow.db")
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, f"no MLflow experiment {experiment!r}"
     return client.search_runs([exp.experiment_id], filter_string="tags.`prefect.flow_name` = 'customize'")
@@ -170,7 +190,7 @@ def _task_states(env, flow_run_id: str) -> dict[str, str]:
 
 
 def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_s3(
-    prefect_server, s3_endpoint, tmp_path
+    prefect_server, s3_endpoint, mlflow_on_s3, tmp_path
 ):
     """Deploy from a checkout that is then deleted (the deploying machine); a process worker with its own
     PREFECT_HOME and working directory (another host) clones the deployed commit and runs it. A run that names
@@ -194,7 +214,7 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     worker = _start_worker(env, tmp_path / "worker-prefect-home", host, log_path)
     root = tmp_path / "artifacts"
     imagenet = imagenet_on_the_miniweb(root)
-    tracking = f"sqlite:///{tmp_path}/team-mlflow.db"
+    tracking = mlflow_on_s3
     one_field = {"storage": {"root": "s3://react-test/team", "options": {"endpoint_url": s3_endpoint}},
                  "training": {"epochs": 1}, "tracking": {"tracking_uri": tracking}}  # fmt: skip
     try:
@@ -215,6 +235,18 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     tiny_run = next(
         r for r in _customize_runs(tracking, "react-tiny") if r.data.tags["prefect.flow_run_id"] == tiny_run_id
     )
+    # The team's MLflow server: the parent ended with the flow, the model registered, artifacts on S3.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking)
+    assert tiny_run.info.status == "FINISHED" and tiny_run.data.tags["react.stage.train.run"]
+    version = client.get_model_version_by_alias("react-miniweb-fine", "candidate")
+    assert version.tags["react.train_stage"].startswith("s3://react-test/team/train/")
+    assert str(client.get_model_version_by_alias("react-miniweb-fine", "champion").version) == str(version.version)
+    assert {a.path for a in client.list_artifacts(version.run_id, "model")} == {"model/model.json",
+                                                                            "model/evaluation.json"}  # fmt: skip
+    stored = Storage("s3://react-test/mlflow-artifacts", {"endpoint_url": s3_endpoint})
+    assert any(u.endswith("/model/model.json") for u in stored.fs.find(stored.path(stored.root)))
     params = tiny_run.data.params
     tiny = load_config(REPO / "deployments" / "tiny.yaml")
     assert params["training.epochs"] == "1"  # the field the run named ...
