@@ -3,6 +3,8 @@ the pipeline's parent tracking run: one react_core.pipeline call each."""
 
 from __future__ import annotations
 
+import re
+
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
@@ -53,7 +55,8 @@ def publish(config: ReactConfig, result: dict) -> None:
         create_table_artifact(summary["table"], key="evaluation", description="zero-shot: base vs customized")
     for name, target in summary["links"].items():
         if "://" in target and target.split("://", 1)[0] in {"http", "https", "s3", "file"}:
-            create_link_artifact(target, link_text=target, key=name.replace(" ", "-"), description=name)
+            key = re.sub(r"[^a-z0-9-]+", "-", name.lower())  # Prefect: lowercase letters, digits, dashes
+            create_link_artifact(target, link_text=target, key=key, description=name)
     lines = [f"- {name}: `{target}`" for name, target in summary["links"].items()]
     if reg := result.get("registered"):
         aliases = "candidate, champion" if reg.get("champion") else "candidate"
