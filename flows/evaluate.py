@@ -17,7 +17,8 @@ def evaluate(
     preset: Preset = "demo", config: ConfigOverrides | None = None, customized: str | None = None
 ) -> dict[str, Any]:
     """Evaluate ``model`` (``model.pretrained``: a tag, a checkpoint, or the mini-web base) and, when given,
-    the ``customized`` checkpoint against it (a URI, or a registered version: ``models:/react-miniweb-fine@champion``). Each (model, dataset) pair is its own cached task, so adding a
+    the ``customized`` checkpoint against it (a URI, or a registered version:
+    ``models:/react-miniweb-fine@champion``). Each (model, dataset) pair is its own cached task, so adding a
     dataset to ``evaluation.tasks`` evaluates only that one.
 
     ``preset``: a preset of deployments/; ``config``: the fields to change in it (a full tree changes them all).

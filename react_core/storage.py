@@ -396,8 +396,6 @@ class Stage:
         if root is None:
             yield
             return
-        import fcntl
-
         path = os.path.join(root, ".locks", f"{self.name}-{self.version}.lock")
         with _THREAD_LOCKS_GUARD:
             in_process = _THREAD_LOCKS.setdefault(path, threading.RLock())
@@ -411,23 +409,17 @@ class Stage:
                 return
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                f = open(path, "a+")  # noqa: SIM115 - closed below
             except OSError as exc:  # an unwritable root: the stage's first write fails with the clear message
                 _logger.debug("no lock for %s: %s", self.uri, exc)
                 yield
                 return
-            with f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    _logger.warning("stage %s is being built by another run on this root; waiting for it", self.uri)
-                    fcntl.flock(f, fcntl.LOCK_EX)
+            waiting = f"stage {self.uri} is being built by another run on this root; waiting for it"
+            with file_lock(path, waiting):
                 _HELD[path] = 1
                 try:
                     yield
                 finally:
                     _HELD[path] = 0
-                    fcntl.flock(f, fcntl.LOCK_UN)
 
     def complete(self, counts: Mapping[str, Any] | None = None, **extra: Any) -> str:
         """Write the ``_SUCCESS`` marker last; returns the stage URI."""
@@ -450,6 +442,26 @@ class Stage:
             },
         )
         return self.uri
+
+
+@contextlib.contextmanager
+def file_lock(path: str, waiting: str | None = None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if need be; its folder must exist) for the block's duration,
+    across processes of this host. The kernel releases it when the process dies, so a killed run never leaves it
+    held. ``waiting``: a warning logged when another process holds it and this one waits."""
+    import fcntl
+
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                _logger.warning("%s", waiting)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def exclusive(fn: Callable[..., str]) -> Callable[..., str]:

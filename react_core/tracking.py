@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from react_core.config import TrackingConfig
-from react_core.storage import Storage, join, local_path
+from react_core.storage import Storage, file_lock, join, local_path
 
 _logger = logging.getLogger(__name__)
 
@@ -377,16 +377,10 @@ def _sqlite_lock(tracking_uri: str) -> Iterator[None]:
     if not tracking_uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-
     path = tracking_uri[len("sqlite:///") :]
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(path + ".lock"):
+        yield
 
 
 def _param_strings(params: Mapping[str, Any]) -> dict[str, str]:

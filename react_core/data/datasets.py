@@ -139,23 +139,10 @@ def _target(targets: Sequence[int], n_classes: int, multilabel: bool) -> torch.T
     return torch.tensor(targets[0])
 
 
-class _WorkerStorage:
-    """The evaluation set's storage, rebuilt once in each DataLoader worker process: a filesystem object
-    made in the parent (an s3fs session and its event loop) must not be used across ``fork``."""
-
-    def __init__(self, storage: Storage | None) -> None:
-        self.parent, self.pid, self.local = storage, os.getpid(), storage
-
-    def get(self) -> Storage:
-        if os.getpid() != self.pid and self.parent is not None:
-            self.pid, self.local = os.getpid(), Storage(self.parent.root, self.parent.options)
-        assert self.local is not None
-        return self.local
-
-
 class _Files(torch.utils.data.Dataset):
     def __init__(self, evalset: EvalSet, size: int) -> None:
-        self.s, self.size, self.storage = evalset, size, _WorkerStorage(evalset.storage)
+        # A Storage rebuilds its filesystem in each DataLoader worker (react_core.storage.Storage.fs).
+        self.s, self.size, self.storage = evalset, size, evalset.storage
 
     def __len__(self) -> int:
         return len(self.s.images)
@@ -163,7 +150,7 @@ class _Files(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         uri = self.s.images[i]
         try:
-            img = Image.open(io.BytesIO(read_image_bytes(self.storage.get(), uri)))
+            img = Image.open(io.BytesIO(read_image_bytes(self.storage, uri)))
             x = prepare(img, self.size)
         except (OSError, StorageError) as exc:
             raise DatasetError(f"{uri}: not a readable image ({exc}); fix: replace or remove it") from None
@@ -188,14 +175,14 @@ class _Shards(torch.utils.data.IterableDataset):
     """Webdataset shards, split over DataLoader workers by shard."""
 
     def __init__(self, evalset: EvalSet, size: int) -> None:
-        self.s, self.size, self.storage = evalset, size, _WorkerStorage(evalset.storage)
+        self.s, self.size, self.storage = evalset, size, evalset.storage
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
         shards = self.s.shards if info is None else self.s.shards[info.id :: info.num_workers]
         n = len(self.s.classnames)
         for uri in shards:
-            for sample in iter_shard(self.storage.get(), uri):
+            for sample in iter_shard(self.storage, uri):
                 key = next((k for k in _WDS_IMAGE_KEYS if k in sample), None)
                 if key is None:
                     continue
