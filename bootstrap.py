@@ -39,7 +39,7 @@ CONSTRAINTS = HERE / "constraints.txt"
 STAMP = VENV / ".react-lock"
 LOCK_COMMAND = "python3 bootstrap.py lock"
 # The extras the lock resolves beside the base dependencies (not `gpu`: faiss-gpu is for CUDA images).
-LOCKED_EXTRAS = ("test", "dask")
+LOCKED_EXTRAS = ("test", "dask", "workers")
 # pip-tools, not uv or poetry: pip-compile resolves through pip itself, so it sees the same indexes and
 # local package files pip is configured with (here, the torch/torchvision wheels on this machine's disk;
 # uv and poetry ignore pip's configuration and fetch a 3 GB CUDA torch on every fresh machine), and its
@@ -219,7 +219,7 @@ def lock(args: list[str]) -> int:
         text = out.read_text()
     header = (
         f"{PLATFORM_LINE}{this_platform()}\n"
-        "# The complete dependency set (base, test and dask extras) with hashes. bootstrap.py installs exactly\n"
+        "# The complete dependency set (base, test, dask and workers extras) with hashes. bootstrap.py installs exactly\n"
         "# this with `pip install --require-hashes --no-deps`; so does infra/worker.Dockerfile.\n"
     )
     LOCK.write_text(header + text)
