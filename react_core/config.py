@@ -241,6 +241,29 @@ class AugmentConfig(_Section):
         return v
 
 
+class KubernetesLaunchConfig(_Section):
+    """The Indexed Job that ``launcher: kubernetes`` writes: one pod per node, each running ``torchrun``."""
+
+    image: str = Field("react-worker:cuda", description="image with the project (infra/worker-cuda.Dockerfile)")
+    namespace: str = Field("default", description="namespace of the Job and its headless Service")
+    secret: str | None = Field(
+        None,
+        description="name of a Secret whose keys become the pods' environment (AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, or REACT_STORAGE_OPTIONS as JSON): the credentials never enter the manifest",
+    )
+    gpu_resource: str = Field("nvidia.com/gpu", description="the extended resource one process gets one of")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of the pods")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        description="tolerations of the pods (GPU nodes are usually tainted)",
+    )
+    shm_size: str = Field("16Gi", description="size of the in-memory /dev/shm (DataLoader workers share batches there)")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="of the image")
+    apply: bool = Field(True, description="run `kubectl apply` when kubectl is on PATH (else only write the manifest)")
+    poll_s: float = Field(30.0, gt=0, description="seconds between looks at the stage while the job trains")
+    timeout_h: float = Field(168.0, gt=0, description="hours to wait for the job's model before failing the stage")
+
+
 class DistributedConfig(_Section):
     """How training is launched: one process, or ``torchrun`` with these rendezvous arguments."""
 
@@ -250,6 +273,13 @@ class DistributedConfig(_Section):
     rdzv_endpoint: str = Field("127.0.0.1:29500", description="host:port of the rendezvous (node 0)")
     rdzv_id: str = Field("react", description="rendezvous id shared by the nodes of one training job")
     backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl on GPUs, gloo on CPUs")
+    launcher: Literal["torchrun", "kubernetes"] = Field(
+        "torchrun",
+        description="torchrun: this process starts torchrun as node node_rank (start the same flow on every node); "
+        "kubernetes: the train stage writes an Indexed Job of nnodes pods (kubernetes.yaml), applies it with "
+        "kubectl when it can, and waits for the job's model",
+    )
+    kubernetes: KubernetesLaunchConfig = Field(default_factory=KubernetesLaunchConfig)
 
     @property
     def world_size(self) -> int:

@@ -64,9 +64,11 @@ def launch(job: TrainJob, storage: Storage, tracker: Tracker, progress: bool) ->
     """Run the trainer in this process, or under ``torchrun`` when ``training.distributed`` asks for more."""
     cfg = job.cfg
     dcfg = cfg.distributed
-    if dcfg.world_size == 1:
+    if dcfg.world_size == 1 and dcfg.launcher == "torchrun":
         return train(job, log=tracker.log_metrics, progress=progress)
     job_uri = storage.write_bytes(join(job.stage_uri, "job.json"), job.to_json().encode())
+    if dcfg.launcher == "kubernetes":
+        return _launch_kubernetes(job, job_uri, storage, tracker)
     rendezvous = (
         ["--standalone"]
         if dcfg.nnodes == 1
@@ -88,10 +90,98 @@ def launch(job: TrainJob, storage: Storage, tracker: Tracker, progress: bool) ->
         tail = (proc.stdout + proc.stderr)[-3000:]
         tail = scrub(tail, storage.options or {})
         raise TrainingLaunchError(f"torchrun exited with {proc.returncode}: {' '.join(cmd)}\n{tail}")
+    return _collect(job, storage, tracker)
+
+
+def _collect(job: TrainJob, storage: Storage, tracker: Tracker) -> dict[str, Any]:
+    """What the processes of a launched job left: their metrics to the tracker, rank 0's summary."""
     for row in storage.read_json(join(job.stage_uri, METRICS_FILE)):
         step = int(row.pop("step"))
         tracker.log_metrics(row, step=step)
     return storage.read_json(join(job.stage_uri, "model.json"))
+
+
+def write_kubernetes_job(job: TrainJob, job_uri: str, storage: Storage) -> str:
+    """Write ``kubernetes.yaml`` (the Indexed Job of :mod:`react_core.training.kubernetes`) beside ``job.json``."""
+    from react_core.training.kubernetes import render, training_job
+
+    objects = training_job(job.cfg.distributed, job_uri, job.stage_uri, storage.options)
+    return storage.write_bytes(join(job.stage_uri, "kubernetes.yaml"), render(objects).encode())
+
+
+def _launch_kubernetes(job: TrainJob, job_uri: str, storage: Storage, tracker: Tracker) -> dict[str, Any]:
+    """Write the Indexed Job, apply it when kubectl is here, and wait for rank 0's ``model.json``.
+
+    Waiting is a look at the stage every ``poll_s`` seconds: the pods report only through storage (their model,
+    or a ``failed/rank-N.json`` marker), which is what a flow run on another machine can see without cluster
+    rights. A model already there (the job finished before this flow run crashed) is taken as it is."""
+    import shutil
+    import time
+
+    from react_core.training.kubernetes import job_name
+
+    kcfg = job.cfg.distributed.kubernetes
+    model_json = join(job.stage_uri, "model.json")
+    failed = join(job.stage_uri, "failed")
+    manifest = write_kubernetes_job(job, job_uri, storage)
+    name = job_name(job.stage_uri)
+    kubectl = shutil.which("kubectl") if kcfg.apply else None
+    if storage.exists(model_json):
+        kubectl = None  # finished before: nothing to start or watch
+    elif kubectl:
+        storage.rm(failed)  # markers of an earlier attempt: this one starts the pods afresh
+        local = storage.read_bytes(manifest)
+        # kubectl refuses to replace a finished Job's template: a re-run deletes the old one first
+        subprocess.run([kubectl, "delete", "job", name, "-n", kcfg.namespace, "--ignore-not-found"],
+                       capture_output=True, text=True, check=False)  # fmt: skip
+        proc = subprocess.run([kubectl, "apply", "-f", "-"], input=local.decode(), capture_output=True,
+                              text=True, check=False)  # fmt: skip
+        if proc.returncode != 0:
+            raise TrainingLaunchError(f"kubectl apply of {manifest} failed: {(proc.stdout + proc.stderr)[-2000:]}")
+        _logger.info("kubernetes: applied job %s (%d nodes x %d processes) from %s", name,
+                     job.cfg.distributed.nnodes, job.cfg.distributed.nproc_per_node, manifest)  # fmt: skip
+    else:
+        _logger.warning(
+            "kubernetes: no kubectl here; start the %d-node job with its manifest %s "
+            "(`kubectl apply -f kubernetes.yaml`); this run waits for %s",
+            job.cfg.distributed.nnodes, manifest, model_json,
+        )  # fmt: skip
+    start = time.monotonic()
+    polls = 0
+    while not storage.exists(model_json):
+        markers = storage.ls(failed, "rank-*.json") if storage.exists(failed) else []
+        if markers:
+            first = storage.read_json(markers[0])
+            raise TrainingLaunchError(
+                f"kubernetes job {name}: rank {first.get('rank')} failed on {first.get('host')}: {first.get('error')}"
+                f" ({len(markers)} rank(s) failed; markers in {failed}); fix the cause and re-run (delete the markers "
+                "first when you start the job yourself): training resumes from the newest checkpoint"
+            )
+        if kubectl and _job_failed(kubectl, name, kcfg.namespace):
+            # A pod that died before Python ran (image pull, OOM kill, eviction) leaves no marker.
+            raise TrainingLaunchError(
+                f"kubernetes job {name} failed without a rank's report (image pull, out of memory, eviction?): "
+                f"kubectl -n {kcfg.namespace} describe job {name}; kubectl -n {kcfg.namespace} logs job/{name}"
+            )
+        waited = time.monotonic() - start
+        if waited > kcfg.timeout_h * 3600:
+            raise TrainingLaunchError(
+                f"kubernetes job {name}: no model in {job.stage_uri} after {kcfg.timeout_h} h; check the pods "
+                f"(kubectl -n {kcfg.namespace} get pods -l app.kubernetes.io/instance={name}) or raise "
+                "training.distributed.kubernetes.timeout_h"
+            )
+        polls += 1
+        if polls % 20 == 1:
+            _logger.info("kubernetes: waiting for job %s (%.0f min so far)", name, waited / 60)
+        time.sleep(kcfg.poll_s)
+    return _collect(job, storage, tracker)
+
+
+def _job_failed(kubectl: str, name: str, namespace: str) -> bool:
+    """Whether the Job reports a failed pod (``status.failed``); unknown (kubectl failed) counts as not failed."""
+    proc = subprocess.run([kubectl, "get", "job", name, "-n", namespace, "-o", "jsonpath={.status.failed}"],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    return proc.returncode == 0 and proc.stdout.strip() not in ("", "0")
 
 
 def plot_gates(history: list[dict[str, float]]):

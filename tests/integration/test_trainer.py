@@ -1,10 +1,15 @@
 """The trainer's guarantees: exact resume, N processes = one process, checkpoints kept and skipped."""
 
 import logging
+import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
+import yaml
 
 from react_core.config import AugmentConfig, DistributedConfig, StorageConfig, TrainingConfig
 from react_core.knowledge.download import downloaded_shards
@@ -13,7 +18,7 @@ from react_core.pipeline import run_text_features
 from react_core.storage import Storage, join
 from react_core.tracking import MemoryTracker
 from react_core.training import checkpoints
-from react_core.training.customize import launch
+from react_core.training.customize import TrainingLaunchError, launch, write_kubernetes_job
 from react_core.training.trainer import TrainJob, train
 
 pytestmark = pytest.mark.integration
@@ -105,6 +110,60 @@ def test_two_gloo_processes_train_the_weights_of_one_process(tiny_chain, caplog)
     moved = max(float((a[k] - load_state_dict(single.base_checkpoint).get(k, torch.zeros_like(a[k]))).abs().max())
                 for k in a if "gated_attn_block" in k and "alpha" in k)  # fmt: skip
     assert moved > 10 * worst, "training moved the gates far more than the two runs differ"
+
+
+def _run_pods(st, job: TrainJob) -> list[subprocess.CompletedProcess]:
+    """The Indexed Job of ``kubernetes.yaml`` with its pods as local processes: each runs the container's command
+    with the container's environment (the completion index resolved); only the rendezvous host is 127.0.0.1,
+    since pod 0's DNS name exists only inside a cluster."""
+    job_uri = st.write_bytes(join(job.stage_uri, "job.json"), job.to_json().encode())
+    _, k8s_job = yaml.safe_load_all(st.read_bytes(write_kubernetes_job(job, job_uri, st)))
+    spec = k8s_job["spec"]
+    container = spec["template"]["spec"]["containers"][0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for index in range(spec["completions"]):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        for e in container["env"]:
+            env[e["name"]] = e["value"] if "value" in e else str(index)
+        env["PET_RDZV_ENDPOINT"] = f"127.0.0.1:{port}"
+        cmd = [sys.executable, *container["command"][1:]]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate()[0] for p in procs]  # communicate, not wait: a full pipe would block the child
+    return [subprocess.CompletedProcess(p.args, p.returncode, out) for p, out in zip(procs, outputs, strict=True)]
+
+
+def test_kubernetes_indexed_job_trains_what_one_process_trains(tiny_chain):
+    """launcher: kubernetes. The rendered job's pods (2 nodes x 1 process, gloo), started from the manifest's own
+    command and environment, train the single process's weights; the stage then takes their model."""
+    st = tiny_chain["storage"]
+    single = _job(tiny_chain, "k8s-single", epochs=1)
+    train(single, progress=False)
+    dcfg = DistributedConfig(nnodes=2, nproc_per_node=1, launcher="kubernetes", kubernetes={"apply": False})
+    k8s = _job(tiny_chain, "k8s", epochs=1, distributed=dcfg)
+    done = _run_pods(st, k8s)
+    assert [p.returncode for p in done] == [0, 0], done[0].stdout[-3000:] + done[1].stdout[-3000:]
+    tracker = MemoryTracker()
+    summary = launch(k8s, st, tracker, progress=False)  # the model is there: collected without waiting
+    assert summary["processes"] == 2 and summary["global_batch"] == 16
+    assert any(k == "train/loss" for k, _, _ in tracker.metrics)
+    a = load_state_dict(join(single.stage_uri, "model.pt"))
+    b = load_state_dict(join(k8s.stage_uri, "model.pt"))
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 1e-5, f"largest weight difference {worst:.2e}"
+
+
+def test_a_failing_pod_fails_the_stage_with_its_error(tiny_chain):
+    st = tiny_chain["storage"]
+    dcfg = DistributedConfig(nnodes=2, nproc_per_node=1, launcher="kubernetes", kubernetes={"apply": False})
+    broken = _job(tiny_chain, "k8s-broken", epochs=1, batch_size=15, distributed=dcfg)  # 15 pairs over 2 ranks
+    done = _run_pods(st, broken)
+    assert all(p.returncode != 0 for p in done)
+    with pytest.raises(TrainingLaunchError, match=r"rank [01] failed on .*batch_size=15 is not divisible"):
+        launch(broken, st, MemoryTracker(), progress=False)
+    assert not st.exists(join(broken.stage_uri, "model.json"))
 
 
 def test_locked_text_trains_the_image_tower_and_keeps_the_text_tower(tiny_chain):
