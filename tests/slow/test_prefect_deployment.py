@@ -111,6 +111,24 @@ def imagenet_on_the_miniweb(root: Path) -> dict:
     return load_config(REPO / "deployments" / "imagenet.yaml", tiny).model_dump(mode="json")
 
 
+GPU_POOLS = {
+    "react-gpu-docker": ("docker", "docker-gpu.json"),
+    "react-gpu-kubernetes": ("kubernetes", "kubernetes-gpu.json"),
+}
+
+
+def _create_pools(env) -> None:
+    """The work pools of README "Running with a team": the process pool and the GPU pools from their templates
+    (a pool without a worker is only a queue: runs of the GPU deployments wait for a GPU worker)."""
+    out = _prefect(env, "work-pool", "create", "react-process", "--type", "process", "--overwrite")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name, (kind, file) in GPU_POOLS.items():
+        template = REPO / "infra" / "work-pools" / file
+        out = _prefect(env, "work-pool", "create", name, "--type", kind, "--base-job-template", str(template),
+                       "--overwrite")  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
 def _run_deployment(env, name: str, config: dict, worker_log: Path) -> str:
     """Run a deployment to its end; returns the flow run's id."""
     out = _prefect(env, "deployment", "run", name, "--params", json.dumps({"config": config}), "--watch", timeout=600)
@@ -200,8 +218,7 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     origin, deployer, host = tmp_path / "origin.git", tmp_path / "deployer", tmp_path / "worker-host"
     _git("clone", "--quiet", "--bare", str(REPO), str(origin))
     _git("clone", "--quiet", str(origin), str(deployer))
-    out = _prefect(env, "work-pool", "create", "react-process", "--type", "process")
-    assert out.returncode == 0, out.stdout + out.stderr
+    _create_pools(env)
     out = _prefect(env, "--no-prompt", "deploy", "--all", cwd=deployer)
     assert out.returncode == 0, out.stdout + out.stderr
     for name in ("customize/demo", "customize/tiny", "customize/imagenet", "evaluate/demo", "evaluate/imagenet",
@@ -258,3 +275,58 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     (imagenet_run,) = _customize_runs(root, "react-imagenet")
     assert imagenet_run.data.tags["prefect.flow_run_id"]
     assert imagenet["training"]["lr"] == 5e-4 and imagenet["training"]["mode"] == "gated-image"
+
+
+def test_gpu_pools_made_from_the_templates_run_the_gpu_deployments_as_asked(prefect_server):
+    """The GPU pools created on a real server from infra/work-pools/*.json; `deploy --all` puts the GPU
+    deployments on them (the server validates their job variables against the pools' schemas); the workers' own
+    code turns pool + deployment + a flow run into the container / Job they would start."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    env = prefect_server
+    _create_pools(env)
+    out = _prefect(env, "--no-prompt", "deploy", "--all")
+    assert out.returncode == 0, out.stdout + out.stderr
+    configs = {
+        "react-gpu-docker": DockerWorkerJobConfiguration,
+        "react-gpu-kubernetes": KubernetesWorkerJobConfiguration,
+    }
+
+    async def go():
+        async with get_client() as client:
+            made = {}
+            for pool_name, (_, file) in GPU_POOLS.items():
+                pool = await client.read_work_pool(pool_name)
+                assert pool.base_job_template == json.loads((REPO / "infra" / "work-pools" / file).read_text())
+            for name in ("imagenet-docker", "imagenet-kubernetes", "imagenet-multinode"):
+                dep = await client.read_deployment_by_name(f"customize/{name}")
+                pool = await client.read_work_pool(dep.work_pool_name)
+                run = await client.create_flow_run_from_deployment(dep.id)
+                cfg = await configs[pool.name].from_template_and_values(
+                    pool.base_job_template, dep.job_variables, client=client
+                )
+                flow = await client.read_flow(dep.flow_id)
+                cfg.prepare_for_flow_run(run, deployment=dep, flow=flow)
+                made[name] = cfg
+            return made
+
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        made = asyncio.run(go())
+    docker_cfg = made["imagenet-docker"]
+    assert docker_cfg.image == "react-worker:cuda" and docker_cfg.command  # the worker's flow-run command
+    assert docker_cfg.container_create_kwargs["device_requests"][0]["count"] == -1
+    assert docker_cfg.container_create_kwargs["shm_size"] == "32g"
+    for name, gpus, shm in (("imagenet-kubernetes", 8, "64Gi"), ("imagenet-multinode", 1, "16Gi")):
+        manifest = made[name].job_manifest
+        pod = manifest["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == gpus, name
+        assert pod["volumes"][0]["emptyDir"]["sizeLimit"] == shm, name
+        env_names = {e["name"] for e in container["env"]}
+        assert {"PREFECT__FLOW_RUN_ID", "PREFECT_LOGGING_EXTRA_LOGGERS"} <= env_names, env_names
+    assert made["imagenet-multinode"].job_manifest["spec"]["template"]["spec"]["serviceAccountName"] == "react-trainer"
