@@ -13,7 +13,7 @@ from tasks import customize as t
 from tasks.world import publish, register_model
 
 
-@flow(name="customize")
+@flow(name="customize", persist_result=True)
 def customize(preset: Preset = "demo", config: ConfigOverrides | None = None) -> dict[str, Any]:
     """Embed the knowledge base, index it, retrieve for the task's class names, download, train, evaluate.
 

@@ -12,7 +12,7 @@ from tasks import customize as t
 from tasks.world import resolve_model
 
 
-@flow(name="evaluate")
+@flow(name="evaluate", persist_result=True)
 def evaluate(
     preset: Preset = "demo", config: ConfigOverrides | None = None, customized: str | None = None
 ) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from react_core.config import ConfigOverrides
 from tasks.world import base_report, generate_miniweb, pretrain_base_model
 
 
-@flow(name="prepare-world")
+@flow(name="prepare-world", persist_result=True)
 def prepare_world(preset: Preset = "demo", config: ConfigOverrides | None = None) -> dict[str, Any]:
     """Generate the mini-web, pretrain the base CLIP on its generic split, report zero-shot accuracy.
 

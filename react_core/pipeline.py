@@ -400,6 +400,9 @@ def run_summary(storage: Storage, result: Mapping[str, Any], tracker: Tracker | 
     run_id = result.get("mlflow_run_id")
     if tracker is not None and run_id:
         links["MLflow run"] = tracker.run_url(run_id) or run_id
+    if (reg := result.get("registered")) and reg.get("version"):
+        links["registered version"] = (tracker.model_version_url(reg["name"], str(reg["version"])) if tracker else
+                                       None) or f"models:/{reg['name']}/{reg['version']}"  # fmt: skip
     lines = []
     if result.get("retrieve"):
         m = storage.stage_manifest(result["retrieve"])

@@ -85,6 +85,10 @@ class Tracker:
         """Where a person opens the run (an MLflow server's page), or None when it has no web page."""
         return None
 
+    def model_version_url(self, name: str, version: str) -> str | None:
+        """Where a person opens a registered model's version, or None when the registry has no web page."""
+        return None
+
     # The model registry: versions of a named model, their tags and aliases.
     def register(self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str) -> str | None:  # fmt: skip
         """Log ``files`` (name -> JSON object) as the run's ``model/`` artifacts and register them as a new version
@@ -257,6 +261,11 @@ class MLflowTracker(Tracker):
         if not self.tracking_uri.startswith(("http://", "https://")):
             return None  # a local store: `mlflow ui --backend-store-uri {tracking_uri}` serves it
         return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    def model_version_url(self, name: str, version: str) -> str | None:
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return f"{self.tracking_uri.rstrip('/')}/#/models/{name}/versions/{version}"
 
     def register(self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str) -> str | None:  # fmt: skip
         client = self._client()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from react_core import pipeline
@@ -65,6 +65,12 @@ def publish(config: ReactConfig, result: dict) -> None:
             + (f" ({aliases})" if reg.get("new") else "")
         )
     create_markdown_artifact("\n".join([*lines, "", summary["markdown"]]), key="summary", description="REACT run")
+    # The pointer `prefect deployment run ... --watch` ends with (it streams the run's logs).
+    deltas = ", ".join(f"{r['dataset']} {r['base']:.3f} -> {r['customized']:.3f}" for r in summary["table"])
+    get_run_logger().info(
+        "REACT result: %s%s", "; ".join(f"{name}: {target}" for name, target in summary["links"].items()),
+        f"; zero-shot {deltas} (artifact 'evaluation')" if deltas else "",
+    )  # fmt: skip
 
 
 @task(name="end-tracking", cache_policy=None, persist_result=False)

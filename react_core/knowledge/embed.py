@@ -41,13 +41,13 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from react_core.data import ShardReadError, iter_shard, shard_index_count
 from react_core.data.datasets import prepare
 from react_core.errors import ReactError
 from react_core.models.encode import autocast, model_device, model_image_size, normalize
 from react_core.models.text import encode_text
+from react_core.progress import bar as progress_bar
 from react_core.storage import SUCCESS, Stage, Storage, StorageError, exclusive, join
 
 _logger = logging.getLogger(__name__)
@@ -407,7 +407,7 @@ def embed_shards(
             pin_memory=model_device(model).type == "cuda",
             prefetch_factor=4 if workers else None,
         )
-        with tqdm(total=len(todo), desc="embed", unit="shard", disable=not progress) as bar:
+        with progress_bar(len(todo), "embed", "shard", show=progress) as bar:
             results += embed_batches(model, storage, stage, loader, bar)
     return sorted(results, key=lambda r: r.index)
 

@@ -26,12 +26,12 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from react_core.config import DownloadConfig
 from react_core.data import iter_shard
 from react_core.knowledge.download import EXTRA_COLUMNS, DownloadError, summarize
 from react_core.knowledge.retrieve import read_manifest
+from react_core.progress import bar as progress_bar
 from react_core.storage import Stage, Storage, exclusive, local_path
 
 _logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def _extract(
                     start, time.time(), status, OOM_SHARD_COUNT)  # fmt: skip
 
     os.makedirs(out, exist_ok=True)
-    bar = tqdm(total=len(todo), desc="extract", unit="pair", disable=not progress)
+    bar = progress_bar(len(todo), "extract", "pair", show=progress)
     for pos, data in _kb_images(storage, todo):
         bar.update(1)
         n = pos // per

@@ -32,12 +32,12 @@ import numpy as np
 import pandas as pd
 import torch
 import webdataset as wds
-from tqdm.auto import tqdm
 
 from react_core.config import MiniWebConfig
 from react_core.data.datasets import EvalSet, from_tensors
 from react_core.miniweb.render import render, to_jpeg
 from react_core.miniweb.world import TASK_TEMPLATES, Concept, caption_for, make_concepts
+from react_core.progress import bar as progress_bar
 from react_core.registry import MINIWEB_TASKS
 from react_core.storage import Stage, Storage, exclusive, local_path
 
@@ -241,7 +241,7 @@ def _generate_into(
             jobs.append(_ShardJob(split, shard, start, chunk, out_dir, split == "kb" and cfg.write_image_files))
     processes = processes or os.cpu_count() or 1
     rows: dict[str, list[dict[str, Any]]] = {"generic": [], "kb": []}
-    bar = tqdm(total=cfg.generic_size + cfg.kb_size, desc="mini-web", unit="img", disable=not progress)
+    bar = progress_bar(cfg.generic_size + cfg.kb_size, "mini-web", "img", show=progress)
     cfg_json = cfg.model_dump_json()
     if processes > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(processes, initializer=_init_worker, initargs=(cfg_json,)) as pool:

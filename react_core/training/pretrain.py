@@ -14,7 +14,6 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.loss import ClipLoss
-from tqdm.auto import tqdm
 
 from react_core.config import ModelConfig
 from react_core.data import load_labelled_pairs
@@ -23,6 +22,7 @@ from react_core.evaluation.zeroshot import evaluate_zero_shot
 from react_core.miniweb.generate import TASK_NAMES
 from react_core.models import model_config, model_file, save_checkpoint
 from react_core.models.encode import normalize
+from react_core.progress import bar as progress_bar
 from react_core.storage import Stage, Storage, exclusive, join
 from react_core.tracking import NullTracker, Tracker
 from react_core.training.optim import adamw, cosine_lr, optimizer_step, set_lr
@@ -67,7 +67,7 @@ def pretrain_base(
     total = steps_per_epoch * pc.epochs
     gen = torch.Generator().manual_seed(pc.seed)
     step, t0, seen = 0, time.time(), 0
-    bar = tqdm(total=total, desc=f"pretrain {cfg.name} on {pc.split}", unit="step", disable=not progress)
+    bar = progress_bar(total, f"pretrain {cfg.name} on {pc.split}", "step", show=progress)
     loss_val = float("nan")
     for epoch in range(pc.epochs):
         perm = torch.randperm(n, generator=gen)

@@ -31,13 +31,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 
 from react_core.config import AugmentConfig, TrainingConfig
 from react_core.data import DatasetError, load_labelled_pairs
 from react_core.models import create_model, model_file, save_checkpoint
 from react_core.models.encode import autocast, default_device, model_image_size, normalize
 from react_core.models.gated import add_gated_blocks, gate_values, gated_parameter_count, set_trainable
+from react_core.progress import bar as progress_bar
 from react_core.secrets import public
 from react_core.storage import Storage, join
 from react_core.training import checkpoints
@@ -324,8 +324,8 @@ def _loop(
     cfg, tower, opt = run.job.cfg, run.tower, run.opt
     use_amp = run.device != "cpu" and cfg.precision in ("amp_bf16", "bf16", "amp")
     amp_dtype = torch.float16 if cfg.precision == "amp" else torch.bfloat16
-    bar = tqdm(total=run.total, initial=run.start, desc=f"customize ({cfg.mode})", unit="step",
-               disable=run.rank != 0 or not progress)  # fmt: skip
+    bar = progress_bar(run.total, f"customize ({cfg.mode})", "step", initial=run.start, show=progress,
+                       enabled=run.rank == 0)  # fmt: skip
     t0, seen, step, loss_val = time.time(), 0, run.start, float("nan")
     tower.visual.eval()  # frozen parts behave as at inference; the gated blocks have no dropout
     for x_u8, t, y in run.loader:

@@ -129,12 +129,12 @@ def _create_pools(env) -> None:
         assert out.returncode == 0, out.stdout + out.stderr
 
 
-def _run_deployment(env, name: str, config: dict, worker_log: Path) -> str:
-    """Run a deployment to its end; returns the flow run's id."""
+def _run_deployment(env, name: str, config: dict, worker_log: Path) -> tuple[str, str]:
+    """Run a deployment to its end; returns the flow run's id and what `--watch` printed."""
     out = _prefect(env, "deployment", "run", name, "--params", json.dumps({"config": config}), "--watch", timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr + worker_log.read_text()[-4000:]
     assert "Completed" in out.stdout, out.stdout
-    return re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
+    return re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1), out.stdout
 
 
 def _schedules(env, deployment: str) -> list[bool]:
@@ -160,6 +160,37 @@ def _flow_run_logs(env, flow_run_id: str) -> str:
         async with PrefectClient(env["PREFECT_API_URL"]) as client:
             logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
             return "\n".join(f"{log.name}: {log.message}" for log in logs)
+
+    return asyncio.run(go())
+
+
+def _flow_run_artifacts(env, flow_run_id: str) -> dict[str, str]:
+    """{key: type} of the artifacts of a flow run, read back through the server's API."""
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def go():
+        async with PrefectClient(env["PREFECT_API_URL"]) as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            )
+            return {a.key: a.type for a in found if a.key}
+
+    return asyncio.run(go())
+
+
+def _flow_run_result(env, flow_run_id: str):
+    """Where the server says a flow run's result is (the metadata of its persisted return value)."""
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+
+    async def go():
+        async with PrefectClient(env["PREFECT_API_URL"]) as client:
+            data = (await client.read_flow_run(flow_run_id)).state.data
+            return getattr(data, "metadata", data)
 
     return asyncio.run(go())
 
@@ -235,13 +266,19 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     one_field = {"storage": {"root": "s3://react-test/team", "options": {"endpoint_url": s3_endpoint}},
                  "training": {"epochs": 1}, "tracking": {"tracking_uri": tracking}}  # fmt: skip
     try:
-        tiny_run_id = _run_deployment(env, "customize/tiny", one_field, log_path)
+        tiny_run_id, tiny_watch = _run_deployment(env, "customize/tiny", one_field, log_path)
         _run_deployment(env, "customize/imagenet", imagenet, log_path)
     finally:
         _stop(worker)
     other = _start_worker(env, tmp_path / "other-prefect-home", tmp_path / "other-host", log_path)
     try:
-        again = _run_deployment(env, "customize/tiny", one_field, log_path)
+        again, _ = _run_deployment(env, "customize/tiny", one_field, log_path)
+        # A run that fails after its parent MLflow run opened (retrieval finds too few pairs per class).
+        failing = {**one_field, "retrieval": {"min_per_class": 100000}}
+        out = _prefect(env, "deployment", "run", "customize/tiny", "--params", json.dumps({"config": failing}),
+                       "--watch", timeout=600)  # fmt: skip
+        assert out.returncode != 0 and "Failed" in out.stdout, out.stdout + out.stderr
+        failed_id = re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
     finally:
         _stop(other)
     stages = {n: s for n, s in _task_states(env, again).items() if not n.startswith(("preflight", "start-", "end-",
@@ -270,6 +307,17 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     assert params["model.name"] == tiny.model.name == "react-micro-vit"  # ... and the preset's others
     assert params["training.gated_layers"] == str(tiny.training.gated_layers)
     assert params["retrieval.k"] == str(tiny.retrieval.k) and params["miniweb.kb_size"] == str(tiny.miniweb.kb_size)
+    failed_run = next(
+        r for r in _customize_runs(tracking, "react-tiny") if r.data.tags["prefect.flow_run_id"] == failed_id
+    )
+    assert failed_run.info.status == "FAILED" and failed_run.data.tags["react.stage.index"]  # got that far
+    result = _flow_run_result(env, tiny_run_id)  # the flow's return value, stored beside the stages
+    assert result.storage_key.startswith("s3://react-test/team/prefect-results/"), result
+    assert stored.exists(result.storage_key)
+    assert re.search(r"REACT result: customized model: s3://react-test/team/train/\S+/model\.pt", tiny_watch)
+    artifacts = _flow_run_artifacts(env, tiny_run_id)  # what the Prefect UI shows on the run's Artifacts tab
+    assert {"evaluation": "table", "summary": "markdown"}.items() <= artifacts.items(), artifacts
+    assert {"customized-model", "mlflow-run", "registered-version"} <= {k for k, kind in artifacts.items() if kind == "link"}, artifacts
     logs = _flow_run_logs(env, tiny_run_id)  # react_core's own lines reach the run's logs in the UI
     assert "react_core.knowledge.download: download:" in logs, logs[-3000:]
     (imagenet_run,) = _customize_runs(root, "react-imagenet")
