@@ -311,14 +311,18 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
         r for r in _customize_runs(tracking, "react-tiny") if r.data.tags["prefect.flow_run_id"] == failed_id
     )
     assert failed_run.info.status == "FAILED" and failed_run.data.tags["react.stage.index"]  # got that far
+    logs = _flow_run_logs(env, tiny_run_id)  # react_core's own lines reach the run's logs in the UI
     result = _flow_run_result(env, tiny_run_id)  # the flow's return value, stored beside the stages
     assert result.storage_key.startswith("s3://react-test/team/prefect-results/"), result
     assert stored.exists(result.storage_key)
-    assert re.search(r"REACT result: customized model: s3://react-test/team/train/\S+/model\.pt", tiny_watch)
+    watched = re.sub(r"\s+", "", tiny_watch)  # Rich wraps the streamed log lines at the console's width
+    assert re.search(r"REACTresult:customizedmodel:s3://react-test/team/train/\S+?/model\.pt;MLflowrun:http", watched)
+    assert "REACT result: customized model: s3://react-test/team/train/" in logs
     artifacts = _flow_run_artifacts(env, tiny_run_id)  # what the Prefect UI shows on the run's Artifacts tab
     assert {"evaluation": "table", "summary": "markdown"}.items() <= artifacts.items(), artifacts
-    assert {"customized-model", "mlflow-run", "registered-version"} <= {k for k, kind in artifacts.items() if kind == "link"}, artifacts
-    logs = _flow_run_logs(env, tiny_run_id)  # react_core's own lines reach the run's logs in the UI
+    assert {"customized-model", "mlflow-run", "registered-version"} <= {
+        k for k, kind in artifacts.items() if kind == "link"
+    }, artifacts
     assert "react_core.knowledge.download: download:" in logs, logs[-3000:]
     (imagenet_run,) = _customize_runs(root, "react-imagenet")
     assert imagenet_run.data.tags["prefect.flow_run_id"]

@@ -6,10 +6,13 @@ from react_core.progress import bar
 
 
 def test_progress_is_logged_at_start_throttled_and_at_the_end(caplog):
-    with caplog.at_level(logging.INFO, logger="react_core.progress"):
-        with bar(1000, "pretrain tiny", "step", every_s=3600) as b:  # far apart: only the first and last lines
-            for _ in range(1000):
-                b.update(1)
+    # refreshes far apart: only the first and the last line
+    with (
+        caplog.at_level(logging.INFO, logger="react_core.progress"),
+        bar(1000, "pretrain tiny", "step", every_s=3600) as b,
+    ):
+        for _ in range(1000):
+            b.update(1)
     lines = [r.getMessage() for r in caplog.records if r.name == "react_core.progress"]
     assert len(lines) == 2, lines
     assert lines[0].startswith("pretrain tiny:   0%") and "0/1000" in lines[0]
