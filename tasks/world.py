@@ -65,12 +65,12 @@ def publish(config: ReactConfig, result: dict) -> None:
             + (f" ({aliases})" if reg.get("new") else "")
         )
     create_markdown_artifact("\n".join([*lines, "", summary["markdown"]]), key="summary", description="REACT run")
-    # The pointer `prefect deployment run ... --watch` ends with (it streams the run's logs).
+    # The pointer a person watching the run ends with: the UI's logs, and `prefect deployment run ... --watch`
+    # when the server streams logs out (PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED, as infra/compose.yaml sets it).
     deltas = ", ".join(f"{r['dataset']} {r['base']:.3f} -> {r['customized']:.3f}" for r in summary["table"])
-    get_run_logger().info(
-        "REACT result: %s%s", "; ".join(f"{name}: {target}" for name, target in summary["links"].items()),
-        f"; zero-shot {deltas} (artifact 'evaluation')" if deltas else "",
-    )  # fmt: skip
+    pointer = "; ".join(f"{name}: {target}" for name, target in summary["links"].items())
+    pointer += f"; zero-shot {deltas} (artifact 'evaluation')" if deltas else ""
+    get_run_logger().info("REACT result: %s", pointer)
 
 
 @task(name="end-tracking", cache_policy=None, persist_result=False)

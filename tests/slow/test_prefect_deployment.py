@@ -50,6 +50,9 @@ def prefect_server(tmp_path_factory):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_LOGGING_LEVEL": "INFO",
+        # as infra/compose.yaml runs the server: `--watch` streams the runs' logs
+        "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true",
+        "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true",
     }
     log = open(home / "server.log", "wb")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen(
@@ -164,8 +167,8 @@ def _flow_run_logs(env, flow_run_id: str) -> str:
     return asyncio.run(go())
 
 
-def _flow_run_artifacts(env, flow_run_id: str) -> dict[str, str]:
-    """{key: type} of the artifacts of a flow run, read back through the server's API."""
+def _flow_run_artifacts(env, flow_run_id: str) -> dict[str, tuple[str, str]]:
+    """{key: (type, data)} of the artifacts of a flow run, read back through the server's API."""
     import asyncio
 
     from prefect.client.orchestration import PrefectClient
@@ -176,7 +179,7 @@ def _flow_run_artifacts(env, flow_run_id: str) -> dict[str, str]:
             found = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
             )
-            return {a.key: a.type for a in found if a.key}
+            return {a.key: (a.type, str(a.data)) for a in found if a.key}
 
     return asyncio.run(go())
 
@@ -316,13 +319,15 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     assert result.storage_key.startswith("s3://react-test/team/prefect-results/"), result
     assert stored.exists(result.storage_key)
     watched = re.sub(r"\s+", "", tiny_watch)  # Rich wraps the streamed log lines at the console's width
-    assert re.search(r"REACTresult:customizedmodel:s3://react-test/team/train/\S+?/model\.pt;MLflowrun:http", watched)
+    assert re.search(
+        r"REACTresult:customizedmodel:s3://react-test/team/train/\S+?/model\.pt;MLflowrun:http", watched
+    ), tiny_watch[-4000:]
     assert "REACT result: customized model: s3://react-test/team/train/" in logs
     artifacts = _flow_run_artifacts(env, tiny_run_id)  # what the Prefect UI shows on the run's Artifacts tab
-    assert {"evaluation": "table", "summary": "markdown"}.items() <= artifacts.items(), artifacts
-    assert {"customized-model", "mlflow-run", "registered-version"} <= {
-        k for k, kind in artifacts.items() if kind == "link"
-    }, artifacts
+    assert (artifacts["evaluation"][0], artifacts["summary"][0]) == ("table", "markdown"), artifacts
+    # link artifacts are stored as markdown links: [text](target)
+    assert {"customized-model", "mlflow-run", "registered-version"} <= set(artifacts), artifacts
+    assert "/#/models/react-miniweb-fine/versions/" in artifacts["registered-version"][1]
     assert "react_core.knowledge.download: download:" in logs, logs[-3000:]
     (imagenet_run,) = _customize_runs(root, "react-imagenet")
     assert imagenet_run.data.tags["prefect.flow_run_id"]

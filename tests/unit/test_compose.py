@@ -79,3 +79,10 @@ def test_the_build_context_leaves_out_environments_and_artifacts():
     assert {".venv", ".git", "react-artifacts*", "mlruns", "infra/.env"} <= set(ignored)
     dockerfile = (REPO / "infra" / "worker.Dockerfile").read_text()
     assert "git" in dockerfile.split("WORKDIR")[0], "the git_clone pull step needs git in the image"
+
+
+def test_the_server_streams_logs_to_watching_clients():
+    env = SERVICES["prefect-server"]["environment"]
+    assert (
+        env["PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED"] == env["PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED"] == "true"
+    )
