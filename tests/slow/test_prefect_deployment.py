@@ -329,6 +329,8 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     assert {"customized-model", "mlflow-run", "registered-version"} <= set(artifacts), artifacts
     assert "/#/models/react-miniweb-fine/versions/" in artifacts["registered-version"][1]
     assert "react_core.knowledge.download: download:" in logs, logs[-3000:]
+    # the long stages' progress, as lines in the run's logs (no terminal on a worker)
+    assert re.search(r"react_core\.progress: customize \(gated-image\): 100%", logs), logs[-3000:]
     (imagenet_run,) = _customize_runs(root, "react-imagenet")
     assert imagenet_run.data.tags["prefect.flow_run_id"]
     assert imagenet["training"]["lr"] == 5e-4 and imagenet["training"]["mode"] == "gated-image"
