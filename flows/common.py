@@ -106,8 +106,10 @@ def evaluate_models(
     # worker exited unexpectedly with exit code 1" raised in the flow's thread. The workers keep the cores busy.
     per_dataset = [cfg.model_copy(update={"tasks": [d], "locations": {k: v for k, v in cfg.locations.items() if k == d}})
                    for d in cfg.tasks]  # fmt: skip
+    # evaluation.gate_scale is the customized model's lambda; the base is the base.
     results = {
-        label: [t.evaluate_dataset(storage, model, ckpt, one, name, miniweb_uri, label=label)
+        label: [t.evaluate_dataset(storage, model, ckpt, one, name, miniweb_uri, label=label,
+                                   gate_scale=cfg.gate_scale if label == "customized" else 1.0)
                 for one, name in zip(per_dataset, cfg.tasks, strict=True)]
         for label, ckpt in checkpoints.items()
     }  # fmt: skip

@@ -355,6 +355,13 @@ class EvaluationConfig(_Section):
     batch_size: int = Field(256, ge=1, description="images per encoding batch")
     num_workers: int = Field(2, ge=0, description="image-decoding DataLoader workers")
     split: str = Field("test", description="split evaluated zero-shot")
+    gate_scale: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="lambda: the customized model's gated blocks' output times this at inference; 0 is exactly the "
+        "base model, 1 as trained (trades target gain for what the base knew; README 'Forgetting')",
+    )
     linear_probe: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
 
 

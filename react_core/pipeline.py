@@ -44,6 +44,7 @@ from react_core.knowledge.retrieve import read_manifest, retrieve
 from react_core.miniweb.generate import GENERATOR_VERSION, generate
 from react_core.models import model_file
 from react_core.models.cache import cached_model, inference_model
+from react_core.models.gated import set_gate_scale
 from react_core.registry import resolve_task
 from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker, log_stage, stage_run
@@ -352,21 +353,28 @@ def run_evaluate_dataset(
     dataset: str,
     miniweb_uri: str | None,
     progress: bool = False,
+    gate_scale: float = 1.0,
 ) -> str:
-    """One model on one dataset (``result.json``); a stage of its own, so adding a dataset re-runs only it."""
+    """One model on one dataset (``result.json``); a stage of its own, so adding a dataset re-runs only it.
+    ``gate_scale``: lambda of the gated blocks (:func:`react_core.models.gated.set_gate_scale`); the flows pass
+    ``evaluation.gate_scale`` for the customized model and 1 for the base."""
     probe = evaluation.linear_probe
+    scaled = {"gate_scale": float(gate_scale)} if gate_scale != 1.0 else {}  # 1: the stages made before lambda
     stage = storage.stage(
         "eval",
         {"dataset": dataset, "location": dataset_uri(evaluation, dataset, miniweb_uri), "split": evaluation.split,
          "metrics": metrics_for(dataset), "linear_probe": probe.model_dump(mode="json") if probe.enabled else None},
-        {"model": model.name, "weights": model_weights(model, checkpoint)},
+        {"model": model.name, "weights": model_weights(model, checkpoint), **scaled},
     )  # fmt: skip
     with stage.lock():
         if stage.done:
             return stage.uri
         m, tok = inference_model(model, checkpoint, storage)
+        if scaled and not set_gate_scale(m, gate_scale):
+            _logger.warning("gate_scale %s asked for %s, which has no gated blocks: evaluated as it is", gate_scale,
+                            checkpoint)  # fmt: skip
         result = evaluate_dataset(m, tok, storage, evaluation, dataset, miniweb_uri, progress)
-        result.update(model=model.name, checkpoint=checkpoint)
+        result.update(model=model.name, checkpoint=checkpoint, **scaled)
         storage.write_json(stage.file("result.json"), result)
         return stage.complete(counts={"images": result["n"]}, zero_shot=result["zero_shot"])
 

@@ -161,9 +161,12 @@ def evaluate_dataset(
     dataset: str,
     miniweb_uri: str | None,
     label: str = "model",
+    gate_scale: float = 1.0,
 ) -> str:
-    """One model on one dataset; cached per (model weights, dataset, evaluation settings)."""
-    return pipeline.run_evaluate_dataset(storage_of(storage), model, checkpoint, cfg, dataset, miniweb_uri)
+    """One model on one dataset; cached per (model weights, dataset, evaluation settings, gate scale)."""
+    return pipeline.run_evaluate_dataset(
+        storage_of(storage), model, checkpoint, cfg, dataset, miniweb_uri, gate_scale=gate_scale
+    )
 
 
 @task(name="evaluation-report", **TASK_OPTIONS)

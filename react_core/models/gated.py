@@ -58,11 +58,15 @@ class GatedBlock(nn.Module):
             )
         )
         self.alpha_dense = nn.Parameter(torch.tensor(0.0))
+        # Gate scaling (lambda): both branches' contributions times this factor; 0 is exactly the base model,
+        # 1 the trained one (the gated analogue of WiSE-FT's weight interpolation). A buffer outside the state
+        # dict, so checkpoints stay the published layout; set with set_gate_scale.
+        self.register_buffer("scale", torch.tensor(1.0), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D) or (N, B, D), as the host
         y = self.ln_1(x)
-        x = x + self.alpha_attn.tanh() * self.attn(y, y, y, need_weights=False)[0]
-        x = x + self.alpha_dense.tanh() * self.mlp(self.ln_2(x))
+        x = x + (self.scale * self.alpha_attn.tanh()) * self.attn(y, y, y, need_weights=False)[0]
+        x = x + (self.scale * self.alpha_dense.tanh()) * self.mlp(self.ln_2(x))
         return x
 
 
@@ -139,6 +143,17 @@ def set_trainable(model: nn.Module, mode: Mode) -> int:
         raise ValueError(f"unknown mode {mode!r}; fix: gated-image or locked-text")
     model.logit_scale.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def set_gate_scale(model: nn.Module, scale: float) -> int:
+    """Scale every gated block's output by ``scale`` in [0, 1] (0: the base model's outputs exactly); returns
+    how many blocks it set (0 for a model without gated blocks, which ``scale`` does not change)."""
+    if not 0.0 <= float(scale) <= 1.0:
+        raise ValueError(f"gate scale {scale} is outside [0, 1]; fix: 0 (the base model) .. 1 (as trained)")
+    blocks = [m for m in model.modules() if isinstance(m, GatedBlock)]
+    for b in blocks:
+        b.scale.fill_(float(scale))
+    return len(blocks)
 
 
 def gated_parameter_count(model: nn.Module) -> int:

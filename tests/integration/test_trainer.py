@@ -191,3 +191,28 @@ def test_compiled_training_matches_eager(tiny_chain):
     b = load_state_dict(join(compiled.stage_uri, "model.pt"))
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst < 1e-4, f"compiled and eager weights differ by {worst:.2e}"
+
+
+def test_gate_scale_zero_evaluates_as_the_base_and_is_a_stage_of_its_own(tiny_chain):
+    """evaluation.gate_scale (lambda): 0 gives the base model's zero-shot result exactly; each lambda is its own
+    eval stage, and lambda 1 is the stage evaluated before lambda existed."""
+    from react_core.pipeline import run_evaluate_dataset
+
+    st, cfg, world = tiny_chain["storage"], tiny_chain["config"], tiny_chain["world"]
+    job = _job(tiny_chain, "lambda", epochs=1, lr=5e-2)
+    train(job, progress=False)
+    tuned = join(job.stage_uri, "model.pt")
+
+    def zero_shot(ckpt, scale=1.0):
+        uri = run_evaluate_dataset(st, cfg.model, ckpt, cfg.evaluation, "miniweb-fine", world, gate_scale=scale)
+        return uri, st.read_json(join(uri, "result.json"))
+
+    base_uri, base = zero_shot(model_file(tiny_chain["base"]))
+    one_uri, one = zero_shot(tuned)
+    zero_uri, zero = zero_shot(tuned, 0.0)
+    half_uri, _ = zero_shot(tuned, 0.5)
+    assert zero["zero_shot"] == base["zero_shot"] and zero["gate_scale"] == 0.0
+    alphas = [float(v) for k, v in load_state_dict(tuned).items() if k.endswith(("alpha_attn", "alpha_dense"))]
+    assert alphas and all(a != 0 for a in alphas), "closed gates: lambda would change nothing, proving nothing"
+    assert len({base_uri, one_uri, zero_uri, half_uri}) == 4 and "gate_scale" not in one
+    assert zero_shot(tuned)[0] == one_uri

@@ -131,3 +131,12 @@ def test_every_config_leaf_has_a_description():
 def test_a_setting_that_did_nothing_is_refused_not_ignored():
     with pytest.raises(ConfigError, match=r"'model.precision' was removed: .*training.precision.*; fix: remove it"):
         load_config({"model": {"precision": "bf16"}})
+
+
+def test_a_gate_scale_outside_zero_one_is_one_line_naming_the_field():
+    for bad in ("1.5", "-0.1"):
+        with pytest.raises(ConfigError) as e:
+            load_config(overrides=[f"evaluation.gate_scale={bad}"])
+        (line,) = str(e.value).splitlines()
+        assert "evaluation.gate_scale" in line and bad in line
+    assert load_config(overrides=["evaluation.gate_scale=0"]).evaluation.gate_scale == 0.0

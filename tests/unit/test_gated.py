@@ -9,6 +9,7 @@ from react_core.models.gated import (
     gate_values,
     gated_layer_indices,
     gated_parameter_count,
+    set_gate_scale,
     set_trainable,
 )
 
@@ -134,3 +135,28 @@ def test_non_vit_towers_and_empty_training_data_fail_before_training(tmp_path):
             "",
             download_uri="s3://b/download/x",
         )
+
+
+def test_gate_scale_zero_is_exactly_the_base_and_one_is_as_trained():
+    model, _ = _micro()
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    base = model.encode_image(x)
+    add_gated_blocks(model, 2)
+    with torch.no_grad():
+        for block in model.visual.transformer.resblocks:
+            block.gated_attn_block.alpha_attn.fill_(0.7)
+            block.gated_attn_block.alpha_dense.fill_(-0.4)
+    trained = model.encode_image(x)
+    assert set_gate_scale(model, 0.0) == 2
+    assert torch.equal(model.encode_image(x), base)  # lambda 0: the base model, bit for bit
+    set_gate_scale(model, 0.5)
+    half = model.encode_image(x)
+    assert not torch.equal(half, base) and not torch.equal(half, trained)
+    set_gate_scale(model, 1.0)
+    assert torch.equal(model.encode_image(x), trained)
+    assert not [k for k in model.state_dict() if k.endswith("gated_attn_block.scale")]  # the published keys
+    with pytest.raises(ValueError, match=r"gate scale 1.5 is outside \[0, 1\]"):
+        set_gate_scale(model, 1.5)
+    plain, _ = _micro()
+    assert set_gate_scale(plain, 0.3) == 0  # no gated blocks: nothing to scale
