@@ -23,15 +23,14 @@ import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from miniweb_chain import eval_tasks, prepare
+
 from react_core import pipeline
 from react_core.config import ReactConfig, load_config
-from react_core.data.datasets import read_vision_dataset
 from react_core.evaluation.zeroshot import evaluate_zero_shot
-from react_core.miniweb.generate import TASK_NAMES, generic_task
 from react_core.models import model_file
 from react_core.models.cache import inference_model
 from react_core.models.gated import set_gate_scale
-from react_core.storage import Storage, join
 
 
 def _ms(values: list[float]) -> str:
@@ -47,23 +46,12 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="write the trade-off plot (PNG) here")
     args = ap.parse_args()
     cfg: ReactConfig = load_config(args.config, args.set)
-    storage = Storage(cfg.storage.root, cfg.storage.options)
     t0 = time.time()
-    world = pipeline.run_miniweb(storage, cfg.miniweb)
-    base = pipeline.base_checkpoint(cfg.model, pipeline.run_pretrain_base(storage, cfg.model, world))
-    embed = pipeline.run_embed(storage, cfg.model, cfg.knowledge_base, base, world)
-    index = pipeline.run_index(storage, cfg.index, cfg.retrieval.k, embed)
-    retrieved = pipeline.run_retrieve(storage, cfg.model, base, cfg.retrieval, embed, index, world, cfg.evaluation)
-    downloaded = pipeline.run_download(storage, cfg.download, retrieved, world)
+    chain = prepare(cfg)
+    storage, base, downloaded = chain.storage, chain.base, chain.downloaded
     print(f"pipeline up to download: {time.time() - t0:.0f} s")
-
-    target = cfg.retrieval.task
-    other = next(t for t in TASK_NAMES.values() if t != target)
-    tasks = {
-        target: read_vision_dataset(storage, join(world, "tasks", target), "test"),
-        other: read_vision_dataset(storage, join(world, "tasks", other), "test"),
-        "miniweb-generic": generic_task(cfg.miniweb),
-    }
+    tasks = eval_tasks(cfg, chain)
+    target, other = list(tasks)[:2]
 
     def evaluate(model, tok) -> dict[str, float]:
         return {name: evaluate_zero_shot(model, tok, data, batch_size=cfg.evaluation.batch_size)["accuracy"]

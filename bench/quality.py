@@ -30,17 +30,16 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np
 import pandas as pd
 import torch
+from miniweb_chain import eval_tasks, prepare
 
 from react_core import pipeline
 from react_core.config import ReactConfig, load_config
-from react_core.data.datasets import read_vision_dataset
 from react_core.evaluation.zeroshot import evaluate_zero_shot
 from react_core.knowledge.embed import load_metadata
 from react_core.knowledge.retrieve import MANIFEST_COLUMNS, read_manifest
-from react_core.miniweb.generate import TASK_NAMES, generic_task
 from react_core.models import model_file
 from react_core.models.cache import inference_model
-from react_core.storage import Storage, join
+from react_core.storage import Storage
 
 
 def control_manifest(storage: Storage, embed_uri: str, n: int, seed: int) -> str:
@@ -68,26 +67,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training (and control-subset) seeds")
     args = ap.parse_args()
     cfg: ReactConfig = load_config(args.config, args.set)
-    storage = Storage(cfg.storage.root, cfg.storage.options)
     t0 = time.time()
-    world = pipeline.run_miniweb(storage, cfg.miniweb)
-    base_stage = pipeline.run_pretrain_base(storage, cfg.model, world)
-    base = pipeline.base_checkpoint(cfg.model, base_stage)
-    embed = pipeline.run_embed(storage, cfg.model, cfg.knowledge_base, base, world)
-    index = pipeline.run_index(storage, cfg.index, cfg.retrieval.k, embed)
-    retrieved = pipeline.run_retrieve(storage, cfg.model, base, cfg.retrieval, embed, index, world, cfg.evaluation)
-    downloaded = pipeline.run_download(storage, cfg.download, retrieved, world)
-    n_retrieved = len(read_manifest(storage, retrieved))
+    chain = prepare(cfg)
+    storage, world, base, embed, downloaded = chain.storage, chain.world, chain.base, chain.embed, chain.downloaded
+    n_retrieved = len(read_manifest(storage, chain.retrieved))
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
     print(f"pipeline up to download: {time.time() - t0:.0f} s; {n_retrieved} pairs retrieved for {cfg.retrieval.task}")
-
-    target = cfg.retrieval.task
-    other = next(t for t in TASK_NAMES.values() if t != target)
-    tasks = {
-        target: read_vision_dataset(storage, join(world, "tasks", target), "test"),
-        other: read_vision_dataset(storage, join(world, "tasks", other), "test"),
-        "miniweb-generic": generic_task(cfg.miniweb),
-    }
+    tasks = eval_tasks(cfg, chain)
 
     def evaluate(ckpt: str | None) -> dict[str, float]:
         m, tok = inference_model(cfg.model, ckpt, storage)

@@ -1,0 +1,46 @@
+"""What the mini-web benchmarks share: the pipeline's stages up to the downloaded pairs, and the three
+zero-shot tasks they evaluate (the target, the other mini-web task, the generic concepts the base knew)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from react_core import pipeline
+from react_core.config import ReactConfig
+from react_core.data.datasets import read_vision_dataset
+from react_core.miniweb.generate import TASK_NAMES, generic_task
+from react_core.storage import Storage, join
+
+
+@dataclass
+class Chain:
+    storage: Storage
+    world: str
+    base: str | None
+    embed: str
+    retrieved: str
+    downloaded: str
+
+
+def prepare(cfg: ReactConfig) -> Chain:
+    """The stages up to download (each cached in ``storage.root``: a finished demo there is reused)."""
+    storage = Storage(cfg.storage.root, cfg.storage.options)
+    world = pipeline.run_miniweb(storage, cfg.miniweb)
+    base = pipeline.base_checkpoint(cfg.model, pipeline.run_pretrain_base(storage, cfg.model, world))
+    embed = pipeline.run_embed(storage, cfg.model, cfg.knowledge_base, base, world)
+    index = pipeline.run_index(storage, cfg.index, cfg.retrieval.k, embed)
+    retrieved = pipeline.run_retrieve(storage, cfg.model, base, cfg.retrieval, embed, index, world, cfg.evaluation)
+    downloaded = pipeline.run_download(storage, cfg.download, retrieved, world)
+    return Chain(storage, world, base, embed, retrieved, downloaded)
+
+
+def eval_tasks(cfg: ReactConfig, chain: Chain) -> dict[str, Any]:
+    """``{name: EvalSet}``: the target task, the other mini-web task and ``miniweb-generic``."""
+    target = cfg.retrieval.task
+    other = next(t for t in TASK_NAMES.values() if t != target)
+    return {
+        target: read_vision_dataset(chain.storage, join(chain.world, "tasks", target), "test"),
+        other: read_vision_dataset(chain.storage, join(chain.world, "tasks", other), "test"),
+        "miniweb-generic": generic_task(cfg.miniweb),
+    }
