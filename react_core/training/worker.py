@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     job.storage_options = {**job.storage_options, **options}
     try:
         train(job)
-    except Exception as e:
+    except Exception as e:  # recorded for a launcher that cannot see this process, then re-raised
         rank = os.environ.get("RANK", "0")
         marker = {"rank": int(rank), "host": socket.gethostname(), "error": scrub(f"{type(e).__name__}: {e}", options)}
         try:
