@@ -91,6 +91,14 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
+def gate_scale_note(per_model: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """A line under the table naming each model evaluated with its gated blocks scaled (``evaluation.gate_scale``
+    below 1), so nobody reads a lambda-0.7 column as the model as trained; empty when there is none."""
+    scaled = {m: sorted({r["gate_scale"] for r in results if "gate_scale" in r}) for m, results in per_model.items()}
+    parts = [f"{m}: gate scale (lambda) {', '.join(f'{v:g}' for v in v_)}" for m, v_ in scaled.items() if v_]
+    return ("\n\n" + "; ".join(parts) + " (1 = as trained, 0 = the base model)") if parts else ""
+
+
 def write_report(
     storage: Storage,
     stage: Stage,
@@ -104,7 +112,7 @@ def write_report(
     rows = report_rows(per_model, checkpoints)
     models = tuple(per_model)
     table = comparison(rows, models)
-    markdown = markdown_table(table, models)
+    markdown = markdown_table(table, models) + gate_scale_note(per_model)
     storage.write_json(stage.file("metrics.json"), rows)
     storage.write_bytes(stage.file("table.md"), (markdown + "\n").encode())
     storage.write_json(stage.file("table.json"), table)

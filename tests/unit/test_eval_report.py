@@ -2,7 +2,14 @@
 
 import pytest
 
-from react_core.evaluation.report import comparison, delta_figure, figure_png, markdown_table, report_rows
+from react_core.evaluation.report import (
+    comparison,
+    delta_figure,
+    figure_png,
+    gate_scale_note,
+    markdown_table,
+    report_rows,
+)
 from react_core.evaluation.suite import metrics_for
 
 
@@ -42,3 +49,10 @@ def test_table_has_deltas_and_the_elevater_average_of_headline_metrics():
     assert "| miniweb-fine | zero-shot | accuracy | 0.3000 | 0.9000 | +0.6000 |" in md
     png = figure_png(delta_figure(table))
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_scaled_model_is_named_under_the_table():
+    plain = {"base": [result("miniweb-fine", "accuracy", 0.3)], "customized": [result("miniweb-fine", "accuracy", 0.9)]}
+    assert gate_scale_note(plain) == ""
+    scaled = {**plain, "customized": [{**result("miniweb-fine", "accuracy", 0.87), "gate_scale": 0.7}]}
+    assert gate_scale_note(scaled).strip() == "customized: gate scale (lambda) 0.7 (1 = as trained, 0 = the base model)"
