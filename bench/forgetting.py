@@ -1,17 +1,18 @@
-"""The price of customizing, and gate scaling (lambda) as its control, on the mini-web.
+"""The price of customizing, and the controls of it (gate scaling, replay, anchoring), on the mini-web.
 
-    python bench/forgetting.py -c deployments/demo.yaml --seeds 0 1 2 --scales 0 0.25 0.5 0.75 1 \\
-        [-s key=value ...] [--plot bench/forgetting.png]
+    python bench/forgetting.py -c deployments/demo.yaml --seeds 0 1 2 --scales 0 0.5 0.75 1 \\
+        --controls none replay=0.25 replay=0.25,anchor=1 [-s key=value ...] [--plot bench/forgetting.png]
 
-The world, the base, the retrieved and downloaded pairs and the trained models are the pipeline's own stages
-(cached in ``storage.root``; a finished ``react demo`` on that root is reused). For every seed the gated-image
-model is trained once; each lambda in ``--scales`` then scales its gated blocks at inference
-(``evaluation.gate_scale``; 0 is the base model exactly) and is evaluated zero-shot on the target task, the
-other mini-web task and the *generic* task (concepts outside both, which the base learnt from its corpus).
+The world, the base, the retrieved and downloaded pairs, the replay samples and the trained models are the
+pipeline's own stages (cached in ``storage.root``; a finished ``react demo`` on that root is reused). For every
+control (``none``: plain gated-image; else ``training.*`` fields, comma-separated) and seed a model is trained
+once; each lambda in ``--scales`` then scales its gated blocks at inference (``evaluation.gate_scale``; 0 is
+the base model exactly) and is evaluated zero-shot on the target task, the other mini-web task and
+``miniweb-generic`` (concepts outside both, which the base learnt from its corpus).
 
-Prints, per lambda, the target gain over the base, the change on the other task and on the generic task (mean
-± sd over seeds) and the share of the full model's target gain kept; the plot shows target gain against
-generic change, one point per lambda with its spread.
+Prints, per (control, lambda), the target gain over the base, the change on the other task and on the generic
+task (mean ± sd over seeds) and the share of plain gated-image's target gain kept; the plot shows target gain
+against generic change, one line per control, one point per lambda with its spread.
 """
 
 from __future__ import annotations
@@ -37,18 +38,40 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):+.3f}" + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
 
 
+def parse_control(text: str) -> dict[str, float]:
+    """``none`` -> {}; ``replay=0.25,anchor=1`` -> {"replay": 0.25, "anchor": 1.0} (training fields)."""
+    if text == "none":
+        return {}
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        out[key.strip()] = float(value)
+    return out
+
+
+def train_control(cfg: ReactConfig, chain, control: dict[str, float], seed: int) -> str:
+    """The train stage of one control and seed (replay: its sample, downloaded, then training)."""
+    training = cfg.training.model_copy(update={"seed": seed, **control})
+    training = type(training).model_validate(training.model_dump())  # the config's own checks
+    replay = pipeline.run_replay(chain.storage, training.replay, seed, chain.embed, chain.retrieved)
+    replay_dl = pipeline.run_download(chain.storage, cfg.download, replay, chain.world) if replay else None
+    return pipeline.run_train(chain.storage, cfg.model, chain.base, training, chain.downloaded, replay_uri=replay_dl)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-c", "--config", default="deployments/demo.yaml")
     ap.add_argument("-s", "--set", action="append", default=[])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    ap.add_argument("--controls", nargs="+", default=["none"], help="none, or training fields: replay=0.25,anchor=1")
     ap.add_argument("--plot", default=None, help="write the trade-off plot (PNG) here")
+    ap.add_argument("--json", default=None, help="write every seed's figures (JSON) here")
     args = ap.parse_args()
     cfg: ReactConfig = load_config(args.config, args.set)
     t0 = time.time()
     chain = prepare(cfg)
-    storage, base, downloaded = chain.storage, chain.base, chain.downloaded
+    storage, base = chain.storage, chain.base
     print(f"pipeline up to download: {time.time() - t0:.0f} s")
     tasks = eval_tasks(cfg, chain)
     target, other = list(tasks)[:2]
@@ -59,30 +82,40 @@ def main() -> None:
 
     base_acc = evaluate(*inference_model(cfg.model, base, storage))
     print("base: " + ", ".join(f"{k} {v:.3f}" for k, v in base_acc.items()), flush=True)
-    # deltas[scale][task] = one value per seed
-    deltas: dict[float, dict[str, list[float]]] = {s: {t: [] for t in tasks} for s in args.scales}
-    for seed in args.seeds:
-        t1 = time.time()
-        stage = pipeline.run_train(storage, cfg.model, base, cfg.training.model_copy(update={"seed": seed}), downloaded)
-        model, tok = inference_model(cfg.model, model_file(stage), storage)
-        print(f"seed {seed}: trained in {time.time() - t1:.0f} s ({stage})", flush=True)
-        for scale in args.scales:
-            set_gate_scale(model, scale)
-            acc = evaluate(model, tok)
-            for t in tasks:
-                deltas[scale][t].append(acc[t] - base_acc[t])
-            print(f"  lambda {scale:.2f}: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
+    # deltas[(control, scale)][task] = one value per seed
+    deltas: dict[tuple[str, float], dict[str, list[float]]] = {
+        (c, s): {t: [] for t in tasks} for c in args.controls for s in args.scales
+    }
+    for control in args.controls:
+        for seed in args.seeds:
+            t1 = time.time()
+            stage = train_control(cfg, chain, parse_control(control), seed)
+            model, tok = inference_model(cfg.model, model_file(stage), storage)
+            print(f"{control}, seed {seed}: trained in {time.time() - t1:.0f} s ({stage})", flush=True)
+            for scale in args.scales:
+                set_gate_scale(model, scale)
+                acc = evaluate(model, tok)
+                for t in tasks:
+                    deltas[(control, scale)][t].append(acc[t] - base_acc[t])
+                print(f"  lambda {scale:.2f}: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
 
-    full_gain = statistics.mean(deltas[max(args.scales)][target])
+    reference = ("none", max(args.scales)) if "none" in args.controls else (args.controls[0], max(args.scales))
+    full_gain = statistics.mean(deltas[reference][target])
     print()
-    print(f"| lambda | {target} gain | {other} change | miniweb-generic change | share of the gain kept |")
-    print("|---|---|---|---|---|")
-    for scale in args.scales:
-        d = deltas[scale]
+    print(f"| control | lambda | {target} gain | {other} change | miniweb-generic change | share of the gain kept |")
+    print("|---|---|---|---|---|---|")
+    for (control, scale), d in deltas.items():
         kept = statistics.mean(d[target]) / full_gain if full_gain else float("nan")
-        print(f"| {scale:.2f} | {_ms(d[target])} | {_ms(d[other])} | {_ms(d['miniweb-generic'])} | {kept:.2f} |")
+        print(f"| {control} | {scale:.2f} | {_ms(d[target])} | {_ms(d[other])} | {_ms(d['miniweb-generic'])} "
+              f"| {kept:.2f} |")  # fmt: skip
     print(f"\nbase: {', '.join(f'{k} {v:.3f}' for k, v in base_acc.items())}; seeds {args.seeds}; "
           f"wall time {time.time() - t0:.0f} s")  # fmt: skip
+    if args.json:
+        import json
+
+        rows = [{"control": c, "lambda": s, **{f"{t}.delta": v for t, v in d.items()}} for (c, s), d in deltas.items()]
+        with open(args.json, "w") as f:
+            json.dump({"base": base_acc, "seeds": args.seeds, "rows": rows}, f, indent=1)
 
     if args.plot:
         import matplotlib
@@ -90,18 +123,22 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        xs = [statistics.mean(deltas[s]["miniweb-generic"]) for s in args.scales]
-        ys = [statistics.mean(deltas[s][target]) for s in args.scales]
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
         sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
-        ax.errorbar(xs, ys, xerr=[sd(deltas[s]["miniweb-generic"]) for s in args.scales],
-                    yerr=[sd(deltas[s][target]) for s in args.scales], fmt="o-", capsize=3)  # fmt: skip
-        for s, x, y in zip(args.scales, xs, ys, strict=True):
-            ax.annotate(f"λ={s:g}", (x, y), textcoords="offset points", xytext=(6, -10), fontsize=8)
+        for control in args.controls:
+            pts = [deltas[(control, s)] for s in args.scales]
+            xs = [statistics.mean(d["miniweb-generic"]) for d in pts]
+            ys = [statistics.mean(d[target]) for d in pts]
+            ax.errorbar(xs, ys, xerr=[sd(d["miniweb-generic"]) for d in pts], yerr=[sd(d[target]) for d in pts],
+                        fmt="o-", capsize=3, label=control)  # fmt: skip
+            for s, x, y in zip(args.scales, xs, ys, strict=True):
+                ax.annotate(f"{s:g}", (x, y), textcoords="offset points", xytext=(5, -9), fontsize=7)
         ax.axvline(-0.02, color="grey", lw=0.6, ls="--")
+        ax.axhline(0.9 * full_gain, color="grey", lw=0.6, ls=":")
         ax.set_xlabel("change on miniweb-generic (what the base knew)")
         ax.set_ylabel(f"gain on {target} (the target)")
-        ax.set_title(f"gate scaling, {len(args.seeds)} seeds (mean ± sd)")
+        ax.set_title(f"controls (numbers: lambda), {len(args.seeds)} seeds, mean ± sd")
+        ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
         print(f"plot: {args.plot}")

@@ -9,7 +9,8 @@ from typing import Any
 from react_core import pipeline
 from react_core.config import ReactConfig
 from react_core.data.datasets import read_vision_dataset
-from react_core.miniweb.generate import TASK_NAMES, generic_task
+from react_core.miniweb.generate import TASK_NAMES
+from react_core.registry import MINIWEB_GENERIC
 from react_core.storage import Storage, join
 
 
@@ -42,5 +43,5 @@ def eval_tasks(cfg: ReactConfig, chain: Chain) -> dict[str, Any]:
     return {
         target: read_vision_dataset(chain.storage, join(chain.world, "tasks", target), "test"),
         other: read_vision_dataset(chain.storage, join(chain.world, "tasks", other), "test"),
-        "miniweb-generic": generic_task(cfg.miniweb),
+        MINIWEB_GENERIC: read_vision_dataset(chain.storage, join(chain.world, "tasks", MINIWEB_GENERIC), "test"),
     }

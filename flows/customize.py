@@ -34,9 +34,17 @@ def customize(preset: Preset = "demo", config: ConfigOverrides | None = None) ->
         out["download"] = downloaded = t.download(
             config.storage, config.download, retrieved, miniweb_uri, config.tracking, parent
         )
+        replayed = None
+        if config.training.replay > 0:  # a random share of the knowledge base, trained on beside the retrieval
+            out["replay"] = t.replay(config.storage, config.training.replay, config.training.seed, embedded, retrieved,
+                                     config.tracking, parent)  # fmt: skip
+            out["replay_download"] = replayed = t.download.with_options(task_run_name="download replay")(
+                config.storage, config.download, out["replay"], miniweb_uri, config.tracking, parent
+            )
         out["train"] = trained = t.train(
-            config.storage, config.model, checkpoint, config.training, config.tracking, downloaded, parent_run_id=parent
-        )
+            config.storage, config.model, checkpoint, config.training, config.tracking, downloaded,
+            parent_run_id=parent, replay_uri=replayed,
+        )  # fmt: skip
         out["evaluate"] = evaluated = evaluate_models(
             config.storage, config.model, {"base": checkpoint, "customized": model_file(trained)}, config.evaluation,
             config.tracking, miniweb_uri, parent_run_id=parent,

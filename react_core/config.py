@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from react_core.errors import ReactError
 from react_core.secrets import protect
@@ -106,6 +115,10 @@ class MiniWebConfig(_Section):
     )
     test_per_class: int = Field(50, ge=1, description="held-out test images per target class")
     train_per_class: int = Field(20, ge=0, description="held-out train images per target class (few-shot)")
+    generic_classes: int = Field(
+        40, ge=0, description="classes of miniweb-generic, the forgetting probe: concepts outside both target tasks "
+        "that the base learnt (test_per_class / train_per_class images each); 0: not written",
+    )  # fmt: skip
     caption_noise: float = Field(0.2, ge=0, le=1, description="share of captions unrelated to their image")
     dead_link_rate: float = Field(
         0.01, ge=0, lt=1, description="share of knowledge-base urls whose image is missing (404), as on the real web"
@@ -312,6 +325,15 @@ class TrainingConfig(_Section):
         description="on CUDA: amp_bf16 / bf16 autocast in bfloat16, amp in float16, fp32 none; CPUs run fp32",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    replay: float = Field(
+        0.0, ge=0, lt=1, description="share of each batch drawn at random from the knowledge base (pairs not "
+        "retrieved), so the new blocks keep seeing what the base saw (less forgetting; README 'Forgetting'); "
+        "0: none, 0.25: one pair in four",
+    )  # fmt: skip
+    anchor: float = Field(
+        0.0, ge=0, description="weight of the anchoring penalty: squared distance between the customized and the "
+        "base model's image features on the replayed images (needs training.replay > 0); 0: none",
+    )  # fmt: skip
     grad_checkpointing: bool = Field(False, description="recompute the image blocks' activations in backward (memory)")
     compile: bool = Field(False, description="torch.compile the image tower")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes per training process")
@@ -321,9 +343,23 @@ class TrainingConfig(_Section):
     resume: Literal["latest", "none"] = Field("latest", description="latest: continue from the newest checkpoint")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
+    @model_validator(mode="after")
+    def _anchor_needs_replay(self) -> TrainingConfig:
+        if self.anchor > 0 and self.replay == 0:
+            raise ValueError(
+                f"training.anchor={self.anchor:g} anchors the replayed images, but training.replay is 0; fix: set "
+                "training.replay (e.g. 0.25) or training.anchor to 0"
+            )
+        return self
+
     def recipe(self) -> dict[str, Any]:
-        """What the trained weights depend on (the train stage's version)."""
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in OPERATIONAL_TRAINING_FIELDS}
+        """What the trained weights depend on (the train stage's version). The forgetting controls count only when
+        set, so every train stage made before they existed keeps its version."""
+        out = {k: v for k, v in self.model_dump(mode="json").items() if k not in OPERATIONAL_TRAINING_FIELDS}
+        for k in ("replay", "anchor"):
+            if out[k] == 0:
+                del out[k]
+        return out
 
 
 class LinearProbeConfig(_Section):
@@ -343,8 +379,14 @@ class EvaluationConfig(_Section):
     """Datasets to evaluate on, by name: ``miniweb-*``, ``imagenet-1k``, ELEVATER names, or a folder URI."""
 
     tasks: list[str] = Field(
-        default_factory=lambda: ["miniweb-fine", "miniweb-coarse"],
+        default_factory=lambda: ["miniweb-fine", "miniweb-coarse", "miniweb-generic"],
         description="datasets: miniweb-*, imagenet-1k, ELEVATER names (cifar-10, ...) or folder URIs",
+    )
+    generic: list[str] | None = Field(
+        None,
+        description="which of evaluation.tasks measure what the base model already knew (the run's table and summary "
+        "show their change as the price of the target gain), e.g. [imagenet-1k] when customizing for another task; "
+        "null: miniweb-generic when it is evaluated",
     )
     data_root: str | None = Field(
         None, description="folder holding datasets by name ({data_root}/{name}); not needed for the mini-web"
@@ -363,6 +405,25 @@ class EvaluationConfig(_Section):
         "base model, 1 as trained (trades target gain for what the base knew; README 'Forgetting')",
     )
     linear_probe: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
+
+    @field_validator("generic")
+    @classmethod
+    def _generic_among_tasks(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        tasks = info.data.get("tasks", [])
+        for name in v or []:
+            if name not in tasks:
+                raise ValueError(
+                    f"{name!r} is not in evaluation.tasks; fix: add it to evaluation.tasks or remove it from "
+                    "evaluation.generic"
+                )
+        return v
+
+    @property
+    def generic_tasks(self) -> list[str]:
+        """The generic probes: ``generic``, or miniweb-generic when it is among ``tasks``."""
+        if self.generic is not None:
+            return list(self.generic)
+        return [t for t in self.tasks if t == "miniweb-generic"]
 
 
 class TrackingConfig(_Section):
@@ -464,10 +525,11 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
         got_s = json.dumps(got, default=str) if not isinstance(got, Mapping) else "a mapping"
         msg = e["msg"].removeprefix("Value error, ")
         fix = ""
-        if owner is not None and str(loc[-1]) in owner.model_fields:
+        if owner is not None and str(loc[-1]) in owner.model_fields and "fix:" not in msg:
             d = _describe(owner, str(loc[-1]))
             fix = f"; fix: {d}" if d else ""
-        lines.append(f"{source}: {path}: {msg} (got {got_s}){fix}")
+        got_part = f" (got {got_s})" if "fix:" not in msg else ""  # a message with its own fix names the value
+        lines.append(f"{source}: {path}: {msg}{got_part}{fix}")
     return "\n".join(lines)
 
 

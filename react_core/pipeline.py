@@ -40,6 +40,8 @@ from react_core.knowledge.embed import (
 )
 from react_core.knowledge.extract import extract, manifest_has_urls
 from react_core.knowledge.index import build_indices
+from react_core.knowledge.replay import SCHEMA as REPLAY_SCHEMA
+from react_core.knowledge.replay import replay_pool_size, sample_replay
 from react_core.knowledge.retrieve import read_manifest, retrieve
 from react_core.miniweb.generate import GENERATOR_VERSION, generate
 from react_core.models import model_file
@@ -280,6 +282,32 @@ def run_retrieve(
     return stage.uri
 
 
+def run_replay(
+    storage: Storage,
+    share: float,
+    seed: int,
+    embed_uri: str,
+    retrieve_uri: str,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+) -> str | None:
+    """The replay sample for a replay ``share`` of each batch (``training.replay`` > 0): knowledge-base pairs at
+    random, none retrieved, as many as one epoch replays (:func:`react_core.knowledge.replay.replay_pool_size`),
+    drawn with ``seed`` (``training.seed``). Its manifest is downloaded by :func:`run_download` like a
+    retrieval's. None when replay is off."""
+    if share <= 0:
+        return None
+    retrieved = int(storage.stage_manifest(retrieve_uri)["counts"]["pairs"])
+    n = replay_pool_size(retrieved, share)
+    stage = storage.stage("replay", {"pairs": n, "seed": seed},
+                          {"embed": embed_uri, "retrieve": retrieve_uri}, schema=REPLAY_SCHEMA)  # fmt: skip
+    if not stage.done:
+        sample_replay(storage, embed_uri, retrieve_uri, n, seed, stage)
+    log_stage(tracker, storage, "replay", stage.uri, {"replay": {"share": share, "pairs": n, "seed": seed}}, (),
+              parent_run_id)  # fmt: skip
+    return stage.uri
+
+
 def run_download(
     storage: Storage,
     cfg: DownloadConfig,
@@ -325,19 +353,29 @@ def run_train(
     download_uri: str,
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
+    replay_uri: str | None = None,
 ) -> str:
+    """Train on the downloaded pairs (and, with ``training.replay``, on the replay sample's download
+    ``replay_uri``: :func:`run_replay` then :func:`run_download`)."""
+    if training.replay > 0 and not replay_uri:
+        raise ValueError("training.replay > 0 needs the replay sample's download (run_replay, run_download)")
     # The version holds the recipe only: resuming with more processes or another checkpoint interval
     # continues the same stage (react_core.config.OPERATIONAL_TRAINING_FIELDS).
+    replay_input = {"replay": replay_uri} if training.replay > 0 else {}
     stage = storage.stage("train", {"model": model.name, "training": training.recipe()},
-                          {"download": download_uri, "checkpoint": checkpoint or ""})  # fmt: skip
+                          {"download": download_uri, "checkpoint": checkpoint or "", **replay_input})  # fmt: skip
     shards = downloaded_shards(storage, download_uri)
     with (tracker or NullTracker()).run("train", _stage_tags(stage), parent_run_id) as t:
         t.log_params({"training": training.model_dump(mode="json")})
         if stage.done:
             return stage.uri
         text = run_text_features(storage, model, checkpoint, download_uri) if shards else ""
+        replay = None
+        if replay_input:
+            replay_shards = downloaded_shards(storage, replay_uri)
+            replay = (replay_shards, run_text_features(storage, model, checkpoint, replay_uri) if replay_shards else "")
         return customize(model.name, checkpoint, training, storage, shards, stage, text, t, progress=False,
-                         download_uri=download_uri)  # fmt: skip
+                         download_uri=download_uri, replay=replay)  # fmt: skip
 
 
 def model_weights(model: ModelConfig, checkpoint: str | None) -> str:
@@ -396,12 +434,37 @@ def run_report(
         return write_report(storage, stage, per_model, checkpoints, t)
 
 
-def run_summary(storage: Storage, result: Mapping[str, Any], tracker: Tracker | None = None) -> dict[str, Any]:
+def dataset_roles(config: ReactConfig) -> dict[str, str]:
+    """Each evaluated dataset's role in a customize run: ``target`` (what retrieval was for), ``generic`` (what
+    the base already knew: ``evaluation.generic``) or ``other``."""
+    generic = set(config.evaluation.generic_tasks)
+    return {d: "target" if d == config.retrieval.task else "generic" if d in generic else "other"
+            for d in config.evaluation.tasks}  # fmt: skip
+
+
+def price_line(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``target miniweb-fine +0.615; generic miniweb-generic -0.237; other miniweb-coarse -0.061``: the gain and
+    what it cost, from summary rows with a ``role``; empty when no row has a delta."""
+    parts = [f"{role} {r['dataset']} {r['delta']:+.3f}" for role in ("target", "generic", "other")
+             for r in rows if r.get("role") == role and r.get("delta") is not None]  # fmt: skip
+    return "; ".join(parts)
+
+
+def run_summary(
+    storage: Storage,
+    result: Mapping[str, Any],
+    tracker: Tracker | None = None,
+    roles: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """What a person looks at after a customize run, from its stages: the evaluation table (rows of dataset,
-    metric, base, customized, delta), where the model and the tracking run are, and a markdown summary of
-    the retrieval (pairs, pairs per class, what the overlap audit removed) and the download."""
-    rows = [{"dataset": d, "metric": r["metric"], "base": round(r["base"], 4), "customized": round(r["customized"], 4),
-             "delta": round(r["delta"], 4)} for d, r in sorted((result.get("table") or {}).items())]  # fmt: skip
+    role (``dataset_roles``), metric, base, customized, delta), where the model and the tracking run are, and a
+    markdown summary: the gain and its price (target, generic and other datasets' changes), the retrieval
+    (pairs, pairs per class, what the overlap audit removed) and the download."""
+    roles = roles or {}
+    rows = [{"dataset": d, "role": roles.get(d, "other"), "metric": r["metric"], "base": round(r["base"], 4),
+             "customized": round(r["customized"], 4), "delta": round(r["delta"], 4)}
+            for d, r in sorted((result.get("table") or {}).items(), key=lambda kv: (
+                ("target", "generic", "other").index(roles.get(kv[0], "other")), kv[0]))]  # fmt: skip
     links: dict[str, str] = {}
     if result.get("train"):
         links["customized model"] = model_file(result["train"])
@@ -412,6 +475,8 @@ def run_summary(storage: Storage, result: Mapping[str, Any], tracker: Tracker | 
         links["registered version"] = (tracker.model_version_url(reg["name"], str(reg["version"])) if tracker else
                                        None) or f"models:/{reg['name']}/{reg['version']}"  # fmt: skip
     lines = []
+    if price := price_line(rows):
+        lines += [f"**Gain and its price** (zero-shot, customized - base): {price}.", ""]
     if result.get("retrieve"):
         m = storage.stage_manifest(result["retrieve"])
         c, per_class = m["counts"], storage.read_json(join(result["retrieve"], "class_counts.json"))

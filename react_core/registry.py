@@ -39,6 +39,8 @@ class TaskSpec:
 
 
 MINIWEB_TASKS = ("miniweb-fine", "miniweb-coarse")  # the mini-web's target tasks (react_core.miniweb.generate)
+MINIWEB_GENERIC = "miniweb-generic"  # its forgetting probe: concepts outside both, which the base learnt
+MINIWEB_DATASETS = (*MINIWEB_TASKS, MINIWEB_GENERIC)
 IMAGENET_NAMES = ("imagenet-1k", "imagenet1k")
 
 
@@ -138,13 +140,13 @@ def check_task(storage: Storage, name: str) -> None:
     a task YAML that is missing or invalid (every problem listed)."""
     if name.endswith((".yaml", ".yml")):
         load_task_file(name, storage)
-    elif name not in (*MINIWEB_TASKS, *IMAGENET_NAMES) and name not in _elevater():
+    elif name not in (*MINIWEB_DATASETS, *IMAGENET_NAMES) and name not in _elevater():
         raise _unknown_task(name)
 
 
 def _unknown_task(name: str) -> DatasetError:
     return DatasetError(
-        f"unknown target task {name!r}; fix: use {', '.join(MINIWEB_TASKS)}, imagenet-1k, an ELEVATER dataset "
+        f"unknown target task {name!r}; fix: use {', '.join(MINIWEB_DATASETS)}, imagenet-1k, an ELEVATER dataset "
         f"({', '.join(elevater_datasets())}) or a task YAML file"
     )
 
@@ -153,7 +155,7 @@ def resolve_task(storage: Storage, name: str, miniweb_uri: str | None) -> TaskSp
     """A target task by name: ``miniweb-*``, ``imagenet-1k``, or a path / URI of a custom YAML task."""
     if name.endswith((".yaml", ".yml")):
         return load_task_file(name, storage)
-    if name in MINIWEB_TASKS:
+    if name in MINIWEB_DATASETS:
         if miniweb_uri is None:
             raise DatasetError(f"task {name!r} needs the mini-web; generate it first")
         # Class names only, as a user of an ELEVATER-style task has them (the mini-web's synonyms.json is not used).

@@ -138,6 +138,20 @@ def download(
     return pipeline.run_download(st, cfg, retrieve_uri, miniweb_uri, tracker_of(tracking, st), parent_run_id)
 
 
+@task(name="replay-sample", **TASK_OPTIONS)
+def replay(
+    storage: StorageConfig,
+    share: float,
+    seed: int,
+    embed_uri: str,
+    retrieve_uri: str,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
+) -> str | None:
+    st = storage_of(storage)
+    return pipeline.run_replay(st, share, seed, embed_uri, retrieve_uri, tracker_of(tracking, st), parent_run_id)
+
+
 @task(name="train", **TASK_OPTIONS)
 def train(
     storage: StorageConfig,
@@ -147,9 +161,11 @@ def train(
     tracking: TrackingConfig,
     download_uri: str,
     parent_run_id: str | None = None,
+    replay_uri: str | None = None,
 ) -> str:
     st = storage_of(storage)
-    return pipeline.run_train(st, model, checkpoint, cfg, download_uri, tracker_of(tracking, st), parent_run_id)
+    return pipeline.run_train(st, model, checkpoint, cfg, download_uri, tracker_of(tracking, st), parent_run_id,
+                              replay_uri)  # fmt: skip
 
 
 @task(name="evaluate-dataset", task_run_name="eval {dataset} ({label})", **TASK_OPTIONS)

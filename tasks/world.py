@@ -50,7 +50,7 @@ def publish(config: ReactConfig, result: dict) -> None:
     """The run's results in the Prefect UI: the evaluation table, links to the model and the MLflow run, and the
     retrieval summary, as artifacts of this flow run (react_core.pipeline.run_summary reads them from the stages)."""
     st = storage_of(config.storage)
-    summary = pipeline.run_summary(st, result, tracker_of(config.tracking, st))
+    summary = pipeline.run_summary(st, result, tracker_of(config.tracking, st), pipeline.dataset_roles(config))
     if summary["table"]:
         create_table_artifact(summary["table"], key="evaluation", description="zero-shot: base vs customized")
     for name, target in summary["links"].items():
@@ -67,7 +67,8 @@ def publish(config: ReactConfig, result: dict) -> None:
     create_markdown_artifact("\n".join([*lines, "", summary["markdown"]]), key="summary", description="REACT run")
     # The pointer a person watching the run ends with: the UI's logs, and `prefect deployment run ... --watch`
     # when the server streams logs out (PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED, as infra/compose.yaml sets it).
-    deltas = ", ".join(f"{r['dataset']} {r['base']:.3f} -> {r['customized']:.3f}" for r in summary["table"])
+    deltas = ", ".join(f"{r['dataset']} ({r['role']}) {r['base']:.3f} -> {r['customized']:.3f}"
+                       for r in summary["table"])  # fmt: skip
     pointer = "; ".join(f"{name}: {target}" for name, target in summary["links"].items())
     pointer += f"; zero-shot {deltas} (artifact 'evaluation')" if deltas else ""
     get_run_logger().info("REACT result: %s", pointer)

@@ -9,7 +9,9 @@ Stage folder ``{root}/miniweb/{version}/``::
     kb/images/{shard}/{key}.jpg        ... and as image files (some missing: dead links)
     kb/urls.parquet                    key, url (relative to the server's base URL), caption
     kb/truth.parquet                   key, concept_id, caption_kind, dead
-    tasks/{name}/                      ELEVATER / vision-datasets image-classification layout
+    tasks/{name}/                      ELEVATER / vision-datasets image-classification layout: the target
+                                       tasks (miniweb-fine, miniweb-coarse) and miniweb-generic (concepts
+                                       outside both, which the base learnt: the forgetting probe)
         dataset_info.json labels.txt templates.json train.json test.json {train,test}_images/*.jpg
     _SUCCESS
 
@@ -30,22 +32,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 import webdataset as wds
 
 from react_core.config import MiniWebConfig
-from react_core.data.datasets import EvalSet, from_tensors
 from react_core.miniweb.render import render, to_jpeg
 from react_core.miniweb.world import TASK_TEMPLATES, Concept, caption_for, make_concepts
 from react_core.progress import bar as progress_bar
-from react_core.registry import MINIWEB_TASKS
+from react_core.registry import MINIWEB_GENERIC, MINIWEB_TASKS
 from react_core.storage import Stage, Storage, exclusive, local_path
 
 _logger = logging.getLogger(__name__)
 
-SPLIT_IDS = {"generic": 1, "kb": 2, "test": 3, "train": 4, "generic-test": 5}
+SPLIT_IDS = {"generic": 1, "kb": 2, "test": 3, "train": 4, "generic-test": 5, "generic-train": 6}
 # Part of the stage identity: bump it when the generator's output changes for the same config.
-GENERATOR_VERSION = 3
+# 4: tasks/miniweb-generic.
+GENERATOR_VERSION = 4
 TASK_NAMES = dict(zip(("fine", "coarse"), MINIWEB_TASKS, strict=True))  # group -> task name (the registry's)
 
 
@@ -115,10 +116,26 @@ def _write_shard(job: _ShardJob) -> list[dict[str, Any]]:
     return rows
 
 
+def generic_members(cfg: MiniWebConfig, concepts: list[Concept]) -> list[Concept]:
+    """The concepts of ``miniweb-generic``: ``cfg.generic_classes`` spread evenly over those outside both target
+    groups (the base learnt them from the generic corpus; a customized model worse on them has forgotten)."""
+    others = [c for c in concepts if c.group == "other"]
+    n = min(cfg.generic_classes, len(others))
+    return [others[i] for i in np.linspace(0, len(others) - 1, n).astype(int)] if n else []
+
+
 def _write_task(cfg: MiniWebConfig, concepts: list[Concept], group: str, out_dir: str) -> dict[str, int]:
-    """One held-out target task in the vision-datasets (ELEVATER) COCO image-classification layout."""
-    name = TASK_NAMES[group]
-    members = [c for c in concepts if c.group == group]
+    """One held-out task in the vision-datasets (ELEVATER) COCO image-classification layout: a target group's
+    concepts, or (``group="generic"``) :func:`generic_members`. Its images are drawn with split ids of their own,
+    so none of them is in any corpus."""
+    if group == "generic":
+        name, members = MINIWEB_GENERIC, generic_members(cfg, concepts)
+        split_ids = {"test": SPLIT_IDS["generic-test"], "train": SPLIT_IDS["generic-train"]}
+        description = f"mini-web generic probe: {len(members)} concepts outside both target tasks, known to the base"
+    else:
+        name, members = TASK_NAMES[group], [c for c in concepts if c.group == group]
+        split_ids = {"test": SPLIT_IDS["test"], "train": SPLIT_IDS["train"]}
+        description = f"mini-web {group} target task: {len(members)} classes, images never in the corpus"
     tdir = os.path.join(out_dir, "tasks", name)
     counts = {}
     for split, per_class in (("test", cfg.test_per_class), ("train", cfg.train_per_class)):
@@ -126,7 +143,7 @@ def _write_task(cfg: MiniWebConfig, concepts: list[Concept], group: str, out_dir
         images, annotations = [], []
         for label, c in enumerate(members):
             for j in range(per_class):
-                rng = np.random.default_rng([cfg.seed, SPLIT_IDS[split], 1_000_000 + c.id, j])
+                rng = np.random.default_rng([cfg.seed, split_ids[split], 1_000_000 + c.id, j])
                 img_id = len(images) + 1
                 fname = f"{split}_images/{img_id:06d}.jpg"
                 with open(os.path.join(tdir, fname), "wb") as f:
@@ -150,7 +167,7 @@ def _write_task(cfg: MiniWebConfig, concepts: list[Concept], group: str, out_dir
     info = {
         "name": name,
         "version": 1,
-        "description": f"mini-web {group} target task: {len(members)} classes, images never in the corpus",
+        "description": description,
         "type": "classification_multiclass",
         "format": "coco",
         "root_folder": ".",
@@ -162,30 +179,6 @@ def _write_task(cfg: MiniWebConfig, concepts: list[Concept], group: str, out_dir
     with open(os.path.join(tdir, "dataset_info.json"), "w") as f:
         json.dump(info, f, indent=1)
     return {f"{name}.{k}": v for k, v in counts.items()}
-
-
-def generic_task(cfg: MiniWebConfig, n_classes: int = 40, per_class: int = 20) -> EvalSet:
-    """A zero-shot test set of concepts outside both target groups, in memory (the forgetting check).
-
-    The base model learnt these concepts from the generic corpus; a customized model that got worse on
-    them pays for its target-task gain with forgetting. Images are drawn with their own split id, so
-    none of them is in any corpus.
-    """
-    others = [c for c in concepts_for(cfg) if c.group == "other"]
-    picked = [others[i] for i in np.linspace(0, len(others) - 1, min(n_classes, len(others))).astype(int)]
-    images, labels = [], []
-    for label, c in enumerate(picked):
-        for j in range(per_class):
-            rng = np.random.default_rng([cfg.seed, SPLIT_IDS["generic-test"], 1_000_000 + c.id, j])
-            images.append(render(c, cfg.image_size, rng))
-            labels.append(label)
-    return from_tensors(
-        "miniweb-generic",
-        torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-        torch.tensor(labels, dtype=torch.long),
-        [c.name for c in picked],
-        list(TASK_TEMPLATES),
-    )
 
 
 @exclusive
@@ -264,8 +257,9 @@ def _generate_into(
         if split == "kb" and cfg.write_image_files:
             df[["key", "url", "caption"]].to_parquet(os.path.join(out_dir, "kb", "urls.parquet"))
             counts["kb.dead_links"] = int(df["dead"].sum())
-    for group in TASK_NAMES:
-        counts.update(_write_task(cfg, concepts, group, out_dir))
+    for group in (*TASK_NAMES, "generic"):
+        if group != "generic" or cfg.generic_classes:
+            counts.update(_write_task(cfg, concepts, group, out_dir))
     return counts
 
 

@@ -219,8 +219,10 @@ def customize(
     tracker: Tracker | None = None,
     progress: bool = True,
     download_uri: str | None = None,
+    replay: tuple[Sequence[str], str] | None = None,
 ) -> str:
-    """Train on the pairs in ``shard_uris`` (``text_features``: their captions' features, :func:`caption_features`);
+    """Train on the pairs in ``shard_uris`` (``text_features``: their captions' features, :func:`caption_features`)
+    and, with ``training.replay``, the replayed pairs ``replay`` (their shards, their captions' features);
     writes ``model.pt`` (+ ``model.json``, ``gates.png``) into ``stage``."""
     if stage.done:
         return stage.uri
@@ -228,6 +230,11 @@ def customize(
         raise DatasetError(
             f"no training shards in {download_uri or stage.uri}; fix: check the download stage's success rate "
             "and the manifest (retrieval found nothing, or every download failed)"
+        )
+    if cfg.replay > 0 and not (replay and replay[0]):
+        raise DatasetError(
+            f"training.replay={cfg.replay:g} but the replay sample's download has no shards; fix: check that "
+            "download stage's success rate, or set training.replay to 0"
         )
     tracker = tracker or NullTracker()
     job = TrainJob(
@@ -239,6 +246,8 @@ def customize(
         shards=list(shard_uris),
         text_features=text_features,
         stage_uri=stage.uri,
+        replay_shards=list(replay[0]) if replay else [],
+        replay_text_features=replay[1] if replay else "",
     )
     summary = launch(job, storage, tracker, progress)
     tracker.log_metrics({"train/pairs": summary["pairs"], "train/trainable_params": summary["trainable_params"]})
@@ -252,6 +261,6 @@ def customize(
         tracker.log_figure(fig, "gates.png")
         plt.close(fig)
     return stage.complete(
-        counts={"pairs": summary["pairs"], "steps": summary["steps"]},
+        counts={"pairs": summary["pairs"], "steps": summary["steps"], "replay_pairs": summary.get("replay_pairs", 0)},
         metrics={"final_loss": summary["final_loss"], "wall_s": summary["wall_s"]},
     )

@@ -17,12 +17,13 @@ One function, :func:`train`, runs in every training process: alone, or as one ra
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,13 @@ from react_core.config import AugmentConfig, TrainingConfig
 from react_core.data import DatasetError, load_labelled_pairs
 from react_core.models import create_model, model_file, save_checkpoint
 from react_core.models.encode import autocast, default_device, model_image_size, normalize
-from react_core.models.gated import add_gated_blocks, gate_values, gated_parameter_count, set_trainable
+from react_core.models.gated import (
+    add_gated_blocks,
+    gate_values,
+    gated_parameter_count,
+    set_gate_scale,
+    set_trainable,
+)
 from react_core.progress import bar as progress_bar
 from react_core.secrets import public
 from react_core.storage import Storage, join
@@ -64,6 +71,8 @@ class TrainJob:
     shards: list[str]
     text_features: str  # URI of the caption-features .npy (float16, rows in shard order)
     stage_uri: str
+    replay_shards: list[str] = field(default_factory=list)  # training.replay: the replay sample's download
+    replay_text_features: str = ""
 
     @property
     def cfg(self) -> TrainingConfig:
@@ -87,25 +96,42 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class RankBatches(Sampler[list[tuple[int, int]]]):
-    """This rank's share of every global batch, from ``start_step`` on: lists of (epoch, sample index)."""
+    """This rank's share of every global batch, from ``start_step`` on: lists of (epoch, sample index).
 
-    def __init__(self, n: int, global_batch: int, epochs: int, seed: int, rank: int, world: int, start_step: int):
-        self.n, self.batch, self.epochs, self.seed = n, global_batch, epochs, seed
+    Samples ``0..n-1`` are the retrieved pairs: an epoch is one pass over them in the permutation of
+    (seed, epoch). With ``replay_per_rank`` > 0, each rank's share also has that many replayed pairs, indices
+    ``n..n+n_replay-1``, read from a stream of their own (a permutation of the replay pool per pass, seeded apart
+    from the retrieved pairs'): the batch holds exactly ``replay_per_rank * world`` of them, every step.
+    """
+
+    def __init__(self, n: int, global_batch: int, epochs: int, seed: int, rank: int, world: int, start_step: int,
+                 n_replay: int = 0, replay_per_rank: int = 0):  # fmt: skip
+        self.n, self.epochs, self.seed = n, epochs, seed
         self.rank, self.world, self.start = rank, world, start_step
-        self.steps_per_epoch = n // global_batch
-        self.local = global_batch // world
+        self.n_replay, self.replay = n_replay, replay_per_rank if n_replay else 0
+        self.local = global_batch // world - self.replay  # retrieved pairs per rank and step
+        self.batch = self.local * world
+        self.steps_per_epoch = n // self.batch
 
     def __len__(self) -> int:
         return self.steps_per_epoch * self.epochs - self.start
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         perm_epoch, perm = -1, None
+        replay_pass, replay_perm = -1, None
         for step in range(self.start, self.steps_per_epoch * self.epochs):
             epoch, b = divmod(step, self.steps_per_epoch)
             if epoch != perm_epoch:  # once per epoch: at 10M pairs a permutation is not free
                 perm_epoch, perm = epoch, epoch_permutation(self.n, self.seed, epoch)
             lo = b * self.batch + self.rank * self.local
-            yield [(epoch, int(i)) for i in perm[lo : lo + self.local]]
+            items = [(epoch, int(i)) for i in perm[lo : lo + self.local]]
+            first = (step * self.world + self.rank) * self.replay  # this rank's place in the replay stream
+            for p in range(first, first + self.replay):
+                k, j = divmod(p, self.n_replay)
+                if k != replay_pass:
+                    replay_pass, replay_perm = k, epoch_permutation(self.n_replay, self.seed + 7_919, k)
+                items.append((epoch, self.n + int(replay_perm[j])))
+            yield items
 
 
 def build_augment(cfg: AugmentConfig, image_size: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -123,10 +149,13 @@ def build_augment(cfg: AugmentConfig, image_size: int) -> Callable[[torch.Tensor
 
 
 class PairDataset(Dataset):
-    """Retrieved pairs in memory; item (epoch, i) -> (uint8 image, caption feature, class id)."""
+    """Pairs in memory; item (epoch, i) -> (uint8 image, caption feature, class id, replayed?). Rows from
+    ``n_retrieved`` on are replayed pairs (:class:`RankBatches`)."""
 
-    def __init__(self, images: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, augment, seed: int):
+    def __init__(self, images: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, augment, seed: int,
+                 n_retrieved: int | None = None):  # fmt: skip
         self.images, self.text, self.labels, self.augment, self.seed = images, text, labels, augment, seed
+        self.n_retrieved = len(images) if n_retrieved is None else n_retrieved
 
     def __len__(self) -> int:
         return len(self.images)
@@ -138,7 +167,7 @@ class PairDataset(Dataset):
             with torch.random.fork_rng(devices=[]):  # the same crop for (seed, epoch, i), in any process
                 torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
                 img = self.augment(img)
-        return img, self.text[i], self.labels[i]
+        return img, self.text[i], self.labels[i], i >= self.n_retrieved
 
 
 # -- model ------------------------------------------------------------------------------------------
@@ -219,6 +248,9 @@ class _Session:
     total: int
     start: int
     history: list[dict[str, Any]]
+    n_replay: int = 0
+    replay_per_step: int = 0  # replayed pairs in each global batch
+    reference: nn.Module | None = None  # training.anchor: the base model's image tower, frozen
 
 
 def train(
@@ -266,20 +298,32 @@ def _setup(job: TrainJob) -> _Session:
 
     tower, gated, n_trainable = build_tower(job, device)
     image_size = model_image_size(tower)
-    images, _, _, labels = load_labelled_pairs(storage, job.shards, image_size)
-    text = torch.from_numpy(
-        np.load(storage.open(job.text_features, "rb")).astype(np.float32)  # (N, D)
-    )
-    if len(text) != len(images):
+    images, labels, text = _pairs(storage, job.shards, job.text_features, image_size)
+    n, n_replay = len(images), 0
+    if cfg.replay > 0:
+        r_images, r_labels, r_text = _pairs(storage, job.replay_shards, job.replay_text_features, image_size)
+        n_replay = len(r_images)
+        images, text = torch.cat([images, r_images]), torch.cat([text, r_text])
+        labels = torch.cat([labels, torch.full_like(r_labels, -1)])  # replayed pairs have no class
+    global_batch = min(cfg.batch_size, n + n_replay - (n + n_replay) % world)
+    replay_per_rank = max(1, round(cfg.replay * global_batch / world)) if n_replay else 0
+    if (
+        global_batch < world
+        or global_batch // world - replay_per_rank < 1
+        or n < global_batch - world * replay_per_rank
+    ):
         raise DatasetError(
-            f"{job.text_features} has {len(text)} caption features for {len(images)} pairs; "
-            "fix: delete that stage so it is recomputed"
+            f"{n} training pairs ({n_replay} replayed) cannot make a batch of {cfg.batch_size} over {world} "
+            "processes with at least one retrieved pair per process; fix: lower training.batch_size or "
+            "training.replay, or retrieve more pairs"
         )
-    n = len(images)
-    global_batch = min(cfg.batch_size, n - n % world)
-    if global_batch < world:
-        raise DatasetError(f"{n} training pairs cannot make a batch over {world} processes")
-    total = (n // global_batch) * cfg.epochs
+    total = (n // (global_batch - world * replay_per_rank)) * cfg.epochs
+    # Anchoring compares with the base model's features: a frozen copy of the tower as it starts (its gated
+    # blocks scaled to 0, which is the base exactly), taken before a checkpoint's weights are loaded.
+    reference = None
+    if cfg.anchor > 0:
+        reference = copy.deepcopy(tower.visual).requires_grad_(False).eval()
+        set_gate_scale(reference, 0.0)
 
     opt = adamw(tower.named_parameters(), cfg.lr, cfg.weight_decay)
     start, history = 0, []
@@ -298,19 +342,34 @@ def _setup(job: TrainJob) -> _Session:
         model = torch.compile(model)
 
     loader = DataLoader(
-        PairDataset(images, text, labels, build_augment(cfg.augment, image_size), cfg.seed),
-        batch_sampler=RankBatches(n, global_batch, cfg.epochs, cfg.seed, rank, world, start),
+        PairDataset(images, text, labels, build_augment(cfg.augment, image_size), cfg.seed, n_retrieved=n),
+        batch_sampler=RankBatches(n, global_batch, cfg.epochs, cfg.seed, rank, world, start, n_replay, replay_per_rank),
         num_workers=cfg.num_workers,
         pin_memory=device != "cpu",
         persistent_workers=False,
     )
     if rank == 0:
         _logger.info(
-            "training %s (%s, loss %s): %d pairs, global batch %d over %d process(es), steps %d..%d on %s",
-            job.model_name, cfg.mode, cfg.loss, n, global_batch, world, start, total, device,
+            "training %s (%s, loss %s): %d pairs (+%d replayed, %d per batch), global batch %d over %d process(es), "
+            "steps %d..%d on %s",
+            job.model_name, cfg.mode, cfg.loss, n, n_replay, world * replay_per_rank, global_batch, world, start,
+            total, device,
         )  # fmt: skip
     return _Session(job, rank, world, device, storage, tower, model, gated, n_trainable, image_size, opt, loader,
-                    n, global_batch, total, start, history)  # fmt: skip
+                    n, global_batch, total, start, history, n_replay, world * replay_per_rank,
+                    None if reference is None else reference.to(device))  # fmt: skip
+
+
+def _pairs(storage: Storage, shards: list[str], features_uri: str, image_size: int):
+    """(uint8 images, class ids, caption features) of downloaded shards, checked to be as many."""
+    images, _, _, labels = load_labelled_pairs(storage, shards, image_size)
+    text = torch.from_numpy(np.load(storage.open(features_uri, "rb")).astype(np.float32))  # (N, D)
+    if len(text) != len(images):
+        raise DatasetError(
+            f"{features_uri} has {len(text)} caption features for {len(images)} pairs; "
+            "fix: delete that stage so it is recomputed"
+        )
+    return images, labels, text
 
 
 def _loop(
@@ -328,13 +387,17 @@ def _loop(
                        enabled=run.rank == 0)  # fmt: skip
     t0, seen, step, loss_val = time.time(), 0, run.start, float("nan")
     tower.visual.eval()  # frozen parts behave as at inference; the gated blocks have no dropout
-    for x_u8, t, y in run.loader:
+    anchor_t = torch.zeros(())
+    for x_u8, t, y, replayed in run.loader:
         lr = cosine_lr(step, cfg.lr, cfg.warmup_steps, run.total)
         set_lr(opt, lr)
         x = normalize(x_u8.to(run.device, non_blocking=True), run.image_size)
         with autocast(run.device, amp_dtype, use_amp):
             img, scale = run.model(x)
         loss = contrastive_loss(img, t.to(run.device), scale, y.to(run.device), cfg.loss)
+        if run.reference is not None:
+            anchor_t = anchor_penalty(run.reference, x, img, replayed.to(run.device), run.device, amp_dtype, use_amp)
+            loss = loss + cfg.anchor * anchor_t
         optimizer_step(opt, loss, tower.logit_scale)
         step += 1
         seen += run.global_batch
@@ -348,6 +411,8 @@ def _loop(
             if run.rank == 0:
                 metrics = {"train/loss": loss_val, "train/lr": lr, "train/samples_per_s": seen / (time.time() - t0),
                            "train/logit_scale": float(scale.detach())}  # fmt: skip
+                if run.reference is not None:
+                    metrics["train/anchor"] = float(anchor_t.detach())
                 for i, (ga, gd) in gate_values(tower).items():
                     metrics[f"gate/attn/{i}"], metrics[f"gate/dense/{i}"] = ga, gd
                 run.history.append({"step": step, **metrics})
@@ -367,6 +432,17 @@ def _loop(
     return seen, loss_val, time.time() - t0
 
 
+def anchor_penalty(reference: nn.Module, x: torch.Tensor, features: torch.Tensor, replayed: torch.Tensor,
+                   device: str, amp_dtype: torch.dtype, use_amp: bool) -> torch.Tensor:  # fmt: skip
+    """Mean squared distance between the customized features (``features``, L2-normalised, with grad) and the
+    base model's (``reference``, no grad) of the replayed images of ``x``: feature-space anchoring, as LDIFS."""
+    if not bool(replayed.any()):
+        return features.sum() * 0.0
+    with torch.no_grad(), autocast(device, amp_dtype, use_amp):
+        ref = F.normalize(reference(x[replayed]).float(), dim=-1)
+    return (features[replayed] - ref).pow(2).sum(dim=-1).mean()
+
+
 def _finish(run: _Session, seen: int, loss_val: float, wall: float) -> dict[str, Any]:
     """Rank 0 writes the whole model (``model.pt`` with the summary beside it) and the metric history."""
     job, tower = run.job, run.tower
@@ -381,6 +457,8 @@ def _finish(run: _Session, seen: int, loss_val: float, wall: float) -> dict[str,
             "trainable_params": run.n_trainable,
             "gates": {str(i): v for i, v in gate_values(tower).items()},
             "pairs": run.n,
+            "replay_pairs": run.n_replay,
+            "replay_per_batch": run.replay_per_step,
             "global_batch": run.global_batch,
             "processes": run.world,
             "steps": run.total,

@@ -10,7 +10,8 @@ from tests.integration.test_world_flow import _task_states
 
 pytestmark = pytest.mark.integration
 
-EVALS = [f"eval {d} ({m})" for d in ("miniweb-fine", "miniweb-coarse") for m in ("base", "customized")]
+DATASETS = ("miniweb-fine", "miniweb-coarse", "miniweb-generic")
+EVALS = [f"eval {d} ({m})" for d in DATASETS for m in ("base", "customized")]
 STAGES = ["generate-miniweb", "pretrain-base", "embed", "index", "retrieve", "download", "train", *EVALS,
           "evaluation-report"]  # fmt: skip
 
@@ -37,7 +38,7 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
 
     cfg = tiny_config(tmp_path / "root")
     first = customize(config=cfg)
-    assert set(first["table"]) == {"miniweb-fine", "miniweb-coarse"}
+    assert set(first["table"]) == set(DATASETS)  # the generic probe is evaluated by default
     for row in first["table"].values():
         assert 0 <= row["base"] <= 1 and 0 <= row["customized"] <= 1
         assert row["delta"] == pytest.approx(row["customized"] - row["base"])
@@ -80,6 +81,13 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     assert {r["dataset"]: r["customized"] for r in table} == pytest.approx(
         {d: r["customized"] for d, r in first["table"].items()}, abs=1e-4
     )
+    # Target first, then what the base knew, then the rest; the summary says what the gain cost.
+    assert [(r["dataset"], r["role"]) for r in table] == [
+        ("miniweb-fine", "target"), ("miniweb-generic", "generic"), ("miniweb-coarse", "other")]  # fmt: skip
+    d = {k: r["delta"] for k, r in first["table"].items()}
+    assert (f"**Gain and its price** (zero-shot, customized - base): target miniweb-fine {d['miniweb-fine']:+.3f}; "
+            f"generic miniweb-generic {d['miniweb-generic']:+.3f}; other miniweb-coarse {d['miniweb-coarse']:+.3f}."
+            ) in artifacts["summary"].data  # fmt: skip
     assert "**Retrieval** for `miniweb-fine`" in artifacts["summary"].data
     assert f"({first['train']}/model.pt)" in artifacts["customized-model"].data  # a markdown link
 
@@ -111,7 +119,7 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     third = customize(config=tiny_config(tmp_path / "root", **{"training.lr": 0.002}))
     states = _task_states(third["flow_run_id"], set(STAGES))
     assert all(states[s] == "Cached" for s in STAGES[:6]), states
-    assert all(states[f"eval {d} (base)"] == "Cached" for d in ("miniweb-fine", "miniweb-coarse")), states
+    assert all(states[f"eval {d} (base)"] == "Cached" for d in DATASETS), states
     assert states["train"] == "Completed" and states["evaluation-report"] == "Completed"
     assert states["eval miniweb-fine (customized)"] == "Completed"
     assert third["train"] != first["train"] and third["retrieve"] == first["retrieve"]

@@ -81,7 +81,9 @@ def _demo_fails_before_work(tmp_path, capsys, *sets: str) -> str:
 def test_an_unknown_target_task_fails_before_any_stage(tmp_path, capsys):
     err = _demo_fails_before_work(tmp_path, capsys, "retrieval.task=no-such-task")
     assert err.count("\n") == 0
-    assert "unknown target task 'no-such-task'; fix: use miniweb-fine, miniweb-coarse, imagenet-1k" in err
+    assert (
+        "unknown target task 'no-such-task'; fix: use miniweb-fine, miniweb-coarse, miniweb-generic, imagenet-1k" in err
+    )
 
 
 def test_a_bad_task_file_is_one_line_per_problem_naming_the_file_and_the_fix(tmp_path, capsys):

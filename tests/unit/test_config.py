@@ -140,3 +140,32 @@ def test_a_gate_scale_outside_zero_one_is_one_line_naming_the_field():
         (line,) = str(e.value).splitlines()
         assert "evaluation.gate_scale" in line and bad in line
     assert load_config(overrides=["evaluation.gate_scale=0"]).evaluation.gate_scale == 0.0
+
+
+def test_generic_probes_are_evaluated_datasets_and_default_to_the_miniweb_probe():
+    assert load_config().evaluation.generic_tasks == ["miniweb-generic"]
+    assert load_config(overrides=["evaluation.tasks=[miniweb-fine]"]).evaluation.generic_tasks == []
+    cfg = load_config(overrides=["evaluation.tasks=[cifar-10, imagenet-1k]", "evaluation.generic=[imagenet-1k]"])
+    assert cfg.evaluation.generic_tasks == ["imagenet-1k"]
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["evaluation.tasks=[cifar-10]", "evaluation.generic=[imagenet-1k]"])
+    (line,) = str(e.value).splitlines()
+    assert line.endswith(
+        "evaluation.generic: 'imagenet-1k' is not in evaluation.tasks; fix: add it to evaluation.tasks or remove "
+        "it from evaluation.generic"
+    )
+
+
+def test_forgetting_controls_are_checked_and_join_the_recipe_only_when_set():
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["training.anchor=1"])
+    (line,) = str(e.value).splitlines()
+    assert "training.anchor=1 anchors the replayed images, but training.replay is 0; fix: set training.replay" in line
+    for bad in ("1", "1.5", "-0.1"):
+        with pytest.raises(ConfigError) as e:
+            load_config(overrides=[f"training.replay={bad}"])
+        assert "training.replay" in str(e.value) and len(str(e.value).splitlines()) == 1
+    plain = load_config().training.recipe()
+    assert "replay" not in plain and "anchor" not in plain  # train stages made before them keep their version
+    both = load_config(overrides=["training.replay=0.25", "training.anchor=2"]).training.recipe()
+    assert both["replay"] == 0.25 and both["anchor"] == 2.0

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from react_core.training.losses import contrastive_loss
-from react_core.training.trainer import RankBatches
+from react_core.training.trainer import RankBatches, anchor_penalty
 
 
 def _feats(b=6, d=8, seed=0):
@@ -60,3 +60,39 @@ def test_two_ranks_split_every_global_batch_of_one_rank_and_resume_continues_it(
     assert [i for b in one[:6] for _, i in b] != [i for b in one[6:12] for _, i in b]  # a new order per epoch
     resumed = list(RankBatches(50, 8, 3, 1, rank=0, world=1, start_step=7))
     assert resumed == one[7:]
+
+
+def test_replay_is_an_exact_share_of_every_batch_and_each_pass_replays_the_pool_once():
+    n, n_replay, epochs = 50, 21, 3
+    one = list(RankBatches(n, 8, epochs, seed=1, rank=0, world=1, start_step=0, n_replay=n_replay, replay_per_rank=2))
+    assert len(one) == (n // 6) * epochs  # an epoch is a pass over the retrieved pairs: 6 of them per batch
+    assert all(sum(i >= n for _, i in b) == 2 and len(b) == 8 for b in one)
+    retrieved_first = [i for b in one[: n // 6] for _, i in b if i < n]
+    assert len(set(retrieved_first)) == len(retrieved_first) == (n // 6) * 6  # no pair twice in an epoch
+    stream = [i - n for b in one for _, i in b if i >= n]
+    for k in range(len(stream) // n_replay):  # every full pass over the pool replays each pair once
+        assert sorted(stream[k * n_replay : (k + 1) * n_replay]) == list(range(n_replay))
+    r0 = list(RankBatches(n, 8, epochs, 1, rank=0, world=2, start_step=0, n_replay=n_replay, replay_per_rank=1))
+    r1 = list(RankBatches(n, 8, epochs, 1, rank=1, world=2, start_step=0, n_replay=n_replay, replay_per_rank=1))
+    both = [sorted(a + b) for a, b in zip(r0, r1, strict=True)]
+    assert both == [sorted(b) for b in one]  # two ranks split the global batches of one, replay included
+    resumed = list(RankBatches(n, 8, epochs, 1, rank=0, world=1, start_step=5, n_replay=n_replay, replay_per_rank=2))
+    assert resumed == one[5:]
+
+
+def test_anchor_penalty_is_the_mean_squared_feature_distance_on_replayed_rows():
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(4, 3, bias=False)
+    x = torch.randn(5, 4)
+    feats = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1).requires_grad_(True)
+    replayed = torch.tensor([True, False, True, False, False])
+    ref = torch.nn.functional.normalize(reference(x), dim=-1).detach()
+    want = ((feats[0] - ref[0]).pow(2).sum() + (feats[2] - ref[2]).pow(2).sum()) / 2
+    got = anchor_penalty(reference, x, feats, replayed, "cpu", torch.bfloat16, False)
+    assert got.item() == pytest.approx(want.item(), abs=1e-6)
+    got.backward()
+    assert feats.grad[[1, 3, 4]].abs().sum() == 0 and feats.grad[[0, 2]].abs().sum() > 0
+    same = anchor_penalty(reference, x, ref.clone().requires_grad_(True), replayed, "cpu", torch.bfloat16, False)
+    assert same.item() == pytest.approx(0.0, abs=1e-12)
+    nothing = anchor_penalty(reference, x, feats, torch.zeros(5, dtype=torch.bool), "cpu", torch.bfloat16, False)
+    assert nothing.item() == 0.0 and nothing.requires_grad

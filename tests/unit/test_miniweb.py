@@ -12,6 +12,7 @@ from react_core.miniweb.generate import TASK_NAMES, concepts_for, split_concept_
 from react_core.miniweb.render import render
 from react_core.miniweb.world import make_concepts
 from react_core.pipeline import run_miniweb
+from react_core.registry import MINIWEB_GENERIC
 from react_core.storage import Storage, join, local_path
 
 
@@ -75,7 +76,7 @@ def test_tiny_world_layout_and_counts(tiny_world):
 
 def test_tasks_are_in_vision_datasets_layout(tiny_world):
     cfg, storage, uri = tiny_world
-    for group, name in TASK_NAMES.items():
+    for group, name in [*TASK_NAMES.items(), ("generic", MINIWEB_GENERIC)]:
         tdir = join(uri, "tasks", name)
         info = storage.read_json(join(tdir, "dataset_info.json"))
         assert info["type"] == "classification_multiclass" and info["format"] == "coco"
@@ -85,7 +86,8 @@ def test_tasks_are_in_vision_datasets_layout(tiny_world):
         labels = storage.read_bytes(join(tdir, "labels.txt")).decode().split()
         assert labels == [c["name"] for c in coco["categories"]]
         data = read_vision_dataset(storage, tdir, "test")
-        n_cls = cfg.miniweb.fine_grained_classes if group == "fine" else cfg.miniweb.coarse_classes
+        n_cls = {"fine": cfg.miniweb.fine_grained_classes, "coarse": cfg.miniweb.coarse_classes,
+                 "generic": cfg.miniweb.generic_classes}[group]  # fmt: skip
         assert len(data.classnames) == n_cls and len(data) == n_cls * cfg.miniweb.test_per_class
         assert all("{}" in t for t in data.templates)
 
@@ -96,12 +98,25 @@ def test_task_images_never_appear_in_the_corpus(tiny_world):
     for split in ("generic", "kb"):
         for shard in storage.ls(join(uri, split, "shards"), "*.tar"):
             corpus |= {hashlib.sha1(s["jpg"]).hexdigest() for s in iter_shard(storage, shard)}
-    for name in TASK_NAMES.values():
+    for name in (*TASK_NAMES.values(), MINIWEB_GENERIC):
         tdir = join(uri, "tasks", name)
         for split in ("test", "train"):
             coco = storage.read_json(join(tdir, f"{split}.json"))
             for im in coco["images"]:
                 assert hashlib.sha1(storage.read_bytes(join(tdir, im["file_name"]))).hexdigest() not in corpus
+
+
+def test_generic_probe_is_concepts_the_base_learnt_and_no_target(tiny_world):
+    """miniweb-generic: concepts outside both target tasks, every one of them present in the generic (pretraining)
+    corpus, so a customized model that gets worse on it has forgotten something the base knew."""
+    cfg, storage, uri = tiny_world
+    concepts = {c["name"]: c for c in storage.read_json(join(uri, "concepts.json"))}
+    names = read_vision_dataset(storage, join(uri, "tasks", MINIWEB_GENERIC), "test").classnames
+    assert len(set(names)) == len(names) == cfg.miniweb.generic_classes
+    assert {concepts[n]["group"] for n in names} == {"other"}
+    truth = pd.read_parquet(local_path(join(uri, "generic", "truth.parquet")))
+    seen = set(truth["concept_id"])
+    assert all(concepts[n]["id"] in seen for n in names)
 
 
 def test_output_does_not_depend_on_process_count(tiny_world, tmp_path):
