@@ -111,9 +111,14 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
     from react_core.tracking import default_tracking_uri
 
     lines = ["", f"REACT on the mini-web: retrieval for '{cfg.retrieval.task}', gated-image customization", ""]
-    lines.append(f"{'target task':18s} {'base zero-shot':>15s} {'customized':>11s} {'delta':>8s}")
-    for task, row in result["table"].items():
-        lines.append(f"{task:18s} {row['base']:>15.3f} {row['customized']:>11.3f} {row['delta']:>+8.3f}")
+    from react_core.pipeline import ROLES, dataset_roles
+
+    roles = dataset_roles(cfg)
+    lines.append(f"{'dataset':18s} {'role':9s} {'metric':9s} {'base':>7s} {'customized':>11s} {'delta':>8s}")
+    for task, row in sorted(result["table"].items(), key=lambda kv: (ROLES.index(roles.get(kv[0], "other")), kv[0])):
+        lines.append(f"{task:18s} {roles.get(task, 'other'):9s} {row['metric']:9s} {row['base']:>7.3f} "
+                     f"{row['customized']:>11.3f} {row['delta']:>+8.3f}")  # fmt: skip
+    lines.append("(target: what retrieval was for; generic: what the base knew; retrieval: image-text recall@1)")
     lines.append("")
     lines.append(f"customized model: {result['train']}/model.pt")
     tracking = cfg.tracking.tracking_uri or default_tracking_uri(_storage(cfg))[0]

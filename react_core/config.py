@@ -119,6 +119,10 @@ class MiniWebConfig(_Section):
         40, ge=0, description="classes of miniweb-generic, the forgetting probe: concepts outside both target tasks "
         "that the base learnt (test_per_class / train_per_class images each); 0: not written",
     )  # fmt: skip
+    caption_test_size: int = Field(
+        1_000, ge=0, description="images of miniweb-captions, the image-text retrieval test set (2 captions each); "
+        "0: not written",
+    )  # fmt: skip
     caption_noise: float = Field(0.2, ge=0, le=1, description="share of captions unrelated to their image")
     dead_link_rate: float = Field(
         0.01, ge=0, lt=1, description="share of knowledge-base urls whose image is missing (404), as on the real web"
@@ -379,8 +383,9 @@ class EvaluationConfig(_Section):
     """Datasets to evaluate on, by name: ``miniweb-*``, ``imagenet-1k``, ELEVATER names, or a folder URI."""
 
     tasks: list[str] = Field(
-        default_factory=lambda: ["miniweb-fine", "miniweb-coarse", "miniweb-generic"],
-        description="datasets: miniweb-*, imagenet-1k, ELEVATER names (cifar-10, ...) or folder URIs",
+        default_factory=lambda: ["miniweb-fine", "miniweb-coarse", "miniweb-generic", "miniweb-captions"],
+        description="datasets: miniweb-*, imagenet-1k, ELEVATER names (cifar-10, ...), caption sets for image-text "
+        "retrieval (miniweb-captions, coco-captions, flickr30k-captions: Karpathy's test split) or folder URIs",
     )
     generic: list[str] | None = Field(
         None,

@@ -27,7 +27,7 @@ from react_core.config import (
 from react_core.data import DatasetError
 from react_core.data.datasets import EvalSet
 from react_core.evaluation.report import write_report
-from react_core.evaluation.suite import dataset_uri, evaluate_dataset, metrics_for, open_eval
+from react_core.evaluation.suite import dataset_uri, evaluate_dataset, is_caption_set, metrics_for, open_eval
 from react_core.knowledge import report as retrieval_report
 from react_core.knowledge.download import download, downloaded_shards
 from react_core.knowledge.embed import SCHEMA as EMBED_SCHEMA
@@ -434,18 +434,23 @@ def run_report(
         return write_report(storage, stage, per_model, checkpoints, t)
 
 
+ROLES = ("target", "generic", "retrieval", "other")
+
+
 def dataset_roles(config: ReactConfig) -> dict[str, str]:
     """Each evaluated dataset's role in a customize run: ``target`` (what retrieval was for), ``generic`` (what
-    the base already knew: ``evaluation.generic``) or ``other``."""
+    the base already knew: ``evaluation.generic``), ``retrieval`` (a caption set: image-text retrieval) or
+    ``other``."""
     generic = set(config.evaluation.generic_tasks)
-    return {d: "target" if d == config.retrieval.task else "generic" if d in generic else "other"
-            for d in config.evaluation.tasks}  # fmt: skip
+    return {d: "target" if d == config.retrieval.task else "generic" if d in generic else
+            "retrieval" if is_caption_set(d) else "other" for d in config.evaluation.tasks}  # fmt: skip
 
 
 def price_line(rows: Sequence[Mapping[str, Any]]) -> str:
-    """``target miniweb-fine +0.615; generic miniweb-generic -0.237; other miniweb-coarse -0.061``: the gain and
-    what it cost, from summary rows with a ``role``; empty when no row has a delta."""
-    parts = [f"{role} {r['dataset']} {r['delta']:+.3f}" for role in ("target", "generic", "other")
+    """``target miniweb-fine +0.615; generic miniweb-generic -0.237; retrieval miniweb-captions -0.05; other
+    miniweb-coarse -0.061``: the gain and what it cost (each dataset's headline metric), from summary rows with
+    a ``role``; empty when no row has a delta."""
+    parts = [f"{role} {r['dataset']} {r['delta']:+.3f}" for role in ROLES
              for r in rows if r.get("role") == role and r.get("delta") is not None]  # fmt: skip
     return "; ".join(parts)
 
@@ -464,7 +469,7 @@ def run_summary(
     rows = [{"dataset": d, "role": roles.get(d, "other"), "metric": r["metric"], "base": round(r["base"], 4),
              "customized": round(r["customized"], 4), "delta": round(r["delta"], 4)}
             for d, r in sorted((result.get("table") or {}).items(), key=lambda kv: (
-                ("target", "generic", "other").index(roles.get(kv[0], "other")), kv[0]))]  # fmt: skip
+                ROLES.index(roles.get(kv[0], "other")), kv[0]))]  # fmt: skip
     links: dict[str, str] = {}
     if result.get("train"):
         links["customized model"] = model_file(result["train"])

@@ -23,7 +23,7 @@ from react_core.errors import ReactError
 from react_core.evaluation.suite import dataset_uri
 from react_core.knowledge.embed import knowledge_base_shards
 from react_core.models import check_activation, model_config
-from react_core.registry import MINIWEB_DATASETS, check_task
+from react_core.registry import MINIWEB_CAPTIONS, MINIWEB_DATASETS, check_task
 from react_core.storage import Storage
 
 
@@ -48,7 +48,7 @@ def check_model(model: ModelConfig, training: TrainingConfig) -> None:
 def check_evaluation_data(storage: Storage, evaluation: EvaluationConfig, uses_miniweb: bool) -> None:
     """Every evaluation dataset has a location that exists (the mini-web's tasks are made by the pipeline)."""
     for name in evaluation.tasks:
-        if name in MINIWEB_DATASETS and uses_miniweb and name not in evaluation.locations:
+        if name in (*MINIWEB_DATASETS, MINIWEB_CAPTIONS) and uses_miniweb and name not in evaluation.locations:
             continue
         uri = dataset_uri(evaluation, name, None)
         if not storage.exists(uri):

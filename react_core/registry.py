@@ -40,7 +40,8 @@ class TaskSpec:
 
 MINIWEB_TASKS = ("miniweb-fine", "miniweb-coarse")  # the mini-web's target tasks (react_core.miniweb.generate)
 MINIWEB_GENERIC = "miniweb-generic"  # its forgetting probe: concepts outside both, which the base learnt
-MINIWEB_DATASETS = (*MINIWEB_TASKS, MINIWEB_GENERIC)
+MINIWEB_CAPTIONS = "miniweb-captions"  # its image-text retrieval test set (Karpathy-split layout)
+MINIWEB_DATASETS = (*MINIWEB_TASKS, MINIWEB_GENERIC)  # classification tasks (a retrieval target may be any)
 IMAGENET_NAMES = ("imagenet-1k", "imagenet1k")
 
 

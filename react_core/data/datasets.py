@@ -12,6 +12,11 @@
   classes in sorted folder order, which for ImageNet's WordNet ids is the order of the standard class list.
 * **webdataset**: ``*.tar`` shards of ``{key}.jpg`` (or png/webp) and ``{key}.cls`` (class index) or
   ``{key}.json`` with ``label``; class names from ``classnames.txt`` beside the shards or the task.
+* **captions** (image-text retrieval; Karpathy's split files of COCO and Flickr30K): a folder with
+  ``dataset_{coco,flickr30k,...}.json`` (``images``: ``filename``, optional ``filepath``, ``split``,
+  ``sentences`` with ``raw``) and the images under ``{filepath}/{filename}`` (or ``images/``,
+  ``flickr30k-images/`` or the folder itself). An image's targets are its own index; its captions are in
+  ``EvalSet.captions``.
 
 Images are decoded in DataLoader workers: resized on the short side and centre-cropped to the model's
 input size (open_clip's evaluation transform), and handed over as uint8 so that batches are small to
@@ -55,6 +60,7 @@ class EvalSet:
     multilabel: bool = False
     shards: list[str] = field(default_factory=list)  # webdataset: read by iteration, not by index
     tensors: tuple[torch.Tensor, torch.Tensor] | None = None  # in memory: (N, 3, H, W) uint8, (N,) labels
+    captions: list[list[str]] | None = None  # a caption set (image-text retrieval): each image's captions
 
     def __len__(self) -> int:
         if self.tensors is not None:
@@ -373,12 +379,46 @@ def read_webdataset(
                    storage, shards=shards)  # fmt: skip
 
 
+def read_karpathy(storage: Storage, uri: str, split: str = "test", name: str | None = None) -> EvalSet:
+    """A caption set in Karpathy's split-file layout (see the module docstring): the ``split`` images, each its own
+    target, with their captions."""
+    files = storage.ls(uri, "dataset_*.json")
+    if not files:
+        raise DatasetError(f"{uri} has no dataset_*.json (Karpathy's split file); fix: put it beside the images")
+    index_uri = files[0]
+    data = _read_json(storage, index_uri, "use Karpathy's dataset_coco.json / dataset_flickr30k.json")
+    entries = [e for e in data.get("images", []) if e.get("split") == split]
+    if not entries:
+        have = sorted({e.get("split") for e in data.get("images", [])} - {None})
+        raise DatasetError(f"{index_uri} lists no '{split}' images; it has {have}; fix: evaluation.split")
+    first = entries[0]
+    if "filepath" in first:  # COCO: val2014/COCO_val2014_....jpg
+        images = [join(uri, e["filepath"], e["filename"]) for e in entries]
+    else:  # Flickr30K's entries name no folder: the one holding the first image
+        root = next((r for r in (join(uri, "images"), join(uri, "flickr30k-images"), uri)
+                     if storage.exists(join(r, first["filename"]))), None)  # fmt: skip
+        if root is None:
+            raise DatasetError(
+                f"{index_uri}: image {first['filename']} is in none of images/, flickr30k-images/ or {uri}; fix: "
+                "put the images there"
+            )
+        images = [join(root, e["filename"]) for e in entries]
+    captions = [[str(s_["raw"]).strip() for s_ in e.get("sentences", [])] for e in entries]
+    if any(not c for c in captions):
+        bad = next(e["filename"] for e, c in zip(entries, captions, strict=True) if not c)
+        raise DatasetError(f"{index_uri}: image {bad} has no sentences; fix: give every image at least one caption")
+    ds_name = name or uri.rstrip("/").rsplit("/", 1)[-1]
+    return EvalSet(ds_name, [], [], uri, storage, images, [[i] for i in range(len(images))], captions=captions)
+
+
 def open_dataset(storage: Storage, uri: str, split: str = "test", name: str | None = None) -> EvalSet:
-    """Read whichever layout ``uri`` holds (vision-datasets, webdataset, or image folders)."""
+    """Read whichever layout ``uri`` holds (vision-datasets, captions, webdataset, or image folders)."""
     if storage.exists(join(uri, "dataset_info.json")):
         return read_vision_dataset(storage, uri, split, name)
     if not storage.exists(uri):
         raise DatasetError(f"dataset folder {uri} does not exist; fix: check evaluation.data_root / locations")
+    if storage.ls(uri, "dataset_*.json"):
+        return read_karpathy(storage, uri, split, name)
     if storage.ls(uri, "*.tar") or storage.ls(join(uri, split), "*.tar"):
         return read_webdataset(storage, uri, split, name)
     return read_image_folder(storage, uri, split, name)

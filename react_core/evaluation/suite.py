@@ -19,6 +19,7 @@ from react_core.data import DatasetError
 from react_core.data.datasets import EvalSet, image_features, open_dataset
 from react_core.evaluation.linear_probe import ProbeSettings, linear_probe
 from react_core.evaluation.metrics import compute
+from react_core.evaluation.retrieval import RETRIEVAL_METRICS, image_text_retrieval
 from react_core.evaluation.zeroshot import zero_shot
 from react_core.registry import elevater_datasets, elevater_metric, elevater_task, imagenet_templates
 from react_core.storage import Storage, join
@@ -26,10 +27,19 @@ from react_core.storage import Storage, join
 _logger = logging.getLogger(__name__)
 
 IMAGENET = ("imagenet-1k", "imagenet1k", "imagenet")
+# Caption sets by name (image-text retrieval): the mini-web's, and COCO's and Flickr30K's Karpathy test splits
+# (any folder holding a dataset_*.json is read as one; these names are also known to the report).
+CAPTION_SETS = ("miniweb-captions", "coco-captions", "flickr30k-captions")
+
+
+def is_caption_set(name: str) -> bool:
+    return display_name(name) in CAPTION_SETS or display_name(name).endswith("-captions")
 
 
 def metrics_for(name: str) -> list[str]:
     """The metrics reported for a dataset; the first is its headline (ELEVATER's) metric."""
+    if is_caption_set(name):
+        return list(RETRIEVAL_METRICS)
     if name in elevater_datasets():
         return [elevater_metric(name)]
     if name in IMAGENET:
@@ -80,8 +90,18 @@ def evaluate_dataset(
     miniweb_uri: str | None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Zero-shot metrics (and the few-shot probe when enabled) of one model on one dataset."""
+    """Zero-shot metrics (and the few-shot probe when enabled) of one model on one dataset; image-text retrieval
+    (:mod:`react_core.evaluation.retrieval`) for a caption set."""
     evalset = open_eval(storage, cfg, name, miniweb_uri, cfg.split)
+    if evalset.captions is not None:
+        if not is_caption_set(name):
+            raise DatasetError(
+                f"{evalset.source} is a caption set (it holds dataset_*.json) but {name!r} does not say so; fix: name "
+                f"it *-captions in evaluation.tasks (e.g. with evaluation.locations), as {', '.join(CAPTION_SETS)}"
+            )
+        recalls, n_captions = image_text_retrieval(model, tokenizer, evalset, cfg.batch_size, cfg.num_workers, progress)
+        return {"dataset": display_name(name), "source": evalset.source, "split": cfg.split, "n": len(evalset),
+                "captions": n_captions, "metric": RETRIEVAL_METRICS[0], "zero_shot": recalls}  # fmt: skip
     metrics = metrics_for(name)
     z = zero_shot(model, tokenizer, evalset, cfg.batch_size, cfg.num_workers, progress)
     result: dict[str, Any] = {

@@ -12,6 +12,9 @@ Stage folder ``{root}/miniweb/{version}/``::
     tasks/{name}/                      ELEVATER / vision-datasets image-classification layout: the target
                                        tasks (miniweb-fine, miniweb-coarse) and miniweb-generic (concepts
                                        outside both, which the base learnt: the forgetting probe)
+    tasks/miniweb-captions/            image-text retrieval test set in the Karpathy-split layout of COCO and
+        dataset_miniweb.json images/   Flickr30K captions: images of every concept, rendered apart from the
+                                       corpus, each with clean captions
         dataset_info.json labels.txt templates.json train.json test.json {train,test}_images/*.jpg
     _SUCCESS
 
@@ -38,15 +41,16 @@ from react_core.config import MiniWebConfig
 from react_core.miniweb.render import render, to_jpeg
 from react_core.miniweb.world import TASK_TEMPLATES, Concept, caption_for, make_concepts
 from react_core.progress import bar as progress_bar
-from react_core.registry import MINIWEB_GENERIC, MINIWEB_TASKS
+from react_core.registry import MINIWEB_CAPTIONS, MINIWEB_GENERIC, MINIWEB_TASKS
 from react_core.storage import Stage, Storage, exclusive, local_path
 
 _logger = logging.getLogger(__name__)
 
-SPLIT_IDS = {"generic": 1, "kb": 2, "test": 3, "train": 4, "generic-test": 5, "generic-train": 6}
+SPLIT_IDS = {"generic": 1, "kb": 2, "test": 3, "train": 4, "generic-test": 5, "generic-train": 6, "captions": 7}
 # Part of the stage identity: bump it when the generator's output changes for the same config.
-# 4: tasks/miniweb-generic.
+# 4: tasks/miniweb-generic and tasks/miniweb-captions.
 GENERATOR_VERSION = 4
+CAPTIONS_PER_IMAGE = 2
 TASK_NAMES = dict(zip(("fine", "coarse"), MINIWEB_TASKS, strict=True))  # group -> task name (the registry's)
 
 
@@ -181,6 +185,26 @@ def _write_task(cfg: MiniWebConfig, concepts: list[Concept], group: str, out_dir
     return {f"{name}.{k}": v for k, v in counts.items()}
 
 
+def _write_captions(cfg: MiniWebConfig, concepts: list[Concept], out_dir: str) -> dict[str, int]:
+    """``miniweb-captions``: ``cfg.caption_test_size`` images of concepts drawn uniformly (targets included), each
+    with ``CAPTIONS_PER_IMAGE`` noise-free captions, as Karpathy's ``dataset_coco.json`` lists COCO's."""
+    tdir = os.path.join(out_dir, "tasks", MINIWEB_CAPTIONS)
+    os.makedirs(os.path.join(tdir, "images"), exist_ok=True)
+    rng = np.random.default_rng([cfg.seed, SPLIT_IDS["captions"], 0])
+    cids = rng.choice(len(concepts), size=cfg.caption_test_size)
+    entries = []
+    for i, cid in enumerate(cids):
+        r = np.random.default_rng([cfg.seed, SPLIT_IDS["captions"], i + 1])
+        fname = f"{i:06d}.jpg"
+        with open(os.path.join(tdir, "images", fname), "wb") as f:
+            f.write(to_jpeg(render(concepts[cid], cfg.image_size, r)))
+        sentences = [{"raw": caption_for(concepts[cid], r, concepts, 0.0)[0]} for _ in range(CAPTIONS_PER_IMAGE)]
+        entries.append({"filepath": "images", "filename": fname, "imgid": i, "split": "test", "sentences": sentences})
+    with open(os.path.join(tdir, "dataset_miniweb.json"), "w") as f:
+        json.dump({"dataset": "miniweb", "images": entries}, f)
+    return {f"{MINIWEB_CAPTIONS}.test": len(entries)}
+
+
 @exclusive
 def generate(
     cfg: MiniWebConfig, storage: Storage, stage: Stage, processes: int | None = None, progress: bool = True
@@ -260,6 +284,8 @@ def _generate_into(
     for group in (*TASK_NAMES, "generic"):
         if group != "generic" or cfg.generic_classes:
             counts.update(_write_task(cfg, concepts, group, out_dir))
+    if cfg.caption_test_size:
+        counts.update(_write_captions(cfg, concepts, out_dir))
     return counts
 
 

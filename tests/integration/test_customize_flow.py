@@ -10,7 +10,7 @@ from tests.integration.test_world_flow import _task_states
 
 pytestmark = pytest.mark.integration
 
-DATASETS = ("miniweb-fine", "miniweb-coarse", "miniweb-generic")
+DATASETS = ("miniweb-fine", "miniweb-coarse", "miniweb-generic", "miniweb-captions")
 EVALS = [f"eval {d} ({m})" for d in DATASETS for m in ("base", "customized")]
 STAGES = ["generate-miniweb", "pretrain-base", "embed", "index", "retrieve", "download", "train", *EVALS,
           "evaluation-report"]  # fmt: skip
@@ -82,11 +82,13 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
         {d: r["customized"] for d, r in first["table"].items()}, abs=1e-4
     )
     # Target first, then what the base knew, then the rest; the summary says what the gain cost.
-    assert [(r["dataset"], r["role"]) for r in table] == [
-        ("miniweb-fine", "target"), ("miniweb-generic", "generic"), ("miniweb-coarse", "other")]  # fmt: skip
+    assert [(r["dataset"], r["role"], r["metric"]) for r in table] == [
+        ("miniweb-fine", "target", "accuracy"), ("miniweb-generic", "generic", "accuracy"),
+        ("miniweb-captions", "retrieval", "i2t_r1"), ("miniweb-coarse", "other", "accuracy")]  # fmt: skip
     d = {k: r["delta"] for k, r in first["table"].items()}
     assert (f"**Gain and its price** (zero-shot, customized - base): target miniweb-fine {d['miniweb-fine']:+.3f}; "
-            f"generic miniweb-generic {d['miniweb-generic']:+.3f}; other miniweb-coarse {d['miniweb-coarse']:+.3f}."
+            f"generic miniweb-generic {d['miniweb-generic']:+.3f}; retrieval miniweb-captions "
+            f"{d['miniweb-captions']:+.3f}; other miniweb-coarse {d['miniweb-coarse']:+.3f}."
             ) in artifacts["summary"].data  # fmt: skip
     assert "**Retrieval** for `miniweb-fine`" in artifacts["summary"].data
     assert f"({first['train']}/model.pt)" in artifacts["customized-model"].data  # a markdown link

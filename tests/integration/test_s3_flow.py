@@ -54,7 +54,7 @@ def test_customize_on_s3_with_default_workers_writes_no_secret(
     assert cfg.knowledge_base.num_workers > 0 and cfg.evaluation.num_workers > 0
     out = customize(config=cfg)
 
-    assert set(out["table"]) == {"miniweb-fine", "miniweb-coarse", "miniweb-generic"}
+    assert set(out["table"]) == {"miniweb-fine", "miniweb-coarse", "miniweb-generic", "miniweb-captions"}
     assert out["train"].startswith(f"s3://react-test/{prefix}/train/")
     states = _task_states(out["flow_run_id"], set(STAGES))
     assert all(states[s] == "Completed" for s in STAGES), states

@@ -123,3 +123,18 @@ def test_an_unreachable_tracking_server_fails_before_any_stage(tmp_path, capsys,
     assert f"MLflow tracking server {url} is not reachable" in err and "fix: start it" in err
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # the variable, when the config names none
     assert "point MLFLOW_TRACKING_URI at one" in _demo_fails_before_work(tmp_path, capsys)
+
+
+def test_demo_table_puts_the_target_first_and_names_each_dataset_role(tmp_path):
+    from react_cli.main import _demo_table
+    from react_core.config import load_config
+
+    cfg = load_config(str(REPO / "deployments" / "tiny.yaml"), [f"storage.root={tmp_path}", "tracking.enabled=false"])
+    row = lambda metric, b, c: {"metric": metric, "base": b, "customized": c, "delta": c - b}
+    result = {"train": "file:///x/train/abc", "mlflow_run_id": None, "flow_run_id": "f",
+              "table": {"miniweb-coarse": row("accuracy", 0.7, 0.68), "miniweb-captions": row("i2t_r1", 0.4, 0.35),
+                        "miniweb-fine": row("accuracy", 0.3, 0.9), "miniweb-generic": row("accuracy", 0.98, 0.8)}}  # fmt: skip
+    lines = [ln.split() for ln in _demo_table(cfg, result).splitlines() if ln.startswith("miniweb-")]
+    assert [(ln[0], ln[1], ln[2], ln[-1]) for ln in lines] == [
+        ("miniweb-fine", "target", "accuracy", "+0.600"), ("miniweb-generic", "generic", "accuracy", "-0.180"),
+        ("miniweb-captions", "retrieval", "i2t_r1", "-0.050"), ("miniweb-coarse", "other", "accuracy", "-0.020")]  # fmt: skip

@@ -7,12 +7,12 @@ import pytest
 
 from react_core.config import ConfigError, load_config
 from react_core.data import iter_shard
-from react_core.data.datasets import read_vision_dataset
+from react_core.data.datasets import open_dataset, read_vision_dataset
 from react_core.miniweb.generate import TASK_NAMES, concepts_for, split_concept_ids
 from react_core.miniweb.render import render
 from react_core.miniweb.world import make_concepts
 from react_core.pipeline import run_miniweb
-from react_core.registry import MINIWEB_GENERIC
+from react_core.registry import MINIWEB_CAPTIONS, MINIWEB_GENERIC
 from react_core.storage import Storage, join, local_path
 
 
@@ -117,6 +117,17 @@ def test_generic_probe_is_concepts_the_base_learnt_and_no_target(tiny_world):
     truth = pd.read_parquet(local_path(join(uri, "generic", "truth.parquet")))
     seen = set(truth["concept_id"])
     assert all(concepts[n]["id"] in seen for n in names)
+
+
+def test_caption_test_set_is_a_karpathy_split_rendered_apart_from_the_corpus(tiny_world):
+    cfg, storage, uri = tiny_world
+    data = open_dataset(storage, join(uri, "tasks", MINIWEB_CAPTIONS), "test", MINIWEB_CAPTIONS)
+    assert len(data) == cfg.miniweb.caption_test_size and all(len(c) == 2 and all(c) for c in data.captions)
+    corpus = set()
+    for split in ("generic", "kb"):
+        for shard in storage.ls(join(uri, split, "shards"), "*.tar"):
+            corpus |= {hashlib.sha1(s["jpg"]).hexdigest() for s in iter_shard(storage, shard)}
+    assert not {hashlib.sha1(storage.read_bytes(im)).hexdigest() for im in data.images} & corpus
 
 
 def test_output_does_not_depend_on_process_count(tiny_world, tmp_path):

@@ -1,0 +1,64 @@
+"""Image-text retrieval: recall@K against hand-computed ranks, and the Karpathy-split reader."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from react_core.data import DatasetError
+from react_core.data.datasets import open_dataset, read_karpathy
+from react_core.evaluation.retrieval import recall_at_k
+from react_core.storage import Storage
+
+
+def _unit(*rows):
+    t = torch.tensor(rows, dtype=torch.float32)
+    return t / t.norm(dim=1, keepdim=True)
+
+
+def test_recall_at_k_counts_the_best_own_caption_and_the_own_image():
+    # 3 images on the axes; captions: two of image 0, one of image 1, one of image 2.
+    image = _unit([1, 0, 0], [0, 1, 0], [0, 0, 1])
+    text = _unit([0.2, 1, 0], [1, 0.1, 0], [0, 1, 0.1], [0.9, 0, 1])
+    caption_image = torch.tensor([0, 0, 1, 2])
+    r = recall_at_k(image, text, caption_image, ks=(1, 2), block=2)  # blocks smaller than the sets
+    # image -> text: image 0's best own caption (#1) ranks first; image 1: caption #2 (0.995) beats #0 (0.98):
+    # first; image 2: caption #3 (0.74) ranks first. All three at rank 0.
+    assert r["i2t_r1"] == pytest.approx(1.0) and r["i2t_r2"] == pytest.approx(1.0)
+    # text -> image: caption #0 (of image 0) is nearest image 1: rank 1; #1 -> image 0 rank 0; #2 -> image 1 rank 0;
+    # #3 (of image 2): sims 0.67 (image 0) vs 0.74 (image 2): rank 0.
+    assert r["t2i_r1"] == pytest.approx(3 / 4) and r["t2i_r2"] == pytest.approx(1.0)
+    assert list(r) == ["i2t_r1", "i2t_r2", "t2i_r1", "t2i_r2"]
+
+
+def test_a_tie_with_the_positive_counts_for_it():
+    image = _unit([1, 0], [1, 0], [0, 1])
+    text = _unit([1, 0], [0, 1])
+    r = recall_at_k(image, text, torch.tensor([1, 0]), ks=(1,))
+    # caption 0 ties images 0 and 1: its own (1) counts as first; caption 1 (of image 0) is nearest image 2
+    assert r["t2i_r1"] == pytest.approx(0.5)
+
+
+def _karpathy(tmp_path, with_filepath=True, folder="images"):
+    (tmp_path / folder).mkdir(parents=True)
+    entries = []
+    for i, split in enumerate(["test", "test", "train"]):
+        Image.new("RGB", (8, 8), (i * 80, 0, 0)).save(tmp_path / folder / f"{i}.jpg")
+        e = {"filename": f"{i}.jpg", "split": split, "sentences": [{"raw": f" caption {i} a "}, {"raw": f"b {i}"}]}
+        if with_filepath:
+            e["filepath"] = folder
+        entries.append(e)
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps({"images": entries}))
+    return Storage(str(tmp_path))
+
+
+def test_karpathy_split_files_read_as_caption_sets(tmp_path):
+    st = _karpathy(tmp_path / "coco")
+    data = open_dataset(st, st.uri(), "test", "coco-captions")
+    assert len(data) == 2 and data.captions == [["caption 0 a", "b 0"], ["caption 1 a", "b 1"]]
+    assert data.images[1].endswith("/images/1.jpg") and data.targets == [[0], [1]]
+    flickr = _karpathy(tmp_path / "flickr", with_filepath=False, folder="flickr30k-images")
+    assert read_karpathy(flickr, flickr.uri(), "test").images[0].endswith("/flickr30k-images/0.jpg")
+    with pytest.raises(DatasetError, match=r"lists no 'val' images; it has \['test', 'train'\]; fix: evaluation.split"):
+        read_karpathy(st, st.uri(), "val")
