@@ -24,14 +24,20 @@ import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from miniweb_chain import eval_tasks, prepare
+import torch
+from miniweb_chain import caption_set, eval_tasks, prepare
 
 from react_core import pipeline
 from react_core.config import ReactConfig, load_config
+from react_core.data import held_out, load_labelled_pairs
+from react_core.evaluation.retrieval import image_text_retrieval
+from react_core.evaluation.selection import Proxies, choose, generic_pairs_set, heldout_set, proxies
 from react_core.evaluation.zeroshot import evaluate_zero_shot
+from react_core.knowledge.download import downloaded_shards
 from react_core.models import model_file
 from react_core.models.cache import inference_model
 from react_core.models.gated import set_gate_scale
+from react_core.registry import resolve_task
 
 
 def _ms(values: list[float]) -> str:
@@ -58,6 +64,51 @@ def train_control(cfg: ReactConfig, chain, control: dict[str, float], seed: int)
     return pipeline.run_train(chain.storage, cfg.model, chain.base, training, chain.downloaded, replay_uri=replay_dl)
 
 
+class RuleData:
+    """What the label-free rule reads: the held-out retrieved pairs (``training.holdout``) and generic pairs (a
+    random knowledge-base sample, seed 10 000, outside the retrieval; a training replay sample may share a few)."""
+
+    def __init__(self, cfg: ReactConfig, chain) -> None:
+        if cfg.training.holdout <= 0:
+            raise SystemExit("--rule needs held-out retrieved pairs: add -s training.holdout=0.1")
+        self.cfg = cfg
+        size = cfg.download.image_size
+        images, _, keys, labels = load_labelled_pairs(chain.storage, downloaded_shards(chain.storage, chain.downloaded),
+                                                      size)  # fmt: skip
+        mask = torch.from_numpy(held_out(keys, cfg.training.holdout))
+        task = resolve_task(chain.storage, cfg.retrieval.task, chain.world)
+        self.heldout = heldout_set(images[mask], labels[mask], task.classnames, task.templates)
+        sample = pipeline.run_replay(chain.storage, 0.5, 10_000, chain.embed, chain.retrieved)
+        dl = pipeline.run_download(chain.storage, cfg.download, sample, chain.world)
+        g_images, g_captions, _, _ = load_labelled_pairs(chain.storage, downloaded_shards(chain.storage, dl), size)
+        self.generic = generic_pairs_set(g_images, g_captions)
+        print(f"rule: {len(self.heldout)} held-out retrieved pairs, {len(self.generic)} generic pairs")
+
+    def proxies(self, model, tok) -> Proxies:
+        return proxies(model, tok, self.heldout, self.generic, self.cfg.evaluation.batch_size)
+
+
+def report_rule(proxies_of, base: Proxies, deltas, target: str, reference, n_seeds: int) -> None:
+    """Per seed: the rule's choice and the best in hindsight (true target gain >= 90 % of the reference's, then
+    the least generic loss), with their true figures; then how far apart they are on average."""
+    keys = list(proxies_of)
+    print("\n| seed | rule's choice | its gain / generic | best in hindsight | its gain / generic |")
+    print("|---|---|---|---|---|")
+    gaps = []
+    for i in range(n_seeds):
+        cand = {f"{c} @ {s:g}": proxies_of[(c, s)][i] for c, s in keys}
+        picked = choose(cand, base)
+        true = {f"{c} @ {s:g}": (deltas[(c, s)][target][i], deltas[(c, s)]["miniweb-generic"][i]) for c, s in keys}
+        full = deltas[reference][target][i]
+        ok = {k: v for k, v in true.items() if v[0] >= 0.9 * full}
+        best = max(ok, key=lambda k: (ok[k][1], ok[k][0])) if ok else max(true, key=lambda k: true[k][0])
+        gaps.append((true[best][0] - true[picked][0], true[best][1] - true[picked][1]))
+        print(f"| {i} | {picked} | {true[picked][0]:+.3f} / {true[picked][1]:+.3f} | {best} | "
+              f"{true[best][0]:+.3f} / {true[best][1]:+.3f} |")  # fmt: skip
+    print(f"rule vs hindsight, mean over seeds: gain {statistics.mean(g for g, _ in gaps):+.3f} short, "
+          f"generic {statistics.mean(g for _, g in gaps):+.3f} worse")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-c", "--config", default="deployments/demo.yaml")
@@ -67,6 +118,8 @@ def main() -> None:
     ap.add_argument("--controls", nargs="+", default=["none"], help="none, or training fields: replay=0.25,anchor=1")
     ap.add_argument("--plot", default=None, help="write the trade-off plot (PNG) here")
     ap.add_argument("--json", default=None, help="write every seed's figures (JSON) here")
+    ap.add_argument("--rule", action="store_true", help="also choose a (control, lambda) without target labels "
+                    "(react_core.evaluation.selection; needs -s training.holdout=0.1) and compare with hindsight")  # fmt: skip
     args = ap.parse_args()
     cfg: ReactConfig = load_config(args.config, args.set)
     t0 = time.time()
@@ -75,16 +128,24 @@ def main() -> None:
     print(f"pipeline up to download: {time.time() - t0:.0f} s")
     tasks = eval_tasks(cfg, chain)
     target, other = list(tasks)[:2]
+    captions = caption_set(chain)
 
     def evaluate(model, tok) -> dict[str, float]:
-        return {name: evaluate_zero_shot(model, tok, data, batch_size=cfg.evaluation.batch_size)["accuracy"]
-                for name, data in tasks.items()}  # fmt: skip
+        out = {name: evaluate_zero_shot(model, tok, data, batch_size=cfg.evaluation.batch_size)["accuracy"]
+               for name, data in tasks.items()}  # fmt: skip
+        out["captions.i2t_r1"] = image_text_retrieval(model, tok, captions, cfg.evaluation.batch_size)[0]["i2t_r1"]
+        return out
 
-    base_acc = evaluate(*inference_model(cfg.model, base, storage))
+    rule = RuleData(cfg, chain) if args.rule else None
+    # proxies[(control, scale)] = one Proxies per seed
+    proxies_of: dict[tuple[str, float], list] = {}
+    base_model = inference_model(cfg.model, base, storage)
+    base_proxies = rule.proxies(*base_model) if rule else None
+    base_acc = evaluate(*base_model)
     print("base: " + ", ".join(f"{k} {v:.3f}" for k, v in base_acc.items()), flush=True)
     # deltas[(control, scale)][task] = one value per seed
     deltas: dict[tuple[str, float], dict[str, list[float]]] = {
-        (c, s): {t: [] for t in tasks} for c in args.controls for s in args.scales
+        (c, s): {t: [] for t in (*tasks, "captions.i2t_r1")} for c in args.controls for s in args.scales
     }
     for control in args.controls:
         for seed in args.seeds:
@@ -95,21 +156,26 @@ def main() -> None:
             for scale in args.scales:
                 set_gate_scale(model, scale)
                 acc = evaluate(model, tok)
-                for t in tasks:
-                    deltas[(control, scale)][t].append(acc[t] - base_acc[t])
+                for t, v in acc.items():
+                    deltas[(control, scale)][t].append(v - base_acc[t])
+                if rule:
+                    proxies_of.setdefault((control, scale), []).append(rule.proxies(model, tok))
                 print(f"  lambda {scale:.2f}: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
 
     reference = ("none", max(args.scales)) if "none" in args.controls else (args.controls[0], max(args.scales))
     full_gain = statistics.mean(deltas[reference][target])
     print()
-    print(f"| control | lambda | {target} gain | {other} change | miniweb-generic change | share of the gain kept |")
-    print("|---|---|---|---|---|---|")
+    print(f"| control | lambda | {target} gain | {other} change | miniweb-generic change | captions i2t R@1 change "
+          "| share of the gain kept |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for (control, scale), d in deltas.items():
         kept = statistics.mean(d[target]) / full_gain if full_gain else float("nan")
         print(f"| {control} | {scale:.2f} | {_ms(d[target])} | {_ms(d[other])} | {_ms(d['miniweb-generic'])} "
-              f"| {kept:.2f} |")  # fmt: skip
+              f"| {_ms(d['captions.i2t_r1'])} | {kept:.2f} |")  # fmt: skip
     print(f"\nbase: {', '.join(f'{k} {v:.3f}' for k, v in base_acc.items())}; seeds {args.seeds}; "
           f"wall time {time.time() - t0:.0f} s")  # fmt: skip
+    if rule:
+        report_rule(proxies_of, base_proxies, deltas, target, reference, len(args.seeds))
     if args.json:
         import json
 

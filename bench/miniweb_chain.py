@@ -8,9 +8,9 @@ from typing import Any
 
 from react_core import pipeline
 from react_core.config import ReactConfig
-from react_core.data.datasets import read_vision_dataset
+from react_core.data.datasets import open_dataset, read_vision_dataset
 from react_core.miniweb.generate import TASK_NAMES
-from react_core.registry import MINIWEB_GENERIC
+from react_core.registry import MINIWEB_CAPTIONS, MINIWEB_GENERIC
 from react_core.storage import Storage, join
 
 
@@ -34,6 +34,11 @@ def prepare(cfg: ReactConfig) -> Chain:
     retrieved = pipeline.run_retrieve(storage, cfg.model, base, cfg.retrieval, embed, index, world, cfg.evaluation)
     downloaded = pipeline.run_download(storage, cfg.download, retrieved, world)
     return Chain(storage, world, base, embed, retrieved, downloaded)
+
+
+def caption_set(chain: Chain) -> Any:
+    """``miniweb-captions``, the image-text retrieval test set (an EvalSet with captions)."""
+    return open_dataset(chain.storage, join(chain.world, "tasks", MINIWEB_CAPTIONS), "test", MINIWEB_CAPTIONS)
 
 
 def eval_tasks(cfg: ReactConfig, chain: Chain) -> dict[str, Any]:

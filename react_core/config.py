@@ -338,6 +338,10 @@ class TrainingConfig(_Section):
         0.0, ge=0, description="weight of the anchoring penalty: squared distance between the customized and the "
         "base model's image features on the replayed images (needs training.replay > 0); 0: none",
     )  # fmt: skip
+    holdout: float = Field(
+        0.0, ge=0, lt=1, description="share of the retrieved pairs kept out of training (chosen by key), on which "
+        "settings such as evaluation.gate_scale and training.replay can be compared without target labels; 0: none",
+    )  # fmt: skip
     grad_checkpointing: bool = Field(False, description="recompute the image blocks' activations in backward (memory)")
     compile: bool = Field(False, description="torch.compile the image tower")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes per training process")
@@ -360,7 +364,7 @@ class TrainingConfig(_Section):
         """What the trained weights depend on (the train stage's version). The forgetting controls count only when
         set, so every train stage made before they existed keeps its version."""
         out = {k: v for k, v in self.model_dump(mode="json").items() if k not in OPERATIONAL_TRAINING_FIELDS}
-        for k in ("replay", "anchor"):
+        for k in ("replay", "anchor", "holdout"):
             if out[k] == 0:
                 del out[k]
         return out

@@ -106,6 +106,14 @@ def load_captions(storage: Storage, shard_uris: Sequence[str]) -> tuple[list[str
     return captions, keys
 
 
+def held_out(keys: Sequence[str], share: float) -> np.ndarray:
+    """Mask of the pairs kept out of training (``training.holdout``): those whose key hashes below ``share``, so
+    the same pairs are held out in every process and run, and in whatever reads them back to choose settings."""
+    if share <= 0:
+        return np.zeros(len(keys), dtype=bool)
+    return np.array([zlib.crc32(k.encode()) / 2**32 < share for k in keys], dtype=bool)
+
+
 def load_labelled_pairs(
     storage: Storage, shard_uris: Sequence[str], image_size: int, max_samples: int | None = None
 ) -> tuple[torch.Tensor, list[str], list[str], torch.Tensor]:

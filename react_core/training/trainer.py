@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from react_core.config import AugmentConfig, TrainingConfig
-from react_core.data import DatasetError, load_labelled_pairs
+from react_core.data import DatasetError, held_out, load_labelled_pairs
 from react_core.models import create_model, model_file, save_checkpoint
 from react_core.models.encode import autocast, default_device, model_image_size, normalize
 from react_core.models.gated import (
@@ -298,7 +298,7 @@ def _setup(job: TrainJob) -> _Session:
 
     tower, gated, n_trainable = build_tower(job, device)
     image_size = model_image_size(tower)
-    images, labels, text = _pairs(storage, job.shards, job.text_features, image_size)
+    images, labels, text = _pairs(storage, job.shards, job.text_features, image_size, cfg.holdout)
     n, n_replay = len(images), 0
     if cfg.replay > 0:
         r_images, r_labels, r_text = _pairs(storage, job.replay_shards, job.replay_text_features, image_size)
@@ -360,15 +360,19 @@ def _setup(job: TrainJob) -> _Session:
                     None if reference is None else reference.to(device))  # fmt: skip
 
 
-def _pairs(storage: Storage, shards: list[str], features_uri: str, image_size: int):
-    """(uint8 images, class ids, caption features) of downloaded shards, checked to be as many."""
-    images, _, _, labels = load_labelled_pairs(storage, shards, image_size)
+def _pairs(storage: Storage, shards: list[str], features_uri: str, image_size: int, holdout: float = 0.0):
+    """(uint8 images, class ids, caption features) of downloaded shards, checked to be as many; the ``holdout``
+    share (:func:`react_core.data.held_out`) left out."""
+    images, _, keys, labels = load_labelled_pairs(storage, shards, image_size)
     text = torch.from_numpy(np.load(storage.open(features_uri, "rb")).astype(np.float32))  # (N, D)
     if len(text) != len(images):
         raise DatasetError(
             f"{features_uri} has {len(text)} caption features for {len(images)} pairs; "
             "fix: delete that stage so it is recomputed"
         )
+    if holdout > 0:
+        keep = torch.from_numpy(~held_out(keys, holdout))
+        images, labels, text = images[keep], labels[keep], text[keep]
     return images, labels, text
 
 

@@ -62,3 +62,18 @@ def test_karpathy_split_files_read_as_caption_sets(tmp_path):
     assert read_karpathy(flickr, flickr.uri(), "test").images[0].endswith("/flickr30k-images/0.jpg")
     with pytest.raises(DatasetError, match=r"lists no 'val' images; it has \['test', 'train'\]; fix: evaluation.split"):
         read_karpathy(st, st.uri(), "val")
+
+
+def test_the_label_free_rule_keeps_most_of_the_proxy_gain_and_then_the_most_retention():
+    from react_core.evaluation.selection import Proxies, choose
+
+    base = Proxies(target=0.30, retention=0.50)
+    candidates = {
+        "lambda 1": Proxies(0.90, 0.40),  # the largest gain (0.60), the most forgetting
+        "lambda 0.7": Proxies(0.86, 0.46),  # 0.56 >= 0.9 x 0.60: eligible, retains more
+        "lambda 0.5": Proxies(0.70, 0.49),  # 0.40: not eligible, however little it forgets
+        "replay": Proxies(0.85, 0.47),  # 0.55: eligible and retains the most
+    }
+    assert choose(candidates, base) == "replay"
+    assert choose(candidates, base, keep=0.92) == "lambda 0.7"  # 0.552 needed: replay's 0.55 is out
+    assert choose({"only": Proxies(0.1, 0.1)}, base) == "only"
