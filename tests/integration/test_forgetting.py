@@ -11,7 +11,7 @@ from react_core.miniweb.serve import MiniWebServer
 from react_core.models import create_model, model_file
 from react_core.pipeline import run_replay, run_text_features
 from react_core.registry import MINIWEB_GENERIC
-from react_core.storage import join
+from react_core.storage import Storage, join
 from react_core.training.trainer import train
 
 from .test_trainer import _job
@@ -81,3 +81,23 @@ def test_replayed_batches_and_anchoring_keep_the_features_the_base_had(tiny_chai
              for name, job in (("plain", plain), ("replay", replay_only), ("anchored", anchored))}  # fmt: skip
     print("feature drift on miniweb-generic:", {k: float(f"{v:.3g}") for k, v in drift.items()})
     assert 0 < drift["anchored"] < 0.5 * drift["plain"], drift
+
+
+def test_the_customize_flow_replays_and_anchors_when_asked(prefect_harness, tmp_path):
+    from flows.customize import customize
+    from tests.conftest import tiny_config
+    from tests.integration.test_world_flow import _task_states
+
+    cfg = tiny_config(tmp_path / "root", **{"training.replay": 0.25, "training.anchor": 1.0})
+    out = customize(config=cfg)
+    states = _task_states(out["flow_run_id"], {"replay-sample", "download replay", "train"})
+    assert states["replay-sample"] == "Completed" and states["download replay"] == "Completed", states
+    st = Storage(cfg.storage.root)
+    train = st.stage_manifest(out["train"])
+    assert train["inputs"]["replay"] == out["replay_download"]
+    assert train["counts"]["replay_pairs"] > 0
+    assert st.stage_manifest(out["replay"])["counts"]["pairs"] == replay_pool_size(
+        st.stage_manifest(out["retrieve"])["counts"]["pairs"], 0.25
+    )
+    summary = st.read_json(join(out["train"], "model.json"))
+    assert summary["replay_per_batch"] == round(0.25 * summary["global_batch"])
