@@ -53,7 +53,7 @@ def main() -> None:
             c = load_config(cfg.model_dump(mode="json"), over)
             b = run_pretrain_base(storage, c.model, uri)
             r = storage.stage_manifest(b)["metrics"]
-            accs = " | ".join(f"{r[f'{t}.top1']:.3f}" for t in TASK_NAMES.values())
+            accs = " | ".join(f"{r[f'{t}.top1']:.3f}" if f"{t}.top1" in r else "-" for t in TASK_NAMES.values())
             label = "base" if split == "generic" else "oracle"
             print(
                 f"| {label} | {split} | {seed} | {r['train_pairs']:,} | {c.model.pretrain.epochs} | "

@@ -110,7 +110,7 @@ def cmd_base_pretrain(args: argparse.Namespace) -> int:
 def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
     from react_core.tracking import default_tracking_uri
 
-    lines = ["", f"REACT on the mini-web: retrieval for '{cfg.retrieval.task}', gated-image customization", ""]
+    lines = ["", f"REACT on the mini-web: retrieval for '{cfg.retrieval.label}', gated-image customization", ""]
     from react_core.pipeline import ROLES, dataset_roles
 
     roles = dataset_roles(cfg)

@@ -104,6 +104,10 @@ class MiniWebConfig(_Section):
     n_concepts: int = Field(160, ge=8, description="number of visual concepts (>= 8)")
     fine_grained_classes: int = Field(16, ge=2, description="classes of the fine-grained target task")
     coarse_classes: int = Field(12, ge=2, description="classes of the coarse target task")
+    extra_classes: int = Field(
+        0, ge=0, description="classes of a third target task, miniweb-extra (generic concepts made rare in the "
+        "generic corpus, as the targets are: for multi-task retrieval); 0: no third task",
+    )  # fmt: skip
     image_size: int = Field(32, ge=16, le=256, description="side of the square rendered images, in pixels")
     generic_size: int = Field(60_000, ge=1, description="pairs in the generic (pretraining) split")
     kb_size: int = Field(120_000, ge=1, description="pairs in the knowledge base")
@@ -194,6 +198,14 @@ class OverlapAuditConfig(_Section):
 
 class RetrievalConfig(_Section):
     task: str = Field("miniweb-fine", description="the target task whose class names drive retrieval")
+    tasks: list[str] | None = Field(
+        None, description="several target tasks retrieved for at once (each with its own templates; class ids "
+        "namespaced per task; one model for all); null: retrieval.task alone",
+    )  # fmt: skip
+    weights: list[float] | None = Field(
+        None, description="each of retrieval.tasks' share of the retrieved set, in their order (normalised); "
+        "null: equal shares",
+    )  # fmt: skip
     k: int = Field(50, ge=1, description="neighbours per prompt and per index")
     modes: list[Literal["t2t", "t2i"]] = Field(
         default_factory=lambda: ["t2t", "t2i"],
@@ -219,6 +231,52 @@ class RetrievalConfig(_Section):
         if not v:
             raise ValueError("modes is empty; use [t2t, t2i] (the paper's default), [t2t] or [t2i]")
         return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_listed_once(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("an empty list; fix: list the target tasks, or remove it and set retrieval.task")
+        for name in v or []:
+            if v.count(name) > 1:
+                raise ValueError(f"{name!r} is listed {v.count(name)} times; fix: list each task once")
+        return v
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_fit_the_tasks(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        if v is None:
+            return v
+        tasks = info.data.get("tasks")
+        if tasks is None:
+            raise ValueError("shares of retrieval.tasks, which is not set; fix: list the tasks "
+                             "in retrieval.tasks, or remove retrieval.weights")  # fmt: skip
+        if len(v) != len(tasks):
+            raise ValueError(f"{len(v)} value(s) for the {len(tasks)} task(s) of retrieval.tasks; "
+                             "fix: one weight per task, in the same order")  # fmt: skip
+        if any(w <= 0 for w in v):
+            raise ValueError(f"{v} has a weight <= 0; fix: positive shares (a task not wanted is "
+                             "removed from retrieval.tasks)")  # fmt: skip
+        return v
+
+    @property
+    def target_tasks(self) -> list[str]:
+        """The tasks retrieval is for: ``tasks``, else ``[task]``."""
+        return list(self.tasks) if self.tasks else [self.task]
+
+    @property
+    def label(self) -> str:
+        """The tasks as one name (``miniweb-fine+miniweb-coarse``): registered model names, summaries."""
+        return "+".join(self.target_tasks)
+
+    def identity(self) -> dict[str, Any]:
+        """The retrieve stage's config identity: ``tasks`` and ``weights`` only when set, so single-task
+        retrieve stages made before they existed keep their versions."""
+        out = self.model_dump(mode="json")
+        for k in ("tasks", "weights"):
+            if out[k] is None:
+                del out[k]
+        return out
 
 
 class DownloadConfig(_Section):
@@ -471,7 +529,7 @@ class ReactConfig(_Section):
         return (
             self.model.pretrained == "miniweb"
             or self.knowledge_base.source == "miniweb"
-            or self.retrieval.task.startswith("miniweb-")
+            or any(t.startswith("miniweb-") for t in self.retrieval.target_tasks)
             or any(t.startswith("miniweb-") for t in self.evaluation.tasks)
         )
 

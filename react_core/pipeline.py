@@ -94,8 +94,12 @@ def end_run(
 
 
 def miniweb_stage(storage: Storage, miniweb: MiniWebConfig) -> Stage:
-    """The mini-web's stage (its identity: the config and the generator's version)."""
-    return storage.stage("miniweb", {"generator": GENERATOR_VERSION, **miniweb.model_dump(mode="json")})
+    """The mini-web's stage (its identity: the config and the generator's version; ``extra_classes`` only when set,
+    so worlds without a third task keep their version)."""
+    config = miniweb.model_dump(mode="json")
+    if not config["extra_classes"]:
+        del config["extra_classes"]
+    return storage.stage("miniweb", {"generator": GENERATOR_VERSION, **config})
 
 
 def run_miniweb(storage: Storage, miniweb: MiniWebConfig, processes: int | None = None, progress: bool = False) -> str:
@@ -232,7 +236,7 @@ def audit_datasets(
     if not retrieval.audit.enabled:
         return [], None
     found = []
-    for name in retrieval.audit.datasets or [retrieval.task]:
+    for name in retrieval.audit.datasets or retrieval.target_tasks:
         if name.endswith((".yaml", ".yml")):
             return [], f"task {name} is a class list with no evaluation images; set retrieval.audit.datasets"
         try:
@@ -257,7 +261,7 @@ def run_retrieve(
     evaluation = evaluation or EvaluationConfig()
     audited, why_not = audit_datasets(retrieval, evaluation, miniweb_uri)
     stage = storage.stage(
-        "retrieve", retrieval,
+        "retrieve", retrieval.identity(),
         {"embed": embed_uri, "index": index_uri, "checkpoint": checkpoint or "",
          "audit": ",".join(uri for _, uri in audited)},
     )  # fmt: skip
@@ -269,8 +273,8 @@ def run_retrieve(
             except DatasetError as exc:
                 sets = str(exc)
         m, tok = inference_model(model, checkpoint, storage)
-        task = resolve_task(storage, retrieval.task, miniweb_uri)
-        retrieve(m, tok, storage, embed_uri, index_uri, task, retrieval, stage, sets)
+        tasks = [resolve_task(storage, name, miniweb_uri) for name in retrieval.target_tasks]
+        retrieve(m, tok, storage, embed_uri, index_uri, tasks if retrieval.tasks else tasks[0], retrieval, stage, sets)
     params = {"retrieval": retrieval.model_dump(mode="json")}
     files = ("overlap.json", "class_counts.json")
     with stage_run(tracker, storage, "retrieve", stage.uri, params, files, parent_run_id) as t:
@@ -442,7 +446,8 @@ def dataset_roles(config: ReactConfig) -> dict[str, str]:
     the base already knew: ``evaluation.generic``), ``retrieval`` (a caption set: image-text retrieval) or
     ``other``."""
     generic = set(config.evaluation.generic_tasks)
-    return {d: "target" if d == config.retrieval.task else "generic" if d in generic else
+    targets = set(config.retrieval.target_tasks)
+    return {d: "target" if d in targets else "generic" if d in generic else
             "retrieval" if is_caption_set(d) else "other" for d in config.evaluation.tasks}  # fmt: skip
 
 
@@ -485,10 +490,13 @@ def run_summary(
     if result.get("retrieve"):
         m = storage.stage_manifest(result["retrieve"])
         c, per_class = m["counts"], storage.read_json(join(result["retrieve"], "class_counts.json"))
-        lines += [(f"**Retrieval** for `{m['config'].get('task')}`: {c.get('pairs', 0):,} pairs from "
-                  f"{c.get('prompts', 0):,} prompts over {c.get('classes', 0)} classes; the overlap audit checked "
-                  f"{c.get('overlap.checked', 0):,} and removed {c.get('overlap.duplicates', 0):,} near-duplicates "
-                  "of evaluation images."), "", "| class | pairs |", "|---|---|"]  # fmt: skip
+        names = m["config"].get("tasks") or [m["config"].get("task")]
+        split = "; ".join(f"{t} {c[f'pairs.{t}']:,}" for t in names if f"pairs.{t}" in c)
+        lines += [(f"**Retrieval** for {', '.join(f'`{t}`' for t in names)}: {c.get('pairs', 0):,} pairs"
+                   + (f" ({split})" if split else "") + f" from {c.get('prompts', 0):,} prompts over "
+                   f"{c.get('classes', 0)} classes; the overlap audit checked {c.get('overlap.checked', 0):,} and "
+                   f"removed {c.get('overlap.duplicates', 0):,} near-duplicates of evaluation images."),
+                  "", "| class | pairs |", "|---|---|"]  # fmt: skip
         lines += [f"| {name} | {n:,} |" for name, n in sorted(per_class.items(), key=lambda kv: -kv[1])]
     if result.get("download"):
         d = storage.stage_manifest(result["download"])["counts"]
@@ -509,7 +517,7 @@ def run_register(
     template, train = config.tracking.registered_model, result.get("train")
     if tracker is None or not template or not train:
         return None
-    task = config.retrieval.task
+    task = config.retrieval.label
     name = template.format(task=task)
     existing = tracker.find_version(name, "react.train_stage", train)
     if existing is not None:
@@ -524,7 +532,8 @@ def run_register(
     for dataset, row in table.items():
         for col in ("base", "customized", "delta"):
             tags[f"{dataset}/{row['metric']}/{col}"] = f"{row[col]:.4f}"
-    score = table.get(task, {}).get("customized")
+    scores = [table[t]["customized"] for t in config.retrieval.target_tasks if t in table]
+    score = sum(scores) / len(scores) if scores else None  # several tasks: their mean
     if score is not None:
         tags["react.target_score"] = f"{score:.6f}"
     lines = ["| dataset | metric | base | customized | delta |", "|---|---|---|---|---|"]

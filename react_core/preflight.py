@@ -82,11 +82,24 @@ def check_tracking(tracking: TrackingConfig) -> None:
     )
 
 
+def check_miniweb_tasks(config: ReactConfig) -> None:
+    """miniweb-extra (retrieved for or evaluated) exists only in a world made with miniweb.extra_classes > 0."""
+    named = [*config.retrieval.target_tasks, *config.evaluation.tasks]
+    if "miniweb-extra" in named and not config.miniweb.extra_classes and config.uses_miniweb:
+        field = "retrieval.tasks" if "miniweb-extra" in config.retrieval.target_tasks else "evaluation.tasks"
+        raise ConfigError(
+            f"{field} names miniweb-extra, but miniweb.extra_classes is 0 (the mini-web has no third task); fix: set "
+            "miniweb.extra_classes (e.g. 12), or remove miniweb-extra"
+        )
+
+
 def check_customize(config: ReactConfig, storage: Storage) -> None:
     """Everything the customize flow can check before its first stage: the architecture, the target task, the
     knowledge base, the evaluation data, the storage root and the tracking server."""
     check_model(config.model, config.training)
-    check_task(storage, config.retrieval.task)
+    for name in config.retrieval.target_tasks:
+        check_task(storage, name)
+    check_miniweb_tasks(config)
     if config.knowledge_base.source != "miniweb":
         knowledge_base_shards(storage, config.knowledge_base.source, None)
     check_evaluation_data(storage, config.evaluation, config.uses_miniweb)
@@ -96,6 +109,7 @@ def check_customize(config: ReactConfig, storage: Storage) -> None:
 
 def check_evaluate(config: ReactConfig, storage: Storage) -> None:
     """What the evaluate flow can check before it starts: the evaluation data, the storage root, the tracking."""
+    check_miniweb_tasks(config)
     check_evaluation_data(storage, config.evaluation, config.uses_miniweb)
     storage.check_writable()
     check_tracking(config.tracking)

@@ -38,7 +38,8 @@ class TaskSpec:
     synonyms: Mapping[str, Sequence[str]] = field(default_factory=dict)  # extra names -> more prompts per class
 
 
-MINIWEB_TASKS = ("miniweb-fine", "miniweb-coarse")  # the mini-web's target tasks (react_core.miniweb.generate)
+# The mini-web's target tasks (react_core.miniweb.generate); miniweb-extra exists when miniweb.extra_classes > 0.
+MINIWEB_TASKS = ("miniweb-fine", "miniweb-coarse", "miniweb-extra")
 MINIWEB_GENERIC = "miniweb-generic"  # its forgetting probe: concepts outside both, which the base learnt
 MINIWEB_CAPTIONS = "miniweb-captions"  # its image-text retrieval test set (Karpathy-split layout)
 MINIWEB_DATASETS = (*MINIWEB_TASKS, MINIWEB_GENERIC)  # classification tasks (a retrieval target may be any)

@@ -10,6 +10,12 @@ class where it scores best, and an optional per-class cap keeps the best-scoring
 mode, prompt`` plus ``shard, offset`` (where the pair lives in the knowledge base). Its ``url`` and
 ``caption`` columns feed img2dataset directly (which reserves ``key``: pass it as an extra column
 under another name).
+
+**Several tasks** (``retrieval.tasks``): every task's prompts (each with its own templates) are searched
+together, class ids run on from one task to the next (the manifest's ``task`` column says whose class a row
+is), a pair found for classes of two tasks goes to its best-scoring class as within one task, the overlap audit
+checks every task's evaluation images, and each task's share of the selected pairs is trimmed (round-robin over
+its classes) to ``retrieval.weights`` (equal by default).
 """
 
 from __future__ import annotations
@@ -148,6 +154,30 @@ def finalize(
     return out
 
 
+def task_shares(chosen: pd.DataFrame, class_task: np.ndarray, weights: Sequence[float]) -> pd.DataFrame:
+    """Trim each task's rows so the tasks' counts are in the proportion of ``weights``: the largest set that fits
+    (a task with fewer pairs than its share bounds the others), each task's trim round-robin over its classes."""
+    w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+    task_of = class_task[chosen["class_id"].to_numpy()]
+    have = np.array([(task_of == t).sum() for t in range(len(w))])
+    scale = float(np.min(have / w))
+    parts = [round_robin(chosen[task_of == t], int(np.floor(scale * w[t] + 1e-9))) for t in range(len(w))]
+    return pd.concat(parts).sort_values(["class_id", "score"], ascending=[True, False], kind="stable")
+
+
+def combine(tasks: Sequence[TaskSpec]) -> tuple[list[str], list[int], list[str], np.ndarray]:
+    """Prompts of every task (each with its templates), the global class id of each prompt, the global class
+    names and the task index of each class: class ids run on from one task to the next."""
+    prompts, prompt_class, classnames, class_task = [], [], [], []
+    for t, task in enumerate(tasks):
+        p, pc = prompts_of(task)
+        prompts += p
+        prompt_class += [len(classnames) + c for c in pc]
+        classnames += list(task.classnames)
+        class_task += [t] * len(task.classnames)
+    return prompts, prompt_class, classnames, np.asarray(class_task, dtype=np.int64)
+
+
 def prompts_of(task: TaskSpec) -> tuple[list[str], list[int]]:
     """Every template filled with every class name and synonym: (prompts, class id of each)."""
     prompts, prompt_class = [], []
@@ -180,19 +210,22 @@ def retrieve(
     storage: Storage,
     embed_uri: str,
     index_uri: str,
-    task: TaskSpec,
+    task: TaskSpec | Sequence[TaskSpec],
     cfg: RetrievalConfig,
     stage: Stage,
     audit_sets: Sequence[EvalSet] | str = "no evaluation set given",
 ) -> str:
-    """Write ``manifest.parquet``, ``class_counts.json`` (and ``overlap.json``) for ``task``; returns the stage URI.
+    """Write ``manifest.parquet``, ``class_counts.json`` (and ``overlap.json``) for ``task`` (or several tasks:
+    see the module docstring); returns the stage URI.
 
-    Search (:func:`search`), select (candidates, the overlap audit, :func:`finalize`), write (:func:`_write`).
-    ``audit_sets``: the evaluation sets to audit the retrieved images against, or why there are none.
+    Search (:func:`search`), select (candidates, the overlap audit, :func:`finalize`, :func:`task_shares`), write
+    (:func:`_write`). ``audit_sets``: the evaluation sets to audit the retrieved images against, or why there are
+    none.
     """
     if stage.done:
         return stage.uri
-    prompts, prompt_class = prompts_of(task)
+    tasks = [task] if isinstance(task, TaskSpec) else list(task)
+    prompts, prompt_class, classnames, class_task = combine(tasks)
     hits = search(storage, index_uri, metadata_rows(storage, embed_uri), embed_prompts(model, tokenizer, prompts),
                   cfg.modes, cfg.k)  # fmt: skip
     hits["class_id"] = np.asarray(prompt_class)[hits["prompt_id"].to_numpy()]
@@ -201,19 +234,25 @@ def retrieve(
     meta = _CandidateMetadata(storage, embed_uri, cands["row"].to_numpy())
     cands, findings, overlap = _audit(model, embeddings, meta, cands, cfg, audit_sets)
     chosen = finalize(
-        cands, cfg, task.classnames,
+        cands, cfg, classnames,
         image_embeddings=embeddings,
         captions=lambda r: meta(r)["caption"].to_numpy(),
     )  # fmt: skip
-    manifest = _manifest(chosen, meta(chosen["row"].to_numpy()), task, prompts)
+    if len(tasks) > 1:
+        chosen = task_shares(chosen, class_task, cfg.weights or [1.0] * len(tasks))
+    manifest = _manifest(chosen, meta(chosen["row"].to_numpy()), classnames, prompts)
+    if len(tasks) > 1:
+        manifest["task"] = [tasks[t].name for t in class_task[manifest["class_id"].to_numpy()]]
     if findings is not None and cfg.audit.action == "flag":
         flagged = findings.reindex(chosen["row"].to_numpy())
         manifest["overlap"] = flagged["overlap"].fillna(False).to_numpy(bool)
         manifest["overlap_similarity"] = flagged["overlap_similarity"].to_numpy(np.float32)
-    return _write(storage, stage, manifest, task, cfg, overlap, len(prompts))
+    return _write(storage, stage, manifest, tasks, cfg, overlap, len(prompts))
 
 
-def _manifest(chosen: pd.DataFrame, rows: pd.DataFrame, task: TaskSpec, prompts: Sequence[str]) -> pd.DataFrame:
+def _manifest(
+    chosen: pd.DataFrame, rows: pd.DataFrame, classnames: Sequence[str], prompts: Sequence[str]
+) -> pd.DataFrame:
     """The manifest (MANIFEST_COLUMNS) of the chosen hits, ``rows`` being their metadata in the same order."""
     return pd.DataFrame(
         {
@@ -221,7 +260,7 @@ def _manifest(chosen: pd.DataFrame, rows: pd.DataFrame, task: TaskSpec, prompts:
             "caption": rows["caption"],
             "key": rows["key"],
             "class_id": chosen["class_id"].to_numpy(),
-            "class_name": [task.classnames[c] for c in chosen["class_id"]],
+            "class_name": [classnames[c] for c in chosen["class_id"]],
             "score": chosen["score"].to_numpy(np.float32),
             "mode": chosen["mode"].to_numpy(),
             "prompt": [prompts[p] for p in chosen["prompt_id"]],
@@ -236,13 +275,23 @@ def _write(
     storage: Storage,
     stage: Stage,
     manifest: pd.DataFrame,
-    task: TaskSpec,
+    tasks: Sequence[TaskSpec],
     cfg: RetrievalConfig,
     overlap: dict,
     n_prompts: int,
 ) -> str:
-    """``manifest.parquet``, ``class_counts.json``, ``overlap.json``, then the stage's marker with its counts."""
-    per_class = {name: int((manifest["class_id"] == c).sum()) for c, name in enumerate(task.classnames)}
+    """``manifest.parquet``, ``class_counts.json`` (several tasks: ``{task}/{class}`` keys), ``overlap.json``, then
+    the stage's marker with its counts (several tasks: ``pairs.{task}`` too)."""
+    per_class, per_task, offset = {}, {}, 0
+    for task in tasks:
+        for c, name in enumerate(task.classnames):
+            per_class[name if len(tasks) == 1 else f"{task.name}/{name}"] = int(
+                (manifest["class_id"] == offset + c).sum()
+            )
+        per_task[f"pairs.{task.name}"] = int(
+            manifest["class_id"].between(offset, offset + len(task.classnames) - 1).sum()
+        )
+        offset += len(task.classnames)
     empty = [n for n, v in per_class.items() if v == 0]
     if empty:
         _logger.warning("no pairs retrieved for %d class(es): %s", len(empty), ", ".join(empty[:20]))
@@ -253,10 +302,10 @@ def _write(
     storage.write_json(stage.file("overlap.json"), overlap)
     audit_counts = {f"overlap.{k}": v for k, v in overlap["summary"].items() if isinstance(v, int)}
     return stage.complete(
-        counts={"pairs": len(manifest), "prompts": n_prompts, "classes": len(task.classnames),
+        counts={"pairs": len(manifest), "prompts": n_prompts, "classes": len(per_class),
                 "empty_classes": len(empty), **{f"mode.{m}": int((manifest["mode"] == m).sum()) for m in cfg.modes},
-                **audit_counts},
-        task=task.name, overlap=overlap["summary"],
+                **(per_task if len(tasks) > 1 else {}), **audit_counts},
+        task="+".join(t.name for t in tasks), overlap=overlap["summary"],
     )  # fmt: skip
 
 

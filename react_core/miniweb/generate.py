@@ -51,11 +51,11 @@ SPLIT_IDS = {"generic": 1, "kb": 2, "test": 3, "train": 4, "generic-test": 5, "g
 # 4: tasks/miniweb-generic and tasks/miniweb-captions.
 GENERATOR_VERSION = 4
 CAPTIONS_PER_IMAGE = 2
-TASK_NAMES = dict(zip(("fine", "coarse"), MINIWEB_TASKS, strict=True))  # group -> task name (the registry's)
+TASK_NAMES = dict(zip(("fine", "coarse", "extra"), MINIWEB_TASKS, strict=True))  # group -> task (the registry's)
 
 
 def concepts_for(cfg: MiniWebConfig) -> list[Concept]:
-    return make_concepts(cfg.seed, cfg.n_concepts, cfg.fine_grained_classes, cfg.coarse_classes)
+    return make_concepts(cfg.seed, cfg.n_concepts, cfg.fine_grained_classes, cfg.coarse_classes, cfg.extra_classes)
 
 
 def split_concept_ids(cfg: MiniWebConfig, concepts: list[Concept], split: str, n: int) -> np.ndarray:
@@ -282,7 +282,7 @@ def _generate_into(
             df[["key", "url", "caption"]].to_parquet(os.path.join(out_dir, "kb", "urls.parquet"))
             counts["kb.dead_links"] = int(df["dead"].sum())
     for group in (*TASK_NAMES, "generic"):
-        if group != "generic" or cfg.generic_classes:
+        if any(c.group == group for c in concepts) or (group == "generic" and cfg.generic_classes):
             counts.update(_write_task(cfg, concepts, group, out_dir))
     if cfg.caption_test_size:
         counts.update(_write_captions(cfg, concepts, out_dir))

@@ -14,7 +14,7 @@ Everything is a pure function of the seed.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -112,16 +112,18 @@ def _pseudo_word(rng: np.random.Generator) -> str:
     )
 
 
-def make_concepts(seed: int, n_concepts: int, fine: int, coarse: int) -> list[Concept]:
-    """The world's concepts: ``fine`` look-alikes, ``coarse`` distinct ones, the rest generic.
+def make_concepts(seed: int, n_concepts: int, fine: int, coarse: int, extra: int = 0) -> list[Concept]:
+    """The world's concepts: ``fine`` look-alikes, ``coarse`` distinct ones, the rest generic; with ``extra``, that
+    many of the generic ones (evenly spread) form a third target group (``extra``), rare in the generic corpus as
+    the other targets are. ``extra`` = 0 leaves every concept as it was.
 
     Raises:
         ConfigError: if the groups do not fit in ``n_concepts``.
     """
-    if fine + coarse > n_concepts:
+    if fine + coarse + extra > n_concepts:
         raise ConfigError(
-            f"miniweb: fine_grained_classes ({fine}) + coarse_classes ({coarse}) exceed n_concepts ({n_concepts}); "
-            "fix: raise miniweb.n_concepts or lower the task sizes"
+            f"miniweb: fine_grained_classes ({fine}) + coarse_classes ({coarse}) + extra_classes ({extra}) exceed "
+            f"n_concepts ({n_concepts}); fix: raise miniweb.n_concepts or lower the task sizes"
         )
     rng = np.random.default_rng([seed, 7])
     used_names: set[str] = set()
@@ -176,6 +178,9 @@ def make_concepts(seed: int, n_concepts: int, fine: int, coarse: int) -> list[Co
         if (shape, col, col2, pat, bg, count) in identities:
             continue
         add(shape, col, col2, pat, bg, count, float(rng.uniform(0.22, 0.42)) / (1 + 0.25 * (count - 1)), "other")
+    others = [c.id for c in concepts if c.group == "other"]
+    for i in np.linspace(0, len(others) - 1, extra).astype(int) if extra else []:
+        concepts[others[i]] = replace(concepts[others[i]], group="extra")
     return concepts
 
 

@@ -92,6 +92,8 @@ def pretrain_base(
     wall = time.time() - t0
     metrics: dict[str, Any] = {"train_pairs": n, "steps": total, "wall_s": round(wall, 1), "final_loss": loss_val}
     for task in TASK_NAMES.values():
+        if not storage.exists(join(miniweb_uri, "tasks", task, "dataset_info.json")):
+            continue  # miniweb-extra, in a world without a third task
         res = evaluate_zero_shot(model, tokenizer, read_vision_dataset(storage, join(miniweb_uri, "tasks", task)))
         metrics[f"{task}.top1"] = res["accuracy"]
         tracker.log_metrics({f"zeroshot/{task}/top1": res["accuracy"]})

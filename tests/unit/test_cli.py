@@ -82,7 +82,8 @@ def test_an_unknown_target_task_fails_before_any_stage(tmp_path, capsys):
     err = _demo_fails_before_work(tmp_path, capsys, "retrieval.task=no-such-task")
     assert err.count("\n") == 0
     assert (
-        "unknown target task 'no-such-task'; fix: use miniweb-fine, miniweb-coarse, miniweb-generic, imagenet-1k" in err
+        "unknown target task 'no-such-task'; fix: use miniweb-fine, miniweb-coarse, miniweb-extra, miniweb-generic, imagenet-1k"
+        in err
     )
 
 

@@ -169,3 +169,30 @@ def test_forgetting_controls_are_checked_and_join_the_recipe_only_when_set():
     assert "replay" not in plain and "anchor" not in plain  # train stages made before them keep their version
     both = load_config(overrides=["training.replay=0.25", "training.anchor=2"]).training.recipe()
     assert both["replay"] == 0.25 and both["anchor"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["retrieval.tasks=[]"], "retrieval.tasks: an empty list; fix: list the target tasks"),
+        (["retrieval.tasks=[miniweb-fine, miniweb-fine]"], "retrieval.tasks: 'miniweb-fine' is listed 2 times; fix"),
+        (["retrieval.weights=[1, 2]"], "retrieval.weights: shares of retrieval.tasks, which is not set; fix"),
+        (["retrieval.tasks=[miniweb-fine, miniweb-coarse]", "retrieval.weights=[1]"],
+         "retrieval.weights: 1 value(s) for the 2 task(s) of retrieval.tasks; fix: one weight per task"),
+        (["retrieval.tasks=[miniweb-fine, miniweb-coarse]", "retrieval.weights=[1, 0]"],
+         "retrieval.weights: [1.0, 0.0] has a weight <= 0; fix: positive shares"),
+    ],
+)  # fmt: skip
+def test_bad_task_lists_and_weights_are_one_line_naming_the_field_and_the_fix(overrides, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=overrides)
+    (line,) = str(e.value).splitlines()
+    assert expected in line
+
+
+def test_several_tasks_make_one_label_and_keep_single_task_identity():
+    one = load_config().retrieval
+    assert one.target_tasks == ["miniweb-fine"] and "tasks" not in one.identity() and "weights" not in one.identity()
+    two = load_config(overrides=["retrieval.tasks=[miniweb-fine, miniweb-coarse]"]).retrieval
+    assert two.target_tasks == ["miniweb-fine", "miniweb-coarse"] and two.label == "miniweb-fine+miniweb-coarse"
+    assert two.identity()["tasks"] == ["miniweb-fine", "miniweb-coarse"]

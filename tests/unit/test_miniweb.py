@@ -76,7 +76,9 @@ def test_tiny_world_layout_and_counts(tiny_world):
 
 def test_tasks_are_in_vision_datasets_layout(tiny_world):
     cfg, storage, uri = tiny_world
-    for group, name in [*TASK_NAMES.items(), ("generic", MINIWEB_GENERIC)]:
+    targets = [(g, n) for g, n in TASK_NAMES.items() if g != "extra"]  # no third task in the tiny world
+    assert not storage.exists(join(uri, "tasks", TASK_NAMES["extra"]))
+    for group, name in [*targets, ("generic", MINIWEB_GENERIC)]:
         tdir = join(uri, "tasks", name)
         info = storage.read_json(join(tdir, "dataset_info.json"))
         assert info["type"] == "classification_multiclass" and info["format"] == "coco"
@@ -98,7 +100,7 @@ def test_task_images_never_appear_in_the_corpus(tiny_world):
     for split in ("generic", "kb"):
         for shard in storage.ls(join(uri, split, "shards"), "*.tar"):
             corpus |= {hashlib.sha1(s["jpg"]).hexdigest() for s in iter_shard(storage, shard)}
-    for name in (*TASK_NAMES.values(), MINIWEB_GENERIC):
+    for name in (TASK_NAMES["fine"], TASK_NAMES["coarse"], MINIWEB_GENERIC):
         tdir = join(uri, "tasks", name)
         for split in ("test", "train"):
             coco = storage.read_json(join(tdir, f"{split}.json"))
@@ -156,3 +158,40 @@ def test_captions_are_alt_text_with_noise(tiny_world):
     assert 0.6 < kinds["named"] < 0.9
     concepts = json.loads(storage.read_bytes(join(uri, "concepts.json")))
     assert len(concepts) == 24
+
+
+def test_an_extra_target_group_is_rare_in_the_generic_corpus_and_leaves_the_others_as_they_were():
+    plain, extra = make_concepts(0, 60, 16, 12), make_concepts(0, 60, 16, 12, extra=6)
+    moved = [(a, b) for a, b in zip(plain, extra, strict=True) if a != b]
+    assert len(moved) == 6 and all(a.group == "other" and b.group == "extra" for a, b in moved)
+    assert all(a == b.__class__(**{**b.__dict__, "group": "other"}) for a, b in moved)  # only the group changed
+    cfg = load_config(overrides=["miniweb.n_concepts=60", "miniweb.extra_classes=6"]).miniweb
+    ids = split_concept_ids(cfg, concepts_for(cfg), "generic", 20_000)
+    per_concept = {}
+    for g in ("extra", "other"):
+        members = [c.id for c in concepts_for(cfg) if c.group == g]
+        per_concept[g] = np.isin(ids, members).mean() / len(members)
+    assert per_concept["extra"] < 0.1 * per_concept["other"]  # as rare as the targets (target_rate_generic 0.03)
+
+
+def test_a_world_without_an_extra_task_keeps_its_version():
+    from react_core.pipeline import miniweb_stage
+
+    st = Storage("/tmp/unused-root")
+    base = load_config().miniweb
+    assert miniweb_stage(st, base).version == miniweb_stage(st, base.model_copy(update={"extra_classes": 0})).version
+    assert miniweb_stage(st, base).version != miniweb_stage(st, base.model_copy(update={"extra_classes": 4})).version
+
+
+def test_a_world_with_an_extra_task_writes_it_and_preflight_refuses_it_elsewhere(tmp_path):
+    from react_core.preflight import check_miniweb_tasks
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, **{"miniweb.extra_classes": 4, "retrieval.tasks": "[miniweb-fine, miniweb-extra]"})
+    check_miniweb_tasks(cfg)
+    st = Storage(cfg.storage.root)
+    uri = run_miniweb(st, cfg.miniweb, processes=1)
+    data = read_vision_dataset(st, join(uri, "tasks", TASK_NAMES["extra"]), "test")
+    assert len(data.classnames) == 4 and len(data) == 4 * cfg.miniweb.test_per_class
+    with pytest.raises(ConfigError, match=r"retrieval.tasks names miniweb-extra, but miniweb.extra_classes is 0.*fix"):
+        check_miniweb_tasks(tiny_config(tmp_path, **{"retrieval.tasks": "[miniweb-fine, miniweb-extra]"}))

@@ -124,3 +124,37 @@ def test_dedup_captions_and_images_keep_the_better_pair_per_class():
     )
     kept0 = set(out.loc[out["class_id"] == 0, "row"])
     assert kept0 == {1, 2, 3, 4}  # 5 repeats 1, 6 repeats 2 (the better-scoring ones stay)
+
+
+def test_several_tasks_are_retrieved_together_with_their_own_templates_and_namespaced_ids(kb):
+    model, tok, st, emb, idx = kb
+    meta = load_metadata(st, emb)
+    names = meta["caption"].drop_duplicates().iloc[[3, 40, 90, 120]].tolist()
+    a = TaskSpec("task-a", names[:2], ["{}"])
+    b = TaskSpec("task-b", names[2:], ["{}", "a photo of a {}"])
+    cfg = RetrievalConfig(k=5, modes=["t2t"], tasks=["task-a", "task-b"])
+    uri = retrieve(model, tok, st, emb, idx, [a, b], cfg, st.stage("r", {"multi": 1}))
+    m = read_manifest(st, uri)
+    assert set(m["task"]) == {"task-a", "task-b"}
+    assert (m["class_id"] < 2).equals(m["task"] == "task-a")  # task-b's classes are 2 and 3
+    assert m.loc[m["class_id"] == 2, "class_name"].unique().tolist() == [names[2]]
+    counts = st.stage_manifest(uri)["counts"]
+    assert counts["pairs.task-a"] == counts["pairs.task-b"] == len(m) / 2  # equal shares by default
+    assert counts["prompts"] == 2 * 1 + 2 * 2  # each task with its own templates
+    assert set(st.read_json(join(uri, "class_counts.json"))) == {f"task-a/{names[0]}", f"task-a/{names[1]}",
+                                                                    f"task-b/{names[2]}", f"task-b/{names[3]}"}  # fmt: skip
+
+
+def test_task_shares_follow_the_weights_and_trim_round_robin():
+    from react_core.knowledge.retrieve import task_shares
+
+    # task 0: classes 0, 1 with 10 pairs each; task 1: class 2 with 6 pairs
+    hits = pd.DataFrame({"row": range(26), "class_id": [0] * 10 + [1] * 10 + [2] * 6,
+                         "score": np.linspace(1, 0, 26)})  # fmt: skip
+    class_task = np.array([0, 0, 1])
+    equal = task_shares(hits, class_task, [1, 1])
+    assert equal["class_id"].value_counts().to_dict() == {0: 3, 1: 3, 2: 6}  # task 1 (6) bounds task 0 to 6
+    two_to_one = task_shares(hits, class_task, [2, 1])
+    assert two_to_one["class_id"].value_counts().to_dict() == {0: 6, 1: 6, 2: 6}
+    kept = two_to_one[two_to_one["class_id"] == 0]["row"].tolist()
+    assert kept == list(range(6))  # each class keeps its best-scoring pairs
