@@ -73,3 +73,16 @@ def test_the_evaluated_champion_is_the_one_customize_registers():
             preset = load_config(REPO / "deployments" / f"{dep['parameters']['preset']}.yaml")
             name = preset.tracking.registered_model.format(task=preset.retrieval.task)
             assert dep["parameters"]["customized"] == f"models:/{name}@champion"
+
+
+def test_the_elevater_preset_retrieves_for_all_twenty_and_evaluates_them_with_imagenet_as_generic():
+    from react_core.registry import check_task, elevater_datasets
+    from react_core.storage import Storage
+
+    cfg = load_config(REPO / "deployments" / "elevater.yaml")
+    assert cfg.retrieval.target_tasks == elevater_datasets() and len(cfg.retrieval.target_tasks) == 20
+    for name in cfg.retrieval.target_tasks:
+        check_task(Storage(str(REPO)), name)
+    assert set(cfg.evaluation.tasks) == {*elevater_datasets(), "imagenet-1k"}
+    assert cfg.evaluation.generic_tasks == ["imagenet-1k"]
+    assert {d["parameters"]["preset"] for d in DEPLOYMENTS if d["name"] == "elevater"} == {"elevater"}
