@@ -38,6 +38,7 @@ from react_core.models import model_file
 from react_core.models.cache import inference_model
 from react_core.models.gated import set_gate_scale
 from react_core.registry import resolve_task
+from react_core.tracking import make_tracker, metric_key
 
 
 def _ms(values: list[float]) -> str:
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--controls", nargs="+", default=["none"], help="none, or training fields: replay=0.25,anchor=1")
     ap.add_argument("--plot", default=None, help="write the trade-off plot (PNG) here")
     ap.add_argument("--json", default=None, help="write every seed's figures (JSON) here")
+    ap.add_argument("--default", default=None, help="the setting to ring on the plot, as control@lambda")
     ap.add_argument("--rule", action="store_true", help="also choose a (control, lambda) without target labels "
                     "(react_core.evaluation.selection; needs -s training.holdout=0.1) and compare with hindsight")  # fmt: skip
     args = ap.parse_args()
@@ -183,31 +185,52 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump({"base": base_acc, "seeds": args.seeds, "rows": rows}, f, indent=1)
 
+    fig = tradeoff_figure(deltas, args.controls, args.scales, target, full_gain, len(args.seeds), args.default)
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
-        for control in args.controls:
-            pts = [deltas[(control, s)] for s in args.scales]
-            xs = [statistics.mean(d["miniweb-generic"]) for d in pts]
-            ys = [statistics.mean(d[target]) for d in pts]
-            ax.errorbar(xs, ys, xerr=[sd(d["miniweb-generic"]) for d in pts], yerr=[sd(d[target]) for d in pts],
-                        fmt="o-", capsize=3, label=control)  # fmt: skip
-            for s, x, y in zip(args.scales, xs, ys, strict=True):
-                ax.annotate(f"{s:g}", (x, y), textcoords="offset points", xytext=(5, -9), fontsize=7)
-        ax.axvline(-0.02, color="grey", lw=0.6, ls="--")
-        ax.axhline(0.9 * full_gain, color="grey", lw=0.6, ls=":")
-        ax.set_xlabel("change on miniweb-generic (what the base knew)")
-        ax.set_ylabel(f"gain on {target} (the target)")
-        ax.set_title(f"controls (numbers: lambda), {len(args.seeds)} seeds, mean ± sd")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
         print(f"plot: {args.plot}")
+    if cfg.tracking.enabled:  # the trade-off beside the runs it was measured from
+        tracker = make_tracker(cfg.tracking, storage)
+        with tracker.run("forgetting-tradeoff", {"react.bench": "forgetting"}) as t:
+            t.log_params({"controls": args.controls, "scales": args.scales, "seeds": args.seeds,
+                          "default": args.default or ""})  # fmt: skip
+            for (control, scale), d in deltas.items():
+                for task, values in d.items():
+                    t.log_metrics({metric_key("tradeoff", control, f"lambda-{scale:g}", task): statistics.mean(values)})
+            t.log_dict({"base": base_acc, "rows": [{"control": c, "lambda": s, **d} for (c, s), d in deltas.items()]},
+                       "forgetting.json")  # fmt: skip
+            t.log_figure(fig, "forgetting-tradeoff.png")
+            print(f"MLflow: run {t.run_id} ({cfg.tracking.experiment})")
+
+
+def tradeoff_figure(deltas, controls, scales, target: str, full_gain: float, n_seeds: int, default: str | None):
+    """Target gain against generic change: a line per control, a point per lambda (mean, ± sd over seeds); the
+    goal's corner (-0.02 generic, 90 % of the gain) dashed; ``default`` ("control@lambda") ringed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0
+    for control in controls:
+        pts = [deltas[(control, s)] for s in scales]
+        xs = [statistics.mean(d["miniweb-generic"]) for d in pts]
+        ys = [statistics.mean(d[target]) for d in pts]
+        ax.errorbar(xs, ys, xerr=[sd(d["miniweb-generic"]) for d in pts], yerr=[sd(d[target]) for d in pts],
+                    fmt="o-", capsize=3, label=control, markersize=4)  # fmt: skip
+        for s, x, y in zip(scales, xs, ys, strict=True):
+            ax.annotate(f"{s:g}", (x, y), textcoords="offset points", xytext=(5, -9), fontsize=6)
+            if default == f"{control}@{s:g}":
+                ax.plot([x], [y], "o", ms=14, mfc="none", mec="black", label=f"default: {control}, lambda {s:g}")
+    ax.axvline(-0.02, color="grey", lw=0.6, ls="--")
+    ax.axhline(0.9 * full_gain, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("change on miniweb-generic (what the base knew)")
+    ax.set_ylabel(f"gain on {target} (the target)")
+    ax.set_title(f"forgetting controls (numbers: lambda), {n_seeds} seeds, mean ± sd")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 if __name__ == "__main__":
