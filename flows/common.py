@@ -97,8 +97,10 @@ def evaluate_models(
     tracking: TrackingConfig,
     miniweb_uri: str | None,
     parent_run_id: str | None = None,
+    registered_scale: float | None = None,
 ) -> str:
-    """One task per (model, dataset), then the report. Called from a flow."""
+    """One task per (model, dataset), then the report. Called from a flow. The customized model is evaluated at
+    ``evaluation.gate_scale``, else ``registered_scale`` (a registered version's lambda), else 1."""
     # Each task gets the config narrowed to its dataset, so its cache key does not change when another
     # dataset is added. The tasks run one after the other in the flow's thread, not mapped onto a thread pool:
     # each decodes in DataLoader worker processes, and PyTorch watches those from the main thread only (its
@@ -107,9 +109,10 @@ def evaluate_models(
     per_dataset = [cfg.model_copy(update={"tasks": [d], "locations": {k: v for k, v in cfg.locations.items() if k == d}})
                    for d in cfg.tasks]  # fmt: skip
     # evaluation.gate_scale is the customized model's lambda; the base is the base.
+    scale = cfg.customized_scale(registered_scale)
     results = {
         label: [t.evaluate_dataset(storage, model, ckpt, one, name, miniweb_uri, label=label,
-                                   gate_scale=cfg.gate_scale if label == "customized" else 1.0)
+                                   gate_scale=scale if label == "customized" else 1.0)
                 for one, name in zip(per_dataset, cfg.tasks, strict=True)]
         for label, ckpt in checkpoints.items()
     }  # fmt: skip

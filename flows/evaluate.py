@@ -28,11 +28,11 @@ def evaluate(
     with tracked(config, "evaluate") as out:
         parent = out["mlflow_run_id"]
         miniweb_uri, base = miniweb_and_base(config, parent)
-        customized = resolve_model(config, customized)
+        customized, registered_scale = resolve_model(config, customized)
         checkpoints = {"base": base} if customized is None else {"base": base, "customized": customized}
         out["evaluate"] = evaluated = evaluate_models(
             config.storage, config.model, checkpoints, config.evaluation, config.tracking, miniweb_uri,
-            parent_run_id=parent,
+            parent_run_id=parent, registered_scale=registered_scale,
         )  # fmt: skip
         out["table"] = t.report(config.storage, evaluated)
     return out

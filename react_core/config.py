@@ -464,13 +464,21 @@ class EvaluationConfig(_Section):
     batch_size: int = Field(256, ge=1, description="images per encoding batch")
     num_workers: int = Field(2, ge=0, description="image-decoding DataLoader workers")
     split: str = Field("test", description="split evaluated zero-shot")
-    gate_scale: float = Field(
-        1.0,
+    gate_scale: float | None = Field(
+        None,
         ge=0,
         le=1,
         description="lambda: the customized model's gated blocks' output times this at inference; 0 is exactly the "
-        "base model, 1 as trained (trades target gain for what the base knew; README 'Forgetting')",
+        "base model, 1 as trained (trades target gain for what the base knew; README 'Forgetting'); the registered "
+        "version keeps it; null: a registered version's own (models:/NAME@ALIAS), else 1",
     )
+
+    def customized_scale(self, registered: float | None = None) -> float:
+        """The lambda the customized model is evaluated at: ``gate_scale``, else the registered version's, else 1."""
+        if self.gate_scale is not None:
+            return self.gate_scale
+        return 1.0 if registered is None else registered
+
     linear_probe: LinearProbeConfig = Field(default_factory=LinearProbeConfig)
 
     @field_validator("generic")

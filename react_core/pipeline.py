@@ -519,7 +519,12 @@ def run_register(
         return None
     task = config.retrieval.label
     name = template.format(task=task)
-    existing = tracker.find_version(name, "react.train_stage", train)
+    # A version is a trained model at one lambda (evaluation.gate_scale): the same train stage at another lambda
+    # is another version. Versions registered before lambda existed have no react.gate_scale tag: lambda 1.
+    lam = config.evaluation.gate_scale if config.evaluation.gate_scale is not None else 1.0
+    existing = tracker.find_version(name, {"react.train_stage": train, "react.gate_scale": f"{lam:g}"})
+    if existing is None and lam == 1.0:
+        existing = tracker.find_version(name, {"react.train_stage": train, "react.gate_scale": None})
     if existing is not None:
         return {"name": name, "version": existing, "champion": None, "new": False}
     producer = tracker.stage_producer(train)
@@ -528,7 +533,8 @@ def run_register(
         return None
     table = result.get("table") or {}
     tags = {"react.train_stage": train, "react.model_file": model_file(train), "react.model": config.model.name,
-            "react.task": task, "react.evaluate_stage": str(result.get("evaluate") or "")}  # fmt: skip
+            "react.task": task, "react.evaluate_stage": str(result.get("evaluate") or ""),
+            "react.gate_scale": f"{lam:g}"}  # fmt: skip
     for dataset, row in table.items():
         for col in ("base", "customized", "delta"):
             tags[f"{dataset}/{row['metric']}/{col}"] = f"{row[col]:.4f}"
@@ -540,7 +546,7 @@ def run_register(
     lines += [f"| {d} | {r['metric']} | {r['base']:.4f} | {r['customized']:.4f} | {r['delta']:+.4f} |"
               for d, r in sorted(table.items())]  # fmt: skip
     files = {"model.json": {**storage.read_json(join(train, "model.json")), "checkpoint": model_file(train),
-                            "architecture": config.model.name},
+                            "architecture": config.model.name, "gate_scale": lam},
              "evaluation.json": table}  # fmt: skip
     version = tracker.register(name, producer, files, tags, "\n".join(lines))
     if version is None:
@@ -558,8 +564,14 @@ def run_register(
 def resolve_model(customized: str | None, tracker: Tracker | None) -> str | None:
     """A checkpoint URI, or a registered model as ``models:/{name}@{alias}`` (``models:/react-imagenet-1k@champion``)
     resolved to the checkpoint its version records."""
+    return resolve_registered(customized, tracker)[0]
+
+
+def resolve_registered(customized: str | None, tracker: Tracker | None) -> tuple[str | None, float | None]:
+    """(checkpoint, lambda) of :func:`resolve_model`: a registered version's gate scale (``react.gate_scale``; 1 for
+    versions registered before it), None for a plain checkpoint URI."""
     if not customized or not customized.startswith("models:/"):
-        return customized
+        return customized, None
     name, sep, alias = customized[len("models:/") :].partition("@")
     tags = tracker.alias_tags(name, alias) if (tracker is not None and sep) else None
     if not tags or "react.model_file" not in tags:
@@ -568,4 +580,4 @@ def resolve_model(customized: str | None, tracker: Tracker | None) -> str | None
             + ("" if sep else " (give one: models:/NAME@ALIAS)")
             + "; fix: run customize first, or name a checkpoint URI"
         )
-    return tags["react.model_file"]
+    return tags["react.model_file"], float(tags.get("react.gate_scale", "1"))

@@ -41,6 +41,10 @@ def metric_key(*parts: str) -> str:
     return "/".join(re.sub(r"[^\w\-. ]", "_", p) for p in parts)
 
 
+def _matches(tags: Mapping[str, str], match: Mapping[str, str | None]) -> bool:
+    return all(tags.get(k) == v for k, v in match.items())
+
+
 class Tracker:
     """No-op base; subclasses record."""
 
@@ -101,8 +105,8 @@ class Tracker:
 
     def set_alias(self, name: str, alias: str, version: str) -> None: ...
 
-    def find_version(self, name: str, tag: str, value: str) -> str | None:
-        """The version of ``name`` whose tag ``tag`` is ``value`` (None: none)."""
+    def find_version(self, name: str, match: Mapping[str, str | None]) -> str | None:
+        """The first version of ``name`` whose tags are as ``match`` says (a None value: the tag is absent)."""
         return None
 
 
@@ -175,9 +179,9 @@ class MemoryTracker(Tracker):
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.registry[name]["aliases"][alias] = version
 
-    def find_version(self, name: str, tag: str, value: str) -> str | None:
+    def find_version(self, name: str, match: Mapping[str, str | None]) -> str | None:
         versions = self.registry.get(name, {"versions": []})["versions"]
-        return next((str(i + 1) for i, v in enumerate(versions) if v["tags"].get(tag) == value), None)
+        return next((str(i + 1) for i, v in enumerate(versions) if _matches(v["tags"], match)), None)
 
 
 class MLflowTracker(Tracker):
@@ -297,12 +301,13 @@ class MLflowTracker(Tracker):
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self._client().set_registered_model_alias(name, alias, version)
 
-    def find_version(self, name: str, tag: str, value: str) -> str | None:
+    def find_version(self, name: str, match: Mapping[str, str | None]) -> str | None:
         try:
             versions = self._client().search_model_versions(f"name = '{name}'")
         except self._mlflow.exceptions.MlflowException:
             return None
-        return next((str(v.version) for v in versions if v.tags.get(tag) == value), None)
+        return next((str(v.version) for v in sorted(versions, key=lambda v: int(v.version))
+                     if _matches(v.tags, match)), None)  # fmt: skip
 
     def stage_producer(self, stage_uri: str) -> str | None:
         found = self._client().search_runs(

@@ -40,9 +40,10 @@ def register_model(config: ReactConfig, result: dict) -> dict | None:
 
 
 @task(name="resolve-model", cache_policy=None, persist_result=False)
-def resolve_model(config: ReactConfig, customized: str | None) -> str | None:
-    """A checkpoint URI as given, or ``models:/{name}@{alias}`` resolved through the MLflow registry."""
-    return pipeline.resolve_model(customized, tracker_of(config.tracking, storage_of(config.storage)))
+def resolve_model(config: ReactConfig, customized: str | None) -> tuple[str | None, float | None]:
+    """(checkpoint, lambda): a checkpoint URI as given (lambda None), or ``models:/{name}@{alias}`` resolved through
+    the MLflow registry to its checkpoint and the gate scale it was registered with."""
+    return pipeline.resolve_registered(customized, tracker_of(config.tracking, storage_of(config.storage)))
 
 
 @task(name="publish", cache_policy=None, persist_result=False)

@@ -157,6 +157,21 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     with pytest.raises(Exception, match="no version of registered model 'react-nothing' has the alias 'champion'"):
         evaluate(config=cfg, customized="models:/react-nothing@champion")
 
+    # A lambda is part of the registered version: the same model at lambda 0.5 is a new version, and evaluating
+    # that version by its alias evaluates it at 0.5 without being told.
+    halved = customize(config=tiny_config(tmp_path / "root", **{"evaluation.gate_scale": 0.5}))
+    assert halved["train"] == first["train"] and halved["registered"]["new"]
+    scaled = client.get_model_version_by_alias(name, "candidate")
+    assert scaled.tags["react.gate_scale"] == "0.5" and scaled.tags["react.train_stage"] == first["train"]
+    again = evaluate(config=cfg, customized=f"models:/{name}@candidate")
+    assert again["table"]["miniweb-fine"]["customized"] == pytest.approx(
+        float(scaled.tags["miniweb-fine/accuracy/customized"]), abs=1e-4
+    )
+    assert again["table"]["miniweb-fine"]["customized"] == pytest.approx(
+        halved["table"]["miniweb-fine"]["customized"], abs=1e-6
+    )
+    assert "customized: gate scale (lambda) 0.5" in st.read_bytes(join(again["evaluate"], "table.md")).decode()
+
     # A flow that fails ends its parent run FAILED (it was FINISHED 0.1 s after starting, whatever happened).
     with pytest.raises(Exception, match="min_per_class"):
         customize(config=tiny_config(tmp_path / "root", **{"retrieval.min_per_class": 100000}))
