@@ -101,3 +101,16 @@ def test_the_customize_flow_replays_and_anchors_when_asked(prefect_harness, tmp_
     )
     summary = st.read_json(join(out["train"], "model.json"))
     assert summary["replay_per_batch"] == round(0.25 * summary["global_batch"])
+
+
+def test_held_out_pairs_are_kept_out_of_training(tiny_chain):
+    from react_core.data import held_out, load_labelled_pairs
+
+    st = tiny_chain["storage"]
+    shards = downloaded_shards(st, tiny_chain["download"])
+    _, _, keys, _ = load_labelled_pairs(st, shards, 32)
+    mask = held_out(keys, 0.3)
+    assert 0 < mask.sum() < len(keys)
+    assert (held_out(keys, 0.3) == mask).all()  # the same pairs every time
+    summary = train(_job(tiny_chain, "holdout", epochs=1, holdout=0.3), progress=False)
+    assert summary["pairs"] == len(keys) - int(mask.sum())
