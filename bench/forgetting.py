@@ -46,9 +46,10 @@ def _ms(values: list[float]) -> str:
 
 
 def parse_control(text: str) -> dict[str, float]:
-    """``none`` -> {}; ``replay=0.25,anchor=1`` -> {"replay": 0.25, "anchor": 1.0} (training fields)."""
+    """``none`` -> plain gated-image (no replay, no anchoring, whatever the preset says); ``replay=0.25,anchor=1`` ->
+    {"replay": 0.25, "anchor": 1.0} (training fields; the others as the preset has them)."""
     if text == "none":
-        return {}
+        return {"replay": 0.0, "anchor": 0.0}
     out = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
