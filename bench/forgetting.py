@@ -46,11 +46,11 @@ def _ms(values: list[float]) -> str:
 
 
 def parse_control(text: str) -> dict[str, float]:
-    """``none`` -> plain gated-image (no replay, no anchoring, whatever the preset says); ``replay=0.25,anchor=1`` ->
-    {"replay": 0.25, "anchor": 1.0} (training fields; the others as the preset has them)."""
+    """``none`` -> plain gated-image; ``replay=0.25,anchor=1`` -> {"replay": 0.25, "anchor": 1.0} (training
+    fields). The forgetting controls a control does not name are off, whatever the preset says."""
+    out = {"replay": 0.0, "anchor": 0.0}
     if text == "none":
-        return {"replay": 0.0, "anchor": 0.0}
-    out = {}
+        return out
     for part in text.split(","):
         key, _, value = part.partition("=")
         out[key.strip()] = float(value)
