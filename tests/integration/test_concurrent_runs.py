@@ -29,8 +29,8 @@ def test_two_processes_on_one_fresh_root_both_succeed_with_the_same_results(tmp_
     outs = [p.communicate(timeout=900)[0] for p in procs]
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
-    tables = [re.findall(r"^miniweb-\S+ +[\d.]+ +[\d.]+ +[-+][\d.]+$", out, re.MULTILINE) for out in outs]
-    assert len(tables[0]) == 2 and tables[0] == tables[1]
+    tables = [re.findall(r"^miniweb-\S+ +\w+ +\w+ +[\d.]+ +[\d.]+ +[-+][\d.]+$", out, re.MULTILINE) for out in outs]
+    assert len(tables[0]) == 4 and tables[0] == tables[1]  # fine, coarse, generic, captions
     models = [re.search(r"customized model: (\S+)", out).group(1) for out in outs]
     assert models[0] == models[1]
     assert len(os.listdir(tmp_path / "root" / "train")) == 1  # one stage, built once
