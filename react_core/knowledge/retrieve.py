@@ -84,17 +84,19 @@ def select(
     classnames: Sequence[str] | None = None,
     image_embeddings: Callable[[np.ndarray], np.ndarray] | None = None,
     captions: Callable[[np.ndarray], Sequence[str]] | None = None,
+    pair_scores: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """From raw hits (row, score, prompt_id, mode, class_id) to the selected pairs, in this order:
 
     1. ``min_similarity``; 2. one hit per (pair, class): its best prompt and mode; 3. the cross-class
     policy (``best``: a pair found for several classes stays with its best; ``drop``: it goes);
     4. ``dedup_captions`` / ``dedup_images`` within each class (the better-scoring pair stays);
-    5. ``per_class_cap``; 6. ``balance``; 7. ``target_size``, exact, trimmed round-robin over classes.
+    5. the pair-score filters ``min_pair_score`` and ``pair_score_top`` (each pair's own image-caption CLIP score);
+    6. ``per_class_cap``; 7. ``balance``; 8. ``target_size``, exact, trimmed round-robin over classes.
 
-    ``image_embeddings(rows)`` and ``captions(rows)`` supply what the dedup steps need.
+    ``image_embeddings(rows)``, ``captions(rows)`` and ``pair_scores(rows)`` supply what steps 4 and 5 need.
     """
-    return finalize(candidates(hits, cfg), cfg, classnames, image_embeddings, captions)
+    return finalize(candidates(hits, cfg), cfg, classnames, image_embeddings, captions, pair_scores)
 
 
 def candidates(hits: pd.DataFrame, cfg: RetrievalConfig) -> pd.DataFrame:
@@ -114,8 +116,9 @@ def finalize(
     classnames: Sequence[str] | None = None,
     image_embeddings: Callable[[np.ndarray], np.ndarray] | None = None,
     captions: Callable[[np.ndarray], Sequence[str]] | None = None,
+    pair_scores: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """Steps 4-7 of :func:`select` on :func:`candidates`' output."""
+    """Steps 4-8 of :func:`select` on :func:`candidates`' output."""
     if cfg.dedup_captions:
         if captions is None:
             raise ValueError("dedup_captions needs the captions")
@@ -131,6 +134,8 @@ def finalize(
             idx = np.flatnonzero(cls == c)  # already best first
             drop[idx[near_duplicate_rows(emb[idx], cfg.dedup_images)]] = True
         hits = hits[~drop]
+    if cfg.min_pair_score is not None or cfg.pair_score_top is not None:
+        hits = filter_pair_scores(hits, cfg, pair_scores)
     if cfg.per_class_cap is not None:
         hits = hits.groupby("class_id", sort=False).head(cfg.per_class_cap)
     if cfg.balance and len(hits):
@@ -152,6 +157,25 @@ def finalize(
                 "retrieval.k, add synonyms for those classes, or lower min_per_class"
             )
     return out
+
+
+def filter_pair_scores(
+    hits: pd.DataFrame, cfg: RetrievalConfig, pair_scores: Callable[[np.ndarray], np.ndarray] | None
+) -> pd.DataFrame:
+    """Step 5 of :func:`select`: ``min_pair_score`` (an absolute CLIP-score threshold, as the paper's Table 12),
+    then ``pair_score_top`` (each class's best-agreeing share, at least one pair per non-empty class). The score
+    is of the pair itself, its image against its caption, not of the prompt that found it."""
+    if pair_scores is None:
+        raise ValueError("the pair-score filters need the pairs' image-caption scores")
+    scores = np.asarray(pair_scores(hits["row"].to_numpy()), dtype=np.float32)
+    hits = hits.assign(_pair=scores)
+    if cfg.min_pair_score is not None:
+        hits = hits[hits["_pair"] >= cfg.min_pair_score]
+    if cfg.pair_score_top is not None and len(hits):
+        keep = np.ceil(hits.groupby("class_id", sort=False)["_pair"].transform("size") * cfg.pair_score_top)
+        rank = hits.groupby("class_id", sort=False)["_pair"].rank(method="first", ascending=False)
+        hits = hits[rank <= keep]
+    return hits.drop(columns="_pair")
 
 
 def task_shares(chosen: pd.DataFrame, class_task: np.ndarray, weights: Sequence[float]) -> pd.DataFrame:
@@ -233,13 +257,19 @@ def retrieve(
     embeddings = _CandidateEmbeddings(storage, embed_uri, cands["row"].to_numpy())
     meta = _CandidateMetadata(storage, embed_uri, cands["row"].to_numpy())
     cands, findings, overlap = _audit(model, embeddings, meta, cands, cfg, audit_sets)
+    texts = _CandidateEmbeddings(storage, embed_uri, cands["row"].to_numpy(), kind="text")
     chosen = finalize(
         cands, cfg, classnames,
         image_embeddings=embeddings,
         captions=lambda r: meta(r)["caption"].to_numpy(),
+        pair_scores=lambda r: np.einsum("nd,nd->n", embeddings(r).astype(np.float32), texts(r).astype(np.float32)),
     )  # fmt: skip
     if len(tasks) > 1:
         chosen = task_shares(chosen, class_task, cfg.weights or [1.0] * len(tasks))
+    if cfg.random_control:
+        return _write(
+            storage, stage, random_control(storage, embed_uri, len(chosen)), tasks, cfg, overlap, len(prompts)
+        )
     manifest = _manifest(chosen, meta(chosen["row"].to_numpy()), classnames, prompts)
     if len(tasks) > 1:
         manifest["task"] = [tasks[t].name for t in class_task[manifest["class_id"].to_numpy()]]
@@ -248,6 +278,30 @@ def retrieve(
         manifest["overlap"] = flagged["overlap"].fillna(False).to_numpy(bool)
         manifest["overlap_similarity"] = flagged["overlap_similarity"].to_numpy(np.float32)
     return _write(storage, stage, manifest, tasks, cfg, overlap, len(prompts))
+
+
+def random_control(storage: Storage, embed_uri: str, n: int) -> pd.DataFrame:
+    """The random control's manifest (``retrieval.random_control``): ``n`` knowledge-base pairs drawn uniformly, the
+    same draw for the same ``n`` (seeded by it), no class (``class_id`` -1, ``mode`` random). As many pairs as the
+    search chose, so a model trained on them differs from REACT's only by what retrieval picked."""
+    total = metadata_rows(storage, embed_uri)
+    rows = np.sort(np.random.default_rng([n, 0xC0]).choice(total, size=min(n, total), replace=False))
+    meta = load_metadata_rows(storage, embed_uri, rows)
+    return pd.DataFrame(
+        {
+            "url": meta["url"] if "url" in meta else pd.Series([None] * len(meta), dtype=object),
+            "caption": meta["caption"],
+            "key": meta["key"],
+            "class_id": np.full(len(meta), -1, np.int64),
+            "class_name": "",
+            "score": np.full(len(meta), np.nan, np.float32),
+            "mode": "random",
+            "prompt": "",
+            "shard": meta["shard"],
+            "offset": meta["offset"],
+        },
+        columns=MANIFEST_COLUMNS,
+    )
 
 
 def _manifest(
@@ -292,6 +346,8 @@ def _write(
             manifest["class_id"].between(offset, offset + len(task.classnames) - 1).sum()
         )
         offset += len(task.classnames)
+    if cfg.random_control:  # no classes: one count, of the draw
+        per_class, per_task = {"(random control)": len(manifest)}, {}
     empty = [n for n, v in per_class.items() if v == 0]
     if empty:
         _logger.warning("no pairs retrieved for %d class(es): %s", len(empty), ", ".join(empty[:20]))
@@ -304,6 +360,7 @@ def _write(
     return stage.complete(
         counts={"pairs": len(manifest), "prompts": n_prompts, "classes": len(per_class),
                 "empty_classes": len(empty), **{f"mode.{m}": int((manifest["mode"] == m).sum()) for m in cfg.modes},
+                **({"random_control": 1} if cfg.random_control else {}),
                 **(per_task if len(tasks) > 1 else {}), **audit_counts},
         task="+".join(t.name for t in tasks), overlap=overlap["summary"],
     )  # fmt: skip
@@ -322,16 +379,17 @@ class _CandidateMetadata:
 
 
 class _CandidateEmbeddings:
-    """Image embeddings of the candidate rows, read from the embed stage once (on first use) for both the
-    overlap audit and ``dedup_images``: at LAION scale that is millions of rows, not worth reading twice."""
+    """Image (or ``kind="text"``: caption) embeddings of the candidate rows, read from the embed stage once (on
+    first use) for the overlap audit, ``dedup_images`` and the pair scores: at LAION scale that is millions of rows,
+    not worth reading twice."""
 
-    def __init__(self, storage: Storage, embed_uri: str, rows: np.ndarray) -> None:
-        self.storage, self.embed_uri, self.rows = storage, embed_uri, np.unique(rows)
+    def __init__(self, storage: Storage, embed_uri: str, rows: np.ndarray, kind: str = "img") -> None:
+        self.storage, self.embed_uri, self.rows, self.kind = storage, embed_uri, np.unique(rows), kind
         self.emb: np.ndarray | None = None
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         if self.emb is None:
-            self.emb = load_rows(self.storage, self.embed_uri, self.rows)
+            self.emb = load_rows(self.storage, self.embed_uri, self.rows, self.kind)
         return self.emb[np.searchsorted(self.rows, rows)]
 
 

@@ -158,3 +158,58 @@ def test_task_shares_follow_the_weights_and_trim_round_robin():
     assert two_to_one["class_id"].value_counts().to_dict() == {0: 6, 1: 6, 2: 6}
     kept = two_to_one[two_to_one["class_id"] == 0]["row"].tolist()
     assert kept == list(range(6))  # each class keeps its best-scoring pairs
+
+
+def test_pair_score_filters_keep_the_pairs_whose_image_and_caption_agree():
+    agree = {1: 0.9, 2: 0.1, 3: 0.5, 4: 0.3, 5: 0.8, 6: 0.2, 7: 0.35, 8: 0.31, 9: 0.05}
+    scores = lambda rows: np.array([agree[r] for r in rows])
+    out = select(policy_hits(), RetrievalConfig(min_pair_score=0.3), pair_scores=scores)
+    assert set(out["row"]) == {1, 3, 4, 5, 7, 8}  # class 2's only pair (0.05) goes: a class may empty
+    # keep-top: ceil(share x class size) per class, by pair score, not by retrieval score
+    out = select(policy_hits(), RetrievalConfig(pair_score_top=0.5), pair_scores=scores)
+    by_class = out.groupby("class_id")["row"].apply(set).to_dict()
+    assert by_class == {0: {1, 5, 3}, 1: {7}, 2: {9}}  # class 0: 3 of 6; class 1: 1 of 2 (7: 0.35 > 8: 0.31)
+    both = select(policy_hits(), RetrievalConfig(min_pair_score=0.3, pair_score_top=0.5), pair_scores=scores)
+    assert set(both["row"]) == {1, 5, 7}  # the threshold first (class 0 keeps 1, 3, 4, 5), then the top half
+    with pytest.raises(ValueError, match="pair-score filters need"):
+        select(policy_hits(), RetrievalConfig(min_pair_score=0.3))
+
+
+def test_pair_scores_are_each_pairs_own_image_caption_cosine(kb):
+    model, tok, st, emb, idx = kb
+    task = TaskSpec("t", ["red thing", "blue thing"], ["a photo of a {}.", "{}"])
+    plain = read_manifest(st, retrieve(model, tok, st, emb, idx, task, RetrievalConfig(k=8), st.stage("r", {"a": 3})))
+    top = read_manifest(
+        st, retrieve(model, tok, st, emb, idx, task, RetrievalConfig(k=8, pair_score_top=0.5), st.stage("r", {"a": 4}))
+    )
+    meta = load_metadata(st, emb)
+    where = {k: i for i, k in enumerate(meta["key"])}
+    img, txt = load_embeddings(st, emb, "img").astype(np.float32), load_embeddings(st, emb, "text").astype(np.float32)
+    own = {k: float(img[where[k]] @ txt[where[k]]) for k in plain["key"]}
+    for c, group in plain.groupby("class_id"):
+        expect = sorted(group["key"], key=lambda k: -own[k])[: int(np.ceil(len(group) * 0.5))]
+        assert set(top.loc[top["class_id"] == c, "key"]) == set(expect)
+
+
+def test_the_random_control_draws_as_many_pairs_without_classes(kb):
+    model, tok, st, emb, idx = kb
+    task = TaskSpec("t", ["red thing", "blue thing"], ["a photo of a {}.", "{}"])
+    searched = read_manifest(
+        st, retrieve(model, tok, st, emb, idx, task, RetrievalConfig(k=8), st.stage("r", {"a": 5}))
+    )
+    uri = retrieve(model, tok, st, emb, idx, task, RetrievalConfig(k=8, random_control=True), st.stage("r", {"a": 6}))
+    control = read_manifest(st, uri)
+    assert len(control) == len(searched) and control["key"].is_unique
+    assert (control["class_id"] == -1).all() and (control["mode"] == "random").all()
+    assert set(control["key"]) != set(searched["key"])
+    counts = st.stage_manifest(uri)["counts"]
+    assert counts["random_control"] == 1 and counts["pairs"] == len(control)
+    again = retrieve(model, tok, st, emb, idx, task, RetrievalConfig(k=8, random_control=True), st.stage("r", {"a": 7}))
+    assert read_manifest(st, again)["key"].tolist() == control["key"].tolist()  # the same draw for the same size
+
+
+def test_new_retrieval_fields_leave_existing_stage_versions_alone():
+    plain = RetrievalConfig().identity()
+    assert not {"min_pair_score", "pair_score_top", "random_control"} & set(plain)
+    assert RetrievalConfig(pair_score_top=0.5).identity()["pair_score_top"] == 0.5
+    assert RetrievalConfig(random_control=True).identity()["random_control"] is True
