@@ -221,6 +221,19 @@ class RetrievalConfig(_Section):
     dedup_images: float | None = Field(
         None, gt=0, le=1, description="image-embedding cosine at or above which two pairs of a class are one"
     )
+    min_pair_score: float | None = Field(
+        None, description="drop pairs whose own image and caption score below this CLIP score (cosine of the "
+        "knowledge base's image and text embeddings; the paper's Table 12 uses 0.30 and 0.32 for CLIP ViT-B/32); "
+        "null: no filter",
+    )  # fmt: skip
+    pair_score_top: float | None = Field(
+        None, gt=0, le=1, description="keep this share of each class's pairs, those whose image and caption agree "
+        "best (CLIP score; a DataComp-style keep-top filter, independent of the model's score scale); null: all",
+    )  # fmt: skip
+    random_control: bool = Field(
+        False, description="the random control: replace the retrieved pairs by as many knowledge-base pairs drawn "
+        "uniformly (no class); training on them shows what training alone does, without retrieval",
+    )  # fmt: skip
     target_size: int | None = Field(None, ge=1, description="exact total pairs, trimmed round-robin over classes")
     min_per_class: int = Field(0, ge=0, description="fail when a class ends with fewer pairs")
     audit: OverlapAuditConfig = Field(default_factory=OverlapAuditConfig)
@@ -270,11 +283,12 @@ class RetrievalConfig(_Section):
         return "+".join(self.target_tasks)
 
     def identity(self) -> dict[str, Any]:
-        """The retrieve stage's config identity: ``tasks`` and ``weights`` only when set, so single-task
-        retrieve stages made before they existed keep their versions."""
+        """The retrieve stage's config identity: the fields added after the first release (``tasks``, ``weights``,
+        the pair-score filters, ``random_control``) only when set, so retrieve stages made before they existed keep
+        their versions."""
         out = self.model_dump(mode="json")
-        for k in ("tasks", "weights"):
-            if out[k] is None:
+        for k in ("tasks", "weights", "min_pair_score", "pair_score_top", "random_control"):
+            if out[k] in (None, False):
                 del out[k]
         return out
 
@@ -370,9 +384,11 @@ OPERATIONAL_TRAINING_FIELDS = frozenset(
 
 
 class TrainingConfig(_Section):
-    mode: Literal["gated-image", "locked-text"] = Field(
+    mode: Literal["gated-image", "locked-text", "full", "locked-image", "gated-image+text"] = Field(
         "gated-image",
-        description="gated-image: train new gated blocks in the frozen image tower; locked-text: the whole image tower",
+        description="what trains (the paper's Table 7): gated-image: new gated blocks in the frozen image tower "
+        "(REACT's default); locked-text: the whole image tower; full: both towers; locked-image: the text tower "
+        "alone (LiT); gated-image+text: the gated blocks and the text tower",
     )
     gated_layers: int = Field(6, ge=1, description="insert gated blocks before each of the last k image blocks")
     loss: Literal["clip", "unicl"] = Field("clip", description="unicl: pairs retrieved for one class are positives")
@@ -395,6 +411,15 @@ class TrainingConfig(_Section):
     anchor: float = Field(
         0.0, ge=0, description="weight of the anchoring penalty: squared distance between the customized and the "
         "base model's image features on the replayed images (needs training.replay > 0); 0: none",
+    )  # fmt: skip
+    subset: float = Field(
+        1.0, gt=0, le=1, description="share of the retrieved pairs trained on, chosen by key so that a smaller "
+        "share lies inside a larger one (the paper's retrieval-size curve without retrieving again; with "
+        "training.steps fixed, as the paper adjusts epochs); 1: all",
+    )  # fmt: skip
+    steps: int | None = Field(
+        None, ge=1, description="optimisation steps in all (the passes over the pairs follow from it); null: "
+        "training.epochs passes",
     )  # fmt: skip
     holdout: float = Field(
         0.0, ge=0, lt=1, description="share of the retrieved pairs kept out of training (chosen by key), on which "
@@ -422,8 +447,8 @@ class TrainingConfig(_Section):
         """What the trained weights depend on (the train stage's version). The forgetting controls count only when
         set, so every train stage made before they existed keeps its version."""
         out = {k: v for k, v in self.model_dump(mode="json").items() if k not in OPERATIONAL_TRAINING_FIELDS}
-        for k in ("replay", "anchor", "holdout"):
-            if out[k] == 0:
+        for k, unset in (("replay", 0), ("anchor", 0), ("holdout", 0), ("subset", 1), ("steps", None)):
+            if out[k] == unset:
                 del out[k]
         return out
 

@@ -46,7 +46,7 @@ from react_core.knowledge.retrieve import read_manifest, retrieve
 from react_core.miniweb.generate import GENERATOR_VERSION, generate
 from react_core.models import model_file
 from react_core.models.cache import cached_model, inference_model
-from react_core.models.gated import set_gate_scale
+from react_core.models.gated import TEXT_MODES, set_gate_scale
 from react_core.registry import resolve_task
 from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker, log_stage, stage_run
@@ -373,11 +373,14 @@ def run_train(
         t.log_params({"training": training.model_dump(mode="json")})
         if stage.done:
             return stage.uri
-        text = run_text_features(storage, model, checkpoint, download_uri) if shards else ""
+        # The captions' features, unless the text tower trains (then the trainer encodes their tokens each step).
+        frozen_text = training.mode not in TEXT_MODES
+        text = run_text_features(storage, model, checkpoint, download_uri) if shards and frozen_text else ""
         replay = None
         if replay_input:
             replay_shards = downloaded_shards(storage, replay_uri)
-            replay = (replay_shards, run_text_features(storage, model, checkpoint, replay_uri) if replay_shards else "")
+            replay = (replay_shards, run_text_features(storage, model, checkpoint, replay_uri)
+                      if replay_shards and frozen_text else "")  # fmt: skip
         return customize(model.name, checkpoint, training, storage, shards, stage, text, t, progress=False,
                          download_uri=download_uri, replay=replay)  # fmt: skip
 

@@ -114,6 +114,16 @@ def held_out(keys: Sequence[str], share: float) -> np.ndarray:
     return np.array([zlib.crc32(k.encode()) / 2**32 < share for k in keys], dtype=bool)
 
 
+def training_subset(keys: Sequence[str], share: float, holdout: float = 0.0) -> np.ndarray:
+    """Mask of the pairs a ``training.subset`` of ``share`` trains on: keys hashing into the top ``share`` of what
+    the ``holdout`` (:func:`held_out`, the bottom of the same hash) leaves, so a smaller share lies inside a larger
+    one and never touches the held-out pairs."""
+    if share >= 1:
+        return ~held_out(keys, holdout)
+    floor = 1.0 - share * (1.0 - holdout)
+    return np.array([zlib.crc32(k.encode()) / 2**32 >= floor for k in keys], dtype=bool)
+
+
 def load_labelled_pairs(
     storage: Storage, shard_uris: Sequence[str], image_size: int, max_samples: int | None = None
 ) -> tuple[torch.Tensor, list[str], list[str], torch.Tensor]:

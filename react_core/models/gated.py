@@ -21,7 +21,9 @@ from torch import nn
 
 _logger = logging.getLogger(__name__)
 
-Mode = Literal["gated-image", "locked-text"]
+Mode = Literal["gated-image", "locked-text", "full", "locked-image", "gated-image+text"]
+GATED_MODES = ("gated-image", "gated-image+text")  # the modes that add gated blocks to the image tower
+TEXT_MODES = ("full", "locked-image", "gated-image+text")  # the modes whose text tower trains
 
 
 class GatedBlock(nn.Module):
@@ -125,24 +127,36 @@ def add_gated_blocks(model: nn.Module, k: int) -> list[int]:
 
 
 def set_trainable(model: nn.Module, mode: Mode) -> int:
-    """Freeze what the mode freezes; returns the number of trainable parameters.
+    """Freeze what the mode freezes; returns the number of trainable parameters (the paper's Table 7 rows).
 
-    *gated-image*: only the gated blocks and ``logit_scale`` train. *locked-text*: the whole image
-    tower and ``logit_scale`` train. The text tower is always frozen.
+    *gated-image*: only the gated blocks train. *locked-text*: the whole image tower. *full*: both towers.
+    *locked-image* (LiT): the text tower alone. *gated-image+text*: the gated blocks and the text tower.
+    ``logit_scale`` trains in every mode.
     """
     for p in model.parameters():
         p.requires_grad_(False)
-    if mode == "gated-image":
+    if mode in GATED_MODES:
         if not gated_layer_indices(model):
-            raise ValueError("mode gated-image needs gated blocks; call add_gated_blocks first")
+            raise ValueError(f"mode {mode} needs gated blocks; call add_gated_blocks first")
         for i in gated_layer_indices(model):
             vision_blocks(model)[i].gated_attn_block.requires_grad_(True)
-    elif mode == "locked-text":
+    elif mode in ("locked-text", "full"):
         model.visual.requires_grad_(True)
-    else:
-        raise ValueError(f"unknown mode {mode!r}; fix: gated-image or locked-text")
+    elif mode != "locked-image":
+        raise ValueError(f"unknown mode {mode!r}; fix: one of gated-image, locked-text, full, locked-image, "
+                         "gated-image+text")  # fmt: skip
+    if mode in TEXT_MODES:
+        for p in text_parameters(model):
+            p.requires_grad_(True)
     model.logit_scale.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def text_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The text tower's parameters: every one outside the image tower and the logit scale / bias."""
+    return [
+        p for n, p in model.named_parameters() if not n.startswith("visual.") and n not in ("logit_scale", "logit_bias")
+    ]
 
 
 def set_gate_scale(model: nn.Module, scale: float) -> int:

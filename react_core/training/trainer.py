@@ -1,11 +1,13 @@
-"""The customization trainer: gated-image or locked-text training of a CLIP image tower.
+"""The customization trainer: gated-image or locked-text training of a CLIP image tower (and, for the paper's
+tuning-strategy ablation, the modes that train the text tower: full, locked-image, gated-image+text).
 
 One function, :func:`train`, runs in every training process: alone, or as one rank of ``torchrun``
 (DDP; gloo on CPUs, NCCL on GPUs). What makes it cheap and exact:
 
-* **No text tower.** It is frozen, so the captions' features are computed once per dataset
-  (:func:`react_core.training.customize.caption_features`) and training holds only the image
-  tower and ``logit_scale``; the text weights are not even in memory.
+* **No text tower** in REACT's modes (gated-image, locked-text). It is frozen, so the captions' features are
+  computed once per dataset (:func:`react_core.training.customize.caption_features`) and training holds only the
+  image tower and ``logit_scale``; the text weights are not even in memory. The modes that train the text tower
+  hold it and encode the captions' tokens each step, each at its own length (:mod:`react_core.models.text`).
 * **No autograd before the first gated block** (gated-image): those layers have no trainable weight and
   their input needs no grad, so autograd records nothing there; no gradient checkpointing is needed.
 * **Deterministic data order**: the permutation of epoch ``e`` is a function of (seed, e), each
@@ -34,16 +36,19 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from react_core.config import AugmentConfig, TrainingConfig
-from react_core.data import DatasetError, held_out, load_labelled_pairs
+from react_core.data import DatasetError, load_labelled_pairs, training_subset
 from react_core.models import create_model, model_file, save_checkpoint
 from react_core.models.encode import autocast, default_device, model_image_size, normalize
 from react_core.models.gated import (
+    GATED_MODES,
+    TEXT_MODES,
     add_gated_blocks,
     gate_values,
     gated_parameter_count,
     set_gate_scale,
     set_trainable,
 )
+from react_core.models.text import encode_text
 from react_core.progress import bar as progress_bar
 from react_core.secrets import public
 from react_core.storage import Storage, join
@@ -105,21 +110,23 @@ class RankBatches(Sampler[list[tuple[int, int]]]):
     """
 
     def __init__(self, n: int, global_batch: int, epochs: int, seed: int, rank: int, world: int, start_step: int,
-                 n_replay: int = 0, replay_per_rank: int = 0):  # fmt: skip
+                 n_replay: int = 0, replay_per_rank: int = 0, total: int | None = None):  # fmt: skip
         self.n, self.epochs, self.seed = n, epochs, seed
         self.rank, self.world, self.start = rank, world, start_step
         self.n_replay, self.replay = n_replay, replay_per_rank if n_replay else 0
         self.local = global_batch // world - self.replay  # retrieved pairs per rank and step
         self.batch = self.local * world
         self.steps_per_epoch = n // self.batch
+        # training.steps: that many steps, the last pass cut short; else whole passes
+        self.total = self.steps_per_epoch * epochs if total is None else total
 
     def __len__(self) -> int:
-        return self.steps_per_epoch * self.epochs - self.start
+        return self.total - self.start
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         perm_epoch, perm = -1, None
         replay_pass, replay_perm = -1, None
-        for step in range(self.start, self.steps_per_epoch * self.epochs):
+        for step in range(self.start, self.total):
             epoch, b = divmod(step, self.steps_per_epoch)
             if epoch != perm_epoch:  # once per epoch: at 10M pairs a permutation is not free
                 perm_epoch, perm = epoch, epoch_permutation(self.n, self.seed, epoch)
@@ -174,30 +181,43 @@ class PairDataset(Dataset):
 
 
 class ImageTower(nn.Module):
-    """What customization trains and runs: the image tower and ``logit_scale`` of a CLIP model."""
+    """What customization trains and runs: the image tower and ``logit_scale`` of a CLIP model, and the text tower
+    (``text``: the CLIP model without its image tower) in the modes that train it."""
 
-    def __init__(self, visual: nn.Module, logit_scale: nn.Parameter) -> None:
+    def __init__(self, visual: nn.Module, logit_scale: nn.Parameter, text: nn.Module | None = None) -> None:
         super().__init__()
         self.visual = visual
         self.logit_scale = logit_scale
+        self.text = text
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return F.normalize(self.visual(x).float(), dim=-1), self.logit_scale.exp()
+    def forward(
+        self, x: torch.Tensor, tokens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(image features, logit scale, the captions' features when ``tokens`` are given); features normalised."""
+        img = F.normalize(self.visual(x).float(), dim=-1)
+        txt = None if tokens is None else F.normalize(encode_text(self.text, tokens.long()).float(), dim=-1)
+        return img, self.logit_scale.exp(), txt
 
 
-def build_tower(job: TrainJob, device: str) -> tuple[ImageTower, list[int], int]:
-    """The base model's image tower with gated blocks added and the mode's trainable parameters."""
+def build_tower(job: TrainJob, device: str) -> tuple[ImageTower, list[int], int, Callable | None]:
+    """The base model's image tower with gated blocks added and the mode's trainable parameters; the text tower
+    and the tokenizer when the mode trains the text tower (else None)."""
     cfg = job.cfg
     storage = Storage(job.storage_root, job.storage_options)
     torch.manual_seed(cfg.seed)  # the gated blocks' initial weights: the same in every process
-    model, _ = create_model(job.model_name, job.base_checkpoint, storage)
-    gated = add_gated_blocks(model, cfg.gated_layers) if cfg.mode == "gated-image" else []
+    model, tokenizer = create_model(job.model_name, job.base_checkpoint, storage)
+    gated = add_gated_blocks(model, cfg.gated_layers) if cfg.mode in GATED_MODES else []
     n_trainable = set_trainable(model, cfg.mode)
-    tower = ImageTower(model.visual, model.logit_scale).to(device)
-    del model  # the text tower's weights go with it
+    visual, logit_scale, text = model.visual, model.logit_scale, None
+    if cfg.mode in TEXT_MODES:
+        model.visual = nn.Identity()  # the text tower is the model without its image tower ...
+        del model.logit_scale  # ... and without the scale, which the tower holds once
+        text = model
+    tower = ImageTower(visual, logit_scale, text).to(device)
+    del model  # in REACT's modes the text tower's weights go with it
     if cfg.grad_checkpointing:
         tower.visual.set_grad_checkpointing(True)
-    return tower, gated, n_trainable
+    return tower, gated, n_trainable, tokenizer if text is not None else None
 
 
 def trainable_state(tower: nn.Module) -> dict[str, torch.Tensor]:
@@ -208,9 +228,17 @@ def full_state_dict(job: TrainJob, tower: ImageTower) -> nn.Module:
     """The whole CLIP model (text tower from the base) with the trained image tower: open_clip's layout."""
     cfg = job.cfg
     model, _ = create_model(job.model_name, job.base_checkpoint, Storage(job.storage_root, job.storage_options))
-    if cfg.mode == "gated-image":
+    if cfg.mode in GATED_MODES:
         add_gated_blocks(model, cfg.gated_layers)
     model.visual.load_state_dict({k: v.cpu() for k, v in tower.visual.state_dict().items()})
+    if tower.text is not None:  # the trained text tower (its keys are the model's own, the image tower's aside)
+        missing, unexpected = model.load_state_dict({k: v.cpu() for k, v in tower.text.state_dict().items()},
+                                                    strict=False)  # fmt: skip
+        stray = list(unexpected) + [
+            k for k in missing if not k.startswith("visual.") and k not in ("logit_scale", "logit_bias")
+        ]
+        if stray:
+            raise RuntimeError(f"the trained text tower does not fit {job.model_name}: {stray[:5]}")
     with torch.no_grad():
         model.logit_scale.copy_(tower.logit_scale.detach().cpu())
     return model
@@ -296,12 +324,14 @@ def _setup(job: TrainJob) -> _Session:
         dist.init_process_group(("nccl" if device.startswith("cuda") else "gloo") if backend == "auto" else backend)
     storage = Storage(job.storage_root, job.storage_options)
 
-    tower, gated, n_trainable = build_tower(job, device)
+    tower, gated, n_trainable, tokenizer = build_tower(job, device)
     image_size = model_image_size(tower)
-    images, labels, text = _pairs(storage, job.shards, job.text_features, image_size, cfg.holdout)
+    images, labels, text = _pairs(storage, job.shards, job.text_features, image_size, cfg.holdout, cfg.subset,
+                                  tokenizer)  # fmt: skip
     n, n_replay = len(images), 0
     if cfg.replay > 0:
-        r_images, r_labels, r_text = _pairs(storage, job.replay_shards, job.replay_text_features, image_size)
+        r_images, r_labels, r_text = _pairs(storage, job.replay_shards, job.replay_text_features, image_size,
+                                            tokenizer=tokenizer)  # fmt: skip
         n_replay = len(r_images)
         images, text = torch.cat([images, r_images]), torch.cat([text, r_text])
         labels = torch.cat([labels, torch.full_like(r_labels, -1)])  # replayed pairs have no class
@@ -317,7 +347,9 @@ def _setup(job: TrainJob) -> _Session:
             "processes with at least one retrieved pair per process; fix: lower training.batch_size or "
             "training.replay, or retrieve more pairs"
         )
-    total = (n // (global_batch - world * replay_per_rank)) * cfg.epochs
+    steps_per_epoch = n // (global_batch - world * replay_per_rank)
+    total = cfg.steps or steps_per_epoch * cfg.epochs
+    epochs = -(-total // steps_per_epoch)  # the passes training.steps needs (the last one cut short)
     # Anchoring compares with the base model's features: a frozen copy of the tower as it starts (its gated
     # blocks scaled to 0, which is the base exactly), taken before a checkpoint's weights are loaded.
     reference = None
@@ -343,7 +375,9 @@ def _setup(job: TrainJob) -> _Session:
 
     loader = DataLoader(
         PairDataset(images, text, labels, build_augment(cfg.augment, image_size), cfg.seed, n_retrieved=n),
-        batch_sampler=RankBatches(n, global_batch, cfg.epochs, cfg.seed, rank, world, start, n_replay, replay_per_rank),
+        batch_sampler=RankBatches(
+            n, global_batch, epochs, cfg.seed, rank, world, start, n_replay, replay_per_rank, total
+        ),
         num_workers=cfg.num_workers,
         pin_memory=device != "cpu",
         persistent_workers=False,
@@ -360,18 +394,24 @@ def _setup(job: TrainJob) -> _Session:
                     None if reference is None else reference.to(device))  # fmt: skip
 
 
-def _pairs(storage: Storage, shards: list[str], features_uri: str, image_size: int, holdout: float = 0.0):
+def _pairs(storage: Storage, shards: list[str], features_uri: str, image_size: int, holdout: float = 0.0,
+           subset: float = 1.0, tokenizer: Callable | None = None):  # fmt: skip
     """(uint8 images, class ids, caption features) of downloaded shards, checked to be as many; the ``holdout``
-    share (:func:`react_core.data.held_out`) left out."""
-    images, _, keys, labels = load_labelled_pairs(storage, shards, image_size)
-    text = torch.from_numpy(np.load(storage.open(features_uri, "rb")).astype(np.float32))  # (N, D)
-    if len(text) != len(images):
-        raise DatasetError(
-            f"{features_uri} has {len(text)} caption features for {len(images)} pairs; "
-            "fix: delete that stage so it is recomputed"
-        )
-    if holdout > 0:
-        keep = torch.from_numpy(~held_out(keys, holdout))
+    share (:func:`react_core.data.held_out`) left out and the ``subset`` share kept
+    (:func:`react_core.data.training_subset`). With a ``tokenizer`` (modes that train the text tower) the third is
+    the captions' tokens (int32: 10M captions x 77 tokens are 3 GB) instead of their features."""
+    images, captions, keys, labels = load_labelled_pairs(storage, shards, image_size)
+    if tokenizer is not None:
+        text = tokenizer(captions).to(torch.int32)
+    else:
+        text = torch.from_numpy(np.load(storage.open(features_uri, "rb")).astype(np.float32))  # (N, D)
+        if len(text) != len(images):
+            raise DatasetError(
+                f"{features_uri} has {len(text)} caption features for {len(images)} pairs; "
+                "fix: delete that stage so it is recomputed"
+            )
+    if holdout > 0 or subset < 1:
+        keep = torch.from_numpy(training_subset(keys, subset, holdout))
         images, labels, text = images[keep], labels[keep], text[keep]
     return images, labels, text
 
@@ -391,14 +431,17 @@ def _loop(
                        enabled=run.rank == 0)  # fmt: skip
     t0, seen, step, loss_val = time.time(), 0, run.start, float("nan")
     tower.visual.eval()  # frozen parts behave as at inference; the gated blocks have no dropout
+    if tower.text is not None:
+        tower.text.eval()
     anchor_t = torch.zeros(())
     for x_u8, t, y, replayed in run.loader:
         lr = cosine_lr(step, cfg.lr, cfg.warmup_steps, run.total)
         set_lr(opt, lr)
         x = normalize(x_u8.to(run.device, non_blocking=True), run.image_size)
+        tokens = t.to(run.device) if tower.text is not None else None  # the text tower trains: t holds tokens
         with autocast(run.device, amp_dtype, use_amp):
-            img, scale = run.model(x)
-        loss = contrastive_loss(img, t.to(run.device), scale, y.to(run.device), cfg.loss)
+            img, scale, txt = run.model(x, tokens)
+        loss = contrastive_loss(img, t.to(run.device) if txt is None else txt, scale, y.to(run.device), cfg.loss)
         if run.reference is not None:
             anchor_t = anchor_penalty(run.reference, x, img, replayed.to(run.device), run.device, amp_dtype, use_amp)
             loss = loss + cfg.anchor * anchor_t

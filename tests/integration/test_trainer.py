@@ -178,6 +178,36 @@ def test_locked_text_trains_the_image_tower_and_keeps_the_text_tower(tiny_chain)
     assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("visual.")), "nothing trained"
 
 
+@pytest.mark.parametrize(
+    ("mode", "image", "text", "gated"),
+    [("full", True, True, False), ("locked-image", False, True, False), ("gated-image+text", False, True, True)],
+)
+def test_tuning_strategies_train_exactly_their_towers(tiny_chain, mode, image, text, gated):
+    """The paper's Table 7 rows: what each mode trains changes and nothing else does; the saved model holds it."""
+    job = _job(tiny_chain, mode.replace("+", "-"), mode=mode, lr=1e-3, epochs=1, loss="clip")
+    summary = train(job, progress=False)
+    base = load_state_dict(job.base_checkpoint)
+    tuned = load_state_dict(join(job.stage_uri, "model.pt"))
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    text_keys = {k for k in base if not k.startswith("visual.") and k != "logit_scale"}
+    image_keys = {k for k in base if k.startswith("visual.")}
+    assert bool(changed & text_keys) == text and bool(changed & image_keys) == image, sorted(changed)[:8]
+    if text:  # every text weight that gets a gradient moved (the token embedding: only the rows used)
+        assert {k for k in text_keys if "token_embedding" not in k} <= changed
+    assert bool(summary["gated_layers"]) == gated and (set(tuned) - set(base) != set()) == gated
+    n_text = sum(base[k].numel() for k in text_keys)
+    n_image = sum(base[k].numel() for k in image_keys) if image else 0
+    assert summary["trainable_params"] == n_text + n_image + summary["gated_params"] + 1  # + logit_scale
+
+
+def test_a_subset_at_fixed_steps_trains_on_its_share_for_those_steps(tiny_chain):
+    """training.subset + training.steps: the paper's retrieval-size curve (fewer pairs, the same steps)."""
+    whole = train(_job(tiny_chain, "all-pairs", epochs=1, steps=6), progress=False)
+    half = train(_job(tiny_chain, "half-pairs", epochs=1, steps=6, subset=0.5), progress=False)
+    assert whole["steps"] == half["steps"] == 6
+    assert 0.3 * whole["pairs"] < half["pairs"] < 0.7 * whole["pairs"]
+
+
 @pytest.mark.skipif(
     not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler"
 )

@@ -196,3 +196,22 @@ def test_several_tasks_make_one_label_and_keep_single_task_identity():
     two = load_config(overrides=["retrieval.tasks=[miniweb-fine, miniweb-coarse]"]).retrieval
     assert two.target_tasks == ["miniweb-fine", "miniweb-coarse"] and two.label == "miniweb-fine+miniweb-coarse"
     assert two.identity()["tasks"] == ["miniweb-fine", "miniweb-coarse"]
+
+
+def test_subset_and_steps_join_the_recipe_only_when_set():
+    assert not {"subset", "steps"} & set(load_config().training.recipe())
+    assert load_config(overrides=["training.subset=0.5", "training.steps=100"]).training.recipe()["subset"] == 0.5
+    for bad in ({"subset": 0}, {"subset": 1.5}, {"steps": 0}):
+        with pytest.raises(ConfigError, match="training.s"):
+            load_config(None, {"training": bad})
+
+
+def test_a_training_subset_is_nested_and_never_touches_the_held_out_pairs():
+    from react_core.data import held_out, training_subset
+
+    keys = [f"{i:09d}" for i in range(4000)]
+    out = held_out(keys, 0.1)
+    quarter, half, whole = (training_subset(keys, s, 0.1) for s in (0.25, 0.5, 1.0))
+    assert not (half & out).any() and (whole == ~out).all()
+    assert (quarter <= half).all() and (half <= whole).all()  # a smaller share lies inside a larger one
+    assert abs(half.sum() / whole.sum() - 0.5) < 0.05 and abs(quarter.sum() / whole.sum() - 0.25) < 0.05
