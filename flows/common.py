@@ -89,6 +89,67 @@ def embed_knowledge_base(
                    planned=planned)  # fmt: skip
 
 
+def retrieve_and_train(
+    config: ReactConfig,
+    checkpoint: str | None,
+    miniweb_uri: str | None,
+    embedded: str,
+    parent_run_id: str | None = None,
+    label: str | None = None,
+) -> dict[str, str | None]:
+    """Index (for ``retrieval.k``), retrieve, download, the replay sample when ``training.replay`` is set, train: the
+    stages after the embedding, as URIs. ``label`` names the train task run (an ablation's cell)."""
+    out: dict[str, str | None] = {}
+    parent = parent_run_id
+    out["index"] = indexed = t.index(config.storage, config.index, config.retrieval.k, embedded, config.tracking,
+                                     parent)  # fmt: skip
+    out["retrieve"] = retrieved = t.retrieve(
+        config.storage, config.model, checkpoint, config.retrieval, embedded, indexed, miniweb_uri,
+        config.tracking, parent_run_id=parent, evaluation=config.evaluation,
+    )  # fmt: skip
+    out["download"] = downloaded = t.download(
+        config.storage, config.download, retrieved, miniweb_uri, config.tracking, parent
+    )
+    replayed = None
+    if config.training.replay > 0:  # a random share of the knowledge base, trained on beside the retrieval
+        out["replay"] = t.replay(config.storage, config.training.replay, config.training.seed, embedded, retrieved,
+                                 config.tracking, parent)  # fmt: skip
+        out["replay_download"] = replayed = t.download.with_options(task_run_name="download replay")(
+            config.storage, config.download, out["replay"], miniweb_uri, config.tracking, parent
+        )
+    train = t.train.with_options(task_run_name=f"train {label}") if label else t.train
+    out["train"] = train(
+        config.storage, config.model, checkpoint, config.training, config.tracking, downloaded,
+        parent_run_id=parent, replay_uri=replayed,
+    )  # fmt: skip
+    return out
+
+
+def evaluate_datasets(
+    storage: StorageConfig,
+    model: ModelConfig,
+    checkpoint: str | None,
+    cfg: EvaluationConfig,
+    miniweb_uri: str | None,
+    label: str,
+    gate_scale: float = 1.0,
+) -> dict[str, str]:
+    """One task per dataset of ``cfg.tasks`` for one model: dataset -> its eval stage."""
+    # Each task gets the config narrowed to its dataset, so its cache key does not change when another
+    # dataset is added. The tasks run one after the other in the flow's thread, not mapped onto a thread pool:
+    # each decodes in DataLoader worker processes, and PyTorch watches those from the main thread only (its
+    # SIGCHLD handler); DataLoaders forked from several threads at once failed, rarely, with "DataLoader
+    # worker exited unexpectedly with exit code 1" raised in the flow's thread. The workers keep the cores busy.
+    return {
+        name: t.evaluate_dataset(
+            storage, model, checkpoint,
+            cfg.model_copy(update={"tasks": [name], "locations": {k: v for k, v in cfg.locations.items() if k == name}}),
+            name, miniweb_uri, label=label, gate_scale=gate_scale,
+        )
+        for name in cfg.tasks
+    }  # fmt: skip
+
+
 def evaluate_models(
     storage: StorageConfig,
     model: ModelConfig,
@@ -101,19 +162,10 @@ def evaluate_models(
 ) -> str:
     """One task per (model, dataset), then the report. Called from a flow. The customized model is evaluated at
     ``evaluation.gate_scale``, else ``registered_scale`` (a registered version's lambda), else 1."""
-    # Each task gets the config narrowed to its dataset, so its cache key does not change when another
-    # dataset is added. The tasks run one after the other in the flow's thread, not mapped onto a thread pool:
-    # each decodes in DataLoader worker processes, and PyTorch watches those from the main thread only (its
-    # SIGCHLD handler); DataLoaders forked from several threads at once failed, rarely, with "DataLoader
-    # worker exited unexpectedly with exit code 1" raised in the flow's thread. The workers keep the cores busy.
-    per_dataset = [cfg.model_copy(update={"tasks": [d], "locations": {k: v for k, v in cfg.locations.items() if k == d}})
-                   for d in cfg.tasks]  # fmt: skip
-    # evaluation.gate_scale is the customized model's lambda; the base is the base.
-    scale = cfg.customized_scale(registered_scale)
+    scale = cfg.customized_scale(registered_scale)  # the customized model's lambda; the base is the base
     results = {
-        label: [t.evaluate_dataset(storage, model, ckpt, one, name, miniweb_uri, label=label,
-                                   gate_scale=scale if label == "customized" else 1.0)
-                for one, name in zip(per_dataset, cfg.tasks, strict=True)]
+        label: list(evaluate_datasets(storage, model, ckpt, cfg, miniweb_uri, label,
+                                      scale if label == "customized" else 1.0).values())
         for label, ckpt in checkpoints.items()
     }  # fmt: skip
     return t.evaluation_report(storage, results, checkpoints, tracking, parent_run_id=parent_run_id)

@@ -158,6 +158,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from flows.ablate import ablate, grid_file
+    from react_core.ablation import load_grid
+    from react_core.preflight import check_customize
+
+    load_grid(grid_file(args.grid), cfg)  # before the flow: a bad grid is one line per problem, nothing run
+    check_customize(cfg, _storage(cfg))
+    result = ablate(config=cfg, grid=args.grid)
+    st = _storage(cfg)
+    print(st.read_bytes(f"{result['ablation']}/ablation.md").decode(), end="")
+    print(f"\ntables: {result['ablation']}/ablation.md, ablation.json; plots: {result['ablation']}/*.png")
+    return 0
+
+
 # -- parser ------------------------------------------------------------------------------------------
 
 
@@ -187,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ev)
     ev.add_argument("--customized", metavar="URI", help="a customized checkpoint to compare with the base")
     ev.set_defaults(func=cmd_evaluate)
+
+    ab = sub.add_parser(
+        "ablate",
+        help="run an ablation grid (tuning strategy, retrieval size, search mode, gated layers, filtering, ...) on "
+        "the preset's knowledge base, with seeds; writes ablation.md / ablation.json and a plot per axis",
+    )
+    _common(ab)
+    ab.add_argument("--grid", "-g", default="small",
+                    help="a grid YAML, or the name of one in deployments/grids/ (default: small)")  # fmt: skip
+    ab.set_defaults(func=cmd_ablate)
 
     config = sub.add_parser("config", help="show or validate configurations")
     csub = config.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)

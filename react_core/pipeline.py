@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from react_core.ablation import Grid, cell_result, headline, write_ablation
 from react_core.config import (
     ConfigError,
     DownloadConfig,
@@ -439,6 +440,30 @@ def run_report(
             return stage.uri
         per_model = {w: [storage.read_json(join(u, "result.json")) for u in uris] for w, uris in results.items()}
         return write_report(storage, stage, per_model, checkpoints, t)
+
+
+def run_ablation_report(
+    storage: Storage,
+    grid: Grid,
+    cells: Mapping[str, Mapping[int, Mapping[str, Any]]],
+    base_evals: Mapping[str, str],
+    roles: Mapping[str, str],
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """``ablation.json``, ``ablation.md`` and a plot per axis (:mod:`react_core.ablation`) from every (cell, seed)'s
+    stages (``cells[cell id][seed]``: ``retrieve``, ``download``, ``train`` URIs and ``evals``, dataset -> eval stage)
+    and the base model's eval stages; a stage of its own, logged in an ``ablation`` run under ``parent_run_id``."""
+    inputs = {f"{cid}/{seed}/{k}": v for cid, seeds in cells.items() for seed, uris in seeds.items()
+              for k, v in {**{k: u for k, u in uris.items() if k != "evals"}, **uris["evals"]}.items()}  # fmt: skip
+    inputs.update({f"base/{d}": u for d, u in base_evals.items()})
+    stage = storage.stage("ablation", grid.describe(), inputs)
+    with (tracker or NullTracker()).run("ablation", _stage_tags(stage), parent_run_id) as t, stage.lock():
+        if stage.done:
+            return stage.uri
+        results = {cid: {int(seed): cell_result(storage, uris) for seed, uris in seeds.items()}
+                   for cid, seeds in cells.items()}  # fmt: skip
+        return write_ablation(storage, stage, grid, results, headline(storage, base_evals), roles, t)
 
 
 ROLES = ("target", "generic", "retrieval", "other")

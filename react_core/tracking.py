@@ -65,6 +65,8 @@ class Tracker:
 
     def log_dict(self, obj: Any, name: str) -> None: ...
 
+    def log_text(self, text: str, name: str) -> None: ...
+
     def log_figure(self, fig: Any, name: str) -> None: ...
 
     def log_image(self, image: Any, name: str) -> None: ...
@@ -144,6 +146,9 @@ class MemoryTracker(Tracker):
         self.artifacts.append(local)
 
     def log_dict(self, obj: Any, name: str) -> None:
+        self.artifacts.append(name)
+
+    def log_text(self, text: str, name: str) -> None:
         self.artifacts.append(name)
 
     def log_figure(self, fig: Any, name: str) -> None:
@@ -349,6 +354,10 @@ class MLflowTracker(Tracker):
     def log_dict(self, obj: Any, name: str) -> None:
         if not self._log_bytes(json.dumps(obj, indent=2, default=str).encode(), name):
             self._mlflow.log_dict(obj, name)
+
+    def log_text(self, text: str, name: str) -> None:
+        if not self._log_bytes(text.encode(), name):
+            self._mlflow.log_text(text, name)
 
     def log_figure(self, fig: Any, name: str) -> None:
         buf = io.BytesIO()

@@ -139,3 +139,31 @@ def test_demo_table_puts_the_target_first_and_names_each_dataset_role(tmp_path):
     assert [(ln[0], ln[1], ln[2], ln[-1]) for ln in lines] == [
         ("miniweb-fine", "target", "accuracy", "+0.600"), ("miniweb-generic", "generic", "accuracy", "-0.180"),
         ("miniweb-captions", "retrieval", "i2t_r1", "-0.050"), ("miniweb-coarse", "other", "accuracy", "-0.020")]  # fmt: skip
+
+
+def test_a_bad_ablation_grid_fails_before_any_stage_one_line_per_problem(tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "seeds: [0]\naxes:\n  size: {field: training.subset, values: [0.5, 1.5]}\n  k: {field: training.gated_layer, values: [1]}\n"
+    )
+    root = tmp_path / "root"
+    rc = main(["ablate", "-c", TINY, "-q", "-s", f"storage.root={root}", "--grid", str(grid)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 2, err
+    assert (
+        f"error: {grid}: axis 'size', value '1.5': training.subset: Input should be less than or equal to 1" in err[0]
+    )
+    assert "axis 'k': training.gated_layer is not a config field (did you mean training.gated_layers?)" in err[1]
+    assert not root.exists()
+
+
+def test_the_shipped_grids_are_valid_for_their_presets():
+    from flows.ablate import GRIDS
+    from react_core.ablation import load_grid
+    from react_core.config import load_config
+
+    grids = sorted(GRIDS.glob("*.yaml"))
+    assert grids
+    for path in grids:
+        grid = load_grid(path, load_config(REPO / "deployments" / "demo.yaml"))
+        assert len(grid.cells) > 1 and grid.seeds
