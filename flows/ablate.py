@@ -17,7 +17,7 @@ from flows.common import (
     run_config,
     tracked,
 )
-from react_core.config import ConfigOverrides
+from react_core.config import RIVAL_MODES, ConfigOverrides
 from react_core.models import model_file
 from tasks import ablate as a
 from tasks import customize as t
@@ -53,9 +53,13 @@ def ablate(preset: Preset = "demo", grid: str | dict[str, Any] = "small", config
             for seed in plan.seeds:
                 c = cell.config.model_copy(update={"training": cell.config.training.model_copy(update={"seed": seed})})
                 uris = retrieve_and_train(c, checkpoint, miniweb_uri, embedded, parent, label=f"{cell.id} seed {seed}")
-                uris["evals"] = evaluate_datasets(c.storage, c.model, model_file(uris["train"]), c.evaluation,
-                                                  miniweb_uri, f"{cell.id} seed {seed}",
-                                                  c.evaluation.customized_scale())  # fmt: skip
+                if c.training.mode in RIVAL_MODES:  # the base model with the rival's head on the target task
+                    uris["evals"] = evaluate_datasets(c.storage, c.model, checkpoint, c.evaluation, miniweb_uri,
+                                                      f"{cell.id} seed {seed}", head_uri=uris["train"])  # fmt: skip
+                else:
+                    uris["evals"] = evaluate_datasets(c.storage, c.model, model_file(uris["train"]), c.evaluation,
+                                                      miniweb_uri, f"{cell.id} seed {seed}",
+                                                      c.evaluation.customized_scale())  # fmt: skip
                 cells.setdefault(cell.id, {})[seed] = uris
         out["ablation"] = a.report(config, plan.doc, plan.name, cells, base_evals, parent)
     return out

@@ -11,6 +11,7 @@ from prefect import runtime, unmapped
 from prefect.context import FlowRunContext
 
 from react_core.config import (
+    RIVAL_MODES,
     ConfigOverrides,
     EvaluationConfig,
     ModelConfig,
@@ -98,9 +99,18 @@ def retrieve_and_train(
     label: str | None = None,
 ) -> dict[str, str | None]:
     """Index (for ``retrieval.k``), retrieve, download, the replay sample when ``training.replay`` is set, train: the
-    stages after the embedding, as URIs. ``label`` names the train task run (an ablation's cell)."""
+    stages after the embedding, as URIs. ``label`` names the train task run (an ablation's cell). A cheap rival
+    (``training.mode`` in RIVAL_MODES) fits its head instead of training (``train`` is then the head stage);
+    real-prompt reads the knowledge base's captions only."""
     out: dict[str, str | None] = {}
     parent = parent_run_id
+    rival = config.training.mode in RIVAL_MODES
+    if config.training.mode == "real-prompt":
+        out["train"] = t.head.with_options(task_run_name=f"head {label or ''}".strip())(
+            config.storage, config.model, checkpoint, config.training, config.retrieval, embedded, None, miniweb_uri,
+            config.tracking, parent,
+        )  # fmt: skip
+        return out
     out["index"] = indexed = t.index(config.storage, config.index, config.retrieval.k, embedded, config.tracking,
                                      parent)  # fmt: skip
     out["retrieve"] = retrieved = t.retrieve(
@@ -110,6 +120,12 @@ def retrieve_and_train(
     out["download"] = downloaded = t.download(
         config.storage, config.download, retrieved, miniweb_uri, config.tracking, parent
     )
+    if rival:
+        out["train"] = t.head.with_options(task_run_name=f"head {label or ''}".strip())(
+            config.storage, config.model, checkpoint, config.training, config.retrieval, embedded, downloaded,
+            miniweb_uri, config.tracking, parent,
+        )  # fmt: skip
+        return out
     replayed = None
     if config.training.replay > 0:  # a random share of the knowledge base, trained on beside the retrieval
         out["replay"] = t.replay(config.storage, config.training.replay, config.training.seed, embedded, retrieved,
@@ -133,8 +149,10 @@ def evaluate_datasets(
     miniweb_uri: str | None,
     label: str,
     gate_scale: float = 1.0,
+    head_uri: str | None = None,
 ) -> dict[str, str]:
-    """One task per dataset of ``cfg.tasks`` for one model: dataset -> its eval stage."""
+    """One task per dataset of ``cfg.tasks`` for one model (with a rival's head: ``head_uri``): dataset -> its eval
+    stage."""
     # Each task gets the config narrowed to its dataset, so its cache key does not change when another
     # dataset is added. The tasks run one after the other in the flow's thread, not mapped onto a thread pool:
     # each decodes in DataLoader worker processes, and PyTorch watches those from the main thread only (its
@@ -144,7 +162,7 @@ def evaluate_datasets(
         name: t.evaluate_dataset(
             storage, model, checkpoint,
             cfg.model_copy(update={"tasks": [name], "locations": {k: v for k, v in cfg.locations.items() if k == name}}),
-            name, miniweb_uri, label=label, gate_scale=gate_scale,
+            name, miniweb_uri, label=label, gate_scale=gate_scale, head_uri=head_uri,
         )
         for name in cfg.tasks
     }  # fmt: skip

@@ -299,12 +299,14 @@ def cell_result(storage: Storage, uris: Mapping[str, Any]) -> dict[str, Any]:
     """One (cell, seed): every evaluated dataset's headline metric, what training cost and the data it needed.
 
     ``uris``: ``retrieve``, ``download``, ``train`` (stage URIs) and ``evals`` (dataset -> its eval stage)."""
-    summary = storage.read_json(f"{uris['train']}/model.json")
-    files = storage.top_files(uris["download"])
+    head = f"{uris['train']}/head.json"  # a rival's head stage, else a train stage
+    summary = storage.read_json(head if storage.exists(head) else f"{uris['train']}/model.json")
+    files = storage.top_files(uris["download"]) if uris.get("download") else {}  # real-prompt: no download
+    retrieved = storage.stage_manifest(uris["retrieve"])["counts"]["pairs"] if uris.get("retrieve") else 0
     return {
         "metrics": headline(storage, uris["evals"]),
         "pairs": int(summary["pairs"]),
-        "retrieved": int(storage.stage_manifest(uris["retrieve"])["counts"]["pairs"]),
+        "retrieved": int(retrieved),
         "steps": int(summary["steps"]),
         "trainable_params": int(summary["trainable_params"]),
         "train_s": float(summary["wall_s"]),

@@ -377,19 +377,41 @@ class DistributedConfig(_Section):
 
 # Fields that change how training runs, not what it computes: left out of the train stage's version,
 # so that resuming with more workers, another checkpoint interval or torch.compile finds the same stage.
+RIVAL_MODES = ("real-prompt", "real-linear", "cache-head")  # training.mode values that fit a head, not the backbone
+
 OPERATIONAL_TRAINING_FIELDS = frozenset(
     {"checkpoint_every", "keep_checkpoints", "resume", "num_workers", "log_every", "compile", "grad_checkpointing",
      "distributed"}
 )  # fmt: skip
 
 
+class RivalConfig(_Section):
+    """Settings of the cheap rivals (``training.mode`` real-linear, cache-head); read only by those modes."""
+
+    linear_steps: int = Field(300, ge=1, description="real-linear: full-batch AdamW steps of the linear head")
+    linear_lr: float = Field(1e-3, gt=0, description="real-linear: the head's learning rate")
+    linear_mix: float = Field(
+        0.5, ge=0, le=1, description="real-linear: weight of the trained head's logits against zero-shot's (1-mix)"
+    )
+    cache_alpha: float = Field(1.0, ge=0, description="cache-head: weight of the cache's logits beside zero-shot's")
+    cache_beta: float = Field(5.5, gt=0, description="cache-head: sharpness of the key affinity exp(-beta(1-cos))")
+
+
 class TrainingConfig(_Section):
-    mode: Literal["gated-image", "locked-text", "full", "locked-image", "gated-image+text"] = Field(
+    mode: Literal[
+        "gated-image", "locked-text", "full", "locked-image", "gated-image+text", "real-prompt", "real-linear",
+        "cache-head",
+    ] = Field(
         "gated-image",
         description="what trains (the paper's Table 7): gated-image: new gated blocks in the frozen image tower "
         "(REACT's default); locked-text: the whole image tower; full: both towers; locked-image: the text tower "
-        "alone (LiT); gated-image+text: the gated blocks and the text tower",
-    )
+        "alone (LiT); gated-image+text: the gated blocks and the text tower. Cheap rivals for the target task, "
+        "compared by `react ablate` (the backbone stays the base): real-prompt: each class's most frequent name in "
+        "the knowledge base's captions as its prompt (REAL); real-linear: a linear head on frozen image features of "
+        "the retrieved pairs, ensembled with zero-shot (REAL); cache-head: the retrieved features as a key-value "
+        "cache blended with zero-shot (Tip-Adapter, training-free)",
+    )  # fmt: skip
+    rivals: RivalConfig = Field(default_factory=lambda: RivalConfig())
     gated_layers: int = Field(6, ge=1, description="insert gated blocks before each of the last k image blocks")
     loss: Literal["clip", "unicl"] = Field("clip", description="unicl: pairs retrieved for one class are positives")
     batch_size: int = Field(256, ge=2, description="global batch, over all processes")
@@ -450,6 +472,8 @@ class TrainingConfig(_Section):
         for k, unset in (("replay", 0), ("anchor", 0), ("holdout", 0), ("subset", 1), ("steps", None)):
             if out[k] == unset:
                 del out[k]
+        if self.mode not in RIVAL_MODES:
+            del out["rivals"]
         return out
 
 

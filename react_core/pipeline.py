@@ -14,6 +14,7 @@ from typing import Any
 
 from react_core.ablation import Grid, cell_result, headline, write_ablation
 from react_core.config import (
+    RIVAL_MODES,
     ConfigError,
     DownloadConfig,
     EvaluationConfig,
@@ -27,6 +28,7 @@ from react_core.config import (
 )
 from react_core.data import DatasetError
 from react_core.data.datasets import EvalSet
+from react_core.evaluation.heads import HEAD_FILE, load_head
 from react_core.evaluation.report import write_report
 from react_core.evaluation.suite import dataset_uri, evaluate_dataset, is_caption_set, metrics_for, open_eval
 from react_core.knowledge import report as retrieval_report
@@ -41,6 +43,7 @@ from react_core.knowledge.embed import (
 )
 from react_core.knowledge.extract import extract, manifest_has_urls
 from react_core.knowledge.index import build_indices
+from react_core.knowledge.names import most_frequent_names
 from react_core.knowledge.replay import SCHEMA as REPLAY_SCHEMA
 from react_core.knowledge.replay import replay_pool_size, sample_replay
 from react_core.knowledge.retrieve import read_manifest, retrieve
@@ -52,6 +55,7 @@ from react_core.registry import resolve_task
 from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker, log_stage, stage_run
 from react_core.training.customize import TEXT_FEATURES_SCHEMA, caption_features, customize
+from react_core.training.heads import fit_head
 from react_core.training.pretrain import pretrain_base
 
 _logger = logging.getLogger(__name__)
@@ -386,6 +390,47 @@ def run_train(
                          download_uri=download_uri, replay=replay)  # fmt: skip
 
 
+def run_head(
+    storage: Storage,
+    model: ModelConfig,
+    checkpoint: str | None,
+    training: TrainingConfig,
+    retrieval: RetrievalConfig,
+    embed_uri: str,
+    download_uri: str,
+    miniweb_uri: str | None,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """A cheap rival's head for the retrieval's target task (``training.mode`` real-prompt, real-linear, cache-head;
+    :mod:`react_core.training.heads`): on the downloaded pairs, or (real-prompt) on the knowledge base's captions."""
+    if training.mode not in RIVAL_MODES:
+        raise ValueError(f"run_head fits the rivals {RIVAL_MODES}, not {training.mode}")
+    if retrieval.tasks and len(retrieval.tasks) > 1:
+        raise ConfigError(f"training.mode={training.mode} fits a head for one target task, but retrieval.tasks lists "
+                          f"{len(retrieval.tasks)}; fix: one task, or a tuning mode (gated-image)")  # fmt: skip
+    prompts = training.mode == "real-prompt"
+    task = resolve_task(storage, retrieval.target_tasks[0], miniweb_uri, synonyms=prompts)
+    recipe = training.recipe()
+    if training.mode != "real-linear":  # the prompts and the cache are the same for every seed: one stage
+        del recipe["seed"]
+    stage = storage.stage("head", {"model": model.name, "training": recipe, "task": task.name},
+                          {"checkpoint": checkpoint or "", **({"embed": embed_uri} if prompts else
+                                                             {"download": download_uri})})  # fmt: skip
+    with (tracker or NullTracker()).run("head", _stage_tags(stage), parent_run_id) as t:
+        t.log_params({"training": training.model_dump(mode="json")})
+        if not stage.done:
+            names = None
+            if prompts:
+                names, counts = most_frequent_names(storage, embed_uri, task.classnames, task.synonyms)
+                storage.write_json(stage.file("name_counts.json"), counts)
+            shards = [] if prompts else downloaded_shards(storage, download_uri)
+            fit_head(model.name, checkpoint, training, storage, task.name, task.classnames, task.templates, shards,
+                     stage, names)  # fmt: skip
+        t.log_metrics({f"head/{k}": v for k, v in storage.stage_manifest(stage.uri)["counts"].items()})
+    return stage.uri
+
+
 def model_weights(model: ModelConfig, checkpoint: str | None) -> str:
     """What identifies a model's weights in a stage's inputs: its checkpoint, else the pretrained tag."""
     return checkpoint or f"{model.name}:{model.pretrained or 'random'}"
@@ -400,27 +445,33 @@ def run_evaluate_dataset(
     miniweb_uri: str | None,
     progress: bool = False,
     gate_scale: float = 1.0,
+    head_uri: str | None = None,
 ) -> str:
     """One model on one dataset (``result.json``); a stage of its own, so adding a dataset re-runs only it.
     ``gate_scale``: lambda of the gated blocks (:func:`react_core.models.gated.set_gate_scale`); the flows pass
-    ``evaluation.gate_scale`` for the customized model and 1 for the base."""
+    ``evaluation.gate_scale`` for the customized model and 1 for the base. ``head_uri``: a rival's head stage
+    (:func:`run_head`); it scores its own task, every other dataset is the model's alone (the same stage)."""
     probe = evaluation.linear_probe
     scaled = {"gate_scale": float(gate_scale)} if gate_scale != 1.0 else {}  # 1: the stages made before lambda
+    head, headed = None, {}
+    if head_uri is not None and storage.read_json(join(head_uri, "head.json"))["task"] == dataset:
+        head = load_head(storage, join(head_uri, HEAD_FILE))
+        headed = {"head": head_uri}
     stage = storage.stage(
         "eval",
         {"dataset": dataset, "location": dataset_uri(evaluation, dataset, miniweb_uri), "split": evaluation.split,
          "metrics": metrics_for(dataset), "linear_probe": probe.model_dump(mode="json") if probe.enabled else None},
-        {"model": model.name, "weights": model_weights(model, checkpoint), **scaled},
+        {"model": model.name, "weights": model_weights(model, checkpoint), **scaled, **headed},
     )  # fmt: skip
     with stage.lock():
         if stage.done:
             return stage.uri
         m, tok = inference_model(model, checkpoint, storage)
-        if scaled and not set_gate_scale(m, gate_scale):
+        if gate_scale != 1.0 and not set_gate_scale(m, gate_scale):
             _logger.warning("gate_scale %s asked for %s, which has no gated blocks: evaluated as it is", gate_scale,
                             checkpoint)  # fmt: skip
-        result = evaluate_dataset(m, tok, storage, evaluation, dataset, miniweb_uri, progress)
-        result.update(model=model.name, checkpoint=checkpoint, **scaled)
+        result = evaluate_dataset(m, tok, storage, evaluation, dataset, miniweb_uri, progress, head)
+        result.update(model=model.name, checkpoint=checkpoint, **scaled, **{f"{k}_stage": v for k, v in headed.items()})
         storage.write_json(stage.file("result.json"), result)
         return stage.complete(counts={"images": result["n"]}, zero_shot=result["zero_shot"])
 

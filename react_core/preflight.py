@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 
 from react_core.config import (
+    RIVAL_MODES,
     ConfigError,
     EvaluationConfig,
     ModelConfig,
@@ -23,6 +24,7 @@ from react_core.errors import ReactError
 from react_core.evaluation.suite import dataset_uri
 from react_core.knowledge.embed import knowledge_base_shards
 from react_core.models import check_activation, model_config
+from react_core.models.gated import GATED_MODES
 from react_core.registry import MINIWEB_CAPTIONS, MINIWEB_DATASETS, check_task
 from react_core.storage import Storage
 
@@ -38,7 +40,7 @@ def check_model(model: ModelConfig, training: TrainingConfig) -> None:
             f"model.name={model.name} has a {tower} image tower; REACT's gated blocks and trainer need an "
             "open_clip vision transformer; fix: use a ViT-* model"
         )
-    if isinstance(layers, int) and training.mode == "gated-image" and training.gated_layers > layers:
+    if isinstance(layers, int) and training.mode in GATED_MODES and training.gated_layers > layers:
         raise ConfigError(
             f"training.gated_layers={training.gated_layers} but {model.name} has {layers} image blocks; "
             f"fix: set training.gated_layers to 1..{layers}"
@@ -97,6 +99,12 @@ def check_customize(config: ReactConfig, storage: Storage) -> None:
     """Everything the customize flow can check before its first stage: the architecture, the target task, the
     knowledge base, the evaluation data, the storage root and the tracking server."""
     check_model(config.model, config.training)
+    if config.training.mode in RIVAL_MODES:
+        raise ConfigError(
+            f"training.mode={config.training.mode} is a cheap rival (a head on the base model, not a customized "
+            "model to register); fix: compare it with `react ablate` (a grid axis of training.mode values), or use "
+            "a tuning mode here (gated-image, locked-text, ...)"
+        )
     for name in config.retrieval.target_tasks:
         check_task(storage, name)
     check_miniweb_tasks(config)

@@ -153,8 +153,9 @@ def _unknown_task(name: str) -> DatasetError:
     )
 
 
-def resolve_task(storage: Storage, name: str, miniweb_uri: str | None) -> TaskSpec:
-    """A target task by name: ``miniweb-*``, ``imagenet-1k``, or a path / URI of a custom YAML task."""
+def resolve_task(storage: Storage, name: str, miniweb_uri: str | None, synonyms: bool = False) -> TaskSpec:
+    """A target task by name: ``miniweb-*``, ``imagenet-1k``, or a path / URI of a custom YAML task. ``synonyms``:
+    with a mini-web task's ``synonyms.json`` (REAL-Prompt's candidate names; retrieval uses the class names alone)."""
     if name.endswith((".yaml", ".yml")):
         return load_task_file(name, storage)
     if name in MINIWEB_DATASETS:
@@ -162,7 +163,9 @@ def resolve_task(storage: Storage, name: str, miniweb_uri: str | None) -> TaskSp
             raise DatasetError(f"task {name!r} needs the mini-web; generate it first")
         # Class names only, as a user of an ELEVATER-style task has them (the mini-web's synonyms.json is not used).
         data = read_vision_dataset(storage, join(miniweb_uri, "tasks", name), "test")
-        return TaskSpec(name, data.classnames, data.templates)
+        extra = join(miniweb_uri, "tasks", name, "synonyms.json")
+        names = storage.read_json(extra) if synonyms and storage.exists(extra) else {}
+        return TaskSpec(name, data.classnames, data.templates, names)
     if name in IMAGENET_NAMES:
         from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 

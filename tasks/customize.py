@@ -168,6 +168,25 @@ def train(
                               replay_uri)  # fmt: skip
 
 
+@task(name="head", **TASK_OPTIONS)
+def head(
+    storage: StorageConfig,
+    model: ModelConfig,
+    checkpoint: str | None,
+    cfg: TrainingConfig,
+    retrieval: RetrievalConfig,
+    embed_uri: str,
+    download_uri: str | None,
+    miniweb_uri: str | None,
+    tracking: TrackingConfig,
+    parent_run_id: str | None = None,
+) -> str:
+    """A cheap rival's head (training.mode real-prompt, real-linear, cache-head) on the base model."""
+    st = storage_of(storage)
+    return pipeline.run_head(st, model, checkpoint, cfg, retrieval, embed_uri, download_uri or "", miniweb_uri,
+                             tracker_of(tracking, st), parent_run_id)  # fmt: skip
+
+
 @task(name="evaluate-dataset", task_run_name="eval {dataset} ({label})", **TASK_OPTIONS)
 def evaluate_dataset(
     storage: StorageConfig,
@@ -178,10 +197,12 @@ def evaluate_dataset(
     miniweb_uri: str | None,
     label: str = "model",
     gate_scale: float = 1.0,
+    head_uri: str | None = None,
 ) -> str:
-    """One model on one dataset; cached per (model weights, dataset, evaluation settings, gate scale)."""
+    """One model on one dataset; cached per (model weights, dataset, evaluation settings, gate scale, a rival's
+    head)."""
     return pipeline.run_evaluate_dataset(
-        storage_of(storage), model, checkpoint, cfg, dataset, miniweb_uri, gate_scale=gate_scale
+        storage_of(storage), model, checkpoint, cfg, dataset, miniweb_uri, gate_scale=gate_scale, head_uri=head_uri
     )
 
 

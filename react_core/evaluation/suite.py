@@ -17,6 +17,8 @@ import torch
 from react_core.config import EvaluationConfig
 from react_core.data import DatasetError
 from react_core.data.datasets import EvalSet, image_features, open_dataset
+from react_core.evaluation.heads import Head, head_logits
+from react_core.evaluation.heads import scores as head_scores
 from react_core.evaluation.linear_probe import ProbeSettings, linear_probe
 from react_core.evaluation.metrics import compute
 from react_core.evaluation.retrieval import RETRIEVAL_METRICS, image_text_retrieval
@@ -89,9 +91,11 @@ def evaluate_dataset(
     name: str,
     miniweb_uri: str | None,
     progress: bool = False,
+    head: Head | None = None,
 ) -> dict[str, Any]:
     """Zero-shot metrics (and the few-shot probe when enabled) of one model on one dataset; image-text retrieval
-    (:mod:`react_core.evaluation.retrieval`) for a caption set."""
+    (:mod:`react_core.evaluation.retrieval`) for a caption set. ``head``: a rival's head for this dataset
+    (:mod:`react_core.evaluation.heads`), which then scores the classes."""
     evalset = open_eval(storage, cfg, name, miniweb_uri, cfg.split)
     if evalset.captions is not None:
         if not is_caption_set(name):
@@ -104,6 +108,12 @@ def evaluate_dataset(
                 "captions": n_captions, "metric": RETRIEVAL_METRICS[0], "zero_shot": recalls}  # fmt: skip
     metrics = metrics_for(name)
     z = zero_shot(model, tokenizer, evalset, cfg.batch_size, cfg.num_workers, progress)
+    if head is not None:
+        if list(head.classnames) != list(evalset.classnames):
+            raise DatasetError(f"the {head.kind} head of {head.task} has other classes than {evalset.source}; fix: "
+                               "fit the head for this dataset's class list")  # fmt: skip
+        logits = head_logits(head, model, tokenizer, list(evalset.templates), z.features, z.classifier)
+        z.scores = head_scores(logits)
     result: dict[str, Any] = {
         "dataset": display_name(name),
         "source": evalset.source,
@@ -113,6 +123,8 @@ def evaluate_dataset(
         "metric": metrics[0],
         "zero_shot": {m: compute(m, z.targets.numpy(), z.scores) for m in metrics},
     }
+    if head is not None:
+        result["head"] = head.kind
     if cfg.linear_probe.enabled:
         p = cfg.linear_probe
         try:

@@ -523,6 +523,12 @@ def _read_shard(storage: Storage, stage_uri: str, kind: str, index: int, rows: i
     return out
 
 
+def iter_metadata(storage: Storage, stage_uri: str) -> Iterator[pd.DataFrame]:
+    """Each shard's metadata, in order, one at a time (a LAION-size metadata does not fit in memory)."""
+    for index, rows in shard_layout(storage, stage_uri):
+        yield _read_shard(storage, stage_uri, "metadata", index, rows)
+
+
 def embedding_files(storage: Storage, stage_uri: str, kind: str = "img") -> list[str]:
     """The ``img`` or ``text`` embedding files of an embed stage, in metadata (shard index) order."""
     return [_shard_file(stage_uri, kind, i) for i, _ in shard_layout(storage, stage_uri)]

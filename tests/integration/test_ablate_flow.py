@@ -66,11 +66,32 @@ def test_ablate_flow_writes_the_tables_and_reruns_only_new_cells(prefect_harness
     )
 
     # a new axis: only its cells train; the others come from the cache
-    more = {**GRID, "axes": {**GRID["axes"], "k": {"field": "training.gated_layers", "values": [1]}}}
+    rivals = {"field": "training.mode", "values": ["real-prompt", "real-linear", "cache-head"]}
+    more = {**GRID, "axes": {**GRID["axes"], "k": {"field": "training.gated_layers", "values": [1]}, "rivals": rivals}}
     second = ablate(config=cfg, grid=more)
     states = _task_states(second["flow_run_id"], {"train k=1 seed 0", "train reference seed 0"})
     assert states["train k=1 seed 0"] == "Completed" and states["train k=1 seed 1"] == "Completed"
     assert all(states[f"train {c} seed {s}"] == "Cached" for c in cells for s in (0, 1)), states
-    assert len(st.ls(st.uri("train"), "*")) == 12
+    assert len(st.ls(st.uri("train"), "*")) == 12  # the rivals train nothing
     again = json.loads(st.read_bytes(f"{second['ablation']}/ablation.json"))
-    assert {c["id"] for c in again["cells"]} == set(cells) | {"k=1"}
+    got = {c["id"]: c for c in again["cells"]}
+    assert set(got) == set(cells) | {"k=1", "rivals=real-prompt", "rivals=real-linear", "rivals=cache-head"}
+
+    # the cheap rivals: the base model with a head on the target task, every other dataset exactly the base
+    base = again["base"]
+    for mode in ("real-prompt", "real-linear", "cache-head"):
+        rival = got[f"rivals={mode}"]
+        for d in ("miniweb-coarse", "miniweb-generic", "miniweb-captions"):
+            assert rival["mean"][d] == base[d], (mode, d)
+    linear, cache, prompt = got["rivals=real-linear"], got["rivals=cache-head"], got["rivals=real-prompt"]
+    assert linear["cost"]["trainable_params"] == 32 * 4  # (D, C) of react-micro-vit's 4 fine classes
+    assert cache["cost"]["trainable_params"] == prompt["cost"]["trainable_params"] == 0
+    assert prompt["cost"]["data_bytes"] == 0 and prompt["cost"]["pairs"] == 0
+    assert cache["cost"]["data_bytes"] == cells["reference"]["cost"]["data_bytes"] > 0
+    inputs = st.stage_manifest(second["ablation"])["inputs"]
+    for mode, kind in (("real-prompt", "prompts"), ("real-linear", "linear"), ("cache-head", "cache")):
+        target = st.read_json(f"{inputs[f'rivals={mode}/0/miniweb-fine']}/result.json")
+        assert target["head"] == kind  # the head scored the target task ...
+        assert inputs[f"rivals={mode}/0/miniweb-coarse"] == inputs["base/miniweb-coarse"]  # ... and nothing else
+    assert len(st.ls(st.uri("head"), "*")) == 4  # the prompts and the cache once (no seed in them), linear per seed
+    assert "## rivals" in st.read_bytes(f"{second['ablation']}/ablation.md").decode()

@@ -167,3 +167,9 @@ def test_the_shipped_grids_are_valid_for_their_presets():
     for path in grids:
         grid = load_grid(path, load_config(REPO / "deployments" / "demo.yaml"))
         assert len(grid.cells) > 1 and grid.seeds
+
+
+def test_customize_refuses_a_cheap_rival_mode_in_one_line(tmp_path, capsys):
+    err = _demo_fails_before_work(tmp_path, capsys, "training.mode=cache-head")
+    assert err.count("\n") == 0
+    assert "training.mode=cache-head is a cheap rival" in err and "fix: compare it with `react ablate`" in err

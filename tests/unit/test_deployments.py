@@ -27,7 +27,7 @@ def test_each_deployment_names_a_preset_that_validates(dep):
 @pytest.mark.parametrize("dep", DEPLOYMENTS, ids=lambda d: d["name"])
 def test_deployment_entrypoints_resolve(dep):
     flow = _flow(dep)
-    assert flow.name in {"customize", "evaluate", "prepare-world"}
+    assert flow.name in {"customize", "evaluate", "prepare-world", "ablate"}
     assert {"preset", "config"} <= set(flow.parameters.properties)
 
 
@@ -86,3 +86,13 @@ def test_the_elevater_preset_retrieves_for_all_twenty_and_evaluates_them_with_im
     assert set(cfg.evaluation.tasks) == {*elevater_datasets(), "imagenet-1k"}
     assert cfg.evaluation.generic_tasks == ["imagenet-1k"]
     assert {d["parameters"]["preset"] for d in DEPLOYMENTS if d["name"] == "elevater"} == {"elevater"}
+
+
+def test_the_ablate_deployment_runs_a_shipped_grid_that_fits_its_preset():
+    from flows.ablate import grid_file
+    from react_core.ablation import load_grid
+
+    (dep,) = [d for d in DEPLOYMENTS if d["entrypoint"] == "flows/ablate.py:ablate"]
+    grid = load_grid(grid_file(dep["parameters"]["grid"]), load_config(REPO / "deployments" / "demo.yaml"))
+    assert set(grid.axes) >= {"tuning", "size", "search", "gated_layers", "filtering", "audit", "control"}
+    assert len(grid.seeds) == 3

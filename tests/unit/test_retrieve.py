@@ -213,3 +213,24 @@ def test_new_retrieval_fields_leave_existing_stage_versions_alone():
     assert not {"min_pair_score", "pair_score_top", "random_control"} & set(plain)
     assert RetrievalConfig(pair_score_top=0.5).identity()["pair_score_top"] == 0.5
     assert RetrievalConfig(random_control=True).identity()["random_control"] is True
+
+
+def test_real_prompt_counts_whole_word_names_in_the_captions_and_picks_the_most_frequent(kb):
+    import re
+
+    from react_core.knowledge.names import most_frequent_names, name_counts
+
+    _, _, st, emb, _ = kb
+    captions = load_metadata(st, emb)["caption"].str.lower().tolist()
+    words = sorted({w for c in captions for w in re.findall(r"[a-z]{5,}", c)})[:6]
+    names = [w.upper() for w in words[:3]] + words[3:]  # in any case
+    got = name_counts(st, emb, names)
+    truth = {n: sum(1 for c in captions if re.search(rf"(?<!\w){n.lower()}(?!\w)", c)) for n in names}
+    assert got == truth
+    assert name_counts(st, emb, [words[0][:-1]])[words[0][:-1]] == sum(  # a prefix counts only as a word of its own
+        1 for c in captions if re.search(rf"(?<!\w){words[0][:-1]}(?!\w)", c)
+    )
+    rare, common = min(names, key=got.get), max(names, key=got.get)
+    assert got[rare] < got[common]
+    chosen, counts = most_frequent_names(st, emb, ["qqq-nowhere"], {"qqq-nowhere": [rare, common]})
+    assert chosen == [common] and counts["qqq-nowhere"] == {"qqq-nowhere": 0, rare: got[rare], common: got[common]}

@@ -1,0 +1,100 @@
+"""Fitting the cheap rivals' heads (:mod:`react_core.evaluation.heads`) on the retrieved pairs: no backbone step.
+
+* real-prompt: nothing to fit; the names come from :func:`react_core.knowledge.names.most_frequent_names`.
+* real-linear: the base model's image features of the retrieved pairs (class-balanced: each class's pairs weigh
+  as much in the loss as any other's), a linear head initialised from the text classifier and trained full-batch
+  with cross-entropy on ``100 * f @ W`` (``training.rivals.linear_steps`` AdamW steps, seeded).
+* cache-head: the features and their classes are the cache; nothing is trained.
+
+The head stage writes ``head.pt`` and ``head.json`` (pairs, steps, trainable parameters, seconds: the cost columns
+of the ablation's rival table).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from react_core.config import TrainingConfig
+from react_core.data import DatasetError, load_labelled_pairs, training_subset
+from react_core.evaluation.heads import HEAD_FILE, Head, save_head
+from react_core.evaluation.zeroshot import LOGIT_SCALE
+from react_core.models import create_model
+from react_core.models.encode import default_device, model_device, model_image_size, normalize, text_classifier
+from react_core.storage import Stage, Storage, exclusive
+
+
+@torch.no_grad()
+def _features(model: torch.nn.Module, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    size, device = model_image_size(model), model_device(model)
+    out = [F.normalize(model.encode_image(normalize(images[i : i + batch].to(device), size)).float(), dim=-1).cpu()
+           for i in range(0, len(images), batch)]  # fmt: skip
+    return torch.cat(out)
+
+
+def fit_linear(features: torch.Tensor, labels: torch.Tensor, init: torch.Tensor, steps: int, lr: float,
+               seed: int) -> torch.Tensor:  # fmt: skip
+    """(D, C) weights from ``init`` (the text classifier), class-balanced cross-entropy, full batch."""
+    torch.manual_seed(seed)
+    w = init.clone().requires_grad_(True)
+    counts = torch.bincount(labels, minlength=init.shape[1]).float()
+    weights = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
+    opt = torch.optim.AdamW([w], lr=lr, weight_decay=0.0)
+    for _ in range(steps):
+        loss = F.cross_entropy(LOGIT_SCALE * features @ w, labels, weight=weights * len(counts) / weights.sum())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return w.detach()
+
+
+@exclusive
+def fit_head(
+    model_name: str,
+    checkpoint: str | None,
+    cfg: TrainingConfig,
+    storage: Storage,
+    task: str,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    shards: Sequence[str],
+    stage: Stage,
+    names: Sequence[str] | None = None,
+) -> str:
+    """Fit the head of ``cfg.mode`` for ``task`` and write it (``head.pt``, ``head.json``) into ``stage``."""
+    if stage.done:
+        return stage.uri
+    t0 = time.time()
+    classnames = list(classnames)
+    head = Head(kind="prompts", task=task, classnames=classnames)
+    pairs = steps = trainable = 0
+    if cfg.mode == "real-prompt":
+        head.names = list(names or classnames)
+    else:
+        if not shards:
+            raise DatasetError(f"no retrieved pairs to fit the {cfg.mode} head on; fix: check the download stage")
+        model, tokenizer = create_model(model_name, checkpoint, storage, device=default_device())
+        model.eval()
+        images, _, keys, labels = load_labelled_pairs(storage, shards, model_image_size(model))
+        keep = torch.from_numpy(training_subset(keys, cfg.subset, cfg.holdout)) & (labels >= 0)
+        keep &= labels < len(classnames)
+        images, labels = images[keep], labels[keep]
+        features = _features(model, images)
+        pairs = len(labels)
+        if cfg.mode == "real-linear":
+            init = text_classifier(model, tokenizer, classnames, list(templates)).float().cpu()
+            r = cfg.rivals
+            head = Head(kind="linear", task=task, classnames=classnames, mix=r.linear_mix,
+                        weight=fit_linear(features, labels, init, r.linear_steps, r.linear_lr, cfg.seed))  # fmt: skip
+            steps, trainable = r.linear_steps, init.numel()
+        else:
+            head = Head(kind="cache", task=task, classnames=classnames, keys=features.half().float(), labels=labels,
+                        alpha=cfg.rivals.cache_alpha, beta=cfg.rivals.cache_beta)  # fmt: skip
+    save_head(storage, stage.file(HEAD_FILE), head)
+    summary = {"kind": head.kind, "mode": cfg.mode, "task": task, "pairs": pairs, "steps": steps,
+               "trainable_params": trainable, "wall_s": round(time.time() - t0, 2), "names": head.names}  # fmt: skip
+    storage.write_json(stage.file("head.json"), summary)
+    return stage.complete(counts={"pairs": pairs, "trainable_params": trainable}, metrics={"wall_s": summary["wall_s"]})
