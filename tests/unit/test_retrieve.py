@@ -227,8 +227,11 @@ def test_real_prompt_counts_whole_word_names_in_the_captions_and_picks_the_most_
     got = name_counts(st, emb, names)
     truth = {n: sum(1 for c in captions if re.search(rf"(?<!\w){n.lower()}(?!\w)", c)) for n in names}
     assert got == truth
-    assert name_counts(st, emb, [words[0][:-1]])[words[0][:-1]] == sum(  # a prefix counts only as a word of its own
-        1 for c in captions if re.search(rf"(?<!\w){words[0][:-1]}(?!\w)", c)
+    assert (
+        name_counts(st, emb, [words[0][:-1]])[words[0][:-1]]
+        == sum(  # a prefix counts only as a word of its own
+            1 for c in captions if re.search(rf"(?<!\w){words[0][:-1]}(?!\w)", c)
+        )
     )
     rare, common = min(names, key=got.get), max(names, key=got.get)
     assert got[rare] < got[common]
