@@ -13,10 +13,9 @@ import io
 import math
 
 import numpy as np
-import pandas as pd
 
 from react_core.knowledge.embed import load_metadata_rows, metadata_rows
-from react_core.knowledge.retrieve import MANIFEST_COLUMNS, RetrievalError, read_manifest
+from react_core.knowledge.retrieve import RetrievalError, read_manifest, unclassed_manifest
 from react_core.storage import Stage, Storage, exclusive
 
 SCHEMA = 1
@@ -56,21 +55,7 @@ def sample_replay(storage: Storage, embed_uri: str, retrieve_uri: str, n: int, s
     meta = load_metadata_rows(storage, embed_uri, drawn[order])
     meta = meta.iloc[np.argsort(order)].reset_index(drop=True)  # back to the draw's order
     meta = meta[~meta["key"].isin(retrieved)].head(n)
-    manifest = pd.DataFrame(
-        {
-            "url": meta["url"] if "url" in meta else pd.Series([None] * len(meta), dtype=object),
-            "caption": meta["caption"],
-            "key": meta["key"],
-            "class_id": np.full(len(meta), -1, np.int64),
-            "class_name": "",
-            "score": np.full(len(meta), np.nan, np.float32),
-            "mode": "replay",
-            "prompt": "",
-            "shard": meta["shard"],
-            "offset": meta["offset"],
-        },
-        columns=MANIFEST_COLUMNS,
-    ).sort_values(["shard", "offset"], kind="stable")
+    manifest = unclassed_manifest(meta, "replay").sort_values(["shard", "offset"], kind="stable")
     buf = io.BytesIO()
     manifest.reset_index(drop=True).to_parquet(buf)
     storage.write_bytes(stage.file("manifest.parquet"), buf.getvalue())

@@ -282,11 +282,16 @@ def retrieve(
 
 def random_control(storage: Storage, embed_uri: str, n: int) -> pd.DataFrame:
     """The random control's manifest (``retrieval.random_control``): ``n`` knowledge-base pairs drawn uniformly, the
-    same draw for the same ``n`` (seeded by it), no class (``class_id`` -1, ``mode`` random). As many pairs as the
-    search chose, so a model trained on them differs from REACT's only by what retrieval picked."""
+    same draw for the same ``n`` (seeded by it), no class. As many pairs as the search chose, so a model trained on
+    them differs from REACT's only by what retrieval picked."""
     total = metadata_rows(storage, embed_uri)
     rows = np.sort(np.random.default_rng([n, 0xC0]).choice(total, size=min(n, total), replace=False))
-    meta = load_metadata_rows(storage, embed_uri, rows)
+    return unclassed_manifest(load_metadata_rows(storage, embed_uri, rows), "random")
+
+
+def unclassed_manifest(meta: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """A manifest of knowledge-base pairs chosen without a class (``class_id`` -1, no score or prompt): the random
+    control's and the replay sample's."""
     return pd.DataFrame(
         {
             "url": meta["url"] if "url" in meta else pd.Series([None] * len(meta), dtype=object),
@@ -295,7 +300,7 @@ def random_control(storage: Storage, embed_uri: str, n: int) -> pd.DataFrame:
             "class_id": np.full(len(meta), -1, np.int64),
             "class_name": "",
             "score": np.full(len(meta), np.nan, np.float32),
-            "mode": "random",
+            "mode": mode,
             "prompt": "",
             "shard": meta["shard"],
             "offset": meta["offset"],

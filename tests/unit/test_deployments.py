@@ -94,5 +94,5 @@ def test_the_ablate_deployment_runs_a_shipped_grid_that_fits_its_preset():
 
     (dep,) = [d for d in DEPLOYMENTS if d["entrypoint"] == "flows/ablate.py:ablate"]
     grid = load_grid(grid_file(dep["parameters"]["grid"]), load_config(REPO / "deployments" / "demo.yaml"))
-    assert set(grid.axes) >= {"tuning", "size", "search", "gated_layers", "filtering", "audit", "control"}
+    assert set(grid.axes) >= {"tuning", "size", "search", "gated_layers", "filtering", "audit", "control", "rivals"}
     assert len(grid.seeds) == 3
