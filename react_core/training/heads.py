@@ -6,6 +6,10 @@
   with cross-entropy on ``100 * f @ W`` (``training.rivals.linear_steps`` AdamW steps, seeded).
 * cache-head: the features and their classes are the cache; nothing is trained.
 
+With ``training.holdout`` the blend with zero-shot (``mix``; ``alpha``, ``beta``) is chosen on the held-out
+retrieved pairs (:func:`choose_blend`), as the rivals' papers tune it on validation data; else it is
+``training.rivals``' value.
+
 The head stage writes ``head.pt`` and ``head.json`` (pairs, steps, trainable parameters, seconds: the cost columns
 of the ablation's rival table).
 """
@@ -19,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from react_core.config import TrainingConfig
-from react_core.data import DatasetError, load_labelled_pairs, training_subset
-from react_core.evaluation.heads import HEAD_FILE, Head, save_head
+from react_core.data import DatasetError, held_out, load_labelled_pairs, training_subset
+from react_core.evaluation.heads import HEAD_FILE, Head, head_logits, save_head
 from react_core.evaluation.zeroshot import LOGIT_SCALE
 from react_core.models import create_model
 from react_core.models.encode import default_device, model_device, model_image_size, normalize, text_classifier
@@ -51,6 +55,32 @@ def fit_linear(features: torch.Tensor, labels: torch.Tensor, init: torch.Tensor,
     return w.detach()
 
 
+MIXES = (0.0, 0.25, 0.5, 0.75, 1.0)  # real-linear: the trained head's weight against zero-shot's
+CACHE_GRID = tuple((beta, alpha) for beta in (1.0, 5.5, 20.0) for alpha in (1.0, 3.0, 10.0))  # Tip-Adapter's search
+
+
+def choose_blend(head: Head, features: torch.Tensor, labels: torch.Tensor, classifier: torch.Tensor) -> dict:
+    """Set the head's blend with zero-shot (real-linear: ``mix``; cache-head: ``alpha``, ``beta``) to the value most
+    accurate on held-out retrieved pairs (their retrieval classes as labels: no target label is read), the first of
+    equals (closest to zero-shot); returns the choice and its held-out accuracy. REAL and Tip-Adapter tune these
+    on labelled validation data, which a REACT user does not have."""
+
+    def accuracy() -> float:
+        return float((head_logits(head, None, None, [], features, classifier).argmax(1) == labels).float().mean())
+
+    options = [{"mix": m} for m in MIXES] if head.kind == "linear" else [{"beta": b, "alpha": a}
+                                                                         for b, a in CACHE_GRID]  # fmt: skip
+    scored = []
+    for option in options:
+        for k, v in option.items():
+            setattr(head, k, v)
+        scored.append((accuracy(), option))
+    best_acc, best = max(scored, key=lambda t: t[0])  # max keeps the first of equals
+    for k, v in best.items():
+        setattr(head, k, v)
+    return {**best, "holdout_accuracy": round(best_acc, 4), "holdout_pairs": len(labels)}
+
+
 @exclusive
 def fit_head(
     model_name: str,
@@ -71,6 +101,7 @@ def fit_head(
     classnames = list(classnames)
     head = Head(kind="prompts", task=task, classnames=classnames)
     pairs = steps = trainable = 0
+    chosen: dict[str, float] = {}
     if cfg.mode == "real-prompt":
         head.names = list(names or classnames)
     else:
@@ -78,23 +109,26 @@ def fit_head(
             raise DatasetError(f"no retrieved pairs to fit the {cfg.mode} head on; fix: check the download stage")
         model, tokenizer = create_model(model_name, checkpoint, storage, device=default_device())
         model.eval()
-        images, _, keys, labels = load_labelled_pairs(storage, shards, model_image_size(model))
-        keep = torch.from_numpy(training_subset(keys, cfg.subset, cfg.holdout)) & (labels >= 0)
-        keep &= labels < len(classnames)
-        images, labels = images[keep], labels[keep]
-        features = _features(model, images)
+        all_images, _, keys, all_labels = load_labelled_pairs(storage, shards, model_image_size(model))
+        classed = (all_labels >= 0) & (all_labels < len(classnames))
+        keep = torch.from_numpy(training_subset(keys, cfg.subset, cfg.holdout)) & classed
+        held = torch.from_numpy(held_out(keys, cfg.holdout)) & classed
+        features, labels = _features(model, all_images[keep]), all_labels[keep]
         pairs = len(labels)
+        classifier = text_classifier(model, tokenizer, classnames, list(templates)).float().cpu()
+        r = cfg.rivals
         if cfg.mode == "real-linear":
-            init = text_classifier(model, tokenizer, classnames, list(templates)).float().cpu()
-            r = cfg.rivals
             head = Head(kind="linear", task=task, classnames=classnames, mix=r.linear_mix,
-                        weight=fit_linear(features, labels, init, r.linear_steps, r.linear_lr, cfg.seed))  # fmt: skip
-            steps, trainable = r.linear_steps, init.numel()
+                        weight=fit_linear(features, labels, classifier, r.linear_steps, r.linear_lr, cfg.seed))  # fmt: skip
+            steps, trainable = r.linear_steps, classifier.numel()
         else:
             head = Head(kind="cache", task=task, classnames=classnames, keys=features.half().float(), labels=labels,
-                        alpha=cfg.rivals.cache_alpha, beta=cfg.rivals.cache_beta)  # fmt: skip
+                        alpha=r.cache_alpha, beta=r.cache_beta)  # fmt: skip
+        if bool(held.any()):  # training.holdout: the blend chosen on held-out retrieved pairs, no target label
+            chosen = choose_blend(head, _features(model, all_images[held]), all_labels[held], classifier)
     save_head(storage, stage.file(HEAD_FILE), head)
     summary = {"kind": head.kind, "mode": cfg.mode, "task": task, "pairs": pairs, "steps": steps,
-               "trainable_params": trainable, "wall_s": round(time.time() - t0, 2), "names": head.names}  # fmt: skip
+               "trainable_params": trainable, "wall_s": round(time.time() - t0, 2), "names": head.names,
+               "chosen_on_holdout": chosen}  # fmt: skip
     storage.write_json(stage.file("head.json"), summary)
     return stage.complete(counts={"pairs": pairs, "trainable_params": trainable}, metrics={"wall_s": summary["wall_s"]})

@@ -43,3 +43,19 @@ def test_the_linear_head_learns_from_the_text_init_and_balances_the_classes():
     per_class = [float(((feats @ w).argmax(1) == labels)[labels == c].float().mean()) for c in range(3)]
     assert acc(w) > acc(init) and min(per_class) >= 0.8  # the small classes are learnt too
     assert torch.equal(w, fit_linear(feats, labels, init, steps=200, lr=1e-2, seed=0))  # deterministic
+
+
+def test_the_blend_is_chosen_on_held_out_pairs():
+    from react_core.training.heads import choose_blend
+
+    f = torch.eye(3)
+    labels = torch.tensor([0, 1, 2])
+    wrong = torch.roll(torch.eye(3), 1, dims=1)  # scores every pair as the next class
+    good_head = Head(kind="linear", task="t", classnames=["a", "b", "c"], weight=torch.eye(3), mix=0.5)
+    chosen = choose_blend(good_head, f, labels, wrong)  # zero-shot is wrong, the head right: the head wins
+    assert chosen["mix"] == good_head.mix == 0.75 and chosen["holdout_accuracy"] == 1.0  # the first that is right
+    bad_head = Head(kind="linear", task="t", classnames=["a", "b", "c"], weight=wrong, mix=0.5)
+    assert choose_blend(bad_head, f, labels, torch.eye(3))["mix"] == 0.0  # and the other way round
+    cache = Head(kind="cache", task="t", classnames=["a", "b", "c"], keys=f, labels=labels)
+    got = choose_blend(cache, f, labels, wrong)
+    assert got["holdout_accuracy"] == 1.0 and (cache.alpha, cache.beta) == (got["alpha"], got["beta"])
