@@ -89,7 +89,7 @@ class Grid:
 
     def describe(self) -> dict[str, Any]:
         """What identifies the grid (the ablation stage's config): its cells' overrides and the seeds."""
-        return {"name": self.name, "seeds": self.seeds, "axes": self.axes,
+        return {"name": self.name, "seeds": self.seeds, "axes": self.axes, "labels": self.labels,
                 "cells": {c.id: c.overrides for c in self.cells}}  # fmt: skip
 
 
