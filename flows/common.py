@@ -97,12 +97,14 @@ def retrieve_and_train(
     embedded: str,
     parent_run_id: str | None = None,
     label: str | None = None,
-) -> dict[str, str | None]:
+    out: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Index (for ``retrieval.k``), retrieve, download, the replay sample when ``training.replay`` is set, train: the
     stages after the embedding, as URIs. ``label`` names the train task run (an ablation's cell). A cheap rival
     (``training.mode`` in RIVAL_MODES) fits its head instead of training (``train`` is then the head stage);
-    real-prompt reads the knowledge base's captions only."""
-    out: dict[str, str | None] = {}
+    real-prompt reads the knowledge base's captions only. ``out``: filled stage by stage (a flow's result: the
+    stages reached before a failure become its parent run's tags)."""
+    out = {} if out is None else out
     parent = parent_run_id
     rival = config.training.mode in RIVAL_MODES
     if config.training.mode == "real-prompt":

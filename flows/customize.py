@@ -33,7 +33,7 @@ def customize(preset: Preset = "demo", config: ConfigOverrides | None = None) ->
         parent = out["mlflow_run_id"]
         out["miniweb"], out["base"] = miniweb_uri, checkpoint = miniweb_and_base(config, parent)
         out["embed"] = embedded = embed_knowledge_base(config, checkpoint, miniweb_uri, parent)
-        out.update(retrieve_and_train(config, checkpoint, miniweb_uri, embedded, parent))
+        retrieve_and_train(config, checkpoint, miniweb_uri, embedded, parent, out=out)
         trained = out["train"]
         out["evaluate"] = evaluated = evaluate_models(
             config.storage, config.model, {"base": checkpoint, "customized": model_file(trained)}, config.evaluation,
