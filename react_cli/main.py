@@ -162,9 +162,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from flows.ablate import ablate, grid_file
     from react_core.ablation import load_grid
-    from react_core.preflight import check_customize
+    from react_core.preflight import check_ablation, check_customize
 
-    load_grid(grid_file(args.grid), cfg)  # before the flow: a bad grid is one line per problem, nothing run
+    path = grid_file(args.grid)
+    check_ablation(load_grid(path, cfg), path)  # before the flow: a bad grid is one line per problem, nothing run
     check_customize(cfg, _storage(cfg))
     result = ablate(config=cfg, grid=args.grid)
     st = _storage(cfg)

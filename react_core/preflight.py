@@ -10,6 +10,7 @@ import os
 import urllib.error
 import urllib.request
 
+from react_core.ablation import REFERENCE, Grid, GridError
 from react_core.config import (
     RIVAL_MODES,
     ConfigError,
@@ -121,3 +122,17 @@ def check_evaluate(config: ReactConfig, storage: Storage) -> None:
     check_evaluation_data(storage, config.evaluation, config.uses_miniweb)
     storage.check_writable()
     check_tracking(config.tracking)
+
+
+def check_ablation(grid: Grid, grid_file: str) -> None:
+    """Every cell of an ablation grid against the architecture (gated layers it has, ...): the problems a cell
+    would otherwise meet mid-flow, one line each naming the grid file, the axis and the value."""
+    problems = []
+    for cell in grid.cells:
+        try:
+            check_model(cell.config.model, cell.config.training)
+        except ConfigError as exc:
+            where = "base" if cell.axis == REFERENCE else f"axis '{cell.axis}', value {cell.label!r}"
+            problems.append(f"{grid_file}: {where}: {exc}")
+    if problems:
+        raise GridError("\n".join(problems))

@@ -173,3 +173,14 @@ def test_customize_refuses_a_cheap_rival_mode_in_one_line(tmp_path, capsys):
     err = _demo_fails_before_work(tmp_path, capsys, "training.mode=cache-head")
     assert err.count("\n") == 0
     assert "training.mode=cache-head is a cheap rival" in err and "fix: compare it with `react ablate`" in err
+
+
+def test_an_ablation_cell_the_model_cannot_run_fails_before_any_stage(tmp_path, capsys):
+    root = tmp_path / "root"
+    rc = main(["ablate", "-c", TINY, "-q", "-s", f"storage.root={root}", "--grid", "small"])  # k up to 4; micro has 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 2, err
+    assert (
+        "small.yaml: axis 'gated_layers', value '3': training.gated_layers=3 but react-micro-vit has 2 image" in err[0]
+    )
+    assert "value '4'" in err[1] and not root.exists()
