@@ -72,7 +72,11 @@ def main() -> None:
         for arm, ch in chains.items():
             t1 = time.time()
             training = arms[arm].training.model_copy(update={"seed": seed})
-            stage = pipeline.run_train(storage, cfg.model, base, training, ch.downloaded)
+            replay = None  # the forgetting controls (training.replay, training.anchor) when the preset sets them
+            if training.replay > 0:
+                sample = pipeline.run_replay(storage, training.replay, seed, ch.embed, ch.retrieved)
+                replay = pipeline.run_download(storage, cfg.download, sample, world)
+            stage = pipeline.run_train(storage, cfg.model, base, training, ch.downloaded, replay_uri=replay)
             acc[arm].append(evaluate(model_file(stage)))
             print(f"{arm}, seed {seed}: {time.time() - t1:.0f} s: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in acc[arm][-1].items()), flush=True)  # fmt: skip
