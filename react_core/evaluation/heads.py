@@ -39,7 +39,7 @@ class Head:
     names: list[str] = field(default_factory=list)  # prompts: each class's name in the prompts
     weight: torch.Tensor | None = None  # linear: (D, C)
     mix: float = 0.5
-    keys: torch.Tensor | None = None  # cache: (N, D) normalised image features
+    keys: torch.Tensor | None = None  # cache: (N, D) normalised image features (float16 on disk: half the bytes)
     labels: torch.Tensor | None = None  # cache: (N,) class ids
     alpha: float = 1.0
     beta: float = 5.5
@@ -56,7 +56,7 @@ def save_head(storage: Storage, uri: str, head: Head) -> str:
 
 def load_head(storage: Storage, uri: str) -> Head:
     with storage.open(uri, "rb") as f:
-        return Head(**torch.load(f, map_location="cpu", weights_only=False))
+        return Head(**torch.load(f, map_location="cpu", weights_only=True))  # tensors, names, numbers: no pickle
 
 
 def head_logits(
@@ -85,6 +85,7 @@ def cache_affinity(features: torch.Tensor, keys: torch.Tensor, labels: torch.Ten
     """(N, C): per class, the mean of ``exp(-beta (1 - cos))`` between each feature and that class's keys (0 for a
     class without keys); blockwise over the features."""
     onehot = F.one_hot(labels.long(), classes).float()  # (K, C)
+    keys = keys.float()  # stored in float16
     per_class = onehot.sum(dim=0).clamp(min=1)
     out = []
     for i in range(0, len(features), block):

@@ -122,7 +122,7 @@ def fit_head(
                         weight=fit_linear(features, labels, classifier, r.linear_steps, r.linear_lr, cfg.seed))  # fmt: skip
             steps, trainable = r.linear_steps, classifier.numel()
         else:
-            head = Head(kind="cache", task=task, classnames=classnames, keys=features.half().float(), labels=labels,
+            head = Head(kind="cache", task=task, classnames=classnames, keys=features.half(), labels=labels,
                         alpha=r.cache_alpha, beta=r.cache_beta)  # fmt: skip
         if bool(held.any()):  # training.holdout: the blend chosen on held-out retrieved pairs, no target label
             chosen = choose_blend(head, _features(model, all_images[held]), all_labels[held], classifier)
