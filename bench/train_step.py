@@ -6,6 +6,7 @@ frozen) with the CLIP loss and AdamW, from random weights (no download):
 * **upstream-style** (REACT's released recipe on open_clip): the whole CLIP model is in memory, the
   frozen text tower encodes the batch's captions at every step, and gradient checkpointing is on, so
   every block's forward runs twice and autograd goes through the frozen trunk.
+* **upstream-no-ckpt**: the same without checkpointing (faster, far more memory; ``bench/gpu.py`` runs it).
 * **ours** (:mod:`react_core.training.trainer`): the captions' features are computed once per dataset
   (here: given), only the image tower and ``logit_scale`` are in memory, no checkpointing; autograd
   records nothing before the first gated block.
@@ -67,9 +68,9 @@ def run_variant(variant: str, model_name: str, batch: int, steps: int, warmup: i
     )
     amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda")
     images = torch.randn(batch, 3, size, size, device=device)
-    if variant == "upstream":
+    if variant.startswith("upstream"):
         model = model.to(device)
-        model.set_grad_checkpointing(True)
+        model.set_grad_checkpointing(variant == "upstream")  # "upstream-no-ckpt": the same step without it
         model.eval()
         tokens = torch.randint(1, model.vocab_size - 1, (batch, ctx), device=device)
         opt = adamw(model.named_parameters(), 5e-4, 0.05)
@@ -96,7 +97,7 @@ def run_variant(variant: str, model_name: str, batch: int, steps: int, warmup: i
 
         def step() -> float:
             with amp:
-                img, scale = forward(images)
+                img, scale, _ = forward(images)
             loss = contrastive_loss(img, text, scale)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -132,7 +133,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--gated-layers", type=int, default=6)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--variant", choices=["ours", "ours+ckpt", "ours+compile", "upstream"], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--variant",
+        choices=["ours", "ours+ckpt", "ours+compile", "upstream", "upstream-no-ckpt"],
+        help=argparse.SUPPRESS,
+    )
     a = p.parse_args()
     if a.variant:
         print(json.dumps(run_variant(a.variant, a.model, a.batch, a.steps, a.warmup, a.gated_layers, a.device)))
