@@ -110,7 +110,8 @@ def cmd_base_pretrain(args: argparse.Namespace) -> int:
 def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
     from react_core.tracking import default_tracking_uri
 
-    lines = ["", f"REACT on the mini-web: retrieval for '{cfg.retrieval.label}', gated-image customization", ""]
+    tasks = ", ".join(cfg.retrieval.target_tasks)
+    lines = ["", f"REACT on the mini-web: retrieval for {tasks}, {cfg.training.mode} customization", ""]
     from react_core.pipeline import ROLES, dataset_roles
 
     roles = dataset_roles(cfg)
@@ -121,6 +122,10 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
     lines.append("(target: what retrieval was for; generic: what the base knew; retrieval: image-text recall@1)")
     lines.append("")
     lines.append(f"customized model: {result['train']}/model.pt")
+    if (reg := result.get("registered")) and reg.get("version"):
+        alias = ("champion" if reg.get("champion") else "candidate") if reg.get("new") else None
+        where = f" (now models:/{reg['name']}@{alias})" if alias else " (registered by an earlier run)"
+        lines.append(f"registered:       models:/{reg['name']}/{reg['version']}{where}")
     tracking = cfg.tracking.tracking_uri or default_tracking_uri(_storage(cfg))[0]
     if cfg.tracking.enabled:
         lines.append(f"MLflow:  run {result['mlflow_run_id']}; see it with: mlflow ui --backend-store-uri {tracking}")
@@ -148,7 +153,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     from react_core.preflight import check_evaluate
 
-    check_evaluate(cfg, _storage(cfg))
+    check_evaluate(cfg, _storage(cfg), args.customized)
     from flows.evaluate import evaluate
 
     result = evaluate(config=cfg, customized=args.customized)

@@ -51,7 +51,8 @@ from react_core.miniweb.generate import GENERATOR_VERSION, generate
 from react_core.models import model_file
 from react_core.models.cache import cached_model, inference_model
 from react_core.models.gated import TEXT_MODES, set_gate_scale
-from react_core.registry import resolve_task
+from react_core.preflight import check_checkpoint
+from react_core.registry import registered_name, resolve_task
 from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker, log_stage, stage_run
 from react_core.training.customize import TEXT_FEATURES_SCHEMA, caption_features, customize
@@ -463,6 +464,8 @@ def run_evaluate_dataset(
          "metrics": metrics_for(dataset), "linear_probe": probe.model_dump(mode="json") if probe.enabled else None},
         {"model": model.name, "weights": model_weights(model, checkpoint), **scaled, **headed},
     )  # fmt: skip
+    if checkpoint:  # a damaged checkpoint's results, cached or not, would not be this checkpoint's
+        check_checkpoint(storage, checkpoint)
     with stage.lock():
         if stage.done:
             return stage.uri
@@ -596,8 +599,7 @@ def run_register(
     template, train = config.tracking.registered_model, result.get("train")
     if tracker is None or not template or not train:
         return None
-    task = config.retrieval.label
-    name = template.format(task=task)
+    task, name = registered_name(config, storage)
     # A version is a trained model at one lambda (evaluation.gate_scale): the same train stage at another lambda
     # is another version. Versions registered before lambda existed have no react.gate_scale tag: lambda 1.
     lam = config.evaluation.gate_scale if config.evaluation.gate_scale is not None else 1.0

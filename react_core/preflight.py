@@ -24,10 +24,10 @@ from react_core.data import DatasetError
 from react_core.errors import ReactError
 from react_core.evaluation.suite import dataset_uri
 from react_core.knowledge.embed import knowledge_base_shards
-from react_core.models import check_activation, model_config
+from react_core.models import ModelLoadError, check_activation, model_config
 from react_core.models.gated import GATED_MODES
-from react_core.registry import MINIWEB_CAPTIONS, MINIWEB_DATASETS, check_task
-from react_core.storage import Storage
+from react_core.registry import MINIWEB_CAPTIONS, MINIWEB_DATASETS, check_task, registered_name
+from react_core.storage import Storage, normalize_uri
 
 
 def check_model(model: ModelConfig, training: TrainingConfig) -> None:
@@ -108,6 +108,8 @@ def check_customize(config: ReactConfig, storage: Storage) -> None:
         )
     for name in config.retrieval.target_tasks:
         check_task(storage, name)
+    if config.tracking.enabled and config.tracking.registered_model:
+        registered_name(config, storage)  # the name MLflow will be given at the end, checked at the start
     check_miniweb_tasks(config)
     if config.knowledge_base.source != "miniweb":
         knowledge_base_shards(storage, config.knowledge_base.source, None)
@@ -116,8 +118,24 @@ def check_customize(config: ReactConfig, storage: Storage) -> None:
     check_tracking(config.tracking)
 
 
-def check_evaluate(config: ReactConfig, storage: Storage) -> None:
-    """What the evaluate flow can check before it starts: the evaluation data, the storage root, the tracking."""
+def check_checkpoint(storage: Storage, checkpoint: str) -> None:
+    """A checkpoint given by URI or path exists, and, when a stage of this root wrote it, is still what that stage
+    wrote (size and content: :meth:`Storage.gone`)."""
+    uri = checkpoint if "://" in checkpoint else normalize_uri(checkpoint)
+    if uri.startswith(("file://", storage.root)) and not storage.exists(uri):
+        raise ModelLoadError(f"checkpoint {checkpoint} does not exist; fix: give the model.pt of a train stage")
+    if damaged := storage.gone(uri):
+        raise ModelLoadError(
+            f"checkpoint {checkpoint} cannot be trusted: {damaged[0]} is missing, or not the size or content its "
+            "stage wrote (damaged); fix: run the customize flow again (react demo), which rebuilds that stage"
+        )
+
+
+def check_evaluate(config: ReactConfig, storage: Storage, customized: str | None = None) -> None:
+    """What the evaluate flow can check before it starts: the customized checkpoint when it is given as a URI or
+    path, the evaluation data, the storage root, the tracking."""
+    if customized and not customized.startswith("models:/"):
+        check_checkpoint(storage, customized)
     check_miniweb_tasks(config)
     check_evaluation_data(storage, config.evaluation, config.uses_miniweb)
     storage.check_writable()

@@ -14,6 +14,9 @@ custom tasks written as YAML::
 
 from __future__ import annotations
 
+import re
+import string
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from react_core.config import ConfigError, ReactConfig
 from react_core.data import DatasetError
 from react_core.data.datasets import read_vision_dataset
 from react_core.errors import ReactError
@@ -56,6 +60,28 @@ def imagenet_templates() -> list[str]:
     return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
 
 
+def _template_problem(template: str) -> str | None:
+    """Why ``template.format(name)`` would fail or fill something other than the class name; None if it is fine."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        return f"is not a valid template ({exc}); fix: write a literal brace as {{{{ or }}}}"
+    others = sorted({f for f in fields if f not in ("", "0")})
+    if others:
+        slots = ", ".join("{" + f + "}" for f in others)
+        return f"has placeholder(s) {slots} that nothing fills (only {{}}, the class name, is); fix: remove them"
+    return None
+
+
+def task_label(storage: Storage | None, name: str) -> str:
+    """What a target task is called in registered model names and summaries: a task file's ``name:`` (else its
+    file name without the extension) with every character MLflow or a ``models:/NAME@ALIAS`` URI cannot hold
+    (``/``, ``:``, ``@``, spaces, ...) replaced by ``-``; any other task by its own name."""
+    if name.endswith((".yaml", ".yml")):
+        name = load_task_file(name, storage).name
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip("-.") or "task"
+
+
 def parse_task(data: Any, source: str) -> TaskSpec:
     """Validate a custom task mapping (see the module docstring); raise listing every problem."""
     problems = []
@@ -75,6 +101,14 @@ def parse_task(data: Any, source: str) -> TaskSpec:
             continue
         if not name.strip():
             problems.append(f"{source}: classes[{i}] has an empty name; fix: give it a name or remove it")
+        # A line break or other control character inside a name would be filled into every prompt as it is
+        # (and a name on two lines is almost always a YAML slip: a block scalar, a missing dash): refused.
+        for text in (name, *syn):
+            if any(unicodedata.category(ch).startswith("C") for ch in str(text).strip()):
+                problems.append(
+                    f"{source}: classes[{i}] {str(text)!r} contains a line break or another control character; "
+                    "fix: write each name (and synonym) on one line"
+                )
         classes.append(name.strip())
         if syn:
             synonyms[name.strip()] = [str(s) for s in syn]
@@ -97,6 +131,9 @@ def parse_task(data: Any, source: str) -> TaskSpec:
             f"{source}: template(s) without a '{{}}' slot for the class name: {bad}; fix: mark where the name goes "
             "with {}, e.g. 'a photo of a {}.'"
         )
+    for t in templates:
+        if isinstance(t, str) and t not in bad and (why := _template_problem(t)):
+            problems.append(f"{source}: template {t!r} {why}")
     if problems:
         raise TaskSpecError("\n".join(problems))
     return TaskSpec(str(data.get("name") or Path(source).stem), classes, list(templates), synonyms)
@@ -173,3 +210,26 @@ def resolve_task(storage: Storage, name: str, miniweb_uri: str | None, synonyms:
     if name in _elevater():
         return elevater_task(name)
     raise _unknown_task(name)
+
+
+def registered_name(config: ReactConfig, storage: Storage) -> tuple[str, str]:
+    """(task label, registered model name) of a customize run: ``tracking.registered_model`` with ``{task}`` the
+    target tasks' labels (:func:`task_label`: a task file's ``name:`` or stem, never its path)
+    joined by ``+``. Raises :class:`ConfigError` naming the field when MLflow would refuse the name."""
+    task = "+".join(task_label(storage, t) for t in config.retrieval.target_tasks)
+    template = config.tracking.registered_model or "react-{task}"
+    try:
+        name = template.format(task=task)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"tracking.registered_model={template!r} is not a valid name template ({type(exc).__name__}: {exc}); "
+            "fix: use {task} as the only placeholder, e.g. 'react-{task}'"
+        ) from None
+    bad = sorted({c for c in name if c in "/:@" or c.isspace() or unicodedata.category(c).startswith("C")})
+    if not name.strip() or bad or name in (".", ".."):
+        raise ConfigError(
+            f"tracking.registered_model gives the model name {name!r}, which MLflow cannot hold (characters "
+            f"{bad or 'none'}; '/', ':', '@', spaces and control characters are not allowed); fix: set "
+            "tracking.registered_model to a name without them, e.g. 'react-{task}'"
+        )
+    return task, name

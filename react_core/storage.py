@@ -41,6 +41,21 @@ _THREAD_LOCKS_GUARD = threading.Lock()
 _HELD: dict[str, int] = {}
 _WARNED: set[str] = set()  # damaged stage files already reported by Stage.done
 _VERSION = re.compile(r"[0-9a-f]{12}")  # a stage folder's version (version_hash)
+# Files up to this size on an object store get a sha256 in _SUCCESS (read back once when the stage completes);
+# larger ones are watched by their etag alone. On a local disk every file is hashed (reading is cheap there).
+DIGEST_MAX_BYTES = 256 << 20
+_VERIFIED: dict[tuple[str, int, str], bool] = {}  # (uri, size, tag) -> content equal to the recorded sha256
+
+
+def _tag(entry: Mapping[str, Any]) -> str:
+    """What changes when a file is written again: the etag of an object; on a disk the modification time and the
+    inode (an atomic write makes a new inode, so two writes within the clock's resolution still differ)."""
+    if entry.get("mtime") is not None and entry.get("ino") is not None:
+        return f"{entry['mtime']}:{entry['ino']}"
+    for key in ("ETag", "etag", "mtime", "LastModified", "created"):
+        if entry.get(key) is not None:
+            return str(entry[key]).strip('"')
+    return ""
 
 
 class StorageError(ReactError, RuntimeError):
@@ -295,13 +310,40 @@ class Storage:
 
     def top_files(self, folder_uri: str) -> dict[str, int]:
         """``{name: size}`` of the files directly in a folder (one listing; nothing cached from before)."""
+        return {name: size for name, (size, _) in self._listing(folder_uri).items()}
+
+    def _listing(self, folder_uri: str) -> dict[str, tuple[int, str]]:
+        """``{name: (size, tag)}`` of the files directly in a folder, ``tag`` being what changes when a file is
+        written again (its etag on object stores, its modification time on disks); one listing, nothing cached."""
         path = self.path(folder_uri)
         self.fs.invalidate_cache(path)
         try:
             entries = self.fs.ls(path, detail=True)
         except (FileNotFoundError, NotADirectoryError):
             return {}
-        return {posixpath.basename(e["name"].rstrip("/")): int(e["size"]) for e in entries if e["type"] == "file"}
+        return {posixpath.basename(e["name"].rstrip("/")): (int(e["size"]), _tag(e)) for e in entries
+                if e["type"] == "file"}  # fmt: skip
+
+    def digest(self, uri: str) -> str:
+        """sha256 of a file's content, read in 8 MiB blocks."""
+        h = hashlib.sha256()
+        with self.fs.open(self.path(uri), "rb") as f:
+            while block := f.read(8 << 20):
+                h.update(block)
+        return h.hexdigest()
+
+    def _digests(self, stage_uri: str, listing: Mapping[str, tuple[int, str]]) -> dict[str, dict[str, str]]:
+        """What ``_SUCCESS`` records beside each top-level file's size so that damage which keeps the size is
+        found: its tag (:meth:`_listing`) and, where reading it back is cheap (a local disk, or a file of at most
+        ``DIGEST_MAX_BYTES`` on an object store), its sha256. A file whose tag changed is then hashed again and
+        compared; without a recorded sha256 (a large object) a changed etag alone marks it replaced."""
+        local = local_path(self.root) is not None
+        out = {}
+        for name, (size, tag) in listing.items():
+            out[name] = {"tag": tag}
+            if local or size <= DIGEST_MAX_BYTES:
+                out[name]["sha256"] = self.digest(join(stage_uri, name))
+        return out
 
     def fingerprint(self, uris: Sequence[str]) -> str:
         """A short hash of what ``uris`` hold, from one listing per folder: each file's name, size and etag (object
@@ -325,10 +367,21 @@ class Storage:
             manifest = json.loads(self.fs.cat_file(self.path(marker)))
         except (FileNotFoundError, NotADirectoryError, ValueError):
             return marker
-        present = self.top_files(stage_uri)
+        present = self._listing(stage_uri)
+        digests = manifest.get("digests") or {}  # stages written before digests were recorded: sizes only
         for name, size in (manifest.get("files") or {}).items():
-            if present.get(name) != size:
+            found = present.get(name)
+            if found is None or found[0] != size:
                 return join(stage_uri, name)
+            recorded = digests.get(name)
+            if recorded is None or recorded.get("tag") == found[1]:
+                continue
+            uri = join(stage_uri, name)
+            key = (uri, found[0], found[1])  # written again since the stage finished: is the content the same?
+            if key not in _VERIFIED:
+                _VERIFIED[key] = "sha256" in recorded and self.digest(uri) == recorded["sha256"]
+            if not _VERIFIED[key]:
+                return uri
         return None
 
     def stage(
@@ -369,8 +422,8 @@ class Stage:
         problem = self.storage._stage_problem(self.uri)
         if problem is not None and not problem.endswith("/" + SUCCESS) and problem not in _WARNED:
             _WARNED.add(problem)  # once per process: several callers ask before the stage is rebuilt
-            _logger.warning("stage %s: %s is missing or not the size it was written at; building the stage again",
-                            self.uri, problem)  # fmt: skip
+            _logger.warning("stage %s: %s is missing, or not the size or content it was written with (damaged); "
+                            "building the stage again", self.uri, problem)  # fmt: skip
         return problem is None
 
     def manifest(self) -> dict[str, Any]:
@@ -426,7 +479,8 @@ class Stage:
         cfg = self.config.model_dump(mode="json") if isinstance(self.config, BaseModel) else self.config
         # The top-level files and their sizes: what a cache may check cheaply (one listing) before trusting
         # the stage (Storage.gone); subfolders (shards, checkpoints) are read with checks of their own.
-        files = {k: v for k, v in self.storage.top_files(self.uri).items() if k != SUCCESS}
+        listing = {k: v for k, v in self.storage._listing(self.uri).items() if k != SUCCESS}
+        files = {k: size for k, (size, _) in listing.items()}
         self.storage.write_json(
             self.file(SUCCESS),
             {
@@ -437,6 +491,7 @@ class Stage:
                 "config": cfg,
                 "inputs": self.inputs,
                 "files": files,
+                "digests": self.storage._digests(self.uri, listing),
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 **extra,
             },

@@ -92,12 +92,41 @@ def test_a_bad_task_file_is_one_line_per_problem_naming_the_file_and_the_fix(tmp
         ("classes: []\n", "the class list is empty; fix: list at least one class"),
         ("classes: [wren, Wren]\n", "duplicate class names ['wren']; fix: merge them"),
         ("classes: [wren]\ntemplates: ['a photo']\n", "without a '{}' slot for the class name: ['a photo']; fix:"),
+        (
+            "classes: [wren]\ntemplates: ['a photo of a {} in {color}.']\n",
+            "template 'a photo of a {} in {color}.' has placeholder(s) {color} that nothing fills",
+        ),
+        ("classes: [wren]\ntemplates: ['a {} photo {']\n", "is not a valid template (Single '{' encountered"),
+        ('classes: ["wren\\nrobin"]\n', "classes[0] 'wren\\nrobin' contains a line break or another control"),
     ):
         task = tmp_path / "birds.yaml"
         task.write_text(body)
         err = _demo_fails_before_work(tmp_path, capsys, f"retrieval.task={task}")
         assert err == f"error: {task}: {problem}" or (err.startswith(f"error: {task}: ") and problem in err), err
         assert err.count("\n") == 0
+
+
+def test_a_registered_model_name_mlflow_cannot_hold_fails_before_any_stage(tmp_path, capsys):
+    err = _demo_fails_before_work(tmp_path, capsys, "tracking.registered_model=team/react-{task}")
+    assert err.count("\n") == 0
+    assert "tracking.registered_model gives the model name 'team/react-miniweb-fine'" in err and "fix:" in err
+    err = _demo_fails_before_work(tmp_path, capsys, "tracking.registered_model=react-{tsk}")
+    assert "tracking.registered_model='react-{tsk}' is not a valid name template" in err
+
+
+def test_a_task_file_s_registered_name_is_its_name_or_its_stem_never_its_path(tmp_path):
+    from react_core.config import load_config
+    from react_core.registry import registered_name, task_label
+    from react_core.storage import Storage
+
+    named, plain = tmp_path / "birds.yaml", tmp_path / "my task.yml"
+    named.write_text("name: garden birds/UK\nclasses: [wren, robin]\n")
+    plain.write_text("classes: [wren, robin]\n")
+    st = Storage(str(tmp_path))
+    assert task_label(st, str(named)) == "garden-birds-UK" and task_label(st, str(plain)) == "my-task"
+    assert task_label(st, "miniweb-fine") == "miniweb-fine"
+    cfg = load_config(TINY, [f"storage.root={tmp_path}", f"retrieval.tasks=[{named}, miniweb-coarse]"])
+    assert registered_name(cfg, st) == ("garden-birds-UK+miniweb-coarse", "react-garden-birds-UK+miniweb-coarse")
 
 
 def test_missing_knowledge_base_and_evaluation_data_fail_before_any_stage(tmp_path, capsys):

@@ -131,6 +131,38 @@ def test_a_stage_with_a_deleted_or_truncated_file_is_not_done_and_is_named(tmp_p
         st.stage_manifest(uri)
 
 
+@pytest.mark.parametrize("root", ["file", "memory"])
+def test_damage_that_keeps_a_file_s_size_is_found_by_its_content(tmp_path, root):
+    import os
+
+    st = Storage(str(tmp_path) if root == "file" else f"memory://same-size-{uuid.uuid4().hex[:8]}")
+    stage = st.stage("retrieve", {"k": 1})
+    good = os.urandom(4096)
+    st.write_bytes(stage.file("manifest.parquet"), good)
+    uri = stage.complete()
+    assert set(stage.manifest()["digests"]["manifest.parquet"]) == {"tag", "sha256"}
+    assert stage.done
+
+    st.write_bytes(stage.file("manifest.parquet"), os.urandom(4096))  # garbage of the same size
+    assert not stage.done and st.gone({"retrieve": uri}) == [stage.file("manifest.parquet")]
+    st.write_bytes(stage.file("manifest.parquet"), good)  # written again with the same bytes (a copy, a restore)
+    assert stage.done and st.gone([uri]) == []
+
+
+def test_a_stage_finished_before_digests_were_recorded_is_checked_by_size(tmp_path):
+    st = Storage(str(tmp_path))
+    stage = st.stage("train", {"lr": 1})
+    st.write_bytes(stage.file("model.pt"), b"x" * 10)
+    stage.complete()
+    manifest = stage.manifest()
+    del manifest["digests"]
+    st.write_json(stage.file(SUCCESS), manifest)
+    st.write_bytes(stage.file("model.pt"), b"y" * 10)
+    assert stage.done  # nothing to compare the content with: as before
+    st.write_bytes(stage.file("model.pt"), b"y" * 9)
+    assert not stage.done
+
+
 def test_a_stage_lock_is_held_against_other_processes_and_reentrant_in_this_one(tmp_path):
     import subprocess
     import sys
