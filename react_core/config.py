@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from react_core.errors import ReactError
-from react_core.secrets import protect
+from react_core.secrets import URL_PASSWORD, mask_urls, protect
 
 _logger = logging.getLogger(__name__)
 
@@ -146,6 +146,11 @@ class KnowledgeBaseConfig(_Section):
         0, ge=0, description="knowledge-base shards that may be damaged (truncated, unreadable, fewer samples than "
         "their _stats.json) with the embed stage still completing, their loss counted; above it the stage fails "
         "naming them",
+    )  # fmt: skip
+    require_index: bool = Field(
+        False, description="refuse knowledge-base shards without their index ({shard}_stats.json, as img2dataset "
+        "writes it): without one, a shard cut cleanly between two samples cannot be told from a whole one; false: "
+        "such shards are embedded with a warning and counted (unindexed_shards)",
     )  # fmt: skip
     jpeg_draft: bool = Field(
         True,
@@ -552,7 +557,9 @@ class EvaluationConfig(_Section):
 
 class TrackingConfig(_Section):
     tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else a sqlite file under the storage root"
+        None,
+        description="MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else a sqlite file under a local storage root "
+        "(./react-mlflow.db in the working folder for an object-store root, where sqlite cannot live)",
     )
     experiment: str = Field("react", description="MLflow experiment name")
     enabled: bool = Field(True, description="log to MLflow; false: nothing is tracked")
@@ -579,6 +586,35 @@ class ReactConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _no_password_in_a_url(self) -> ReactConfig:
+        """A URL with a password (``http://user:pass@host``) anywhere but ``storage.options`` (where it is kept secret)
+        would be printed, logged, sent as a Prefect parameter and written as an MLflow param: refused."""
+
+        def walk(value: Any, path: str) -> None:
+            if isinstance(value, BaseModel):
+                for name in type(value).model_fields:
+                    if path + name != "storage.options":
+                        walk(getattr(value, name), f"{path}{name}.")
+            elif isinstance(value, Mapping):
+                for k, v in value.items():
+                    walk(v, f"{path}{k}.")
+            elif isinstance(value, list | tuple):
+                for i, v in enumerate(value):
+                    walk(v, f"{path}{i}.")
+            elif isinstance(value, str) and URL_PASSWORD.search(value):
+                field = path.rstrip(".")
+                env = (" (MLflow reads MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+                       if field == "tracking.tracking_uri" else "")  # fmt: skip
+                raise ValueError(
+                    f"{field} holds a URL with a password ({mask_urls(value)}), "
+                    f"which would be printed, logged and sent as a parameter; fix: drop the user and password from "
+                    f"the URL and give the credentials through the environment{env}"
+                )
+
+        walk(self, "")
+        return self
 
     @property
     def uses_miniweb(self) -> bool:
@@ -649,12 +685,14 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
         got_s = json.dumps(got, default=str) if not isinstance(got, Mapping) else "a mapping"
         msg = e["msg"].removeprefix("Value error, ")
         fix = ""
-        if owner is not None and str(loc[-1]) in owner.model_fields and "fix:" not in msg:
+        if owner is not None and loc and str(loc[-1]) in owner.model_fields and "fix:" not in msg:
             d = _describe(owner, str(loc[-1]))
             fix = f"; fix: {d}" if d else ""
         got_part = f" (got {got_s})" if "fix:" not in msg else ""  # a message with its own fix names the value
-        lines.append(f"{source}: {path}: {msg}{got_part}{fix}")
-    return "\n".join(lines)
+        where = f"{path}: " if loc else ""  # a check of the whole tree names its field in its message
+        lines.append(f"{source}: {where}{msg}{got_part}{fix}")
+    # a value echoed back must not carry a password (http://user:pass@host)
+    return "\n".join(mask_urls(line) for line in lines)
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -706,9 +744,14 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"{name}: no such config file; fix: pass an existing YAML file (see deployments/)")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{name}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); fix: save the file "
+                "as UTF-8"
+            ) from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{name}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{name}: not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(loaded, Mapping):
             raise ConfigError(f"{name}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = dict(loaded.get("config", loaded)) if "config" in loaded else dict(loaded)

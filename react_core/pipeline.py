@@ -198,7 +198,8 @@ def run_embed_finish(
 ) -> str:
     """Mark the embed stage complete once every shard is embedded; ``groups``: what this run embedded."""
     stage, shards = embed_stage(storage, model, kb, checkpoint, miniweb_uri)
-    uri = finish(storage, stage, shards, len(shards) - sum(len(g) for g in groups), kb.max_damaged_shards)
+    uri = finish(storage, stage, shards, len(shards) - sum(len(g) for g in groups), kb.max_damaged_shards,
+                 kb.require_index)  # fmt: skip
     params = {"knowledge_base": kb.model_dump(mode="json")}
     log_stage(tracker, storage, "embed", uri, params, ("throughput.json",), parent_run_id)
     return uri
@@ -213,7 +214,7 @@ def run_embed(
         return stage.uri
     m, tok = inference_model(model, checkpoint, storage)
     return embed_knowledge_base(m, tok, storage, shards, stage, kb.batch_size, kb.num_workers, draft=kb.jpeg_draft,
-                                max_damaged_shards=kb.max_damaged_shards)  # fmt: skip
+                                max_damaged_shards=kb.max_damaged_shards, require_index=kb.require_index)  # fmt: skip
 
 
 def run_index(
@@ -432,6 +433,11 @@ def run_head(
     return stage.uri
 
 
+# Caption sets' eval stages: schema 2 since image-text recall follows the standard protocol (ties in index order),
+# so results computed under the earlier rule (a tie counts for the positive) are never reused.
+CAPTION_SET_SCHEMA = 2
+
+
 def model_weights(model: ModelConfig, checkpoint: str | None) -> str:
     """What identifies a model's weights in a stage's inputs: its checkpoint, else the pretrained tag."""
     return checkpoint or f"{model.name}:{model.pretrained or 'random'}"
@@ -463,6 +469,7 @@ def run_evaluate_dataset(
         {"dataset": dataset, "location": dataset_uri(evaluation, dataset, miniweb_uri), "split": evaluation.split,
          "metrics": metrics_for(dataset), "linear_probe": probe.model_dump(mode="json") if probe.enabled else None},
         {"model": model.name, "weights": model_weights(model, checkpoint), **scaled, **headed},
+        schema=CAPTION_SET_SCHEMA if is_caption_set(dataset) else 1,
     )  # fmt: skip
     if checkpoint:  # a damaged checkpoint's results, cached or not, would not be this checkpoint's
         check_checkpoint(storage, checkpoint)

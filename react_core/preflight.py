@@ -112,10 +112,27 @@ def check_customize(config: ReactConfig, storage: Storage) -> None:
         registered_name(config, storage)  # the name MLflow will be given at the end, checked at the start
     check_miniweb_tasks(config)
     if config.knowledge_base.source != "miniweb":
-        knowledge_base_shards(storage, config.knowledge_base.source, None)
+        shards = knowledge_base_shards(storage, config.knowledge_base.source, None)
+        if config.knowledge_base.require_index:
+            check_shard_indices(storage, shards)
     check_evaluation_data(storage, config.evaluation, config.uses_miniweb)
     storage.check_writable()
     check_tracking(config.tracking)
+
+
+def check_shard_indices(storage: Storage, shards: list[str]) -> None:
+    """Every shard has its index (``{shard}_stats.json``), found by one listing per folder."""
+    present = set()
+    for folder in sorted({u.rsplit("/", 1)[0] for u in shards}):
+        present.update(storage.ls(folder, "*_stats.json"))
+    missing = [u for u in shards if u[: -len(".tar")] + "_stats.json" not in present]
+    if missing:
+        listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise DatasetError(
+            f"{len(missing)} knowledge-base shard(s) have no index ({listed}; each needs its {{shard}}_stats.json), "
+            "and knowledge_base.require_index is true; fix: restore the _stats.json files (img2dataset writes "
+            "them), or set knowledge_base.require_index=false to embed them unchecked"
+        )
 
 
 def check_checkpoint(storage: Storage, checkpoint: str) -> None:

@@ -161,17 +161,21 @@ def elevater_task(name: str) -> TaskSpec:
 
 def load_task_file(path: str, storage: Storage | None = None) -> TaskSpec:
     try:
-        text = (
-            (storage or Storage(str(Path(path).parent))).read_bytes(path).decode()
-            if "://" in path
-            else Path(path).read_text()
+        raw = (
+            (storage or Storage(str(Path(path).parent))).read_bytes(path) if "://" in path else Path(path).read_bytes()
         )
+        text = raw.decode("utf-8")
     except (FileNotFoundError, StorageError):
         raise TaskSpecError(f"{path}: no such task file") from None
+    except UnicodeDecodeError as exc:
+        raise TaskSpecError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); fix: save the file as "
+            "UTF-8"
+        ) from None
     try:
         return parse_task(yaml.safe_load(text), path)
     except yaml.YAMLError as exc:
-        raise TaskSpecError(f"{path}: not valid YAML: {exc}") from None
+        raise TaskSpecError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
 
 
 def check_task(storage: Storage, name: str) -> None:

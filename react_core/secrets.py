@@ -24,26 +24,46 @@ MASK = "**********"  # what pydantic writes for a SecretStr
 
 # Option names that hold credentials in fsspec backends (s3fs: key, secret, token; botocore client kwargs:
 # aws_access_key_id, aws_secret_access_key, aws_session_token; gcsfs: token; adlfs: account_key,
-# sas_token, client_secret; http: password).
-_SECRET_NAME = re.compile(r"(^|_)(key|secret|token|password|passwd|credentials?)$|access_key|secret_key|sas_token",
-                          re.IGNORECASE)  # fmt: skip
+# sas_token, client_secret; http and s3fs: username, password), and the usual spellings of the rest (pwd, pass, api_key_value,
+# apiKey, auth, private_key): a name any of whose words (split at _, - and camelCase) is one of these.
+_SECRET_WORDS = {"key", "keys", "secret", "secrets", "token", "tokens", "password", "passwd", "pwd", "pass",
+                 "passphrase", "username", "credential", "credentials", "apikey", "auth", "authorization", "sas", "signature"}  # fmt: skip
+_NOT_SECRET = {"profile", "cache_key", "key_prefix"}
+# A URL with a password in it (scheme://user:password@host): a credential whatever the option is called.
+URL_PASSWORD = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@")
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with the user and password of every URL in it replaced (``http://***@host``)."""
+    return URL_PASSWORD.sub(lambda m: m.group(0).split("://", 1)[0] + "://***@", text)
 
 
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name)) and name not in {"profile", "cache_key"}
+    if name.lower() in _NOT_SECRET:
+        return False
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower().replace("-", "_").split("_")
+    return any(w in _SECRET_WORDS for w in words)
+
+
+def _protect_value(v: Any, secret: bool) -> Any:
+    if isinstance(v, Mapping):
+        return protect(v)
+    if isinstance(v, list | tuple):
+        return [_protect_value(x, secret) for x in v]
+    if isinstance(v, SecretStr) or v is None or isinstance(v, bool):
+        return v
+    if secret and isinstance(v, str | int | float):  # a numeric password is still a password
+        return SecretStr(str(v))
+    if isinstance(v, str) and URL_PASSWORD.search(v):
+        return SecretStr(v)
+    return v
 
 
 def protect(options: Mapping[str, Any], path: str = "") -> dict[str, Any]:
-    """``options`` with every credential-named string value (at any depth) wrapped in ``SecretStr``."""
-    out: dict[str, Any] = {}
-    for k, v in options.items():
-        if isinstance(v, Mapping):
-            out[k] = protect(v, f"{path}{k}.")
-        elif is_secret_name(str(k)) and isinstance(v, str):
-            out[k] = SecretStr(v)
-        else:
-            out[k] = v
-    return out
+    """``options`` with every credential (at any depth, in lists too) wrapped in ``SecretStr``: a value of any
+    scalar type under a credential-like name (:func:`is_secret_name`), and any string holding a URL with a
+    password."""
+    return {k: _protect_value(v, is_secret_name(str(k))) for k, v in options.items()}
 
 
 def reveal(options: Mapping[str, Any], path: str = "storage.options.") -> dict[str, Any]:
@@ -54,6 +74,12 @@ def reveal(options: Mapping[str, Any], path: str = "storage.options.") -> dict[s
         value = v.get_secret_value() if isinstance(v, SecretStr) else v
         if isinstance(value, Mapping):
             out[k] = reveal(value, f"{path}{k}.")
+        elif isinstance(value, list | tuple):
+            items = [reveal({str(i): x}, f"{path}{k}.")[str(i)] for i, x in enumerate(value) if x != MASK]
+            out[k] = items
+            if len(items) < len(value):
+                _logger.warning("%s%s arrived with redacted items, dropped; using the environment's credentials",
+                                path, k)  # fmt: skip
         elif value == MASK:
             _logger.warning(
                 "%s%s arrived redacted (secrets are never sent in parameters or files); using the environment's "
@@ -71,6 +97,8 @@ def public(options: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in options.items():
         if isinstance(v, Mapping):
             out[k] = public(v)
+        elif isinstance(v, list | tuple) and not is_secret_name(str(k)):
+            out[k] = [public({"_": x})["_"] for x in v if "_" in public({"_": x})]
         elif not (isinstance(v, SecretStr) or is_secret_name(str(k))):
             out[k] = v
     return out
@@ -82,10 +110,15 @@ def secret_values(options: Mapping[str, Any]) -> list[str]:
     for k, v in options.items():
         if isinstance(v, Mapping):
             found += secret_values(v)
+        elif isinstance(v, list | tuple):
+            for x in v:
+                found += secret_values({k: x})
         elif isinstance(v, SecretStr):
             found.append(v.get_secret_value())
-        elif is_secret_name(str(k)) and isinstance(v, str):
-            found.append(v)
+            if m := URL_PASSWORD.search(v.get_secret_value()):  # the password alone may be echoed too
+                found.append(m.group(0).rsplit(":", 1)[1][:-1])
+        elif is_secret_name(str(k)) and isinstance(v, str | int | float) and not isinstance(v, bool):
+            found.append(str(v))
     return [s for s in found if s and s != MASK]
 
 

@@ -21,6 +21,7 @@ from react_core.config import TrackingConfig
 from react_core.storage import Storage, file_lock, join, local_path
 
 _logger = logging.getLogger(__name__)
+_WARNED_STORES: set[str] = set()
 
 _FSSPEC_ARTIFACT_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
 
@@ -426,7 +427,15 @@ def default_tracking_uri(storage: Storage) -> tuple[str, str | None]:
     if lp is not None:
         os.makedirs(lp, exist_ok=True)
         return f"sqlite:///{os.path.join(lp, 'mlflow.db')}", join(storage.root, "mlartifacts")
-    return f"sqlite:///{os.path.abspath('react-mlflow.db')}", join(storage.root, "mlartifacts")
+    uri = f"sqlite:///{os.path.abspath('react-mlflow.db')}"
+    if uri not in _WARNED_STORES:  # once per process: every stage asks
+        _WARNED_STORES.add(uri)
+        _logger.warning(
+            "tracking: the storage root %s is not a local folder and sqlite cannot live there, so MLflow's store is "
+            "%s on this host (artifacts under %s/mlartifacts); for a team, set tracking.tracking_uri to an MLflow "
+            "server", storage.root, uri, storage.root,
+        )  # fmt: skip
+    return uri, join(storage.root, "mlartifacts")
 
 
 @contextlib.contextmanager

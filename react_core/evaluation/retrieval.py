@@ -2,8 +2,8 @@
 
 Every image and every caption of a caption set (:func:`react_core.data.datasets.read_karpathy`) is embedded;
 *image -> text* R@K is the share of images with one of their own captions among the K captions most similar to
-them, *text -> image* R@K the share of captions whose image is among the K images most similar to them (CLIP's
-and open_clip's ``retrieval`` protocol). Similarities are computed a block at a time, so COCO's 5k x 25k
+them, *text -> image* R@K the share of captions whose image is among the K images most similar to them, ties in
+index order (CLIP_benchmark's protocol, which published CLIP numbers use). Similarities are computed a block at a time, so COCO's 5k x 25k
 matrix is never held whole.
 """
 
@@ -25,23 +25,31 @@ def recall_at_k(
     text: torch.Tensor,
     caption_image: torch.Tensor,
     ks: Sequence[int] = (1, 5, 10),
-    block: int = 1024,
+    block: int = 256,
 ) -> dict[str, float]:
     """R@K both ways from L2-normalised features: ``image`` (N, D), ``text`` (M, D), ``caption_image`` (M,) the
-    image of each caption. A tie with a positive counts for the positive (its rank is the number of strictly
-    more similar candidates)."""
+    image of each caption.
+
+    The protocol of published CLIP numbers (CLIP_benchmark's ``zeroshot_retrieval``): per query, the K most
+    similar candidates with ties broken in index order (a stable sort), and a hit when one of them is a positive.
+    Ties matter on caption sets whose captions repeat across images (the same words embed the same): a repeated
+    caption of an earlier image is listed before the query's own, as a top-k would list it."""
     n, m = len(image), len(text)
-    i2t_rank = torch.empty(n, dtype=torch.long)
+    kmax = min(max(ks), m)
+    i2t_rank = torch.empty(n, dtype=torch.long)  # the position of the first own caption in the stable order
     for lo in range(0, n, block):
         sims = image[lo : lo + block] @ text.T  # (b, M)
-        own = caption_image[None, :] == torch.arange(lo, min(lo + block, n))[:, None]  # (b, M): own captions
-        best = sims.masked_fill(~own, float("-inf")).max(dim=1).values  # the best own caption's similarity
-        i2t_rank[lo : lo + block] = (sims > best[:, None]).sum(dim=1)
-    t2i_rank = torch.empty(m, dtype=torch.long)
+        order = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, :kmax]  # (b, kmax)
+        own = caption_image[order] == torch.arange(lo, min(lo + block, n))[:, None]  # (b, kmax)
+        first = torch.where(own.any(dim=1), own.float().argmax(dim=1), torch.full((len(own),), m))
+        i2t_rank[lo : lo + block] = first
+    t2i_rank = torch.empty(m, dtype=torch.long)  # one positive: its rank, ties before it counted when earlier
+    index = torch.arange(n)
     for lo in range(0, m, block):
         sims = text[lo : lo + block] @ image.T  # (b, N)
-        pos = sims.gather(1, caption_image[lo : lo + block, None])  # (b, 1)
-        t2i_rank[lo : lo + block] = (sims > pos).sum(dim=1)
+        own = caption_image[lo : lo + block, None]  # (b, 1)
+        pos = sims.gather(1, own)
+        t2i_rank[lo : lo + block] = ((sims > pos) | ((sims == pos) & (index[None, :] < own))).sum(dim=1)
     out = {}
     for k in ks:
         out[f"i2t_r{k}"] = float((i2t_rank < k).float().mean())

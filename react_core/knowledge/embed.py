@@ -414,7 +414,12 @@ def embed_shards(
 
 @exclusive
 def finish(
-    storage: Storage, stage: Stage, shard_uris: Sequence[str], resumed_shards: int = 0, max_damaged_shards: int = 0
+    storage: Storage,
+    stage: Stage,
+    shard_uris: Sequence[str],
+    resumed_shards: int = 0,
+    max_damaged_shards: int = 0,
+    require_index: bool = False,
 ) -> str:
     """Check that every shard was embedded, write ``shards.json``, ``throughput.json`` and the stage marker;
     returns the URI.
@@ -442,6 +447,21 @@ def finish(
             "them again) and run again (only they are embedded again), or raise knowledge_base.max_damaged_shards "
             "to accept the loss"
         )
+    unindexed = [shard_uris[i] for i in sorted(stats) if stats[i].get("expected") is None]
+    if unindexed:
+        listed = ", ".join(unindexed[:3]) + (f" and {len(unindexed) - 3} more" if len(unindexed) > 3 else "")
+        if require_index:
+            raise EmbeddingError(
+                f"{len(unindexed)} knowledge-base shard(s) have no index ({listed}; each needs its "
+                "{shard}_stats.json with 'successes'), and knowledge_base.require_index is true; fix: restore the "
+                "_stats.json files (img2dataset writes them), or set knowledge_base.require_index=false to accept "
+                "shards whose completeness cannot be checked"
+            )
+        _logger.warning(
+            "%d knowledge-base shard(s) have no index ({shard}_stats.json): %s; a shard cut between two samples "
+            "cannot be told from a whole one there (knowledge_base.require_index=true refuses them)",
+            len(unindexed), listed,
+        )  # fmt: skip
     workers = throughput(stats.values())
     counts = {
         "shards": len(stats),
@@ -449,6 +469,7 @@ def finish(
         "skipped": sum(int(s["skipped"]) for s in stats.values()),
         "damaged_shards": len(damaged),
         "unread": sum(int(s.get("unread") or 0) for s in stats.values()),
+        "unindexed_shards": len(unindexed),
         "resumed_shards": resumed_shards,
         "workers": len(workers),
     }
@@ -472,6 +493,7 @@ def embed_knowledge_base(
     progress: bool = True,
     draft: bool = True,
     max_damaged_shards: int = 0,
+    require_index: bool = False,
 ) -> str:
     """Embed every shard in this process (finished ones are skipped), then mark the stage complete."""
     if stage.done:
@@ -479,7 +501,7 @@ def embed_knowledge_base(
     if not shard_uris:
         raise EmbeddingError("no shards to embed; fix: point knowledge_base.source at webdataset .tar shards")
     results = embed_shards(model, tokenizer, storage, shard_uris, stage, None, batch_size, num_workers, progress, draft)
-    return finish(storage, stage, shard_uris, sum(r.cached for r in results), max_damaged_shards)
+    return finish(storage, stage, shard_uris, sum(r.cached for r in results), max_damaged_shards, require_index)
 
 
 def shard_layout(storage: Storage, stage_uri: str) -> list[tuple[int, int | None]]:

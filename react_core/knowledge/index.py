@@ -283,8 +283,9 @@ def build_indices(storage: Storage, embed_uri: str, stage: Stage, cfg: IndexConf
             counts[f"{name}.rows"] = int(index.ntotal)
             counts[f"{name}.recall_at_{k}"] = round(reached, 4)
             _logger.info(
-                "%s index: %s, %d rows, recall@%d %.3f", name, infos.get("index_key"), index.ntotal, k, reached
-            )
+                "%s index: %s, %d rows, recall@%d %.3f%s", name, infos.get("index_key"), index.ntotal, truth.k, reached,
+                f" (retrieval.k={k} is more than the rows: measured at {truth.k})" if k > truth.k else "",
+            )  # fmt: skip
             shutil.rmtree(folder)  # links, or this kind's downloaded files
             os.remove(path)
     return stage.complete(counts=counts)

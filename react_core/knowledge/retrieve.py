@@ -218,6 +218,11 @@ def search(
 ) -> pd.DataFrame:
     """Hits of every query in every mode's index (one batched search each): row, score, prompt_id, mode."""
     frames = []
+    if k > n_rows:
+        _logger.warning(
+            "retrieval.k=%d is more than the knowledge base's %d pairs: every pair is a candidate for every prompt "
+            "(k cut to %d); lower retrieval.k to retrieve a share of the knowledge base", k, n_rows, n_rows,
+        )  # fmt: skip
     for mode in modes:
         index = load_index(storage, index_uri, "text" if mode == "t2t" else "image", n_rows, queries.shape[1])
         scores, rows = index.search(queries, min(k, n_rows))  # (P, K) each

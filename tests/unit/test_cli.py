@@ -213,3 +213,11 @@ def test_an_ablation_cell_the_model_cannot_run_fails_before_any_stage(tmp_path, 
         "small.yaml: axis 'gated_layers', value '3': training.gated_layers=3 but react-micro-vit has 2 image" in err[0]
     )
     assert "value '4'" in err[1] and not root.exists()
+
+
+def test_a_preset_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("storage:\n  root: /tmp/caf\xe9\n".encode("latin-1"))
+    assert main(["config", "show", "-c", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {bad}: not UTF-8 text (byte 0xe9 at offset 25); fix: save the file as UTF-8\n"

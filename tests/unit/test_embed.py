@@ -343,3 +343,37 @@ def test_training_data_read_from_a_truncated_shard_is_an_error_naming_it(tiny_wo
         f.truncate(_member_offsets(path)[3 * 10][0])  # between samples 9 and 10: a valid, shorter tar
     with pytest.raises(ShardReadError, match=rf"00000.tar holds 10 samples but its index .* says {len(captions)}"):
         load_captions(st, shards[:1])
+
+
+def test_a_shard_without_its_index_is_named_counted_and_refused_on_request(tiny_world, micro, tmp_path, caplog):
+    model, tok = micro
+    st, shards = _copy_kb(tiny_world, tmp_path / "kb")
+    path = st.path(shards[1])
+    with open(path, "r+b") as f:  # cut cleanly between samples 99 and 100: a tar a reader cannot tell is short
+        f.truncate(_member_offsets(path)[3 * 100][0])
+    os.remove(path[: -len(".tar")] + "_stats.json")  # ... and its index gone with it
+    out = Storage(str(tmp_path / "out"))
+    with pytest.raises(
+        EmbeddingError, match=r"1 knowledge-base shard\(s\) have no index \(.*00001\.tar.*require_index"
+    ):
+        embed_knowledge_base(model, tok, st, shards, out.stage("embed", {"t": 1}), progress=False, require_index=True)
+    with caplog.at_level("WARNING"):
+        uri = embed_knowledge_base(model, tok, st, shards, out.stage("embed", {"t": 2}), progress=False)
+    assert "1 knowledge-base shard(s) have no index" in caplog.text and "00001.tar" in caplog.text
+    c = out.stage_manifest(uri)["counts"]
+    assert (
+        c["unindexed_shards"] == 1
+        and c["damaged_shards"] == 0
+        and c["embedded"] == sum(len(list(iter_shard(st, u))) for u in shards)
+    )
+
+
+def test_preflight_refuses_shards_without_an_index_when_required(tiny_world, tmp_path):
+    from react_core.data import DatasetError
+    from react_core.preflight import check_shard_indices
+
+    st, shards = _copy_kb(tiny_world, tmp_path / "kb")
+    check_shard_indices(st, shards)
+    os.remove(st.path(shards[0])[: -len(".tar")] + "_stats.json")
+    with pytest.raises(DatasetError, match=r"1 knowledge-base shard\(s\) have no index \(.*00000\.tar"):
+        check_shard_indices(st, shards)

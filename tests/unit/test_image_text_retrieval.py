@@ -32,12 +32,53 @@ def test_recall_at_k_counts_the_best_own_caption_and_the_own_image():
     assert list(r) == ["i2t_r1", "i2t_r2", "t2i_r1", "t2i_r2"]
 
 
-def test_a_tie_with_the_positive_counts_for_it():
+def test_ties_are_broken_in_index_order_as_the_standard_protocol_does():
     image = _unit([1, 0], [1, 0], [0, 1])
     text = _unit([1, 0], [0, 1])
-    r = recall_at_k(image, text, torch.tensor([1, 0]), ks=(1,))
-    # caption 0 ties images 0 and 1: its own (1) counts as first; caption 1 (of image 0) is nearest image 2
-    assert r["t2i_r1"] == pytest.approx(0.5)
+    r = recall_at_k(image, text, torch.tensor([1, 0]), ks=(1, 2))
+    # caption 0 ties images 0 and 1: image 0 comes first in index order, so its own image (1) is second;
+    # caption 1 (of image 0) is nearest image 2, then images 0 and 1 tie: its own (0) is second
+    assert r["t2i_r1"] == pytest.approx(0.0) and r["t2i_r2"] == pytest.approx(1.0)
+
+
+def test_a_caption_repeated_across_images_counts_for_the_earlier_one():
+    # Captions repeat across images in web-style caption sets ("a photo of a dog"): identical text, identical
+    # features. Caption #0 (image 0's) and #2 (image 1's only caption) are the same text; #1 is image 0's other
+    # caption, #3 and #4 image 2's.
+    image = _unit([1, 0.3, 0], [1, 0, 0.3], [0, 0, 1])
+    repeated = [1, 0.1, 0.1]
+    text = _unit(repeated, [0, 1, 0], repeated, [0.2, 0.2, 1], [0, 0.5, 1])
+    caption_image = torch.tensor([0, 0, 1, 2, 2])
+    r = recall_at_k(image, text, caption_image, ks=(1, 2, 3))
+    # image -> text: image 0: #0 and #2 tie at the top, #0 (its own) first: a hit at 1. Image 1: the same tie, and #0
+    # (image 0's) is listed before its own #2: first own at rank 1, a hit only from R@2 (the old "a tie counts for
+    # the positive" rule gave it R@1). Image 2: own #3 (0.96) leads.
+    assert r["i2t_r1"] == pytest.approx(2 / 3) and r["i2t_r2"] == pytest.approx(1.0)
+    # text -> image: #0 and #2 tie between images 0 and 1 (0.977 each): image 0 first, so #0 is a hit and #2 (of
+    # image 1) is second; #1 -> image 0 (own); #3, #4 -> image 2 (own).
+    assert r["t2i_r1"] == pytest.approx(4 / 5) and r["t2i_r2"] == pytest.approx(1.0)
+
+
+def _clip_benchmark_recall(scores: torch.Tensor, positive: torch.Tensor, k: int) -> float:
+    """CLIP_benchmark's recall_at_k, written out: top-k per row (ties in index order), hit if any is positive."""
+    top = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    return float(positive.gather(1, top).any(dim=1).float().mean())
+
+
+def test_recall_agrees_with_the_standard_protocol_on_random_sets_with_repeated_captions():
+    g = torch.Generator().manual_seed(0)
+    n, per = 40, 3
+    image = torch.nn.functional.normalize(torch.randn(n, 8, generator=g), dim=1)
+    text = torch.nn.functional.normalize(torch.randn(n * per, 8, generator=g), dim=1)
+    text[1::7] = text[0]  # a caption repeated across many images
+    text = torch.round(text * 4) / 4  # coarse features: many exact ties
+    text = torch.nn.functional.normalize(text, dim=1)
+    caption_image = torch.arange(n).repeat_interleave(per)
+    r = recall_at_k(image, text, caption_image, ks=(1, 5, 10), block=7)
+    positive = caption_image[None, :] == torch.arange(n)[:, None]  # (N, M)
+    for k in (1, 5, 10):
+        assert r[f"i2t_r{k}"] == pytest.approx(_clip_benchmark_recall(image @ text.T, positive, k))
+        assert r[f"t2i_r{k}"] == pytest.approx(_clip_benchmark_recall(text @ image.T, positive.T, k))
 
 
 def _karpathy(tmp_path, with_filepath=True, folder="images"):

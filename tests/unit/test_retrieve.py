@@ -237,3 +237,13 @@ def test_real_prompt_counts_whole_word_names_in_the_captions_and_picks_the_most_
     assert got[rare] < got[common]
     chosen, counts = most_frequent_names(st, emb, ["qqq-nowhere"], {"qqq-nowhere": [rare, common]})
     assert chosen == [common] and counts["qqq-nowhere"] == {"qqq-nowhere": 0, rare: got[rare], common: got[common]}
+
+
+def test_a_k_larger_than_the_knowledge_base_is_said_not_silently_cut(kb, caplog):
+    model, tok, st, emb, idx = kb
+    rows = len(load_metadata(st, emb))
+    task = TaskSpec("t", ["red thing"], ["{}"])
+    with caplog.at_level("WARNING"):
+        uri = retrieve(model, tok, st, emb, idx, task, RetrievalConfig(k=100_000_000), st.stage("r", {"a": 9}))
+    assert f"retrieval.k=100000000 is more than the knowledge base's {rows} pairs" in caplog.text
+    assert f"k cut to {rows}" in caplog.text and len(read_manifest(st, uri)) == rows

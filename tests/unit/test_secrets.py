@@ -71,3 +71,31 @@ def test_secret_names():
         assert not secrets.is_secret_name(name), name
     assert secrets.scrub(f"failed with secret={SECRET}", _cfg().options) == "failed with secret=**********"
     assert load_config(None, ["storage.options={token: abc}"]).storage.options["token"].get_secret_value() == "abc"
+
+
+def test_secrets_of_any_type_in_lists_under_any_usual_name_and_in_urls_are_masked(capsys):
+    sets = [
+        "storage.options.password=97531864202468",  # YAML reads it as an int
+        "storage.options.endpoint_url=http://ops:url-pass-77@127.0.0.1:9000",
+        "storage.options.pwd=pwd-value-11",
+        "storage.options.extra=[{api_key_value: list-key-22}, {apiKey: camel-33}]",
+    ]
+    assert main(["config", "show", *(a for s in sets for a in ("-s", s))]) == 0
+    out = capsys.readouterr().out
+    for needle in ("97531864202468", "url-pass-77", "ops:url", "pwd-value-11", "list-key-22", "camel-33"):
+        assert needle not in out, needle
+    cfg = load_config(None, sets)
+    plain = secrets.reveal(cfg.storage.options)  # the filesystem still gets every value
+    assert plain["password"] == "97531864202468" and plain["endpoint_url"] == "http://ops:url-pass-77@127.0.0.1:9000"
+    assert plain["extra"] == [{"api_key_value": "list-key-22"}, {"apiKey": "camel-33"}]
+    assert set(secrets.secret_values(cfg.storage.options)) >= {"97531864202468", "url-pass-77", "list-key-22"}
+    assert secrets.public(cfg.storage.options) == {"extra": [{}, {}]}
+
+
+def test_a_password_in_a_url_outside_the_storage_options_is_refused_without_echoing_it(capsys):
+    rc = main(["config", "show", "-s", "tracking.tracking_uri=http://bob:hunter2@127.0.0.1:5000"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "hunter2" not in err and err.count("\n") == 1
+    assert "tracking.tracking_uri holds a URL with a password (http://***@127.0.0.1:5000)" in err
+    assert "MLFLOW_TRACKING_PASSWORD" in err
+    assert not secrets.is_secret_name("endpoint_url") and not secrets.is_secret_name("region_name")

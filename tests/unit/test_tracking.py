@@ -70,3 +70,16 @@ def test_a_customized_model_is_registered_once_as_candidate_and_champion_only_wh
     never = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"promote": "never"})})
     run_register(st, never, trained(4e-3, 0.99), tracker)
     assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "4", "champion": "3"}
+
+
+def test_an_object_store_root_keeps_the_mlflow_store_in_the_working_folder_and_says_so(tmp_path, monkeypatch, caplog):
+    from react_core.storage import Storage
+    from react_core.tracking import default_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="react_core.tracking"):
+        uri, artifacts = default_tracking_uri(Storage("memory://object-store-root"))
+    assert uri == f"sqlite:///{tmp_path}/react-mlflow.db" and artifacts == "memory://object-store-root/mlartifacts"
+    assert "sqlite cannot live there" in caplog.text and "tracking.tracking_uri" in caplog.text
+    local, _ = default_tracking_uri(Storage(str(tmp_path / "root")))
+    assert local == f"sqlite:///{tmp_path}/root/mlflow.db"
