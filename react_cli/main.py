@@ -26,6 +26,8 @@ def _env_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "react_core")  # the library's lines in the run's logs
+    # Prefect's temporary server can take a minute to start on a loaded 2-core host; its default is 20 s
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def _config(args: argparse.Namespace) -> ReactConfig:
@@ -135,6 +137,14 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _prefect_api() -> None:
+    """Prefect's temporary server, started before the flow so that processes on one PREFECT_HOME never race its
+    database migration and a busy host does not time it out (react_cli/prefect_api.py)."""
+    from react_cli.prefect_api import ensure_api
+
+    ensure_api()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     if args.config is None and DEMO_PRESET.exists():
         args.config = str(DEMO_PRESET)
@@ -142,6 +152,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from react_core.preflight import check_customize
 
     check_customize(cfg, _storage(cfg))  # before the flow: a bad input is one line, not a failed flow run
+    _prefect_api()
     from flows.customize import customize
 
     result = customize(config=cfg)
@@ -154,6 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from react_core.preflight import check_evaluate
 
     check_evaluate(cfg, _storage(cfg), args.customized)
+    _prefect_api()
     from flows.evaluate import evaluate
 
     result = evaluate(config=cfg, customized=args.customized)
@@ -172,6 +184,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     path = grid_file(args.grid)
     check_ablation(load_grid(path, cfg), path)  # before the flow: a bad grid is one line per problem, nothing run
     check_customize(cfg, _storage(cfg))
+    _prefect_api()
     result = ablate(config=cfg, grid=args.grid)
     st = _storage(cfg)
     print(st.read_bytes(f"{result['ablation']}/ablation.md").decode(), end="")
@@ -264,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     except ReactError as exc:  # the project's own errors name the field or file and the fix: no traceback
         print("\n".join(f"error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT; finished stages are kept
+        print("interrupted: the run stopped; finished stages are kept and the next run resumes", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+from fsspec.asyn import AsyncFileSystem, sync
 from fsspec.core import url_to_fs
 from pydantic import BaseModel
 
@@ -110,7 +111,13 @@ def version_hash(
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def _fs(uri: str, options: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+# The storage probe made before any stage (Storage.check_writable) waits at most this long for an answer.
+PROBE_TIMEOUT_S = 10
+
+
+def _fs(
+    uri: str, options: Mapping[str, Any] | None = None, probe: bool = False
+) -> tuple[fsspec.AbstractFileSystem, str]:
     opts = reveal(options or {})  # credentials are SecretStr until here (react_core.secrets)
     if uri.startswith("s3://"):
         # One attempt and short timeouts so an unreachable endpoint fails in seconds, not minutes
@@ -119,11 +126,18 @@ def _fs(uri: str, options: Mapping[str, Any] | None = None) -> tuple[fsspec.Abst
         cfg.setdefault("connect_timeout", 5)
         cfg.setdefault("read_timeout", 60)
         cfg.setdefault("retries", {"max_attempts": 2})
+        if probe:  # an endpoint that accepts connections but never answers: named in seconds, not 15 minutes
+            cfg["read_timeout"] = min(cfg["read_timeout"], PROBE_TIMEOUT_S)
+            cfg["retries"] = {"max_attempts": 1}
+            opts["skip_instance_cache"] = True  # its own instance: the retries below must not reach the others
         opts["config_kwargs"] = cfg
         if "endpoint_url" in opts:
             opts.setdefault("client_kwargs", {})
             opts["client_kwargs"] = {**opts["client_kwargs"], "endpoint_url": opts.pop("endpoint_url")}
-    return url_to_fs(uri, **opts)
+    fs, path = url_to_fs(uri, **opts)
+    if probe and hasattr(fs, "retries"):
+        fs.retries = 1  # s3fs retries a timed-out call 5 times with backoff on top of botocore's attempts
+    return fs, path
 
 
 @dataclass
@@ -181,11 +195,25 @@ class Storage:
         try:
             if local_path(self.root) is not None:
                 os.makedirs(local_path(self.root), exist_ok=True)
-            self.fs.pipe_file(self.path(probe), b"ok")
-            self.fs.rm_file(self.path(probe))
+            fs, _ = _fs(self.root, self.options, probe=True)
+            if isinstance(fs, AsyncFileSystem):
+                # A deadline on the whole call: botocore's read timeout does not cover a PUT waiting for the
+                # server's "100 Continue", so an endpoint that accepts and never answers hung here for minutes.
+                sync(fs.loop, fs._pipe_file, self.path(probe), b"ok", timeout=PROBE_TIMEOUT_S)
+                sync(fs.loop, fs._rm_file, self.path(probe), timeout=PROBE_TIMEOUT_S)
+            else:
+                fs.pipe_file(self.path(probe), b"ok")
+                fs.rm_file(self.path(probe))
         except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
             kind = type(exc).__name__
             hint = "check that it exists and that you may write there"
+            if "timeout" in kind.lower() or "timed out" in str(exc).lower():
+                endpoint = (self.options or {}).get("endpoint_url") or os.environ.get("FSSPEC_S3_ENDPOINT_URL")
+                raise StorageError(
+                    f"storage root {self.root}: the endpoint {endpoint or '(AWS default)'} accepted the connection but "
+                    f"did not answer within {PROBE_TIMEOUT_S} s ({kind}); fix: check that the S3 service there is up "
+                    "(storage.options.endpoint_url), or raise storage.options.config_kwargs.read_timeout for a slow one"
+                ) from None
             if self.root.startswith("s3://"):
                 endpoint = (self.options or {}).get("endpoint_url") or os.environ.get("FSSPEC_S3_ENDPOINT_URL")
                 hint = (

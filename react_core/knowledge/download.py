@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import re
+import signal
 import tempfile
+import threading
 from collections import Counter
 from typing import Any
 
@@ -112,6 +114,19 @@ def _img2dataset(url_list: str, out_dir: str, cfg: DownloadConfig) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     from img2dataset import download as img2dataset_download
 
+    # img2dataset installs a SIGINT handler that exits with status 0 and never puts the previous one back: every
+    # Ctrl-C after a download stage then ended the whole run as a *success*. Its handler is kept for the download
+    # itself (it removes its _tmp folder), and the caller's handler is restored afterwards.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        _run_img2dataset(img2dataset_download, url_list, out_dir, cfg)
+    finally:
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run_img2dataset(img2dataset_download: Any, url_list: str, out_dir: str, cfg: DownloadConfig) -> None:
     img2dataset_download(
         url_list=url_list,
         input_format="parquet",

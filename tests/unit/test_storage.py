@@ -184,3 +184,30 @@ def test_a_stage_lock_is_held_against_other_processes_and_reentrant_in_this_one(
     with stage.lock(), stage.lock():  # re-entered by the same thread (embed's finish inside embed_knowledge_base)
         assert other_process().strip() == "held"
     assert other_process().strip() == "free"
+
+
+def test_an_s3_endpoint_that_accepts_but_never_answers_is_named_by_the_probe():
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # connections are accepted by the kernel; nothing ever answers
+    port = listener.getsockname()[1]
+    st = Storage("s3://react-silent/root", {"endpoint_url": f"http://127.0.0.1:{port}", "key": "k", "secret": "s"})
+    caught: list[BaseException] = []
+    probe = threading.Thread(target=lambda: _call(st.check_writable, caught), daemon=True)
+    probe.start()
+    probe.join(120)  # a guard, not a speed goal: without the probe's own timeouts this took 15 minutes
+    listener.close()
+    assert not probe.is_alive(), "the storage probe is still waiting for a silent endpoint"
+    assert len(caught) == 1 and isinstance(caught[0], StorageError)
+    assert f"the endpoint http://127.0.0.1:{port} accepted the connection but did not answer" in str(caught[0])
+    assert "fix:" in str(caught[0])
+
+
+def _call(fn, caught: list) -> None:
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        caught.append(exc)
