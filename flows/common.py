@@ -20,6 +20,7 @@ from react_core.config import (
     TrackingConfig,
     apply_overrides,
 )
+from react_core.tracking import unreachable_server
 from tasks import customize as t
 from tasks.common import embed_task_runner, result_storage_of
 from tasks.world import end_tracking, generate_miniweb, pretrain_base_model, start_tracking
@@ -54,7 +55,8 @@ def tracked(config: ReactConfig, flow_name: str) -> Iterator[dict[str, Any]]:
         yield out
     except BaseException as exc:
         status = "FAILED" if isinstance(exc, Exception) else "KILLED"
-        end_tracking(config, out["mlflow_run_id"], status, {k: v for k, v in out.items() if isinstance(v, str)})
+        if unreachable_server(exc) is None:  # a server that went away cannot record it: the next start ends it KILLED
+            end_tracking(config, out["mlflow_run_id"], status, {k: v for k, v in out.items() if isinstance(v, str)})
         raise
     end_tracking(config, out["mlflow_run_id"], "FINISHED", {k: v for k, v in out.items() if isinstance(v, str)})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -137,12 +138,49 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _prefect_api() -> None:
-    """Prefect's temporary server, started before the flow so that processes on one PREFECT_HOME never race its
-    database migration and a busy host does not time it out (react_cli/prefect_api.py)."""
-    from react_cli.prefect_api import ensure_api
+def _run_flow(flow: Callable[..., Any], **params: Any) -> Any:
+    """Run a flow the way every command does: Prefect's temporary server started first, so that processes on one
+    PREFECT_HOME never race its database migration and a busy host does not time it out; runs that a killed
+    ``react`` left Running marked Crashed; this run tagged with its host and process, for the next start to do the
+    same; the console spared the tracebacks of faults that main() says in one line (the Prefect UI keeps them)."""
+    from react_cli.prefect_api import cli_tags, crash_dead_runs, ensure_api
 
     ensure_api()
+    if crashed := crash_dead_runs():
+        _logger.warning("marked Crashed: %s (Running, but the react process that ran them was killed)",
+                        ", ".join(crashed))  # fmt: skip
+    import prefect
+
+    _quiet_console()
+    with prefect.tags(*cli_tags()):
+        return flow(**params)
+
+
+class _OneLineFaults(logging.Filter):
+    """On the console's handler: a logged fault that main() prints as one ``error:`` line loses its traceback
+    there (the task and the flow each logged it, with every frame). The API handler, which feeds the Prefect UI,
+    saw the record first and keeps it whole."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and _one_line(record.exc_info[1]):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_console() -> None:
+    import mlflow  # noqa: F401 - it gives its logger a console handler of its own when imported
+    from prefect.logging.handlers import APILogHandler
+
+    # What prints: the root's handler (ours, from logging.basicConfig in main(), which Prefect then leaves in
+    # place, or Prefect's console handler) and MLflow's own; the API handlers of the flow and task loggers, which
+    # feed the Prefect UI, are left as they are.
+    for name in ("", "mlflow"):
+        for handler in logging.getLogger(name).handlers:
+            if not isinstance(handler, APILogHandler) and not any(
+                isinstance(f, _OneLineFaults) for f in handler.filters
+            ):
+                handler.addFilter(_OneLineFaults())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -152,10 +190,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from react_core.preflight import check_customize
 
     check_customize(cfg, _storage(cfg))  # before the flow: a bad input is one line, not a failed flow run
-    _prefect_api()
     from flows.customize import customize
 
-    result = customize(config=cfg)
+    result = _run_flow(customize, config=cfg)
     print(_demo_table(cfg, result))
     return 0
 
@@ -165,10 +202,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from react_core.preflight import check_evaluate
 
     check_evaluate(cfg, _storage(cfg), args.customized)
-    _prefect_api()
     from flows.evaluate import evaluate
 
-    result = evaluate(config=cfg, customized=args.customized)
+    result = _run_flow(evaluate, config=cfg, customized=args.customized)
     st = _storage(cfg)
     print(st.read_bytes(f"{result['evaluate']}/table.md").decode(), end="")
     print(f"\nmetrics: {result['evaluate']}/metrics.json\nplot:    {result['evaluate']}/deltas.png")
@@ -184,8 +220,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     path = grid_file(args.grid)
     check_ablation(load_grid(path, cfg), path)  # before the flow: a bad grid is one line per problem, nothing run
     check_customize(cfg, _storage(cfg))
-    _prefect_api()
-    result = ablate(config=cfg, grid=args.grid)
+    result = _run_flow(ablate, config=cfg, grid=args.grid)
     st = _storage(cfg)
     print(st.read_bytes(f"{result['ablation']}/ablation.md").decode(), end="")
     print(f"\ntables: {result['ablation']}/ablation.md, ablation.json; plots: {result['ablation']}/*.png")
@@ -262,6 +297,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_FULL = ("No space left on device", "database or disk is full")  # the OS's words, and sqlite's (MLflow's store)
+
+
+def _disk_full(exc: BaseException | None) -> tuple[str, str | None] | None:
+    """(what was said, the file) of the ENOSPC behind ``exc`` (its causes and contexts too: torch, img2dataset,
+    MLflow and Prefect wrap it, often in messages many lines long), else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return os.strerror(errno.ENOSPC), str(exc.filename) if exc.filename else None
+        if said := next((m for m in _FULL if m in str(exc)), None):
+            return said, None
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _finished_stages(root: str) -> str:
+    """What a run that stopped keeps under ``root``, for the message: its finished stages, named when local."""
+    from react_core.storage import local_path
+
+    folder = local_path(root)
+    if folder is None:
+        return "every finished stage is kept and the run resumes from them"
+    names = sorted({p.parent.parent.name for p in Path(folder).glob("*/*/_SUCCESS")})
+    if not names:
+        return "no stage had finished yet"
+    return f"the finished stages ({', '.join(names)}) are kept and the run resumes from them"
+
+
+def _one_line(exc: BaseException, root: str = "the storage root") -> str | None:
+    """What the user is told of ``exc`` when it is a fault they can fix (``error:`` lines, no traceback): the
+    project's own errors, a full disk, a tracking server that went away; None for anything else (a bug: it keeps
+    its traceback)."""
+    from react_core.errors import ReactError
+    from react_core.tracking import unreachable_server
+
+    if isinstance(exc, ReactError):  # they name the field or file and the fix
+        return "\n".join(f"error: {line}" for line in str(exc).splitlines())
+    if full := _disk_full(exc):
+        message, file = full
+        where = f"{file} (storage root {root})" if file else root
+        return (f"error: no space left on the device holding {where} ({message}); fix: free space there (or point "
+                f"storage.root at a larger disk) and run again: {_finished_stages(root)}")  # fmt: skip
+    if server := unreachable_server(exc):
+        return (f"error: the MLflow tracking server {server} stopped answering; fix: start it again (or set "
+                "tracking.enabled=false) and run again: every finished stage is kept and the run resumes from them")  # fmt: skip
+    return None
+
+
+def _root_of(args: argparse.Namespace) -> str:
+    try:
+        return _config(args).storage.root
+    except Exception:  # noqa: BLE001 - only for the message
+        return "the storage root"
+
+
 def main(argv: list[str] | None = None) -> int:
     _env_defaults()
     args = build_parser().parse_args(argv)
@@ -269,13 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("react", "react_core", "react_cli", "tasks", "flows"):
         logging.getLogger(name).setLevel(args.log_level.upper())
-    from react_core.errors import ReactError
 
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except ReactError as exc:  # the project's own errors name the field or file and the fix: no traceback
-        print("\n".join(f"error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
+    except Exception as exc:
+        if (line := _one_line(exc, _root_of(args))) is None:
+            raise
+        print(line, file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: the shell's convention, 128 + SIGINT; finished stages are kept
         print("interrupted: the run stopped; finished stages are kept and the next run resumes", file=sys.stderr)

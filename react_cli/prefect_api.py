@@ -16,8 +16,10 @@ for (README "Running with a team").
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -82,6 +84,34 @@ def _die_with_parent() -> None:
     _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def server_log() -> Path:
+    """Where the temporary server's own output goes (``$PREFECT_HOME/react-server.log``): its shutdown, which can
+    interrupt a batch of events it was still writing, printed tracebacks ("Error flushing 1 events",
+    ``CancelledError``) under a run that had succeeded. The run's own logs reach the terminal and the API as
+    before; the file keeps the server's, for when it will not start."""
+    from prefect.settings import PREFECT_HOME
+
+    return Path(PREFECT_HOME.value()) / "react-server.log"
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())[:400]
+
+
+def _open_log(path: Path) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > 10 * 2**20:  # keep one old file, not an ever-growing one
+            path.replace(path.with_suffix(".log.1"))
+    return open(path, "ab")
+
+
 def _own_session(server: Any) -> None:
     """Start Prefect's server subprocess in a session of its own, tied to our life.
 
@@ -99,7 +129,10 @@ def _own_session(server: Any) -> None:
             kwargs.setdefault("start_new_session", True)
             if _PRCTL is not None:
                 kwargs.setdefault("preexec_fn", _die_with_parent)
-            return real_popen(*args, **kwargs)
+            with _open_log(server_log()) as log:  # the child keeps its own copy of the descriptor
+                kwargs.setdefault("stdout", log)
+                kwargs.setdefault("stderr", subprocess.STDOUT)
+                return real_popen(*args, **kwargs)
 
         subprocess.Popen = popen  # only for this call: Prefect's own Popen of the server
         try:
@@ -136,9 +169,74 @@ def ensure_api() -> str | None:
                 check_database(db)  # the usual reason a server that starts at all cannot answer
             first = " ".join(str(exc).split())[:300]
             raise PrefectApiError(
-                f"Prefect's temporary server did not answer within {timeout} s ({first}); fix: run again on a less "
+                f"Prefect's temporary server did not answer within {timeout} s ({first}; its log {server_log()} ends: "
+                f"{_log_tail(server_log())}); fix: run again on a less "
                 "busy host, raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or point PREFECT_API_URL at a "
                 "running `prefect server start`"
             ) from None
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(timeout))
     return server.api_url
+
+
+def cli_tags() -> tuple[str, str]:
+    """The tags a ``react`` command's flow runs carry: which host and process runs them, so that the next start can
+    tell a run whose process is gone (SIGKILL, the OOM killer, a reboot) from one still going."""
+    return CLI_TAG, f"{CLI_TAG}:{socket.gethostname()}:{os.getpid()}"
+
+
+CLI_TAG = "react-cli"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def crash_dead_runs() -> list[str]:
+    """Mark Crashed the flow runs (and their unfinished task runs) that a ``react`` process on this host left
+    Running or Pending when it died without a word (SIGKILL, the OOM killer): Prefect records a crash only when
+    the process lives to say so. Returns the flow runs' names. Mirrors what the next run does for the MLflow
+    parent (``Tracker.mark_abandoned``)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+        TaskRunFilter,
+        TaskRunFilterState,
+        TaskRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    unfinished = [StateType.RUNNING, StateType.PENDING]
+    host = socket.gethostname()
+    crashed = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[CLI_TAG]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unfinished)),
+            )
+        )
+        for run in runs:
+            owner = next((t for t in run.tags if t.startswith(f"{CLI_TAG}:{host}:")), None)
+            if owner is None or not owner.rsplit(":", 1)[1].isdigit() or _pid_alive(int(owner.rsplit(":", 1)[1])):
+                continue  # another host's, or its process is still running
+            message = f"the react process {owner.rsplit(':', 1)[1]} on {host} that ran it is gone (killed)"
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+                task_run_filter=TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(any_=unfinished))),
+            )
+            for task_run in tasks:
+                client.set_task_run_state(task_run.id, Crashed(message=message), force=True)
+            client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+            crashed.append(run.name)
+    return crashed

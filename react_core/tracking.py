@@ -18,12 +18,26 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from react_core.config import TrackingConfig
+from react_core.secrets import mask_urls
 from react_core.storage import Storage, file_lock, join, local_path
 
 _logger = logging.getLogger(__name__)
 _WARNED_STORES: set[str] = set()
 
 _FSSPEC_ARTIFACT_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
+
+# MLflow's own defaults for a tracking server (7 retries with backoff factor 2, 120 s per request) kept a run
+# waiting 8-9 minutes for a server that had gone away before it failed. A run that cannot record should stop
+# within a minute and say so (every finished stage is kept, and the next run resumes from them): 3 retries,
+# about 4, 8 and 16 s apart, 30 s per request (a killed server: the run stops ~45 s later, two requests each
+# giving up). A user's own values in the environment win.
+SERVER_REQUEST_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
+                "Read timed out", "RemoteDisconnected", "Connection aborted")  # fmt: skip
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -407,6 +421,24 @@ def _sqlite_lock(tracking_uri: str) -> Iterator[None]:
         yield
 
 
+def unreachable_server(exc: BaseException | None) -> str | None:
+    """When ``exc`` (or what caused it) is MLflow failing to reach its tracking server, the tracking URI it
+    named (or "the MLflow tracking server"); else None. MLflow raises an ``MlflowException`` whose message holds
+    urllib3's, with no cause attached, so the message is what tells."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        name = type(exc).__name__
+        if (name == "MlflowException" and "API request to" in text and any(m in text for m in _UNREACHABLE)) or (
+            type(exc).__module__.startswith("requests") and name in {"ConnectionError", "ReadTimeout"}
+        ):
+            found = re.search(r"API request to (https?://[^/\s]+)", text)
+            return mask_urls(found.group(1)) if found else "the MLflow tracking server"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _param_strings(params: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(v)[:5000] for k, v in _flatten(params).items()}
 
@@ -483,6 +515,9 @@ def make_tracker(cfg: TrackingConfig, storage: Storage) -> Tracker:
         # A tracking server decides where artifacts go (--default-artifact-root, --serve-artifacts); for a
         # database URI the experiment we create keeps them under the storage root, not in ./mlruns of the cwd.
         server = tracking_uri.split(":", 1)[0] in {"http", "https", "databricks"}
+        if server:
+            for k, v in SERVER_REQUEST_DEFAULTS.items():
+                os.environ.setdefault(k, v)
         artifacts = None if server else join(storage.root, "mlartifacts")
         return MLflowTracker(tracking_uri, cfg.experiment, artifacts, storage_options=storage.options)
     uri, artifacts = default_tracking_uri(storage)

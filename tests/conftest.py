@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 # Before anything imports prefect, mlflow or img2dataset (see shared/INSTALL-NOTES.md).
@@ -31,6 +35,31 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A real MLflow tracking server on 127.0.0.1 (``port`` or a free one; its store and artifacts under
+    ``root``), in a process group of its own (``os.killpg`` stops it and its worker), answering /health:
+    (process, URL)."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:  # poll the health endpoint: the server is usable once it answers
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("mlflow server did not become healthy in 120 s")
+            time.sleep(0.5)
 
 
 def tiny_config(root: str | Path, **overrides) -> ReactConfig:

@@ -1,6 +1,6 @@
 """Ctrl-C stops a run: the terminal's SIGINT to the whole process group ends `react demo` with exit 130, records the
 Prefect flow run and the MLflow parent as ended (not Running), and leaves no process behind; SIGKILL of the CLI
-(the OOM killer) leaves no Prefect server behind."""
+(the OOM killer) leaves no Prefect server behind, and the next react command marks the dead run Crashed."""
 
 import os
 import signal
@@ -84,7 +84,7 @@ def test_ctrl_c_mid_training_exits_130_records_the_end_and_leaves_no_process(tmp
     assert parents and all(s in ("KILLED", "FAILED") for s in parents), parents
 
 
-def test_sigkill_of_the_cli_leaves_no_prefect_server_behind(tmp_path):
+def test_sigkill_of_the_cli_leaves_no_process_behind_and_the_next_start_marks_its_run_crashed(tmp_path):
     proc = _start(tmp_path, "training.epochs=200")
     lines: list[str] = []
     _wait_for(proc, "customize (gated-image):", lines)
@@ -97,6 +97,30 @@ def test_sigkill_of_the_cli_leaves_no_prefect_server_behind(tmp_path):
         time.sleep(0.5)
     alive = _running(children)
     assert not alive, alive
+    with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
+        left = [s for (s,) in db.execute("SELECT state_type FROM flow_run")]
+    assert left == ["RUNNING"]  # nobody lived to record the end
+
+    # The next react command on this PREFECT_HOME finds the run Running with its process gone: Crashed.
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    nxt = subprocess.run([sys.executable, "-c", NEXT_COMMAND], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600, check=False)  # fmt: skip
+    assert nxt.returncode == 0 and "result 42" in nxt.stdout, nxt.stderr[-3000:]
+    assert "marked Crashed" in nxt.stderr, nxt.stderr[-3000:]
+    with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as db:
+        flows = dict(db.execute("SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id"))
+        tasks = [s for (s,) in db.execute("SELECT state_type FROM task_run")]
+    assert flows == {"customize": "CRASHED", "next": "COMPLETED"}, flows
+    assert "RUNNING" not in tasks and "CRASHED" in tasks, tasks
+
+
+# What every react command does around its flow (react_cli.main._run_flow), with a flow of its own.
+NEXT_COMMAND = (
+    "from react_cli.main import _env_defaults, _run_flow; _env_defaults()\n"
+    "from prefect import flow\n"
+    "print('result', _run_flow(flow(name='next')(lambda: 42)))\n"
+)
 
 
 def _running(pids: list[int]) -> list[str]:

@@ -1,18 +1,12 @@
 """Tracking against a real MLflow tracking server (started here on 127.0.0.1)."""
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 
 from react_core.pipeline import base_stage
 from react_core.storage import Storage
 from react_core.tracking import make_tracker
 from react_core.training.pretrain import pretrain_base
-from tests.conftest import free_port, tiny_config
+from tests.conftest import start_mlflow_server, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -20,42 +14,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root}/mlflow.db",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:  # poll the health endpoint: the server is usable once it answers
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {proc.stderr.read().decode()[-2000:]}")
-            if time.time() > deadline:
-                proc.kill()
-                pytest.fail("mlflow server did not become healthy in 120 s")
-            time.sleep(0.5)
+    proc, url = start_mlflow_server(root)
     yield url
     proc.terminate()
     proc.wait(timeout=30)

@@ -221,3 +221,33 @@ def test_a_preset_that_is_not_utf8_is_one_line(tmp_path, capsys):
     assert main(["config", "show", "-c", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err == f"error: {bad}: not UTF-8 text (byte 0xe9 at offset 25); fix: save the file as UTF-8\n"
+
+
+def test_faults_the_user_can_fix_are_one_line_and_lose_their_traceback_on_the_console_only(tmp_path):
+    import errno
+    import logging
+
+    from react_cli.main import _one_line, _OneLineFaults
+    from react_core.errors import ReactError
+
+    (tmp_path / "miniweb" / "abc").mkdir(parents=True)
+    (tmp_path / "miniweb" / "abc" / "_SUCCESS").write_text("{}")
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "base" / "x.pt"))
+    try:  # as torch or a stage wraps it
+        raise RuntimeError("saving failed") from full
+    except RuntimeError as wrapped:
+        line = _one_line(wrapped, str(tmp_path))
+    assert line is not None and line.count("\n") == 0 and line.startswith("error: no space left on the device holding")
+    assert str(tmp_path / "base" / "x.pt") in line and "the finished stages (miniweb) are kept" in line
+    assert _one_line(ReactError("field x: bad\nfield y: bad")) == "error: field x: bad\nerror: field y: bad"
+    assert _one_line(ValueError("a bug")) is None
+
+    def record(exc):
+        try:
+            raise exc
+        except (OSError, ValueError):
+            return logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+
+    quiet, bug = record(full), record(ValueError("a bug"))
+    assert _OneLineFaults().filter(quiet) and quiet.exc_info is None  # one line on the console
+    assert _OneLineFaults().filter(bug) and bug.exc_info is not None  # a bug keeps its traceback

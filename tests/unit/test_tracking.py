@@ -1,5 +1,7 @@
 """Where runs are tracked, and the parent run's life as the pipeline sees it (MemoryTracker)."""
 
+import pytest
+
 from react_core.config import TrackingConfig, load_config
 from react_core.pipeline import end_run, start_run
 from react_core.storage import Storage
@@ -83,3 +85,25 @@ def test_an_object_store_root_keeps_the_mlflow_store_in_the_working_folder_and_s
     assert "sqlite cannot live there" in caplog.text and "tracking.tracking_uri" in caplog.text
     local, _ = default_tracking_uri(Storage(str(tmp_path / "root")))
     assert local == f"sqlite:///{tmp_path}/root/mlflow.db"
+
+
+def test_a_tracking_server_that_is_gone_is_recognised_from_mlflow_s_own_error(monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from react_core.tracking import SERVER_REQUEST_DEFAULTS, unreachable_server
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    url = f"http://user:s3cret@127.0.0.1:{free_port()}"  # nothing listens there; a password in the URI
+    with pytest.raises(MlflowException) as caught:
+        MlflowClient(url).get_experiment_by_name("x")
+    said = unreachable_server(caught.value)
+    assert said is not None and "127.0.0.1" in said and "s3cret" not in said
+    try:  # wrapped, as a task failure or a stage's error carries it
+        raise RuntimeError("stage failed") from caught.value
+    except RuntimeError as wrapped:
+        assert unreachable_server(wrapped) == said
+    assert unreachable_server(MlflowException("RESOURCE_DOES_NOT_EXIST: no such run")) is None
+    assert unreachable_server(ValueError("Connection refused")) is None  # not MLflow's
+    assert int(SERVER_REQUEST_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) <= 3  # gives up within a minute
