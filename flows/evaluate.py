@@ -24,7 +24,7 @@ def evaluate(
     ``preset``: a preset of deployments/; ``config``: the fields to change in it (a full tree changes them all).
     """
     config = run_config(preset, config)
-    t.preflight(config, "evaluate")
+    t.preflight(config, "evaluate", customized)
     with tracked(config, "evaluate") as out:
         parent = out["mlflow_run_id"]
         miniweb_uri, base = miniweb_and_base(config, parent)

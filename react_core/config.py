@@ -565,7 +565,7 @@ class TrackingConfig(_Section):
     enabled: bool = Field(True, description="log to MLflow; false: nothing is tracked")
     registered_model: str | None = Field(
         "react-{task}", description="MLflow registered model each customized model becomes a version of ({task}: the "
-        "retrieval task); null: not registered",
+        "retrieval task; {model}: model.name); its versions must share one architecture; null: not registered",
     )  # fmt: skip
     promote: Literal["if-better", "always", "never"] = Field(
         "if-better", description="when a new version (alias 'candidate') also becomes 'champion': when its target "

@@ -52,7 +52,7 @@ from react_core.models import model_file
 from react_core.models.cache import cached_model, inference_model
 from react_core.models.gated import TEXT_MODES, set_gate_scale
 from react_core.preflight import check_checkpoint
-from react_core.registry import registered_name, resolve_task
+from react_core.registry import check_comparable, registered_name, resolve_task
 from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker, log_stage, stage_run
 from react_core.training.customize import TEXT_FEATURES_SCHEMA, caption_features, customize
@@ -601,7 +601,8 @@ def run_register(
     run's ``model/`` artifacts (its architecture and the checkpoint's URI in storage; the weights stay there,
     not copied), the evaluation as tags (``{dataset}/{metric}/{base,customized,delta}``) and as the description.
     The version gets alias ``candidate``, and ``champion`` per ``tracking.promote`` (``if-better``: its score on
-    the retrieval task beats the champion's). A model already registered (a cached re-run) is not registered
+    the retrieval task beats the champion's; the first version must beat the base model there). A version of
+    another architecture than the champion's is refused (:func:`check_comparable`). A model already registered (a cached re-run) is not registered
     twice. Returns ``{name, version, champion}`` (None when nothing is registered)."""
     template, train = config.tracking.registered_model, result.get("train")
     if tracker is None or not template or not train:
@@ -636,36 +637,20 @@ def run_register(
     files = {"model.json": {**storage.read_json(join(train, "model.json")), "checkpoint": model_file(train),
                             "architecture": config.model.name, "gate_scale": lam},
              "evaluation.json": table}  # fmt: skip
+    champion = tracker.alias_tags(name, "champion")
+    check_comparable(champion, name, config.model.name)  # checked at preflight too; a run started meanwhile
     version = tracker.register(name, producer, files, tags, "\n".join(lines))
     if version is None:
         return None
     tracker.set_alias(name, "candidate", version)
-    champion = tracker.alias_tags(name, "champion")
-    best = champion is None or (score is not None and score > float(champion.get("react.target_score", "-inf")))
+    gains = [table[t]["delta"] for t in config.retrieval.target_tasks if t in table]
+    gain = sum(gains) / len(gains) if gains else None
+    if champion is None:  # the first version must at least beat the base model on its target
+        best = gain is not None and gain > 0
+    else:
+        best = score is not None and score > float(champion.get("react.target_score", "-inf"))
     promote = config.tracking.promote == "always" or (config.tracking.promote == "if-better" and best)
     if promote:
         tracker.set_alias(name, "champion", version)
     _logger.info("registered %s version %s (candidate%s)", name, version, ", champion" if promote else "")
     return {"name": name, "version": version, "champion": promote, "new": True}
-
-
-def resolve_model(customized: str | None, tracker: Tracker | None) -> str | None:
-    """A checkpoint URI, or a registered model as ``models:/{name}@{alias}`` (``models:/react-imagenet-1k@champion``)
-    resolved to the checkpoint its version records."""
-    return resolve_registered(customized, tracker)[0]
-
-
-def resolve_registered(customized: str | None, tracker: Tracker | None) -> tuple[str | None, float | None]:
-    """(checkpoint, lambda) of :func:`resolve_model`: a registered version's gate scale (``react.gate_scale``; 1 for
-    versions registered before it), None for a plain checkpoint URI."""
-    if not customized or not customized.startswith("models:/"):
-        return customized, None
-    name, sep, alias = customized[len("models:/") :].partition("@")
-    tags = tracker.alias_tags(name, alias) if (tracker is not None and sep) else None
-    if not tags or "react.model_file" not in tags:
-        raise ConfigError(
-            f"customized={customized}: no version of registered model {name!r} has the alias {alias!r}"
-            + ("" if sep else " (give one: models:/NAME@ALIAS)")
-            + "; fix: run customize first, or name a checkpoint URI"
-        )
-    return tags["react.model_file"], float(tags.get("react.gate_scale", "1"))

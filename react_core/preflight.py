@@ -26,7 +26,14 @@ from react_core.evaluation.suite import dataset_uri
 from react_core.knowledge.embed import knowledge_base_shards
 from react_core.models import ModelLoadError, check_activation, model_config
 from react_core.models.gated import GATED_MODES
-from react_core.registry import MINIWEB_CAPTIONS, MINIWEB_DATASETS, check_task, registered_name
+from react_core.registry import (
+    MINIWEB_CAPTIONS,
+    MINIWEB_DATASETS,
+    check_comparable,
+    check_task,
+    registered_name,
+    resolve_registered,
+)
 from react_core.storage import Storage, normalize_uri
 
 
@@ -118,6 +125,43 @@ def check_customize(config: ReactConfig, storage: Storage) -> None:
     check_evaluation_data(storage, config.evaluation, config.uses_miniweb)
     storage.check_writable()
     check_tracking(config.tracking)
+    if config.tracking.enabled and config.tracking.registered_model:
+        from react_core.tracking import make_tracker
+
+        name = registered_name(config, storage)[1]
+        check_comparable(make_tracker(config.tracking, storage).alias_tags(name, "champion"), name, config.model.name)
+
+
+def check_registered(config: ReactConfig, storage: Storage, customized: str) -> None:
+    """A ``models:/NAME@ALIAS`` to evaluate: the alias exists, the version's weights are still where it says (a
+    local file of another folder too: a run whose root was deleted), and they are of the architecture this
+    evaluation builds (``model.name``)."""
+    from react_core.tracking import make_tracker
+
+    tracker = make_tracker(config.tracking, storage)
+    checkpoint = resolve_registered(customized, tracker)[0]  # an alias nobody holds is one line there
+    name, _, alias = customized[len("models:/") :].partition("@")
+    theirs = (tracker.alias_tags(name, alias) or {}).get("react.model")
+    if theirs and theirs != config.model.name:
+        raise ModelLoadError(
+            f"{customized} is a {theirs} model and model.name is {config.model.name}; fix: evaluate it with "
+            f"-s model.name={theirs} (and that model's base weights), or name a version of {config.model.name}"
+        )
+    if checkpoint is None:
+        return
+    if checkpoint.startswith(storage.root):
+        there = storage.exists(checkpoint)
+    elif checkpoint.startswith("file://"):  # another folder (a root since deleted): the local disk, not the root's fs
+        there = os.path.exists(checkpoint[len("file://") :])
+    else:  # another object store: the evaluation reads it with its own credentials
+        there = True
+    if not there:
+        raise ModelLoadError(
+            f"{customized} names weights that are gone ({checkpoint}); fix: run the customize flow that made them "
+            "again (it rebuilds them at that place), or point the alias at a version whose weights exist"
+        )
+    if checkpoint.startswith(storage.root):
+        check_checkpoint(storage, checkpoint)  # damaged since its stage wrote it
 
 
 def check_shard_indices(storage: Storage, shards: list[str]) -> None:
@@ -157,6 +201,8 @@ def check_evaluate(config: ReactConfig, storage: Storage, customized: str | None
     check_evaluation_data(storage, config.evaluation, config.uses_miniweb)
     storage.check_writable()
     check_tracking(config.tracking)
+    if customized and customized.startswith("models:/"):
+        check_registered(config, storage, customized)
 
 
 def check_ablation(grid: Grid, grid_file: str) -> None:

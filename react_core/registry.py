@@ -222,12 +222,13 @@ def registered_name(config: ReactConfig, storage: Storage) -> tuple[str, str]:
     joined by ``+``. Raises :class:`ConfigError` naming the field when MLflow would refuse the name."""
     task = "+".join(task_label(storage, t) for t in config.retrieval.target_tasks)
     template = config.tracking.registered_model or "react-{task}"
+    model = re.sub(r"[/:@\s]+", "-", config.model.name).strip("-")  # hf-hub:org/name -> hf-hub-org-name
     try:
-        name = template.format(task=task)
+        name = template.format(task=task, model=model)
     except (KeyError, IndexError, ValueError) as exc:
         raise ConfigError(
             f"tracking.registered_model={template!r} is not a valid name template ({type(exc).__name__}: {exc}); "
-            "fix: use {task} as the only placeholder, e.g. 'react-{task}'"
+            "fix: use only the placeholders {task} and {model}, e.g. 'react-{task}'"
         ) from None
     bad = sorted({c for c in name if c in "/:@" or c.isspace() or unicodedata.category(c).startswith("C")})
     if not name.strip() or bad or name in (".", ".."):
@@ -237,3 +238,38 @@ def registered_name(config: ReactConfig, storage: Storage) -> tuple[str, str]:
             "tracking.registered_model to a name without them, e.g. 'react-{task}'"
         )
     return task, name
+
+
+def check_comparable(champion: Mapping[str, str] | None, name: str, architecture: str) -> None:
+    """Versions of one registered model are compared with each other (``champion`` moves to the better one) and
+    loaded by one evaluation: a version of another architecture cannot join them. ``champion``: the champion's
+    tags (None when there is none)."""
+    theirs = (champion or {}).get("react.model")
+    if theirs and theirs != architecture:
+        raise ConfigError(
+            f"tracking.registered_model: models:/{name}@champion is a {theirs} model and this run trains "
+            f"{architecture}; the versions of one registered model must be comparable (and loadable by one "
+            f"evaluation); fix: give this run a name of its own, e.g. -s 'tracking.registered_model=react-{{task}}-{{model}}'"
+        )
+
+
+def resolve_model(customized: str | None, tracker: Any) -> str | None:
+    """A checkpoint URI, or a registered model as ``models:/{name}@{alias}`` (``models:/react-imagenet-1k@champion``)
+    resolved to the checkpoint its version records."""
+    return resolve_registered(customized, tracker)[0]
+
+
+def resolve_registered(customized: str | None, tracker: Any) -> tuple[str | None, float | None]:
+    """(checkpoint, lambda) of :func:`resolve_model`: a registered version's gate scale (``react.gate_scale``; 1 for
+    versions registered before it), None for a plain checkpoint URI."""
+    if not customized or not customized.startswith("models:/"):
+        return customized, None
+    name, sep, alias = customized[len("models:/") :].partition("@")
+    tags = tracker.alias_tags(name, alias) if (tracker is not None and sep) else None
+    if not tags or "react.model_file" not in tags:
+        raise ConfigError(
+            f"customized={customized}: no version of registered model {name!r} has the alias {alias!r}"
+            + ("" if sep else " (give one: models:/NAME@ALIAS)")
+            + "; fix: run customize first, or name a checkpoint URI"
+        )
+    return tags["react.model_file"], float(tags.get("react.gate_scale", "1"))

@@ -22,10 +22,13 @@ from tasks.common import CACHE, TASK_OPTIONS, storage_of, tracker_of
 
 
 @task(name="preflight", cache_policy=None, persist_result=False)
-def preflight(config: ReactConfig, flow_name: str = "customize") -> None:
-    """What can be checked before any stage runs (react_core.preflight), for the customize or evaluate flow."""
-    check = checks.check_evaluate if flow_name == "evaluate" else checks.check_customize
-    check(config, storage_of(config.storage))
+def preflight(config: ReactConfig, flow_name: str = "customize", customized: str | None = None) -> None:
+    """What can be checked before any stage runs (react_core.preflight), for the customize or evaluate flow (and
+    the evaluate flow's ``customized`` model: a registered version's weights and architecture)."""
+    if flow_name == "evaluate":
+        checks.check_evaluate(config, storage_of(config.storage), customized)
+    else:
+        checks.check_customize(config, storage_of(config.storage))
 
 
 @task(name="resolve-base", **TASK_OPTIONS)

@@ -8,7 +8,7 @@ import re
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from react_core import pipeline
+from react_core import pipeline, registry
 from react_core.config import MiniWebConfig, ModelConfig, ReactConfig, StorageConfig, TrackingConfig
 from tasks.common import TASK_OPTIONS, storage_of, tracker_of
 
@@ -43,7 +43,7 @@ def register_model(config: ReactConfig, result: dict) -> dict | None:
 def resolve_model(config: ReactConfig, customized: str | None) -> tuple[str | None, float | None]:
     """(checkpoint, lambda): a checkpoint URI as given (lambda None), or ``models:/{name}@{alias}`` resolved through
     the MLflow registry to its checkpoint and the gate scale it was registered with."""
-    return pipeline.resolve_registered(customized, tracker_of(config.tracking, storage_of(config.storage)))
+    return registry.resolve_registered(customized, tracker_of(config.tracking, storage_of(config.storage)))
 
 
 @task(name="publish", cache_policy=None, persist_result=False)

@@ -49,7 +49,8 @@ def test_the_readme_custom_task_runs_as_printed_and_same_size_damage_is_rebuilt(
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     assert "Traceback" not in first.stderr
     assert "retrieval for my-task.yaml" in first.stdout
-    assert re.search(r"registered: +models:/react-my-task/1 \(now models:/react-my-task@", first.stdout)
+    assert re.search(r"registered: +models:/react-my-task-react-micro-vit/1 \(now models:/react-my-task-react-micro-vit@",
+                     first.stdout)  # fmt: skip
     table = first.stdout[first.stdout.index("dataset ") : first.stdout.index("customized model:")]
 
     root = work / "react-artifacts-tiny"

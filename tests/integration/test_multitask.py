@@ -27,7 +27,7 @@ def test_the_customize_flow_retrieves_for_two_tasks_and_reports_both_as_targets(
     assert set(st.read_json(join(out["retrieve"], "class_counts.json"))) >= {
         f"miniweb-coarse/{n}" for n in manifest.loc[manifest["task"] == "miniweb-coarse", "class_name"]}  # fmt: skip
     client = MlflowClient(f"sqlite:///{tmp_path}/root/mlflow.db")
-    version = client.get_model_version_by_alias("react-miniweb-fine+miniweb-coarse", "candidate")
+    version = client.get_model_version_by_alias("react-miniweb-fine+miniweb-coarse-react-micro-vit", "candidate")
     mean = (out["table"]["miniweb-fine"]["customized"] + out["table"]["miniweb-coarse"]["customized"]) / 2
     assert float(version.tags["react.target_score"]) == pytest.approx(mean, abs=1e-4)
     from react_core.pipeline import dataset_roles

@@ -297,9 +297,11 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
 
     client = MlflowClient(tracking)
     assert tiny_run.info.status == "FINISHED" and tiny_run.data.tags["react.stage.train.run"]
-    version = client.get_model_version_by_alias("react-miniweb-fine", "candidate")
+    version = client.get_model_version_by_alias("react-miniweb-fine-react-micro-vit", "candidate")
     assert version.tags["react.train_stage"].startswith("s3://react-test/team/train/")
-    assert str(client.get_model_version_by_alias("react-miniweb-fine", "champion").version) == str(version.version)
+    assert str(client.get_model_version_by_alias("react-miniweb-fine-react-micro-vit", "champion").version) == str(
+        version.version
+    )
     assert {a.path for a in client.list_artifacts(version.run_id, "model")} == {"model/model.json",
                                                                             "model/evaluation.json"}  # fmt: skip
     stored = Storage("s3://react-test/mlflow-artifacts", {"endpoint_url": s3_endpoint})
@@ -327,7 +329,7 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     assert (artifacts["evaluation"][0], artifacts["summary"][0]) == ("table", "markdown"), artifacts
     # link artifacts are stored as markdown links: [text](target)
     assert {"customized-model", "mlflow-run", "registered-version"} <= set(artifacts), artifacts
-    assert "/#/models/react-miniweb-fine/versions/" in artifacts["registered-version"][1]
+    assert "/#/models/react-miniweb-fine-react-micro-vit/versions/" in artifacts["registered-version"][1]
     assert "react_core.knowledge.download: download:" in logs, logs[-3000:]
     # the long stages' progress, as lines in the run's logs (no terminal on a worker)
     assert re.search(r"react_core\.progress: customize \(gated-image\): 100%", logs), logs[-3000:]

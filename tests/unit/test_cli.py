@@ -126,7 +126,12 @@ def test_a_task_file_s_registered_name_is_its_name_or_its_stem_never_its_path(tm
     assert task_label(st, str(named)) == "garden-birds-UK" and task_label(st, str(plain)) == "my-task"
     assert task_label(st, "miniweb-fine") == "miniweb-fine"
     cfg = load_config(TINY, [f"storage.root={tmp_path}", f"retrieval.tasks=[{named}, miniweb-coarse]"])
-    assert registered_name(cfg, st) == ("garden-birds-UK+miniweb-coarse", "react-garden-birds-UK+miniweb-coarse")
+    assert registered_name(cfg, st) == (
+        "garden-birds-UK+miniweb-coarse",
+        "react-garden-birds-UK+miniweb-coarse-react-micro-vit",  # the tiny preset's react-{task}-{model}
+    )
+    hub = load_config(TINY, [f"storage.root={tmp_path}", "model.name=hf-hub:org/clip model"])
+    assert registered_name(hub, st)[1] == "react-miniweb-fine-hf-hub-org-clip-model"  # no '/', ':' or space
 
 
 def test_missing_knowledge_base_and_evaluation_data_fail_before_any_stage(tmp_path, capsys):
@@ -251,3 +256,37 @@ def test_faults_the_user_can_fix_are_one_line_and_lose_their_traceback_on_the_co
     quiet, bug = record(full), record(ValueError("a bug"))
     assert _OneLineFaults().filter(quiet) and quiet.exc_info is None  # one line on the console
     assert _OneLineFaults().filter(bug) and bug.exc_info is not None  # a bug keeps its traceback
+
+
+def test_a_registry_name_of_another_architecture_or_weights_gone_fail_before_any_stage(tmp_path, capsys):
+    from react_core.config import load_config
+    from react_core.storage import Storage
+    from react_core.tracking import make_tracker
+
+    root = tmp_path / "root"
+    cfg = load_config(TINY, [f"storage.root={root}"])  # react-micro-vit
+    tracker = make_tracker(cfg.tracking, Storage(cfg.storage.root))
+    gone = f"file://{tmp_path}/a-deleted-clone/react-artifacts-tiny/train/abc/model.pt"
+
+    def champion(name: str, architecture: str) -> None:
+        run = tracker.open_run("train")
+        tags = {"react.model": architecture, "react.model_file": gone, "react.gate_scale": "1"}
+        tracker.set_alias(name, "champion", tracker.register(name, run, {"model.json": {}}, tags, ""))
+
+    def fails(*argv: str) -> str:
+        capsys.readouterr()  # what setting up the registry printed
+        rc = main([argv[0], "-c", TINY, "-q", "-s", f"storage.root={root}", *argv[1:]])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+        assert sorted(p.name for p in root.iterdir() if p.is_dir()) in ([], ["mlartifacts"])  # no stage
+        return err
+
+    champion("react-miniweb-fine", "react-tiny-vit")  # the demo preset's model, under the name tiny would use
+    err = fails("demo", "-s", "tracking.registered_model=react-{task}")
+    assert "models:/react-miniweb-fine@champion is a react-tiny-vit model and this run trains react-micro-vit" in err
+    assert "fix: give this run a name of its own" in err
+    err = fails("evaluate", "--customized", "models:/react-miniweb-fine@champion")
+    assert "is a react-tiny-vit model and model.name is react-micro-vit; fix: evaluate it with" in err
+    champion("react-gone", "react-micro-vit")
+    err = fails("evaluate", "--customized", "models:/react-gone@champion")
+    assert f"models:/react-gone@champion names weights that are gone ({gone}); fix:" in err

@@ -2,7 +2,7 @@
 
 import pytest
 
-from react_core.config import TrackingConfig, load_config
+from react_core.config import ConfigError, TrackingConfig, load_config
 from react_core.pipeline import end_run, start_run
 from react_core.storage import Storage
 from react_core.tracking import MemoryTracker, log_stage, make_tracker
@@ -72,6 +72,32 @@ def test_a_customized_model_is_registered_once_as_candidate_and_champion_only_wh
     never = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"promote": "never"})})
     run_register(st, never, trained(4e-3, 0.99), tracker)
     assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "4", "champion": "3"}
+
+    # Another architecture cannot join these versions: refused, one line naming the champion's and the fix.
+    other = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "react-micro-vit"})})
+    with pytest.raises(ConfigError, match=r"models:/react-miniweb-fine@champion is a react-tiny-vit model and this "
+                                          r"run trains react-micro-vit.*fix: .*react-\{task\}-\{model\}"):  # fmt: skip
+        run_register(st, other, trained(5e-3, 0.99), tracker)
+    assert len(tracker.registry["react-miniweb-fine"]["versions"]) == 4
+    own = other.model_copy(update={"tracking": other.tracking.model_copy(update={"registered_model": "react-{task}-{model}"})})  # fmt: skip
+    assert run_register(st, own, trained(5e-3, 0.99), tracker)["name"] == "react-miniweb-fine-react-micro-vit"
+
+
+def test_the_first_version_is_champion_only_when_it_beats_the_base_on_its_target(tmp_path):
+    from react_core.pipeline import run_register
+
+    st = Storage(str(tmp_path))
+    cfg = load_config(None, ["retrieval.task=miniweb-fine"])
+    tracker = MemoryTracker()
+    for i, fine in enumerate((0.30, 0.25, 0.31)):  # the base: 0.30
+        stage = st.stage("train", {"i": i})
+        st.write_json(stage.file("model.json"), {"gated_layers": 2})
+        uri = stage.complete()
+        log_stage(tracker, st, "train", uri, {"i": i})
+        table = {"miniweb-fine": {"metric": "accuracy", "base": 0.3, "customized": fine, "delta": fine - 0.3}}
+        out = run_register(st, cfg, {"train": uri, "table": table}, tracker)
+        assert out["champion"] is (fine > 0.30), (fine, out)
+    assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"}
 
 
 def test_an_object_store_root_keeps_the_mlflow_store_in_the_working_folder_and_says_so(tmp_path, monkeypatch, caplog):
