@@ -7,10 +7,14 @@ collects *all* problems into one :class:`ConfigError` whose lines each name the 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
-from collections.abc import Mapping
+import os
+import posixpath
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -40,10 +44,57 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Where a relative ``storage.root`` lives: under $REACT_STORAGE_ROOT when it is set (a folder or URI every worker
+# reaches), else in the working folder. A flow run started from a deployment works in a temporary copy of the code
+# that its worker deletes when the run ends, so there a relative root without $REACT_STORAGE_ROOT is refused: every
+# stage would be written into the copy and lost with it.
+STORAGE_ROOT_ENV = "REACT_STORAGE_ROOT"
+_DEPLOYED: ContextVar[bool] = ContextVar("react_deployed", default=False)
+
+
+@contextlib.contextmanager
+def deployment_run() -> Iterator[None]:
+    """Configs validated inside are a deployment run's: a relative ``storage.root`` needs $REACT_STORAGE_ROOT."""
+    token = _DEPLOYED.set(True)
+    try:
+        yield
+    finally:
+        _DEPLOYED.reset(token)
+
+
+def _absolute_root(v: str) -> str:
+    if "://" in v or Path(v).expanduser().is_absolute():
+        return v if "://" in v else str(Path(v).expanduser().resolve())
+    base = os.environ.get(STORAGE_ROOT_ENV, "").strip().rstrip("/")
+    if base:
+        rel = posixpath.normpath(v)
+        if rel == ".." or rel.startswith("../"):
+            raise ValueError(
+                f"{v!r} leaves {STORAGE_ROOT_ENV}={base}; fix: name a folder inside it, or an absolute root"
+            )
+        v = base if rel == "." else f"{base}/{rel}"
+        return v if "://" in v else str(Path(v).expanduser().resolve())
+    if _DEPLOYED.get():
+        raise ValueError(
+            f"{v!r} is relative, and a deployment run works in a temporary copy of the code that is deleted when it "
+            f"ends (every stage would go with it); fix: set {STORAGE_ROOT_ENV} in the worker's environment to a "
+            "folder or s3:// URI every worker reaches (the relative root goes under it), or pass an absolute "
+            "storage.root"
+        )
+    # A relative folder means "here": made absolute now, so that two checkouts with the same preset never share
+    # cached results (Prefect's cache keys on this value).
+    return str(Path(v).expanduser().resolve())
+
+
 class StorageConfig(_Section):
     """Where artifacts live: an fsspec URI (``file://``, ``s3://``, ``memory://``) or a local path."""
 
-    root: str = Field("./react-artifacts", description="artifact root: a local path or an fsspec URI")
+    root: str = Field(
+        "./react-artifacts",
+        validate_default=True,
+        description="artifact root: a local path or an fsspec URI; a relative path is under $REACT_STORAGE_ROOT when "
+        "that is set (a deployment run needs one of the two: it works in a temporary copy of the code)",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="fsspec storage options, e.g. {endpoint_url: http://127.0.0.1:9000} for an S3-compatible server; "
@@ -62,11 +113,7 @@ class StorageConfig(_Section):
         v = v.strip()
         if not v:
             raise ValueError("storage root is empty; set it to a folder such as ./react-artifacts or s3://bucket/react")
-        if "://" not in v:
-            # A relative folder means "here": made absolute now, so that two checkouts with the same
-            # preset never share cached results (Prefect's cache keys on this value).
-            v = str(Path(v).expanduser().resolve())
-        return v
+        return _absolute_root(v)
 
 
 class PretrainConfig(_Section):
@@ -721,21 +768,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def load_config(
-    source: str | Path | Mapping[str, Any] | None = None,
-    overrides: Mapping[str, Any] | list[str] | None = None,
-) -> ReactConfig:
-    """Build a validated :class:`ReactConfig`.
-
-    Args:
-        source: a YAML file path, a mapping, or None for the defaults. A preset may contain a
-            ``config:`` key (the rest of the file being deployment metadata), otherwise the whole
-            file is the config.
-        overrides: a nested mapping or ``dotted.key=value`` strings applied on top.
-
-    Raises:
-        ConfigError: listing every problem, one line each, naming the field and the fix.
-    """
+def _read(source: str | Path | Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """(a name for messages, the raw tree) of a YAML file path, a mapping, or None (the defaults)."""
     name = "config"
     data: dict[str, Any] = {}
     if isinstance(source, (str, Path)):
@@ -757,6 +791,25 @@ def load_config(
         data = dict(loaded.get("config", loaded)) if "config" in loaded else dict(loaded)
     elif isinstance(source, Mapping):
         data = dict(source)
+    return name, data
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | list[str] | None = None,
+) -> ReactConfig:
+    """Build a validated :class:`ReactConfig`.
+
+    Args:
+        source: a YAML file path, a mapping, or None for the defaults. A preset may contain a
+            ``config:`` key (the rest of the file being deployment metadata), otherwise the whole
+            file is the config.
+        overrides: a nested mapping or ``dotted.key=value`` strings applied on top.
+
+    Raises:
+        ConfigError: listing every problem, one line each, naming the field and the fix.
+    """
+    name, data = _read(source)
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     if overrides:
@@ -810,8 +863,10 @@ def _apply(base: dict[str, Any], named: Mapping[str, Any], sections: type[BaseMo
     out = dict(base)
     for k, v in named.items():
         ann = sections.model_fields[k].annotation
+        prev = out.get(k)
         if isinstance(ann, type) and issubclass(ann, BaseModel) and isinstance(v, Mapping):
-            out[k] = _apply(dict(out.get(k) or {}), v, ann)  # a section: only the fields it names
+            if prev is None or isinstance(prev, Mapping):  # else the preset's own value is wrong: validation names it
+                out[k] = _apply(dict(prev or {}), v, ann)  # a section: only the fields it names
         else:
             out[k] = v  # a value, a list or a dict field (storage.options): replaced whole
     return out
@@ -821,9 +876,11 @@ def apply_overrides(preset: str | Path | ReactConfig, overrides: BaseModel | Map
     """``preset`` (a YAML file or a tree) with the fields ``overrides`` names changed, validated as a whole.
     ``overrides``: a :data:`ConfigOverrides` (its explicitly set fields), a nested mapping, or a full
     :class:`ReactConfig` (all of its fields)."""
-    base = preset.model_dump() if isinstance(preset, ReactConfig) else load_config(preset).model_dump()
+    # The preset is validated once, with the overrides applied: a relative root that an override replaces is
+    # never resolved (a deployment run refuses a relative root only when it is the one used).
+    base = preset.model_dump() if isinstance(preset, ReactConfig) else _read(preset)[1]
     if overrides is None:
-        return ReactConfig.model_validate(base)
+        return load_config(base if isinstance(preset, ReactConfig) else preset)
     if not isinstance(overrides, ConfigOverrides):  # a mapping, or a full tree (every field named)
         try:
             overrides = ConfigOverrides.model_validate(overrides)

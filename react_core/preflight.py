@@ -103,6 +103,19 @@ def check_miniweb_tasks(config: ReactConfig) -> None:
         )
 
 
+def check_deployed(config: ReactConfig) -> None:
+    """A deployment run works in a temporary copy of the code: its MLflow store must not be a file there (the
+    default with a storage root that is not a local folder: ``./react-mlflow.db``, in the copy)."""
+    t = config.tracking
+    if t.enabled and not t.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI") and "://" in config.storage.root:
+        raise ConfigError(
+            f"tracking: the storage root {config.storage.root} cannot hold MLflow's sqlite store, and this deployment "
+            "run's working folder is a temporary copy of the code, deleted when it ends (runs and registered models "
+            f"would go with it); fix: set MLFLOW_TRACKING_URI in the worker's environment to your MLflow server (or "
+            "tracking.tracking_uri), or tracking.enabled: false"
+        )
+
+
 def check_customize(config: ReactConfig, storage: Storage) -> None:
     """Everything the customize flow can check before its first stage: the architecture, the target task, the
     knowledge base, the evaluation data, the storage root and the tracking server."""

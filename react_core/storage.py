@@ -59,6 +59,16 @@ def _tag(entry: Mapping[str, Any]) -> str:
     return ""
 
 
+def _endpoint(options: dict[str, Any] | None) -> str | None:
+    """The S3 endpoint a client of these options talks to: theirs, else fsspec's or botocore's variable."""
+    return (
+        (options or {}).get("endpoint_url")
+        or os.environ.get("FSSPEC_S3_ENDPOINT_URL")
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+
+
 class StorageError(ReactError, RuntimeError):
     """A storage root or artifact could not be used; the message names the URI and the fix."""
 
@@ -208,14 +218,14 @@ class Storage:
             kind = type(exc).__name__
             hint = "check that it exists and that you may write there"
             if "timeout" in kind.lower() or "timed out" in str(exc).lower():
-                endpoint = (self.options or {}).get("endpoint_url") or os.environ.get("FSSPEC_S3_ENDPOINT_URL")
+                endpoint = _endpoint(self.options)
                 raise StorageError(
                     f"storage root {self.root}: the endpoint {endpoint or '(AWS default)'} accepted the connection but "
                     f"did not answer within {PROBE_TIMEOUT_S} s ({kind}); fix: check that the S3 service there is up "
                     "(storage.options.endpoint_url), or raise storage.options.config_kwargs.read_timeout for a slow one"
                 ) from None
             if self.root.startswith("s3://"):
-                endpoint = (self.options or {}).get("endpoint_url") or os.environ.get("FSSPEC_S3_ENDPOINT_URL")
+                endpoint = _endpoint(self.options)
                 hint = (
                     f"check the bucket exists, the credentials, and that the endpoint "
                     f"{endpoint or '(AWS default)'} is reachable (storage.options.endpoint_url)"

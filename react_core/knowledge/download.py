@@ -20,6 +20,7 @@ from typing import Any
 
 from react_core.config import DownloadConfig
 from react_core.errors import ReactError
+from react_core.knowledge.img2dataset_env import without_wandb
 from react_core.knowledge.retrieve import read_manifest
 from react_core.storage import Stage, Storage, exclusive, local_path
 
@@ -111,7 +112,11 @@ def download(
 
 
 def _img2dataset(url_list: str, out_dir: str, cfg: DownloadConfig) -> None:
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    with without_wandb():
+        _download(url_list, out_dir, cfg)
+
+
+def _download(url_list: str, out_dir: str, cfg: DownloadConfig) -> None:
     from img2dataset import download as img2dataset_download
 
     # img2dataset installs a SIGINT handler that exits with status 0 and never puts the previous one back: every

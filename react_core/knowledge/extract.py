@@ -30,6 +30,7 @@ import pyarrow as pa
 from react_core.config import DownloadConfig
 from react_core.data import iter_shard
 from react_core.knowledge.download import EXTRA_COLUMNS, DownloadError, summarize
+from react_core.knowledge.img2dataset_env import without_wandb
 from react_core.knowledge.retrieve import read_manifest
 from react_core.progress import bar as progress_bar
 from react_core.storage import Stage, Storage, exclusive, local_path
@@ -115,10 +116,11 @@ def _extract(
     storage: Storage, table: pd.DataFrame, places: pd.DataFrame, out: str, cfg: DownloadConfig, progress: bool
 ) -> dict:
     """Write output shards into the local folder ``out`` (those whose stats exist are kept); returns the summary."""
-    from img2dataset.downloader import compute_key
-    from img2dataset.logger import CappedCounter, write_stats
-    from img2dataset.resizer import Resizer
-    from img2dataset.writer import WebDatasetSampleWriter
+    with without_wandb():
+        from img2dataset.downloader import compute_key
+        from img2dataset.logger import CappedCounter, write_stats
+        from img2dataset.resizer import Resizer
+        from img2dataset.writer import WebDatasetSampleWriter
 
     schema = _schema(table)
     records = table.to_dict("records")  # python scalars: the writer json-dumps them

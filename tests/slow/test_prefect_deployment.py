@@ -207,12 +207,25 @@ def _customize_runs(root: Path | str, experiment: str):
     return client.search_runs([exp.experiment_id], filter_string="tags.`prefect.flow_name` = 'customize'")
 
 
-def _start_worker(env, home: Path, folder: Path, log_path: Path) -> subprocess.Popen:
-    """A process worker as on another host: its own PREFECT_HOME and working directory."""
+def _flow_run(env, flow_run_id: str):
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+
+    async def go():
+        async with PrefectClient(env["PREFECT_API_URL"]) as client:
+            return await client.read_flow_run(flow_run_id)
+
+    return asyncio.run(go())
+
+
+def _start_worker(env, home: Path, folder: Path, log_path: Path, team: dict | None = None) -> subprocess.Popen:
+    """A process worker as on another host: its own PREFECT_HOME and working directory, and the environment README
+    "Running with a team" gives a worker (``team``: the shared root, the S3 endpoint, the MLflow server)."""
     folder.mkdir()
     return subprocess.Popen(
         [BIN / "prefect", "worker", "start", "--pool", "react-process", "--type", "process"],
-        env={**env, "PREFECT_HOME": str(home)},
+        env={**env, "PREFECT_HOME": str(home), **(team or {})},
         cwd=folder,
         stdout=open(log_path, "ab"),
         stderr=subprocess.STDOUT,
@@ -244,14 +257,21 @@ def _task_states(env, flow_run_id: str) -> dict[str, str]:
 def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_s3(
     prefect_server, s3_endpoint, mlflow_on_s3, tmp_path
 ):
-    """Deploy from a checkout that is then deleted (the deploying machine); a process worker with its own
-    PREFECT_HOME and working directory (another host) clones the deployed commit and runs it. A run that names
-    one field of the preset (training.epochs) runs the preset's other values. With the storage on S3, a second
-    worker (another PREFECT_HOME, another folder) runs the same parameters from the shared cache: all Cached."""
+    """README "Running with a team" as printed. Deploy from a checkout that is then deleted (the deploying machine);
+    a process worker with its own PREFECT_HOME and working directory (another host) and the README's worker
+    environment (REACT_STORAGE_ROOT on moto's S3, the MLflow server) clones the deployed commit and runs the README's
+    example (`{"config": {"training": {"epochs": 1}}}`: the tiny preset's relative root goes under the shared
+    root, not into the run's temporary copy). A second worker (another PREFECT_HOME, another folder) runs the same
+    parameters from the shared cache: all Cached. A user error is one line in the run's state and logs, and its
+    record is under the shared root. The deployed commit's lock differs from the worker's packages: said once."""
     env = prefect_server
     origin, deployer, host = tmp_path / "origin.git", tmp_path / "deployer", tmp_path / "worker-host"
     _git("clone", "--quiet", "--bare", str(REPO), str(origin))
     _git("clone", "--quiet", str(origin), str(deployer))
+    lock = deployer / "requirements.lock.txt"  # a commit whose lock moved one pin the workers have not installed
+    lock.write_text(re.sub(r"^pyyaml==\S+", "pyyaml==0.0.1", lock.read_text(), count=1, flags=re.MULTILINE))
+    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-am", "move a pin", cwd=deployer)
+    _git("push", "--quiet", "origin", "HEAD", cwd=deployer)
     _create_pools(env)
     out = _prefect(env, "--no-prompt", "deploy", "--all", cwd=deployer)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -261,23 +281,32 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     assert _schedules(env, "evaluate/demo") == [True] and _schedules(env, "evaluate/imagenet") == [False]
     shutil.rmtree(deployer)  # nothing of the deploying machine's disk is left for the worker
 
+    tracking = mlflow_on_s3
+    team = {"REACT_STORAGE_ROOT": "s3://react-test/team", "AWS_ENDPOINT_URL": s3_endpoint,
+            "MLFLOW_TRACKING_URI": tracking}  # fmt: skip
+    worker_tmp = tmp_path / "worker-tmp"  # the worker host's $TMPDIR: what runs leave there
+    worker_tmp.mkdir()
     log_path = tmp_path / "worker.log"
-    worker = _start_worker(env, tmp_path / "worker-prefect-home", host, log_path)
+    worker = _start_worker(env, tmp_path / "worker-prefect-home", host, log_path, {**team, "TMPDIR": str(worker_tmp)})
     root = tmp_path / "artifacts"
     imagenet = imagenet_on_the_miniweb(root)
-    tracking = mlflow_on_s3
-    one_field = {"storage": {"root": "s3://react-test/team", "options": {"endpoint_url": s3_endpoint}},
-                 "training": {"epochs": 1}, "tracking": {"tracking_uri": tracking}}  # fmt: skip
+    readme = {"training": {"epochs": 1}}  # README step 4, as printed
     try:
-        tiny_run_id, tiny_watch = _run_deployment(env, "customize/tiny", one_field, log_path)
+        tiny_run_id, tiny_watch = _run_deployment(env, "customize/tiny", readme, log_path)
         _run_deployment(env, "customize/imagenet", imagenet, log_path)
+        # A user error (README "Your own task": a misspelt task), on the warm worker.
+        out = _prefect(env, "deployment", "run", "customize/tiny", "--params",
+                       json.dumps({"config": {"retrieval": {"task": "miniweb-finee"}}}), "--watch", timeout=600)  # fmt: skip
+        assert out.returncode != 0 and "Failed" in out.stdout, out.stdout + out.stderr
+        typo_id = re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
     finally:
         _stop(worker)
-    other = _start_worker(env, tmp_path / "other-prefect-home", tmp_path / "other-host", log_path)
+    left_on_worker = sorted(p.name for p in worker_tmp.iterdir())
+    other = _start_worker(env, tmp_path / "other-prefect-home", tmp_path / "other-host", log_path, team)
     try:
-        again, _ = _run_deployment(env, "customize/tiny", one_field, log_path)
+        again, _ = _run_deployment(env, "customize/tiny", readme, log_path)
         # A run that fails after its parent MLflow run opened (retrieval finds too few pairs per class).
-        failing = {**one_field, "retrieval": {"min_per_class": 100000}}
+        failing = {**readme, "retrieval": {"min_per_class": 100000}}
         out = _prefect(env, "deployment", "run", "customize/tiny", "--params", json.dumps({"config": failing}),
                        "--watch", timeout=600)  # fmt: skip
         assert out.returncode != 0 and "Failed" in out.stdout, out.stdout + out.stderr
@@ -287,6 +316,23 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     stages = {n: s for n, s in _task_states(env, again).items() if not n.startswith(("preflight", "start-", "end-",
               "embed-plan", "publish", "register", "report", "resolve-base"))}  # fmt: skip
     assert stages and set(stages.values()) == {"Cached"}, stages
+    shared = "s3://react-test/team/react-artifacts-tiny"
+    stored = Storage(shared, {"endpoint_url": s3_endpoint})
+    assert stored.ls(f"{shared}/train", "*") and not list(host.rglob("*")), list(host.rglob("*"))[:5]
+    assert left_on_worker == [], left_on_worker  # the runs' temporary files went with them
+
+    # The user error: one line in the run's state, one error: line in its logs, no traceback; its record is
+    # under the shared root, where the other worker and the server read it.
+    typo = _flow_run(env, typo_id)
+    assert typo.state.name == "Failed" and "\n" not in typo.state.message, typo.state.message
+    assert "unknown target task 'miniweb-finee'" in typo.state.message, typo.state.message
+    typo_logs = _flow_run_logs(env, typo_id)
+    errors = [line for line in typo_logs.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "unknown target task 'miniweb-finee'" in errors[0], typo_logs[-3000:]
+    assert "Traceback" not in typo_logs, typo_logs[-3000:]
+    record = _flow_run_result(env, typo_id)
+    assert record.storage_key.startswith(f"{shared}/prefect-results/") and stored.exists(record.storage_key), record
+    print(f"user error: {(typo.end_time - typo.start_time).total_seconds():.1f} s from start to Failed")
 
     assert len(list((root / "evaluate").glob("*/_SUCCESS"))) == 1
     tiny_run = next(
@@ -298,15 +344,15 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     client = MlflowClient(tracking)
     assert tiny_run.info.status == "FINISHED" and tiny_run.data.tags["react.stage.train.run"]
     version = client.get_model_version_by_alias("react-miniweb-fine-react-micro-vit", "candidate")
-    assert version.tags["react.train_stage"].startswith("s3://react-test/team/train/")
+    assert version.tags["react.train_stage"].startswith(f"{shared}/train/")
     # The first version is champion only when it beats the base on its target (one epoch here may not).
     aliases = {a: str(v) for a, v in client.get_registered_model("react-miniweb-fine-react-micro-vit").aliases.items()}
     gain = float(version.tags["miniweb-fine/accuracy/delta"])
     assert aliases == ({"candidate": str(version.version)} | ({"champion": str(version.version)} if gain > 0 else {}))
     assert {a.path for a in client.list_artifacts(version.run_id, "model")} == {"model/model.json",
                                                                             "model/evaluation.json"}  # fmt: skip
-    stored = Storage("s3://react-test/mlflow-artifacts", {"endpoint_url": s3_endpoint})
-    assert any(u.endswith("/model/model.json") for u in stored.fs.find(stored.path(stored.root)))
+    mlflow_store = Storage("s3://react-test/mlflow-artifacts", {"endpoint_url": s3_endpoint})
+    assert any(u.endswith("/model/model.json") for u in mlflow_store.fs.find(mlflow_store.path(mlflow_store.root)))
     params = tiny_run.data.params
     tiny = load_config(REPO / "deployments" / "tiny.yaml")
     assert params["training.epochs"] == "1"  # the field the run named ...
@@ -319,13 +365,16 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     assert failed_run.info.status == "FAILED" and failed_run.data.tags["react.stage.index"]  # got that far
     logs = _flow_run_logs(env, tiny_run_id)  # react_core's own lines reach the run's logs in the UI
     result = _flow_run_result(env, tiny_run_id)  # the flow's return value, stored beside the stages
-    assert result.storage_key.startswith("s3://react-test/team/prefect-results/"), result
+    assert result.storage_key.startswith(f"{shared}/prefect-results/"), result
     assert stored.exists(result.storage_key)
+    drift = [line for line in logs.splitlines() if "differs from requirements.lock.txt" in line]
+    assert len(drift) == 1 and "pyyaml" in drift[0] and "(lock: 0.0.1)" in drift[0], drift
     watched = re.sub(r"\s+", "", tiny_watch)  # Rich wraps the streamed log lines at the console's width
     assert re.search(
-        r"REACTresult:customizedmodel:s3://react-test/team/train/\S+?/model\.pt;MLflowrun:http", watched
+        r"REACTresult:customizedmodel:s3://react-test/team/react-artifacts-tiny/train/\S+?/model\.pt;MLflowrun:http",
+        watched,
     ), tiny_watch[-4000:]
-    assert "REACT result: customized model: s3://react-test/team/train/" in logs
+    assert f"REACT result: customized model: {shared}/train/" in logs
     artifacts = _flow_run_artifacts(env, tiny_run_id)  # what the Prefect UI shows on the run's Artifacts tab
     assert (artifacts["evaluation"][0], artifacts["summary"][0]) == ("table", "markdown"), artifacts
     # link artifacts are stored as markdown links: [text](target)
@@ -334,7 +383,7 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     assert "react_core.knowledge.download: download:" in logs, logs[-3000:]
     # the long stages' progress, as lines in the run's logs (no terminal on a worker)
     assert re.search(r"react_core\.progress: customize \(gated-image\): 100%", logs), logs[-3000:]
-    (imagenet_run,) = _customize_runs(root, "react-imagenet")
+    (imagenet_run,) = _customize_runs(tracking, "react-imagenet")
     assert imagenet_run.data.tags["prefect.flow_run_id"]
     assert imagenet["training"]["lr"] == 5e-4 and imagenet["training"]["mode"] == "gated-image"
 
