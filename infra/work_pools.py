@@ -30,7 +30,13 @@ from typing import Any
 
 OUT = Path(__file__).resolve().parent / "work-pools"
 IMAGE = "react-worker:cuda"
-ENV = {"PREFECT_LOGGING_EXTRA_LOGGERS": "react_core", "NO_ALBUMENTATIONS_UPDATE": "1"}
+# react_core's log lines in the run's logs; heartbeats, which infra/automations.yaml watches to retry a run whose
+# container or pod died
+ENV = {
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "react_core",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30",
+}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 

@@ -1,5 +1,6 @@
 """The deployments as a team runs them: a real Prefect server and process worker on 127.0.0.1."""
 
+import contextlib
 import json
 import os
 import re
@@ -7,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from react_core.config import load_config
+from react_core.models import load_state_dict
 from react_core.storage import Storage
 from tests.conftest import free_port, tiny_config
 
@@ -284,8 +287,9 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     tracking = mlflow_on_s3
     team = {"REACT_STORAGE_ROOT": "s3://react-test/team", "AWS_ENDPOINT_URL": s3_endpoint,
             "MLFLOW_TRACKING_URI": tracking}  # fmt: skip
-    worker_tmp = tmp_path / "worker-tmp"  # the worker host's $TMPDIR: what runs leave there
-    worker_tmp.mkdir()
+    # the worker host's $TMPDIR, to see what runs leave there; short, as /tmp is (multiprocessing makes Unix sockets
+    # in it, whose paths have at most 107 characters)
+    worker_tmp = Path(tempfile.mkdtemp(prefix="w", dir="/tmp"))
     log_path = tmp_path / "worker.log"
     worker = _start_worker(env, tmp_path / "worker-prefect-home", host, log_path, {**team, "TMPDIR": str(worker_tmp)})
     root = tmp_path / "artifacts"
@@ -302,6 +306,7 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     finally:
         _stop(worker)
     left_on_worker = sorted(p.name for p in worker_tmp.iterdir())
+    shutil.rmtree(worker_tmp)
     other = _start_worker(env, tmp_path / "other-prefect-home", tmp_path / "other-host", log_path, team)
     try:
         again, _ = _run_deployment(env, "customize/tiny", readme, log_path)
@@ -441,3 +446,106 @@ def test_gpu_pools_made_from_the_templates_run_the_gpu_deployments_as_asked(pref
         env_names = {e["name"] for e in container["env"]}
         assert {"PREFECT__FLOW_RUN_ID", "PREFECT_LOGGING_EXTRA_LOGGERS"} <= env_names, env_names
     assert made["imagenet-multinode"].job_manifest["spec"]["template"]["spec"]["serviceAccountName"] == "react-trainer"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc): a worker's flow-run processes run in sessions of their own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _wait_for(what: str, check, timeout: float, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(interval)
+    return found
+
+
+def _states(env, flow_run_id: str) -> list[str]:
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+
+    async def go():
+        async with PrefectClient(env["PREFECT_API_URL"]) as client:
+            return [s.name for s in sorted(await client.read_flow_run_states(flow_run_id), key=lambda s: s.timestamp)]
+
+    return asyncio.run(go())
+
+
+def test_a_run_whose_worker_host_died_is_scheduled_again_and_trains_what_an_uninterrupted_run_trains(
+    prefect_server, tmp_path
+):
+    """README "Running with a team" step 2's automations on a real server: a worker and its flow-run process
+    killed mid-training (as a host dies) leave the run silent; the server marks it Crashed after 90 s without a
+    heartbeat and schedules it again; the second worker picks it up, its finished stages are cached, training
+    resumes from the newest checkpoint, and the model equals the one an uninterrupted run trains."""
+    import torch
+
+    env = prefect_server
+    origin, deployer = tmp_path / "origin.git", tmp_path / "deployer"
+    _git("clone", "--quiet", "--bare", str(REPO), str(origin))
+    _git("clone", "--quiet", str(origin), str(deployer))
+    _create_pools(env)
+    out = _prefect(env, "--no-prompt", "deploy", "--all", cwd=deployer)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = _prefect(env, "automation", "create", "--from-file", str(REPO / "infra" / "automations.yaml"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    shared = tmp_path / "shared"
+    team = {"REACT_STORAGE_ROOT": str(shared)}
+    params = {"training": {"epochs": 30, "checkpoint_every": 10}}
+    log_path = tmp_path / "workers.log"
+    a = _start_worker(env, tmp_path / "a-home", tmp_path / "a-host", log_path, team)
+    b = None
+    try:
+        out = _prefect(env, "deployment", "run", "customize/tiny", "--params", json.dumps({"config": params}))
+        assert out.returncode == 0, out.stdout + out.stderr
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
+        train = shared / "react-artifacts-tiny" / "train"
+        _wait_for("a checkpoint of the train stage", lambda: list(train.glob("*/checkpoints/step-*.pt")), 600)
+        b = _start_worker(env, tmp_path / "b-home", tmp_path / "b-host", log_path, team)
+        for pid in [a.pid, *_descendants(a.pid)]:  # the host dies: the worker and the run's process with it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        a.wait(timeout=30)
+        assert not list(train.glob("*/_SUCCESS")), "training finished before the kill: give it more epochs"
+        final = {"Completed", "Failed", "Cancelled"}
+        _wait_for("the run finishing on the other worker", lambda: _flow_run(env, run_id).state.name in final, 900, 2)
+    finally:
+        _stop(a)
+        if b is not None:
+            _stop(b)
+    run = _flow_run(env, run_id)
+    states = _states(env, run_id)
+    assert run.state.name == "Completed" and run.run_count == 2, (run.state, run.run_count, states)
+    assert states.index("Crashed") < states.index("AwaitingRetry") < states.index("Completed"), states
+    (model,) = train.glob("*/model.pt")
+    metrics = json.loads((model.parent / "train_metrics.json").read_text())
+    assert metrics["resumed_from_step"] >= 10, metrics
+
+    # The same run, uninterrupted, in one process (the CLI, on its own root).
+    ref = tmp_path / "reference"
+    cli = {k: v for k, v in env.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "cli-home")}
+    out = subprocess.run(
+        [sys.executable, "-m", "react_cli.main", "demo", "-q", "-c", str(REPO / "deployments" / "tiny.yaml"),
+         "-s", f"storage.root={ref}", "-s", "training.epochs=30", "-s", "training.checkpoint_every=10"],
+        cwd=REPO, env=cli, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    (whole,) = (ref / "train").glob("*/model.pt")
+    assert whole.parent.name == model.parent.name  # the same stage: same inputs and recipe
+    x, y = load_state_dict(str(model)), load_state_dict(str(whole))
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)

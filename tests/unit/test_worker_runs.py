@@ -132,7 +132,7 @@ def test_a_workers_flow_run_process_keeps_its_temporary_files_to_itself(tmp_path
     )
     assert out.returncode == 0, out.stderr[-3000:]
     ours, childs, files = out.stdout.split(" ", 2)
-    assert Path(ours).parent == tmp and Path(ours).name.startswith("react-run-0b5e-run-") and childs == ours
+    assert Path(ours).parent == tmp and Path(ours).name.startswith("react-0b5e-run-") and childs == ours
     assert "torchinductor" in files and "left-by-a-child" in files, out.stdout + out.stderr[-2000:]  # written there
     assert list(tmp.iterdir()) == []  # ... and gone with the run's process
     del env["PREFECT__FLOW_RUN_ID"]  # not a worker's flow run (the CLI, a notebook): $TMPDIR as it is
@@ -157,3 +157,52 @@ def test_img2dataset_never_imports_wandb_here_or_in_its_spawned_processes():
         p.join(timeout=60)
     assert child == os.path.join(NO_WANDB, "wandb", "__init__.py")
     assert NO_WANDB not in sys.path
+
+
+_OUTPUT_GOES_AWAY = """
+import logging, sys
+from prefect.logging.handlers import PrefectConsoleHandler
+logging.getLogger("run").addHandler(PrefectConsoleHandler(stream=sys.stderr))  # Prefect's console: rich
+from react_core.on_worker import survive_closed_output
+survive_closed_output()
+print("started", flush=True)
+sys.stdin.readline()  # the parent has closed its ends of our stdout and stderr: the worker died
+for i in range(200):
+    logging.getLogger("run").warning("progress %d", i)
+    print("progress", i, flush=True)
+open(sys.argv[1], "w").write("finished")
+"""
+
+
+def test_a_run_whose_worker_died_keeps_running_when_it_writes_output(tmp_path):
+    done = tmp_path / "done"
+    proc = subprocess.Popen([sys.executable, "-c", _OUTPUT_GOES_AWAY, str(done)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)  # fmt: skip
+    assert proc.stdout.readline() == b"started\n"
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.stdin.write(b"go\n")
+    proc.stdin.close()
+    assert proc.wait(timeout=120) == 0 and done.read_text() == "finished"
+
+
+def test_the_automations_retry_a_silent_react_run_twice_and_every_pool_sends_heartbeats():
+    import json
+
+    import yaml
+    from prefect.events.schemas.automations import AutomationCore, Posture
+
+    autos = {a["name"]: AutomationCore.model_validate(a)
+             for a in yaml.safe_load((REPO / "infra" / "automations.yaml").read_text())["automations"]}  # fmt: skip
+    silent, retry = autos["react-crash-silent-runs"], autos["react-retry-crashed-runs"]
+    assert silent.trigger.posture == Posture.Proactive and "prefect.flow-run.heartbeat" in silent.trigger.after
+    assert silent.actions[0].type == "change-flow-run-state" and silent.actions[0].state.value == "CRASHED"
+    assert retry.trigger.expect == {"prefect.flow-run.Crashed"}
+    assert retry.trigger.match.model_dump()["prefect.run-count"] == ["1", "2"]  # twice, then a person looks
+    assert retry.actions[0].state.value == "SCHEDULED" and retry.actions[0].force
+    frequencies = [yaml.safe_load((REPO / "prefect.yaml").read_text())["definitions"]["work_pools"]["process"]
+                   ["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]]  # fmt: skip
+    for template in (REPO / "infra" / "work-pools").glob("*.json"):
+        env = json.loads(template.read_text())["variables"]["properties"]["env"]["default"]
+        frequencies.append(env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"])
+    assert len(frequencies) == 3 and all(3 * int(f) <= silent.trigger.within.total_seconds() for f in frequencies)
