@@ -294,6 +294,7 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     worker = _start_worker(env, tmp_path / "worker-prefect-home", host, log_path, {**team, "TMPDIR": str(worker_tmp)})
     root = tmp_path / "artifacts"
     imagenet = imagenet_on_the_miniweb(root)
+    imagenet["tracking"]["tracking_uri"] = f"sqlite:///{root}/mlflow.db"  # its own registry, not the team's
     readme = {"training": {"epochs": 1}}  # README step 4, as printed
     try:
         tiny_run_id, tiny_watch = _run_deployment(env, "customize/tiny", readme, log_path)
@@ -388,7 +389,7 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     assert "react_core.knowledge.download: download:" in logs, logs[-3000:]
     # the long stages' progress, as lines in the run's logs (no terminal on a worker)
     assert re.search(r"react_core\.progress: customize \(gated-image\): 100%", logs), logs[-3000:]
-    (imagenet_run,) = _customize_runs(tracking, "react-imagenet")
+    (imagenet_run,) = _customize_runs(root, "react-imagenet")
     assert imagenet_run.data.tags["prefect.flow_run_id"]
     assert imagenet["training"]["lr"] == 5e-4 and imagenet["training"]["mode"] == "gated-image"
 
@@ -533,8 +534,8 @@ def test_a_run_whose_worker_host_died_is_scheduled_again_and_trains_what_an_unin
     assert run.state.name == "Completed" and run.run_count == 2, (run.state, run.run_count, states)
     assert states.index("Crashed") < states.index("AwaitingRetry") < states.index("Completed"), states
     (model,) = train.glob("*/model.pt")
-    metrics = json.loads((model.parent / "train_metrics.json").read_text())
-    assert metrics["resumed_from_step"] >= 10, metrics
+    summary = json.loads((model.parent / "model.json").read_text())
+    assert summary["resumed_from_step"] >= 10, summary
 
     # The same run, uninterrupted, in one process (the CLI, on its own root).
     ref = tmp_path / "reference"
