@@ -546,7 +546,6 @@ def test_a_run_whose_worker_host_died_is_scheduled_again_and_trains_what_an_unin
         cwd=REPO, env=cli, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    (whole,) = (ref / "train").glob("*/model.pt")
-    assert whole.parent.name == model.parent.name  # the same stage: same inputs and recipe
+    (whole,) = (ref / "train").glob("*/model.pt")  # another root: its stages have versions of their own
     x, y = load_state_dict(str(model)), load_state_dict(str(whole))
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
