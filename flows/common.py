@@ -110,9 +110,13 @@ def tracked(config: ReactConfig, flow_name: str) -> Iterator[dict[str, Any]]:
     except BaseException as exc:
         status = "FAILED" if isinstance(exc, Exception) else "KILLED"
         if unreachable_server(exc) is None:  # a server that went away cannot record it: the next start ends it KILLED
-            end_tracking(config, out["mlflow_run_id"], status, {k: v for k, v in out.items() if isinstance(v, str)})
+            end_tracking(config, out["mlflow_run_id"], status, _uris(out), out.get("table"))
         raise
-    end_tracking(config, out["mlflow_run_id"], "FINISHED", {k: v for k, v in out.items() if isinstance(v, str)})
+    end_tracking(config, out["mlflow_run_id"], "FINISHED", _uris(out), out.get("table"))
+
+
+def _uris(out: dict[str, Any]) -> dict[str, str]:
+    return {k: v for k, v in out.items() if isinstance(v, str)}
 
 
 def miniweb_and_base(config: ReactConfig, parent_run_id: str | None) -> tuple[str | None, str | None]:

@@ -54,7 +54,7 @@ from react_core.models.gated import TEXT_MODES, set_gate_scale
 from react_core.preflight import check_checkpoint
 from react_core.registry import check_comparable, registered_name, resolve_task
 from react_core.storage import Stage, Storage, join
-from react_core.tracking import NullTracker, Tracker, log_stage, stage_run
+from react_core.tracking import NullTracker, Tracker, log_stage, metric_key, stage_run
 from react_core.training.customize import TEXT_FEATURES_SCHEMA, caption_features, customize
 from react_core.training.heads import fit_head
 from react_core.training.pretrain import pretrain_base
@@ -81,12 +81,17 @@ def start_run(
 
 
 def end_run(
-    tracker: Tracker | None, run_id: str | None, status: str = "FINISHED", stages: Mapping[str, Any] | None = None
+    tracker: Tracker | None,
+    run_id: str | None,
+    status: str = "FINISHED",
+    stages: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
 ) -> None:
     """End the parent run with the pipeline's outcome (``FINISHED``, ``FAILED``, ``KILLED``). ``stages``: what the
     pipeline returned; each stage URI in it becomes a tag ``react.stage.{name}`` with, beside it,
     ``react.stage.{name}.run``: the run that produced the stage (this run's child, or an earlier run's when the
-    stage was reused), so a run whose stages all came from a cache still says where everything is."""
+    stage was reused), so a run whose stages all came from a cache still says where everything is. ``metrics``
+    (:func:`headline_metrics`) are logged on it: the page a user opens shows the result, cached or not."""
     if tracker is None or run_id is None:
         return
     tags: dict[str, str] = {}
@@ -96,7 +101,25 @@ def end_run(
             producer = tracker.stage_producer(value.rsplit("/model.pt", 1)[0])
             if producer:
                 tags[f"react.stage.{name}.run"] = producer
-    tracker.end_run(run_id, status, tags)
+    tracker.end_run(run_id, status, tags, metrics)
+
+
+def headline_metrics(table: Mapping[str, Mapping[str, Any]] | None, roles: Mapping[str, str]) -> dict[str, float]:
+    """The evaluation's headline table as a parent run's metrics, named as the evaluate run names them
+    (:func:`metric_key`): ``zero-shot/{dataset}/{metric}/{base,customized,delta}``, and
+    ``{role}/{metric}/delta`` for a role that one dataset holds alone (``target/accuracy/delta``,
+    ``generic/accuracy/delta``). A base-only evaluation has no customized or delta columns."""
+    out: dict[str, float] = {}
+    by_role: dict[str, list[Mapping[str, Any]]] = {}
+    for dataset, row in sorted((table or {}).items()):
+        for col in ("base", "customized", "delta"):
+            if row.get(col) is not None:
+                out[metric_key("zero-shot", dataset, str(row["metric"]), col)] = float(row[col])
+        by_role.setdefault(roles.get(dataset, "other"), []).append(row)
+    for role, rows in by_role.items():
+        if len(rows) == 1 and rows[0].get("delta") is not None:
+            out[metric_key(role, str(rows[0]["metric"]), "delta")] = float(rows[0]["delta"])
+    return out
 
 
 def miniweb_stage(storage: Storage, miniweb: MiniWebConfig) -> Stage:

@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -95,8 +96,15 @@ class Tracker:
         """Start a run and leave it RUNNING; returns its id (None: untracked)."""
         return None
 
-    def end_run(self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
-        """Tag a run opened by :meth:`open_run` and end it (``FINISHED``, ``FAILED`` or ``KILLED``)."""
+    def end_run(
+        self,
+        run_id: str,
+        status: str = "FINISHED",
+        tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
+        """Tag a run opened by :meth:`open_run`, log its ``metrics`` and end it (``FINISHED``, ``FAILED`` or
+        ``KILLED``)."""
 
     def stage_producer(self, stage_uri: str) -> str | None:
         """The id of the first run that logged the stage at ``stage_uri`` (None if none did)."""
@@ -177,9 +185,16 @@ class MemoryTracker(Tracker):
         self.params.update(_flatten(params or {}))
         return f"run-{len(self.runs)}"
 
-    def end_run(self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
+    def end_run(
+        self,
+        run_id: str,
+        status: str = "FINISHED",
+        tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
         run = self.runs[int(run_id.split("-")[1]) - 1]
         run["tags"].update(tags or {})
+        run.setdefault("metrics", {}).update(metrics or {})
         run["status"] = status
 
     def stage_producer(self, stage_uri: str) -> str | None:
@@ -275,10 +290,21 @@ class MLflowTracker(Tracker):
             client.log_batch(run.info.run_id, params=items[i : i + 100])
         return run.info.run_id
 
-    def end_run(self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None) -> None:
+    def end_run(
+        self,
+        run_id: str,
+        status: str = "FINISHED",
+        tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric
+
         client = self._client()
         for k, v in (tags or {}).items():
             client.set_tag(run_id, k, v)
+        now = int(time.time() * 1000)
+        if metrics:
+            client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
         client.set_terminated(run_id, status=status)
 
     def run_url(self, run_id: str) -> str | None:

@@ -76,9 +76,13 @@ def publish(config: ReactConfig, result: dict) -> None:
 
 
 @task(name="end-tracking", cache_policy=None, persist_result=False)
-def end_tracking(config: ReactConfig, parent_run_id: str | None, status: str, stages: dict | None = None) -> None:
-    """End the parent MLflow run with the flow's outcome, tagged with every stage and the run that produced it."""
-    pipeline.end_run(tracker_of(config.tracking, storage_of(config.storage)), parent_run_id, status, stages)
+def end_tracking(
+    config: ReactConfig, parent_run_id: str | None, status: str, stages: dict | None = None, table: dict | None = None
+) -> None:
+    """End the parent MLflow run with the flow's outcome, tagged with every stage and the run that produced it, and
+    the evaluation's headline numbers as its metrics (``table``: the flow's evaluation table)."""
+    metrics = pipeline.headline_metrics(table, pipeline.dataset_roles(config))
+    pipeline.end_run(tracker_of(config.tracking, storage_of(config.storage)), parent_run_id, status, stages, metrics)
 
 
 @task(name="start-tracking", cache_policy=None, persist_result=False)

@@ -108,6 +108,12 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     assert parent.info.status == "FINISHED" and parent.info.end_time - parent.info.start_time > 5_000
     assert parent.data.tags["react.stage.train"] == first["train"]
     assert parent.data.tags["react.stage.train.run"] == runs["train"].info.run_id
+    # ... and shows the result: the headline table as its metrics, and the target's and generic probe's change.
+    headline = {f"zero-shot/{d}/{r['metric']}/{c}": r[c] for d, r in first["table"].items()
+                for c in ("base", "customized", "delta")}  # fmt: skip
+    assert {k: v for k, v in parent.data.metrics.items() if k.startswith("zero-shot/")} == pytest.approx(headline)
+    assert parent.data.metrics["target/accuracy/delta"] == pytest.approx(first["table"]["miniweb-fine"]["delta"])
+    assert parent.data.metrics["generic/accuracy/delta"] == pytest.approx(first["table"]["miniweb-generic"]["delta"])
 
     second = customize(config=cfg)
     assert second["table"] == first["table"]
@@ -117,6 +123,7 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     assert cached_parent.info.status == "FINISHED" and cached_parent.data.params["training.lr"] == str(cfg.training.lr)
     assert cached_parent.data.tags["react.stage.train.run"] == runs["train"].info.run_id
     assert cached_parent.data.tags["react.stage.evaluate.run"] == evaluate.info.run_id
+    assert cached_parent.data.metrics == pytest.approx(parent.data.metrics)  # the same result, not an empty page
 
     third = customize(config=tiny_config(tmp_path / "root", **{"training.lr": 0.002}))
     states = _task_states(third["flow_run_id"], set(STAGES))

@@ -133,3 +133,28 @@ def test_a_tracking_server_that_is_gone_is_recognised_from_mlflow_s_own_error(mo
     assert unreachable_server(MlflowException("RESOURCE_DOES_NOT_EXIST: no such run")) is None
     assert unreachable_server(ValueError("Connection refused")) is None  # not MLflow's
     assert int(SERVER_REQUEST_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) <= 3  # gives up within a minute
+
+
+def test_the_headline_table_becomes_the_parent_run_s_metrics():
+    from react_core.pipeline import end_run, headline_metrics
+    from react_core.tracking import MemoryTracker
+
+    table = {
+        "fine": {"metric": "accuracy", "base": 0.25, "customized": 0.5, "delta": 0.25},
+        "generic": {"metric": "accuracy", "base": 0.8, "customized": 0.75, "delta": -0.05},
+        "captions": {"metric": "i2t_r@1", "base": 0.1, "customized": 0.2, "delta": 0.1},
+        "coarse": {"metric": "accuracy", "base": 0.5, "customized": 0.5, "delta": 0.0},
+        "coarse-2": {"metric": "accuracy", "base": 0.4, "customized": 0.3, "delta": -0.1},
+    }
+    roles = {"fine": "target", "generic": "generic", "captions": "retrieval"}  # the rest: other
+    metrics = headline_metrics(table, roles)
+    assert metrics["zero-shot/fine/accuracy/customized"] == 0.5 and metrics["target/accuracy/delta"] == 0.25
+    assert metrics["generic/accuracy/delta"] == -0.05 and metrics["zero-shot/captions/i2t_r_1/delta"] == 0.1
+    assert not any(k.startswith("other/") for k in metrics)  # two datasets share the role: no single headline
+    assert len([k for k in metrics if k.startswith("zero-shot/")]) == 15
+    base_only = headline_metrics({"fine": {"metric": "accuracy", "base": 0.25}}, roles)  # the evaluate flow, no model
+    assert base_only == {"zero-shot/fine/accuracy/base": 0.25}
+    tracker = MemoryTracker()
+    run_id = tracker.open_run("customize")
+    end_run(tracker, run_id, "FINISHED", {}, metrics)
+    assert tracker.runs[0]["metrics"] == metrics and tracker.runs[0]["status"] == "FINISHED"
