@@ -28,7 +28,12 @@ def lock_pins(lock: Path) -> dict[str, str]:
 
 
 def installed_versions() -> dict[str, str]:
-    return {_canonical(d.metadata["Name"] or ""): d.version for d in importlib.metadata.distributions()}
+    """The version ``import`` finds for each distribution: the first on ``sys.path`` (setuptools puts its vendored
+    copies, e.g. an older importlib-metadata, on the path after site-packages: they must not win)."""
+    out: dict[str, str] = {}
+    for d in importlib.metadata.distributions():
+        out.setdefault(_canonical(d.metadata["Name"] or ""), d.version)
+    return out
 
 
 def lock_drift(lock: Path = LOCK, installed: dict[str, str] | None = None) -> str | None:

@@ -547,5 +547,10 @@ def test_a_run_whose_worker_host_died_is_scheduled_again_and_trains_what_an_unin
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     (whole,) = (ref / "train").glob("*/model.pt")  # another root: its stages have versions of their own
+    # Equal up to float summation order (bit-identical in one run; within 4e-4, the loss within 1e-6, in another:
+    # the worker's and the CLI's processes can reduce in another order); a run resumed from scratch would differ
+    # by far more.
     x, y = load_state_dict(str(model)), load_state_dict(str(whole))
-    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    assert x.keys() == y.keys() and all(torch.allclose(x[k], y[k], atol=2e-3) for k in x)
+    assert summary["final_loss"] == pytest.approx(json.loads((whole.parent / "model.json").read_text())["final_loss"],
+                                                  abs=1e-4)  # fmt: skip
