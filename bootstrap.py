@@ -47,7 +47,7 @@ LOCKED_EXTRAS = ("test", "dask", "workers")
 PIP_TOOLS = "pip-tools==7.6.2"
 LOCK_VENV = HERE / ".venv-lock"
 # img2dataset depends on the `dataclasses` backport, which shadows the standard library inside Prefect's
-# ephemeral server (python -m uvicorn --app-dir site-packages) and kills it on 3.11 (INSTALL-NOTES). It is
+# ephemeral server (python -m uvicorn --app-dir site-packages) and kills it on 3.11. It is
 # kept out of the lock (an "unsafe" package for pip-compile) and the lock is installed with --no-deps.
 EXCLUDED = ("dataclasses",)
 PLATFORM_LINE = "# lock-platform: "

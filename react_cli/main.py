@@ -22,7 +22,7 @@ DEMO_PRESET = Path(__file__).resolve().parents[1] / "deployments" / "demo.yaml"
 
 
 def _env_defaults() -> None:
-    # Set before prefect/img2dataset are imported (see INSTALL-NOTES.md): the ephemeral server's
+    # Set before prefect/img2dataset are imported, which read them at import: the ephemeral server's
     # telemetry otherwise fights over its sqlite file, and albumentations phones home at import.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-# Before anything imports prefect, mlflow or img2dataset (see shared/INSTALL-NOTES.md).
+# Before anything imports prefect, mlflow or img2dataset: they read these settings at import.
 _HOME = tempfile.mkdtemp(prefix="react-tests-")
 os.environ.setdefault("PREFECT_HOME", os.path.join(_HOME, "prefect"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

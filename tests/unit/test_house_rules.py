@@ -1,4 +1,4 @@
-"""DESIGN.md's layout rules, checked: react_core never imports prefect; arrows point down only."""
+"""ARCHITECTURE.md's layout rules, checked: react_core never imports prefect; arrows point down only."""
 
 import ast
 import shutil
