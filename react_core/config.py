@@ -63,27 +63,26 @@ def deployment_run() -> Iterator[None]:
 
 
 def _absolute_root(v: str) -> str:
-    if "://" in v or Path(v).expanduser().is_absolute():
-        return v if "://" in v else str(Path(v).expanduser().resolve())
-    base = os.environ.get(STORAGE_ROOT_ENV, "").strip().rstrip("/")
-    if base:
+    """A URI as given; a local path made absolute: a relative one under $REACT_STORAGE_ROOT when set, else the
+    working folder (refused in a deployment run). Absolute, so that two checkouts with the same preset never share
+    cached results (Prefect's cache keys on this value)."""
+    if "://" not in v and not Path(v).expanduser().is_absolute():
+        base = os.environ.get(STORAGE_ROOT_ENV, "").strip().rstrip("/")
         rel = posixpath.normpath(v)
-        if rel == ".." or rel.startswith("../"):
+        if base and (rel == ".." or rel.startswith("../")):
             raise ValueError(
                 f"{v!r} leaves {STORAGE_ROOT_ENV}={base}; fix: name a folder inside it, or an absolute root"
             )
-        v = base if rel == "." else f"{base}/{rel}"
-        return v if "://" in v else str(Path(v).expanduser().resolve())
-    if _DEPLOYED.get():
-        raise ValueError(
-            f"{v!r} is relative, and a deployment run works in a temporary copy of the code that is deleted when it "
-            f"ends (every stage would go with it); fix: set {STORAGE_ROOT_ENV} in the worker's environment to a "
-            "folder or s3:// URI every worker reaches (the relative root goes under it), or pass an absolute "
-            "storage.root"
-        )
-    # A relative folder means "here": made absolute now, so that two checkouts with the same preset never share
-    # cached results (Prefect's cache keys on this value).
-    return str(Path(v).expanduser().resolve())
+        if base:
+            v = base if rel == "." else f"{base}/{rel}"
+        elif _DEPLOYED.get():
+            raise ValueError(
+                f"{v!r} is relative, and a deployment run works in a temporary copy of the code that is deleted when "
+                f"it ends (every stage would go with it); fix: set {STORAGE_ROOT_ENV} in the worker's environment to "
+                "a folder or s3:// URI every worker reaches (the relative root goes under it), or pass an absolute "
+                "storage.root"
+            )
+    return v if "://" in v else str(Path(v).expanduser().resolve())
 
 
 class StorageConfig(_Section):

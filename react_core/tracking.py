@@ -96,13 +96,7 @@ class Tracker:
         """Start a run and leave it RUNNING; returns its id (None: untracked)."""
         return None
 
-    def end_run(
-        self,
-        run_id: str,
-        status: str = "FINISHED",
-        tags: Mapping[str, str] | None = None,
-        metrics: Mapping[str, float] | None = None,
-    ) -> None:
+    def end_run(self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None, metrics: Mapping[str, float] | None = None) -> None:  # fmt: skip
         """Tag a run opened by :meth:`open_run`, log its ``metrics`` and end it (``FINISHED``, ``FAILED`` or
         ``KILLED``)."""
 
@@ -185,13 +179,7 @@ class MemoryTracker(Tracker):
         self.params.update(_flatten(params or {}))
         return f"run-{len(self.runs)}"
 
-    def end_run(
-        self,
-        run_id: str,
-        status: str = "FINISHED",
-        tags: Mapping[str, str] | None = None,
-        metrics: Mapping[str, float] | None = None,
-    ) -> None:
+    def end_run(self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None, metrics: Mapping[str, float] | None = None) -> None:  # fmt: skip
         run = self.runs[int(run_id.split("-")[1]) - 1]
         run["tags"].update(tags or {})
         run.setdefault("metrics", {}).update(metrics or {})
@@ -290,13 +278,7 @@ class MLflowTracker(Tracker):
             client.log_batch(run.info.run_id, params=items[i : i + 100])
         return run.info.run_id
 
-    def end_run(
-        self,
-        run_id: str,
-        status: str = "FINISHED",
-        tags: Mapping[str, str] | None = None,
-        metrics: Mapping[str, float] | None = None,
-    ) -> None:
+    def end_run(self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None, metrics: Mapping[str, float] | None = None) -> None:  # fmt: skip
         from mlflow.entities import Metric
 
         client = self._client()
