@@ -333,16 +333,6 @@ class RetrievalConfig(_Section):
         """The tasks as one name (``miniweb-fine+miniweb-coarse``): registered model names, summaries."""
         return "+".join(self.target_tasks)
 
-    def identity(self) -> dict[str, Any]:
-        """The retrieve stage's config identity: the fields added after the first release (``tasks``, ``weights``,
-        the pair-score filters, ``random_control``) only when set, so retrieve stages made before they existed keep
-        their versions."""
-        out = self.model_dump(mode="json")
-        for k in ("tasks", "weights", "min_pair_score", "pair_score_top", "random_control"):
-            if out[k] in (None, False):
-                del out[k]
-        return out
-
 
 class DownloadConfig(_Section):
     mode: Literal["auto", "fetch", "extract"] = Field(
@@ -426,14 +416,7 @@ class DistributedConfig(_Section):
         return self.nproc_per_node * self.nnodes
 
 
-# Fields that change how training runs, not what it computes: left out of the train stage's version,
-# so that resuming with more workers, another checkpoint interval or torch.compile finds the same stage.
 RIVAL_MODES = ("real-prompt", "real-linear", "cache-head")  # training.mode values that fit a head, not the backbone
-
-OPERATIONAL_TRAINING_FIELDS = frozenset(
-    {"checkpoint_every", "keep_checkpoints", "resume", "num_workers", "log_every", "compile", "grad_checkpointing",
-     "distributed"}
-)  # fmt: skip
 
 
 class RivalConfig(_Section):
@@ -515,17 +498,6 @@ class TrainingConfig(_Section):
                 "training.replay (e.g. 0.25) or training.anchor to 0"
             )
         return self
-
-    def recipe(self) -> dict[str, Any]:
-        """What the trained weights depend on (the train stage's version). The forgetting controls count only when
-        set, so every train stage made before they existed keeps its version."""
-        out = {k: v for k, v in self.model_dump(mode="json").items() if k not in OPERATIONAL_TRAINING_FIELDS}
-        for k, unset in (("replay", 0), ("anchor", 0), ("holdout", 0), ("subset", 1), ("steps", None)):
-            if out[k] == unset:
-                del out[k]
-        if self.mode not in RIVAL_MODES:
-            del out["rivals"]
-        return out
 
 
 class LinearProbeConfig(_Section):

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from react_core import stages
 from react_core.ablation import Grid, cell_result, headline, write_ablation
 from react_core.config import (
     RIVAL_MODES,
@@ -33,7 +34,6 @@ from react_core.evaluation.report import write_report
 from react_core.evaluation.suite import dataset_uri, evaluate_dataset, is_caption_set, metrics_for, open_eval
 from react_core.knowledge import report as retrieval_report
 from react_core.knowledge.download import download, downloaded_shards
-from react_core.knowledge.embed import SCHEMA as EMBED_SCHEMA
 from react_core.knowledge.embed import (
     embed_knowledge_base,
     embed_shards,
@@ -44,10 +44,9 @@ from react_core.knowledge.embed import (
 from react_core.knowledge.extract import extract, manifest_has_urls
 from react_core.knowledge.index import build_indices
 from react_core.knowledge.names import most_frequent_names
-from react_core.knowledge.replay import SCHEMA as REPLAY_SCHEMA
 from react_core.knowledge.replay import replay_pool_size, sample_replay
 from react_core.knowledge.retrieve import read_manifest, retrieve
-from react_core.miniweb.generate import GENERATOR_VERSION, generate
+from react_core.miniweb.generate import generate
 from react_core.models import model_file
 from react_core.models.cache import cached_model, inference_model
 from react_core.models.gated import TEXT_MODES, set_gate_scale
@@ -55,7 +54,7 @@ from react_core.preflight import check_checkpoint
 from react_core.registry import check_comparable, registered_name, resolve_task
 from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker, log_stage, metric_key, stage_run
-from react_core.training.customize import TEXT_FEATURES_SCHEMA, caption_features, customize
+from react_core.training.customize import caption_features, customize
 from react_core.training.heads import fit_head
 from react_core.training.pretrain import pretrain_base
 
@@ -123,12 +122,8 @@ def headline_metrics(table: Mapping[str, Mapping[str, Any]] | None, roles: Mappi
 
 
 def miniweb_stage(storage: Storage, miniweb: MiniWebConfig) -> Stage:
-    """The mini-web's stage (its identity: the config and the generator's version; ``extra_classes`` only when set,
-    so worlds without a third task keep their version)."""
-    config = miniweb.model_dump(mode="json")
-    if not config["extra_classes"]:
-        del config["extra_classes"]
-    return storage.stage("miniweb", {"generator": GENERATOR_VERSION, **config})
+    """The mini-web's stage (:data:`react_core.stages.MINIWEB`)."""
+    return stages.MINIWEB.stage(storage, {"miniweb": miniweb})
 
 
 def run_miniweb(storage: Storage, miniweb: MiniWebConfig, processes: int | None = None, progress: bool = False) -> str:
@@ -137,9 +132,8 @@ def run_miniweb(storage: Storage, miniweb: MiniWebConfig, processes: int | None 
 
 
 def base_stage(storage: Storage, model: ModelConfig, miniweb_uri: str) -> Stage:
-    """The mini-web base model's stage (its identity: the architecture, the pretraining recipe, the mini-web)."""
-    recipe = {"model": model.name, "pretrain": model.pretrain.model_dump(mode="json")}
-    return storage.stage("base", recipe, {"miniweb": miniweb_uri})
+    """The mini-web base model's stage (:data:`react_core.stages.BASE`)."""
+    return stages.BASE.stage(storage, {"model": model}, {"miniweb": miniweb_uri})
 
 
 def run_pretrain_base(
@@ -161,7 +155,10 @@ def base_checkpoint(model: ModelConfig, base_stage: str | None) -> str | None:
     """The weights the pipeline starts from: the mini-web base's checkpoint, or ``model.pretrained``."""
     if model.pretrained == "miniweb":
         if base_stage is None:
-            raise ValueError("model.pretrained is 'miniweb' but no base stage was given; run prepare-world first")
+            raise ConfigError(
+                "model.pretrained is 'miniweb' but no base stage was given; fix: run the base stage "
+                "first (run_pretrain_base, or `react prepare-world`)"
+            )
         return model_file(base_stage)
     return model.pretrained
 
@@ -172,10 +169,9 @@ def embed_stage(
     """The embed stage and the shards it embeds (its identity: model, batch size, checkpoint, shard folder, and
     the shards' contents by size and etag / modification time, so a replaced or repaired shard makes a new stage)."""
     shards = knowledge_base_shards(storage, kb.source, miniweb_uri)
-    stage = storage.stage("embed", {"model": model.name, "batch_size": kb.batch_size, "jpeg_draft": kb.jpeg_draft},
-                          {"checkpoint": checkpoint or "", "shards": shards[0].rsplit("/", 1)[0],
-                           "contents": storage.fingerprint(shards)},
-                          schema=EMBED_SCHEMA)  # fmt: skip
+    inputs = {"checkpoint": checkpoint or "", "shards": shards[0].rsplit("/", 1)[0],
+              "contents": storage.fingerprint(shards)}  # fmt: skip
+    stage = stages.EMBED.stage(storage, {"model": model, "knowledge_base": kb}, inputs)
     return stage, shards
 
 
@@ -249,7 +245,7 @@ def run_index(
     parent_run_id: str | None = None,
 ) -> str:
     params = {"index": index.model_dump(mode="json"), "k": k}
-    stage = storage.stage("index", params, {"embed": embed_uri})
+    stage = stages.INDEX.stage(storage, {"index": index, "retrieval": {"k": k}}, {"embed": embed_uri})
     uri = build_indices(storage, embed_uri, stage, index, k)
     log_stage(tracker, storage, "index", uri, params, ("image_infos.json", "text_infos.json"), parent_run_id)
     return uri
@@ -290,11 +286,9 @@ def run_retrieve(
 ) -> str:
     evaluation = evaluation or EvaluationConfig()
     audited, why_not = audit_datasets(retrieval, evaluation, miniweb_uri)
-    stage = storage.stage(
-        "retrieve", retrieval.identity(),
-        {"embed": embed_uri, "index": index_uri, "checkpoint": checkpoint or "",
-         "audit": ",".join(uri for _, uri in audited)},
-    )  # fmt: skip
+    inputs = {"embed": embed_uri, "index": index_uri, "checkpoint": checkpoint or "",
+              "audit": ",".join(uri for _, uri in audited)}  # fmt: skip
+    stage = stages.RETRIEVE.stage(storage, {"retrieval": retrieval}, inputs)
     if not stage.done:
         sets: list[EvalSet] | str = why_not or "no evaluation set given"
         if audited:
@@ -333,8 +327,8 @@ def run_replay(
         return None
     retrieved = int(storage.stage_manifest(retrieve_uri)["counts"]["pairs"])
     n = replay_pool_size(retrieved, share)
-    stage = storage.stage("replay", {"pairs": n, "seed": seed},
-                          {"embed": embed_uri, "retrieve": retrieve_uri}, schema=REPLAY_SCHEMA)  # fmt: skip
+    inputs = {"embed": embed_uri, "retrieve": retrieve_uri}
+    stage = stages.REPLAY.stage(storage, {"training": {"seed": seed}}, inputs, derived={"pairs": n})
     if not stage.done:
         sample_replay(storage, embed_uri, retrieve_uri, n, seed, stage)
     log_stage(tracker, storage, "replay", stage.uri, {"replay": {"share": share, "pairs": n, "seed": seed}}, (),
@@ -350,7 +344,7 @@ def run_download(
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
 ) -> str:
-    stage = storage.stage("download", cfg, {"retrieve": retrieve_uri})
+    stage = stages.DOWNLOAD.stage(storage, {"download": cfg}, {"retrieve": retrieve_uri})
     if not stage.done:
         _fetch_or_extract(storage, cfg, retrieve_uri, miniweb_uri, stage)
     params = {"download": cfg.model_dump(mode="json")}
@@ -373,9 +367,8 @@ def _fetch_or_extract(
 
 def run_text_features(storage: Storage, model: ModelConfig, checkpoint: str | None, download_uri: str) -> str:
     """The downloaded captions' text features (``features.npy``), computed once per (download, text tower)."""
-    stage = storage.stage("text-features", {"model": model.name},
-                          {"download": download_uri, "checkpoint": checkpoint or ""},
-                          schema=TEXT_FEATURES_SCHEMA)  # fmt: skip
+    inputs = {"download": download_uri, "checkpoint": checkpoint or ""}
+    stage = stages.TEXT_FEATURES.stage(storage, {"model": model}, inputs)
     return caption_features(storage, stage, model.name, checkpoint, downloaded_shards(storage, download_uri))
 
 
@@ -392,12 +385,13 @@ def run_train(
     """Train on the downloaded pairs (and, with ``training.replay``, on the replay sample's download
     ``replay_uri``: :func:`run_replay` then :func:`run_download`)."""
     if training.replay > 0 and not replay_uri:
-        raise ValueError("training.replay > 0 needs the replay sample's download (run_replay, run_download)")
-    # The version holds the recipe only: resuming with more processes or another checkpoint interval
-    # continues the same stage (react_core.config.OPERATIONAL_TRAINING_FIELDS).
+        raise ConfigError(
+            f"training.replay={training.replay:g} trains on a replay sample, but no replay_uri was "
+            "given; fix: run_replay, then run_download on its manifest, and pass its URI"
+        )
     replay_input = {"replay": replay_uri} if training.replay > 0 else {}
-    stage = storage.stage("train", {"model": model.name, "training": training.recipe()},
-                          {"download": download_uri, "checkpoint": checkpoint or "", **replay_input})  # fmt: skip
+    inputs = {"download": download_uri, "checkpoint": checkpoint or "", **replay_input}
+    stage = stages.TRAIN.stage(storage, {"model": model, "training": training}, inputs)
     shards = downloaded_shards(storage, download_uri)
     with (tracker or NullTracker()).run("train", _stage_tags(stage), parent_run_id) as t:
         t.log_params({"training": training.model_dump(mode="json")})
@@ -430,18 +424,16 @@ def run_head(
     """A cheap rival's head for the retrieval's target task (``training.mode`` real-prompt, real-linear, cache-head;
     :mod:`react_core.training.heads`): on the downloaded pairs, or (real-prompt) on the knowledge base's captions."""
     if training.mode not in RIVAL_MODES:
-        raise ValueError(f"run_head fits the rivals {RIVAL_MODES}, not {training.mode}")
+        raise ConfigError(
+            f"training.mode={training.mode}: run_head fits the rivals {RIVAL_MODES}; fix: run_train for a tuning mode"
+        )
     if retrieval.tasks and len(retrieval.tasks) > 1:
         raise ConfigError(f"training.mode={training.mode} fits a head for one target task, but retrieval.tasks lists "
                           f"{len(retrieval.tasks)}; fix: one task, or a tuning mode (gated-image)")  # fmt: skip
     prompts = training.mode == "real-prompt"
     task = resolve_task(storage, retrieval.target_tasks[0], miniweb_uri, synonyms=prompts)
-    recipe = training.recipe()
-    if training.mode != "real-linear":  # the prompts and the cache are the same for every seed: one stage
-        del recipe["seed"]
-    stage = storage.stage("head", {"model": model.name, "training": recipe, "task": task.name},
-                          {"checkpoint": checkpoint or "", **({"embed": embed_uri} if prompts else
-                                                             {"download": download_uri})})  # fmt: skip
+    inputs = {"checkpoint": checkpoint or "", **({"embed": embed_uri} if prompts else {"download": download_uri})}
+    stage = stages.HEAD.stage(storage, {"model": model, "training": training}, inputs, derived={"task": task.name})
     with (tracker or NullTracker()).run("head", _stage_tags(stage), parent_run_id) as t:
         t.log_params({"training": training.model_dump(mode="json")})
         if not stage.done:
@@ -454,11 +446,6 @@ def run_head(
                      stage, names)  # fmt: skip
         t.log_metrics({f"head/{k}": v for k, v in storage.stage_manifest(stage.uri)["counts"].items()})
     return stage.uri
-
-
-# Caption sets' eval stages: schema 2 since image-text recall follows the standard protocol (ties in index order),
-# so results computed under the earlier rule (a tie counts for the positive) are never reused.
-CAPTION_SET_SCHEMA = 2
 
 
 def model_weights(model: ModelConfig, checkpoint: str | None) -> str:
@@ -487,13 +474,11 @@ def run_evaluate_dataset(
     if head_uri is not None and storage.read_json(join(head_uri, "head.json"))["task"] == dataset:
         head = load_head(storage, join(head_uri, HEAD_FILE))
         headed = {"head": head_uri}
-    stage = storage.stage(
-        "eval",
-        {"dataset": dataset, "location": dataset_uri(evaluation, dataset, miniweb_uri), "split": evaluation.split,
-         "metrics": metrics_for(dataset), "linear_probe": probe.model_dump(mode="json") if probe.enabled else None},
-        {"model": model.name, "weights": model_weights(model, checkpoint), **scaled, **headed},
-        schema=CAPTION_SET_SCHEMA if is_caption_set(dataset) else 1,
-    )  # fmt: skip
+    derived = {"dataset": dataset, "location": dataset_uri(evaluation, dataset, miniweb_uri),
+               "metrics": metrics_for(dataset), **({} if probe.enabled else {"linear_probe": None})}  # fmt: skip
+    inputs = {"model": model.name, "weights": model_weights(model, checkpoint), **scaled, **headed}
+    schema = stages.CAPTION_SET_SCHEMA if is_caption_set(dataset) else stages.EVAL.schema
+    stage = stages.EVAL.stage(storage, {"evaluation": evaluation}, inputs, derived, schema)
     if checkpoint:  # a damaged checkpoint's results, cached or not, would not be this checkpoint's
         check_checkpoint(storage, checkpoint)
     with stage.lock():
@@ -518,7 +503,7 @@ def run_report(
 ) -> str:
     """``metrics.json``, ``table.md`` and ``deltas.png`` from per-dataset stages of two models (base, customized)."""
     inputs = {f"{which}/{i}": uri for which, uris in results.items() for i, uri in enumerate(uris)}
-    stage = storage.stage("evaluate", {"models": list(results)}, inputs)
+    stage = stages.EVALUATE.stage(storage, {}, inputs, derived={"models": list(results)})
     with (tracker or NullTracker()).run("evaluate", _stage_tags(stage), parent_run_id) as t, stage.lock():
         if stage.done:
             return stage.uri
@@ -541,7 +526,7 @@ def run_ablation_report(
     inputs = {f"{cid}/{seed}/{k}": v for cid, seeds in cells.items() for seed, uris in seeds.items()
               for k, v in {**{k: u for k, u in uris.items() if k != "evals"}, **uris["evals"]}.items()}  # fmt: skip
     inputs.update({f"base/{d}": u for d, u in base_evals.items()})
-    stage = storage.stage("ablation", grid.describe(), inputs)
+    stage = stages.ABLATION.stage(storage, {}, inputs, derived=grid.describe())
     with (tracker or NullTracker()).run("ablation", _stage_tags(stage), parent_run_id) as t, stage.lock():
         if stage.done:
             return stage.uri

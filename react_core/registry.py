@@ -253,15 +253,10 @@ def check_comparable(champion: Mapping[str, str] | None, name: str, architecture
         )
 
 
-def resolve_model(customized: str | None, tracker: Any) -> str | None:
-    """A checkpoint URI, or a registered model as ``models:/{name}@{alias}`` (``models:/react-imagenet-1k@champion``)
-    resolved to the checkpoint its version records."""
-    return resolve_registered(customized, tracker)[0]
-
-
 def resolve_registered(customized: str | None, tracker: Any) -> tuple[str | None, float | None]:
-    """(checkpoint, lambda) of :func:`resolve_model`: a registered version's gate scale (``react.gate_scale``; 1 for
-    versions registered before it), None for a plain checkpoint URI."""
+    """(checkpoint, lambda) of a checkpoint URI or a registered model as ``models:/{name}@{alias}``
+    (``models:/react-imagenet-1k@champion``): the checkpoint its version records and its gate scale
+    (``react.gate_scale``; 1 for versions registered before it); None for a plain checkpoint URI."""
     if not customized or not customized.startswith("models:/"):
         return customized, None
     name, sep, alias = customized[len("models:/") :].partition("@")

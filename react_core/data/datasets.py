@@ -1,4 +1,4 @@
-"""Datasets: readers for three on-disk layouts (evaluation sets, target tasks), over any fsspec storage, decoded lazily.
+"""Datasets: readers for four on-disk layouts (evaluation sets, target tasks), over any fsspec storage, decoded lazily.
 
 * **vision-datasets** (ELEVATER's layout): a folder with ``dataset_info.json`` naming, per split, an
   index file: COCO JSON (``"format": "coco"``: images, annotations, categories with ids from 1) or the

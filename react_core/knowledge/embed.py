@@ -299,11 +299,6 @@ def knowledge_base_shards(storage: Storage, source: str, miniweb_uri: str | None
     return shards
 
 
-# The version of what the stage writes (react_core.storage.version_hash): 2 added stats/ with each shard's
-# counts, worker and timings, and throughput.json.
-SCHEMA = 2
-
-
 def _shard_index(uri: str) -> int:
     """``i`` of a per-shard file ``{name}_{i}.{ext}``."""
     return int(uri.rsplit("_", 1)[1].split(".")[0])

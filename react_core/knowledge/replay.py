@@ -18,8 +18,6 @@ from react_core.knowledge.embed import load_metadata_rows, metadata_rows
 from react_core.knowledge.retrieve import RetrievalError, read_manifest, unclassed_manifest
 from react_core.storage import Stage, Storage, exclusive
 
-SCHEMA = 1
-
 
 def replay_pool_size(retrieved_pairs: int, share: float) -> int:
     """Pairs to sample for a replay ``share`` of each batch: as many as one pass over ``retrieved_pairs`` draws

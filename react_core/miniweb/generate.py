@@ -47,9 +47,6 @@ from react_core.storage import Stage, Storage, exclusive, local_path
 _logger = logging.getLogger(__name__)
 
 SPLIT_IDS = {"generic": 1, "kb": 2, "test": 3, "train": 4, "generic-test": 5, "generic-train": 6, "captions": 7}
-# Part of the stage identity: bump it when the generator's output changes for the same config.
-# 4: tasks/miniweb-generic and tasks/miniweb-captions.
-GENERATOR_VERSION = 4
 CAPTIONS_PER_IMAGE = 2
 TASK_NAMES = dict(zip(("fine", "coarse", "extra"), MINIWEB_TASKS, strict=True))  # group -> task (the registry's)
 

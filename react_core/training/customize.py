@@ -37,11 +37,6 @@ class TrainingLaunchError(ReactError, RuntimeError):
     """torchrun exited with an error; the message carries the command and the tail of its output."""
 
 
-# The version of what the text-features stage writes (react_core.storage.version_hash): 2 has the captions in
-# key order within each shard (react_core.data.load_captions), the order the trainer reads the pairs in.
-TEXT_FEATURES_SCHEMA = 2
-
-
 @exclusive
 def caption_features(
     storage: Storage, stage: Stage, model_name: str, checkpoint: str | None, shards: Sequence[str]

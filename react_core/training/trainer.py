@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from react_core.config import AugmentConfig, TrainingConfig
+from react_core.config import AugmentConfig, ConfigError, TrainingConfig
 from react_core.data import DatasetError, load_labelled_pairs, training_subset
 from react_core.models import create_model, model_file, save_checkpoint
 from react_core.models.encode import autocast, default_device, model_image_size, normalize
@@ -312,7 +312,7 @@ def _setup(job: TrainJob) -> _Session:
     if world != cfg.distributed.world_size and world > 1:
         _logger.warning("running %d processes while training.distributed says %d", world, cfg.distributed.world_size)
     if cfg.batch_size % world:
-        raise ValueError(
+        raise ConfigError(
             f"training.batch_size={cfg.batch_size} is not divisible by the {world} processes; "
             f"fix: a multiple of {world}"
         )
@@ -470,7 +470,7 @@ def _loop(
             if run.rank == 0:
                 checkpoints.save(run.storage, run.job.stage_uri, step,
                                  {"trainable": trainable_state(tower), "optimizer": opt.state_dict(),
-                                  "recipe": cfg.recipe(), "history": run.history}, cfg.keep_checkpoints)  # fmt: skip
+                                  "training": cfg.model_dump(mode="json"), "history": run.history}, cfg.keep_checkpoints)  # fmt: skip
             if run.world > 1:
                 dist.barrier()
         if on_step is not None:

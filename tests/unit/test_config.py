@@ -94,15 +94,20 @@ def test_relative_storage_root_becomes_absolute(tmp_path, monkeypatch):
     assert load_config(overrides=["storage.root=s3://b/x"]).storage.root == "s3://b/x"
 
 
+def _recipe(training):
+    from react_core.stages import TRAIN
+
+    return TRAIN.config_identity({"model": {"name": "m"}, "training": training})["training"]
+
+
 def test_training_recipe_leaves_out_how_training_runs():
-    from react_core.config import OPERATIONAL_TRAINING_FIELDS, TrainingConfig
+    from react_core.config import TrainingConfig
 
     a = TrainingConfig()
     b = TrainingConfig(num_workers=8, checkpoint_every=50, compile=True, distributed={"nproc_per_node": 4})
-    assert a.recipe() == b.recipe()  # resuming with more processes continues the same train stage
-    assert TrainingConfig(lr=1e-3).recipe() != a.recipe()
-    assert TrainingConfig(augment={"enabled": False}).recipe() != a.recipe()
-    assert OPERATIONAL_TRAINING_FIELDS < set(TrainingConfig.model_fields)
+    assert _recipe(a) == _recipe(b)  # resuming with more processes continues the same train stage
+    assert _recipe(TrainingConfig(lr=1e-3)) != _recipe(a)
+    assert _recipe(TrainingConfig(augment={"enabled": False})) != _recipe(a)
 
 
 def test_augment_crop_scale_is_checked():
@@ -165,9 +170,9 @@ def test_forgetting_controls_are_checked_and_join_the_recipe_only_when_set():
         with pytest.raises(ConfigError) as e:
             load_config(overrides=[f"training.replay={bad}"])
         assert "training.replay" in str(e.value) and len(str(e.value).splitlines()) == 1
-    plain = load_config().training.recipe()
+    plain = _recipe(load_config().training)
     assert "replay" not in plain and "anchor" not in plain  # train stages made before them keep their version
-    both = load_config(overrides=["training.replay=0.25", "training.anchor=2"]).training.recipe()
+    both = _recipe(load_config(overrides=["training.replay=0.25", "training.anchor=2"]).training)
     assert both["replay"] == 0.25 and both["anchor"] == 2.0
 
 
@@ -191,16 +196,19 @@ def test_bad_task_lists_and_weights_are_one_line_naming_the_field_and_the_fix(ov
 
 
 def test_several_tasks_make_one_label_and_keep_single_task_identity():
+    from react_core.stages import RETRIEVE
+
     one = load_config().retrieval
-    assert one.target_tasks == ["miniweb-fine"] and "tasks" not in one.identity() and "weights" not in one.identity()
+    identity = RETRIEVE.config_identity({"retrieval": one})
+    assert one.target_tasks == ["miniweb-fine"] and "tasks" not in identity and "weights" not in identity
     two = load_config(overrides=["retrieval.tasks=[miniweb-fine, miniweb-coarse]"]).retrieval
     assert two.target_tasks == ["miniweb-fine", "miniweb-coarse"] and two.label == "miniweb-fine+miniweb-coarse"
-    assert two.identity()["tasks"] == ["miniweb-fine", "miniweb-coarse"]
+    assert RETRIEVE.config_identity({"retrieval": two})["tasks"] == ["miniweb-fine", "miniweb-coarse"]
 
 
 def test_subset_and_steps_join_the_recipe_only_when_set():
-    assert not {"subset", "steps"} & set(load_config().training.recipe())
-    assert load_config(overrides=["training.subset=0.5", "training.steps=100"]).training.recipe()["subset"] == 0.5
+    assert not {"subset", "steps"} & set(_recipe(load_config().training))
+    assert _recipe(load_config(overrides=["training.subset=0.5", "training.steps=100"]).training)["subset"] == 0.5
     for bad in ({"subset": 0}, {"subset": 1.5}, {"steps": 0}):
         with pytest.raises(ConfigError, match="training.s"):
             load_config(None, {"training": bad})

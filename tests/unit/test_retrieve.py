@@ -209,10 +209,14 @@ def test_the_random_control_draws_as_many_pairs_without_classes(kb):
 
 
 def test_new_retrieval_fields_leave_existing_stage_versions_alone():
-    plain = RetrievalConfig().identity()
-    assert not {"min_pair_score", "pair_score_top", "random_control"} & set(plain)
-    assert RetrievalConfig(pair_score_top=0.5).identity()["pair_score_top"] == 0.5
-    assert RetrievalConfig(random_control=True).identity()["random_control"] is True
+    from react_core.stages import RETRIEVE
+
+    def identity(**fields):
+        return RETRIEVE.config_identity({"retrieval": RetrievalConfig(**fields)})
+
+    assert not {"min_pair_score", "pair_score_top", "random_control"} & set(identity())
+    assert identity(pair_score_top=0.5)["pair_score_top"] == 0.5
+    assert identity(random_control=True)["random_control"] is True
 
 
 def test_real_prompt_counts_whole_word_names_in_the_captions_and_picks_the_most_frequent(kb):

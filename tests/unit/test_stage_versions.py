@@ -84,8 +84,17 @@ def versions(preset: Path, overrides: list[str]) -> dict[str, str]:
         "base": _capture(pipeline.run_pretrain_base, st, cfg.model, up["miniweb"]),
         "embed": _capture(pipeline.run_embed, st, cfg.model, cfg.knowledge_base, ck, up["miniweb"]),
         "index": _capture(pipeline.run_index, st, cfg.index, cfg.retrieval.k, up["embed"]),
-        "retrieve": _capture(pipeline.run_retrieve, st, cfg.model, ck, cfg.retrieval, up["embed"], up["index"],
-                             up["miniweb"], cfg.evaluation),  # fmt: skip
+        "retrieve": _capture(
+            pipeline.run_retrieve,
+            st,
+            cfg.model,
+            ck,
+            cfg.retrieval,
+            up["embed"],
+            up["index"],
+            up["miniweb"],
+            cfg.evaluation,
+        ),
         "replay": _capture(pipeline.run_replay, st, 0.25, cfg.training.seed, up["embed"], up["retrieve"]),
         "download": _capture(pipeline.run_download, st, cfg.download, up["retrieve"], up["miniweb"]),
         "text-features": _capture(pipeline.run_text_features, st, cfg.model, ck, up["download"]),
@@ -93,16 +102,32 @@ def versions(preset: Path, overrides: list[str]) -> dict[str, str]:
     if cfg.training.mode in ("real-prompt", "real-linear", "cache-head"):
         if len(cfg.retrieval.target_tasks) > 1:  # refused: a head is for one task
             return {name: stage.version for name, stage in out.items()}
-        out["head"] = _capture(pipeline.run_head, st, cfg.model, ck, cfg.training, cfg.retrieval, up["embed"],
-                               up["download"], up["miniweb"])  # fmt: skip
+        out["head"] = _capture(
+            pipeline.run_head,
+            st,
+            cfg.model,
+            ck,
+            cfg.training,
+            cfg.retrieval,
+            up["embed"],
+            up["download"],
+            up["miniweb"],
+        )
     else:
         replay = up["replay"] if cfg.training.replay > 0 else None
-        out["train"] = _capture(pipeline.run_train, st, cfg.model, ck, cfg.training, up["download"],
-                                replay_uri=replay)  # fmt: skip
+        out["train"] = _capture(pipeline.run_train, st, cfg.model, ck, cfg.training, up["download"], replay_uri=replay)
     for dataset in cfg.evaluation.tasks:
         for scale in (1.0, 0.5):
-            out[f"eval/{dataset}/{scale:g}"] = _capture(pipeline.run_evaluate_dataset, st, cfg.model, ck,
-                                                        cfg.evaluation, dataset, up["miniweb"], gate_scale=scale)
+            out[f"eval/{dataset}/{scale:g}"] = _capture(
+                pipeline.run_evaluate_dataset,
+                st,
+                cfg.model,
+                ck,
+                cfg.evaluation,
+                dataset,
+                up["miniweb"],
+                gate_scale=scale,
+            )
     out["evaluate"] = _capture(pipeline.run_report, st, {"base": ["a"], "customized": ["b"]}, {})
     return {name: stage.version for name, stage in out.items()}
 
@@ -115,8 +140,12 @@ def test_every_stage_keeps_its_version(captured: None, monkeypatch: pytest.Monke
     monkeypatch.delenv("REACT_STORAGE_ROOT", raising=False)
     recorded = json.loads(RECORD.read_text())
     now = all_versions()
-    changed = [f"{case} {stage}: {recorded[case].get(stage)} -> {v}" for case, stages in now.items()
-               for stage, v in stages.items() if recorded.get(case, {}).get(stage) != v]  # fmt: skip
+    changed = [
+        f"{case} {stage}: {recorded[case].get(stage)} -> {v}"
+        for case, stages in now.items()
+        for stage, v in stages.items()
+        if recorded.get(case, {}).get(stage) != v
+    ]
     assert not changed, "stage versions changed (every finished stage of that kind would be recomputed):\n" + "\n".join(
         changed
     )
