@@ -46,8 +46,9 @@ def ablate(preset: Preset = "demo", grid: str | dict[str, Any] = "small", config
         parent = out["mlflow_run_id"]
         out["miniweb"], out["base"] = miniweb_uri, checkpoint = miniweb_and_base(config, parent)
         out["embed"] = embedded = embed_knowledge_base(config, checkpoint, miniweb_uri, parent)
+        track = {"tracking": config.tracking, "parent_run_id": parent}
         base_evals = evaluate_datasets(config.storage, config.model, checkpoint, config.evaluation, miniweb_uri,
-                                       "base")  # fmt: skip
+                                       "base", **track)  # fmt: skip
         cells: dict[str, dict[int, dict[str, Any]]] = {}
         for cell in plan.cells:  # one after the other: each training takes every core of a CPU worker
             for seed in plan.seeds:
@@ -55,11 +56,11 @@ def ablate(preset: Preset = "demo", grid: str | dict[str, Any] = "small", config
                 uris = retrieve_and_train(c, checkpoint, miniweb_uri, embedded, parent, label=f"{cell.id} seed {seed}")
                 if c.training.mode in RIVAL_MODES:  # the base model with the rival's head on the target task
                     uris["evals"] = evaluate_datasets(c.storage, c.model, checkpoint, c.evaluation, miniweb_uri,
-                                                      f"{cell.id} seed {seed}", head_uri=uris["train"])  # fmt: skip
+                                                      f"{cell.id} seed {seed}", head_uri=uris["train"], **track)  # fmt: skip
                 else:
                     uris["evals"] = evaluate_datasets(c.storage, c.model, model_file(uris["train"]), c.evaluation,
                                                       miniweb_uri, f"{cell.id} seed {seed}",
-                                                      c.evaluation.customized_scale())  # fmt: skip
+                                                      c.evaluation.customized_scale(), **track)  # fmt: skip
                 cells.setdefault(cell.id, {})[seed] = uris
         out["ablation"] = a.report(config, plan.doc, plan.name, cells, base_evals, parent)
     return out

@@ -122,7 +122,11 @@ def _uris(out: dict[str, Any]) -> dict[str, str]:
 def miniweb_and_base(config: ReactConfig, parent_run_id: str | None) -> tuple[str | None, str | None]:
     """The mini-web (when any stage reads it) and the base weights: the mini-web base, trained if need be,
     or ``model.pretrained``. Shared by the flows that start from a base model."""
-    miniweb_uri = generate_miniweb(config.storage, config.miniweb) if config.uses_miniweb else None
+    miniweb_uri = (
+        generate_miniweb(config.storage, config.miniweb, config.tracking, parent_run_id)
+        if config.uses_miniweb
+        else None
+    )
     base_stage = None
     if config.model.pretrained == "miniweb":
         base_stage = pretrain_base_model(
@@ -212,6 +216,8 @@ def evaluate_datasets(
     label: str,
     gate_scale: float = 1.0,
     head_uri: str | None = None,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
 ) -> dict[str, str]:
     """One task per dataset of ``cfg.tasks`` for one model (with a rival's head: ``head_uri``): dataset -> its eval
     stage."""
@@ -224,7 +230,8 @@ def evaluate_datasets(
         name: t.evaluate_dataset(
             storage, model, checkpoint,
             cfg.model_copy(update={"tasks": [name], "locations": {k: v for k, v in cfg.locations.items() if k == name}}),
-            name, miniweb_uri, label=label, gate_scale=gate_scale, head_uri=head_uri,
+            name, miniweb_uri, label=label, gate_scale=gate_scale, head_uri=head_uri, tracking=tracking,
+            parent_run_id=parent_run_id,
         )
         for name in cfg.tasks
     }  # fmt: skip
@@ -245,7 +252,8 @@ def evaluate_models(
     scale = cfg.customized_scale(registered_scale)  # the customized model's lambda; the base is the base
     results = {
         label: list(evaluate_datasets(storage, model, ckpt, cfg, miniweb_uri, label,
-                                      scale if label == "customized" else 1.0).values())
+                                      scale if label == "customized" else 1.0, tracking=tracking,
+                                      parent_run_id=parent_run_id).values())
         for label, ckpt in checkpoints.items()
     }  # fmt: skip
     return t.evaluation_report(storage, results, checkpoints, tracking, parent_run_id=parent_run_id)

@@ -19,9 +19,10 @@ def prepare_world(preset: Preset = "demo", config: ConfigOverrides | None = None
     """
     config = run_config(preset, config)
     with tracked(config, "prepare-world") as out:
-        out["miniweb"] = miniweb = generate_miniweb(config.storage, config.miniweb)
+        parent = out["mlflow_run_id"]
+        out["miniweb"] = miniweb = generate_miniweb(config.storage, config.miniweb, config.tracking, parent)
         out["base"] = base = pretrain_base_model(
-            config.storage, config.model, config.tracking, miniweb, parent_run_id=out["mlflow_run_id"]
+            config.storage, config.model, config.tracking, miniweb, parent_run_id=parent
         )
         out["report"] = base_report(config.storage, base)
     return out

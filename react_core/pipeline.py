@@ -32,6 +32,7 @@ from react_core.data.datasets import EvalSet
 from react_core.evaluation.heads import HEAD_FILE, load_head
 from react_core.evaluation.report import write_report
 from react_core.evaluation.suite import dataset_uri, evaluate_dataset, is_caption_set, metrics_for, open_eval
+from react_core.executor import execute
 from react_core.knowledge import report as retrieval_report
 from react_core.knowledge.download import download, downloaded_shards
 from react_core.knowledge.embed import (
@@ -53,17 +54,12 @@ from react_core.models.gated import TEXT_MODES, set_gate_scale
 from react_core.preflight import check_checkpoint
 from react_core.registry import check_comparable, registered_name, resolve_task
 from react_core.storage import Stage, Storage, join
-from react_core.tracking import NullTracker, Tracker, log_stage, metric_key, stage_run
+from react_core.tracking import NullTracker, Tracker, metric_key
 from react_core.training.customize import caption_features, customize
 from react_core.training.heads import fit_head
 from react_core.training.pretrain import pretrain_base
 
 _logger = logging.getLogger(__name__)
-
-
-def _stage_tags(stage: Stage) -> dict[str, str]:
-    """Tags of a stage's tracking run: how a later run that reuses the stage finds the run that made it."""
-    return {"react.stage": stage.name, "react.stage_uri": stage.uri}
 
 
 def start_run(
@@ -126,9 +122,23 @@ def miniweb_stage(storage: Storage, miniweb: MiniWebConfig) -> Stage:
     return stages.MINIWEB.stage(storage, {"miniweb": miniweb})
 
 
-def run_miniweb(storage: Storage, miniweb: MiniWebConfig, processes: int | None = None, progress: bool = False) -> str:
+def run_miniweb(
+    storage: Storage,
+    miniweb: MiniWebConfig,
+    processes: int | None = None,
+    progress: bool = False,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+) -> str:
     """The mini-web: corpus, knowledge base and target tasks."""
-    return generate(miniweb, storage, miniweb_stage(storage, miniweb), processes, progress)
+    stage = miniweb_stage(storage, miniweb)
+    return execute(
+        stage,
+        lambda _: generate(miniweb, storage, stage, processes, progress),
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        params={"miniweb": miniweb.model_dump(mode="json")},
+    )
 
 
 def base_stage(storage: Storage, model: ModelConfig, miniweb_uri: str) -> Stage:
@@ -146,9 +156,14 @@ def run_pretrain_base(
 ) -> str:
     """The tiny base CLIP pretrained on the mini-web (``model.pt`` in the stage)."""
     stage = base_stage(storage, model, miniweb_uri)
-    with (tracker or NullTracker()).run("pretrain-base", _stage_tags(stage), parent_run_id) as t:
-        t.log_params({"model": model.model_dump(mode="json")})
-        return pretrain_base(model, storage, stage, miniweb_uri, t, progress)
+    return execute(
+        stage,
+        lambda run: pretrain_base(model, storage, stage, miniweb_uri, run, progress),
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        run_name="pretrain-base",
+        params={"model": model.model_dump(mode="json")},
+    )
 
 
 def base_checkpoint(model: ModelConfig, base_stage: str | None) -> str | None:
@@ -217,23 +232,43 @@ def run_embed_finish(
 ) -> str:
     """Mark the embed stage complete once every shard is embedded; ``groups``: what this run embedded."""
     stage, shards = embed_stage(storage, model, kb, checkpoint, miniweb_uri)
-    uri = finish(storage, stage, shards, len(shards) - sum(len(g) for g in groups), kb.max_damaged_shards,
-                 kb.require_index)  # fmt: skip
-    params = {"knowledge_base": kb.model_dump(mode="json")}
-    log_stage(tracker, storage, "embed", uri, params, ("throughput.json",), parent_run_id)
-    return uri
+    resumed = len(shards) - sum(len(g) for g in groups)
+    return execute(
+        stage,
+        lambda _: finish(storage, stage, shards, resumed, kb.max_damaged_shards, kb.require_index),
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        params={"knowledge_base": kb.model_dump(mode="json")},
+        reports=("throughput.json",),
+    )
 
 
 def run_embed(
-    storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, miniweb_uri: str | None
+    storage: Storage,
+    model: ModelConfig,
+    kb: KnowledgeBaseConfig,
+    checkpoint: str | None,
+    miniweb_uri: str | None,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
     """The whole embed stage in this process (what the flow fans out as embed_plan / run_embed_shards / finish)."""
     stage, shards = embed_stage(storage, model, kb, checkpoint, miniweb_uri)
-    if stage.done:
-        return stage.uri
-    m, tok = inference_model(model, checkpoint, storage)
-    return embed_knowledge_base(m, tok, storage, shards, stage, kb.batch_size, kb.num_workers, draft=kb.jpeg_draft,
-                                max_damaged_shards=kb.max_damaged_shards, require_index=kb.require_index)  # fmt: skip
+
+    def compute(_: Tracker) -> str:
+        m, tok = inference_model(model, checkpoint, storage)
+        return embed_knowledge_base(m, tok, storage, shards, stage, kb.batch_size, kb.num_workers,
+                                    draft=kb.jpeg_draft, max_damaged_shards=kb.max_damaged_shards,
+                                    require_index=kb.require_index)  # fmt: skip
+
+    return execute(
+        stage,
+        compute,
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        params={"knowledge_base": kb.model_dump(mode="json")},
+        reports=("throughput.json",),
+    )
 
 
 def run_index(
@@ -244,11 +279,15 @@ def run_index(
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
 ) -> str:
-    params = {"index": index.model_dump(mode="json"), "k": k}
     stage = stages.INDEX.stage(storage, {"index": index, "retrieval": {"k": k}}, {"embed": embed_uri})
-    uri = build_indices(storage, embed_uri, stage, index, k)
-    log_stage(tracker, storage, "index", uri, params, ("image_infos.json", "text_infos.json"), parent_run_id)
-    return uri
+    return execute(
+        stage,
+        lambda _: build_indices(storage, embed_uri, stage, index, k),
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        params={"index": index.model_dump(mode="json"), "k": k},
+        reports=("image_infos.json", "text_infos.json"),
+    )
 
 
 def audit_datasets(
@@ -289,7 +328,8 @@ def run_retrieve(
     inputs = {"embed": embed_uri, "index": index_uri, "checkpoint": checkpoint or "",
               "audit": ",".join(uri for _, uri in audited)}  # fmt: skip
     stage = stages.RETRIEVE.stage(storage, {"retrieval": retrieval}, inputs)
-    if not stage.done:
+
+    def compute(_: Tracker) -> str:
         sets: list[EvalSet] | str = why_not or "no evaluation set given"
         if audited:
             try:
@@ -298,16 +338,23 @@ def run_retrieve(
                 sets = str(exc)
         m, tok = inference_model(model, checkpoint, storage)
         tasks = [resolve_task(storage, name, miniweb_uri) for name in retrieval.target_tasks]
-        retrieve(m, tok, storage, embed_uri, index_uri, tasks if retrieval.tasks else tasks[0], retrieval, stage, sets)
-    params = {"retrieval": retrieval.model_dump(mode="json")}
-    files = ("overlap.json", "class_counts.json")
-    with stage_run(tracker, storage, "retrieve", stage.uri, params, files, parent_run_id) as t:
-        if tracker is not None:
-            counts = storage.read_json(stage.file("class_counts.json"))
-            t.log_figure(retrieval_report.class_count_figure(counts), "class_counts.png")
-            manifest = read_manifest(storage, stage.uri)
-            t.log_image(retrieval_report.sample_grid(storage, manifest), "retrieved_samples.png")
-    return stage.uri
+        target = tasks if retrieval.tasks else tasks[0]
+        return retrieve(m, tok, storage, embed_uri, index_uri, target, retrieval, stage, sets)
+
+    def figures(run: Tracker) -> None:
+        counts = storage.read_json(stage.file("class_counts.json"))
+        run.log_figure(retrieval_report.class_count_figure(counts), "class_counts.png")
+        run.log_image(retrieval_report.sample_grid(storage, read_manifest(storage, stage.uri)), "retrieved_samples.png")
+
+    return execute(
+        stage,
+        compute,
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        params={"retrieval": retrieval.model_dump(mode="json")},
+        reports=("overlap.json", "class_counts.json"),
+        record=figures,
+    )
 
 
 def run_replay(
@@ -329,11 +376,13 @@ def run_replay(
     n = replay_pool_size(retrieved, share)
     inputs = {"embed": embed_uri, "retrieve": retrieve_uri}
     stage = stages.REPLAY.stage(storage, {"training": {"seed": seed}}, inputs, derived={"pairs": n})
-    if not stage.done:
-        sample_replay(storage, embed_uri, retrieve_uri, n, seed, stage)
-    log_stage(tracker, storage, "replay", stage.uri, {"replay": {"share": share, "pairs": n, "seed": seed}}, (),
-              parent_run_id)  # fmt: skip
-    return stage.uri
+    return execute(
+        stage,
+        lambda _: sample_replay(storage, embed_uri, retrieve_uri, n, seed, stage),
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        params={"replay": {"share": share, "pairs": n, "seed": seed}},
+    )
 
 
 def run_download(
@@ -345,11 +394,14 @@ def run_download(
     parent_run_id: str | None = None,
 ) -> str:
     stage = stages.DOWNLOAD.stage(storage, {"download": cfg}, {"retrieve": retrieve_uri})
-    if not stage.done:
-        _fetch_or_extract(storage, cfg, retrieve_uri, miniweb_uri, stage)
-    params = {"download": cfg.model_dump(mode="json")}
-    log_stage(tracker, storage, "download", stage.uri, params, ("download_summary.json",), parent_run_id)
-    return stage.uri
+    return execute(
+        stage,
+        lambda _: _fetch_or_extract(storage, cfg, retrieve_uri, miniweb_uri, stage),
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        params={"download": cfg.model_dump(mode="json")},
+        reports=("download_summary.json",),
+    )
 
 
 def _fetch_or_extract(
@@ -365,11 +417,24 @@ def _fetch_or_extract(
         return download(storage, retrieve_uri, stage, cfg, base_url=server.base_url)
 
 
-def run_text_features(storage: Storage, model: ModelConfig, checkpoint: str | None, download_uri: str) -> str:
+def run_text_features(
+    storage: Storage,
+    model: ModelConfig,
+    checkpoint: str | None,
+    download_uri: str,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+) -> str:
     """The downloaded captions' text features (``features.npy``), computed once per (download, text tower)."""
     inputs = {"download": download_uri, "checkpoint": checkpoint or ""}
     stage = stages.TEXT_FEATURES.stage(storage, {"model": model}, inputs)
-    return caption_features(storage, stage, model.name, checkpoint, downloaded_shards(storage, download_uri))
+    return execute(
+        stage,
+        lambda _: caption_features(storage, stage, model.name, checkpoint, downloaded_shards(storage, download_uri)),
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        params={"model": model.name, "download": download_uri},
+    )
 
 
 def run_train(
@@ -393,20 +458,27 @@ def run_train(
     inputs = {"download": download_uri, "checkpoint": checkpoint or "", **replay_input}
     stage = stages.TRAIN.stage(storage, {"model": model, "training": training}, inputs)
     shards = downloaded_shards(storage, download_uri)
-    with (tracker or NullTracker()).run("train", _stage_tags(stage), parent_run_id) as t:
-        t.log_params({"training": training.model_dump(mode="json")})
-        if stage.done:
-            return stage.uri
-        # The captions' features, unless the text tower trains (then the trainer encodes their tokens each step).
-        frozen_text = training.mode not in TEXT_MODES
-        text = run_text_features(storage, model, checkpoint, download_uri) if shards and frozen_text else ""
+    frozen_text = training.mode not in TEXT_MODES  # a training text tower encodes the captions' tokens each step
+    track = {"tracker": tracker, "parent_run_id": parent_run_id}
+
+    def captions() -> tuple[str, Any]:
+        """The captions' text features (a text-features stage each, recorded beside this one)."""
+        text = run_text_features(storage, model, checkpoint, download_uri, **track) if shards and frozen_text else ""
         replay = None
-        if replay_input:
+        if replay_uri and replay_input:
             replay_shards = downloaded_shards(storage, replay_uri)
-            replay = (replay_shards, run_text_features(storage, model, checkpoint, replay_uri)
+            replay = (replay_shards, run_text_features(storage, model, checkpoint, replay_uri, **track)
                       if replay_shards and frozen_text else "")  # fmt: skip
-        return customize(model.name, checkpoint, training, storage, shards, stage, text, t, progress=False,
+        return text, replay
+
+    before = captions() if not stage.done else None  # before the train run opens: their runs are not nested in it
+
+    def compute(run: Tracker) -> str:
+        text, replay = before or captions()
+        return customize(model.name, checkpoint, training, storage, shards, stage, text, run, progress=False,
                          download_uri=download_uri, replay=replay)  # fmt: skip
+
+    return execute(stage, compute, params={"training": training.model_dump(mode="json")}, **track)
 
 
 def run_head(
@@ -434,18 +506,23 @@ def run_head(
     task = resolve_task(storage, retrieval.target_tasks[0], miniweb_uri, synonyms=prompts)
     inputs = {"checkpoint": checkpoint or "", **({"embed": embed_uri} if prompts else {"download": download_uri})}
     stage = stages.HEAD.stage(storage, {"model": model, "training": training}, inputs, derived={"task": task.name})
-    with (tracker or NullTracker()).run("head", _stage_tags(stage), parent_run_id) as t:
-        t.log_params({"training": training.model_dump(mode="json")})
-        if not stage.done:
-            names = None
-            if prompts:
-                names, counts = most_frequent_names(storage, embed_uri, task.classnames, task.synonyms)
-                storage.write_json(stage.file("name_counts.json"), counts)
-            shards = [] if prompts else downloaded_shards(storage, download_uri)
-            fit_head(model.name, checkpoint, training, storage, task.name, task.classnames, task.templates, shards,
-                     stage, names)  # fmt: skip
-        t.log_metrics({f"head/{k}": v for k, v in storage.stage_manifest(stage.uri)["counts"].items()})
-    return stage.uri
+
+    def compute(_: Tracker) -> str:
+        names = None
+        if prompts:
+            names, counts = most_frequent_names(storage, embed_uri, task.classnames, task.synonyms)
+            storage.write_json(stage.file("name_counts.json"), counts)
+        shards = [] if prompts else downloaded_shards(storage, download_uri)
+        return fit_head(model.name, checkpoint, training, storage, task.name, task.classnames, task.templates, shards,
+                        stage, names)  # fmt: skip
+
+    return execute(
+        stage,
+        compute,
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        params={"training": training.model_dump(mode="json")},
+    )
 
 
 def model_weights(model: ModelConfig, checkpoint: str | None) -> str:
@@ -463,6 +540,8 @@ def run_evaluate_dataset(
     progress: bool = False,
     gate_scale: float = 1.0,
     head_uri: str | None = None,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
     """One model on one dataset (``result.json``); a stage of its own, so adding a dataset re-runs only it.
     ``gate_scale``: lambda of the gated blocks (:func:`react_core.models.gated.set_gate_scale`); the flows pass
@@ -481,9 +560,8 @@ def run_evaluate_dataset(
     stage = stages.EVAL.stage(storage, {"evaluation": evaluation}, inputs, derived, schema)
     if checkpoint:  # a damaged checkpoint's results, cached or not, would not be this checkpoint's
         check_checkpoint(storage, checkpoint)
-    with stage.lock():
-        if stage.done:
-            return stage.uri
+
+    def compute(_: Tracker) -> str:
         m, tok = inference_model(model, checkpoint, storage)
         if gate_scale != 1.0 and not set_gate_scale(m, gate_scale):
             _logger.warning("gate_scale %s asked for %s, which has no gated blocks: evaluated as it is", gate_scale,
@@ -492,6 +570,20 @@ def run_evaluate_dataset(
         result.update(model=model.name, checkpoint=checkpoint, **scaled, **{f"{k}_stage": v for k, v in headed.items()})
         storage.write_json(stage.file("result.json"), result)
         return stage.complete(counts={"images": result["n"]}, zero_shot=result["zero_shot"])
+
+    def scores(run: Tracker) -> None:
+        zero_shot = storage.read_json(stage.file("result.json"))["zero_shot"]
+        run.log_metrics({metric_key("eval", dataset, k): v for k, v in zero_shot.items() if isinstance(v, int | float)})
+
+    return execute(
+        stage,
+        compute,
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        run_name=f"eval {dataset}",
+        params={"dataset": dataset, "weights": inputs["weights"], "gate_scale": gate_scale, "split": evaluation.split},
+        record=scores,
+    )
 
 
 def run_report(
@@ -504,11 +596,12 @@ def run_report(
     """``metrics.json``, ``table.md`` and ``deltas.png`` from per-dataset stages of two models (base, customized)."""
     inputs = {f"{which}/{i}": uri for which, uris in results.items() for i, uri in enumerate(uris)}
     stage = stages.EVALUATE.stage(storage, {}, inputs, derived={"models": list(results)})
-    with (tracker or NullTracker()).run("evaluate", _stage_tags(stage), parent_run_id) as t, stage.lock():
-        if stage.done:
-            return stage.uri
+
+    def compute(run: Tracker) -> str:
         per_model = {w: [storage.read_json(join(u, "result.json")) for u in uris] for w, uris in results.items()}
-        return write_report(storage, stage, per_model, checkpoints, t)
+        return write_report(storage, stage, per_model, checkpoints, run)
+
+    return execute(stage, compute, tracker=tracker, parent_run_id=parent_run_id)
 
 
 def run_ablation_report(
@@ -527,12 +620,13 @@ def run_ablation_report(
               for k, v in {**{k: u for k, u in uris.items() if k != "evals"}, **uris["evals"]}.items()}  # fmt: skip
     inputs.update({f"base/{d}": u for d, u in base_evals.items()})
     stage = stages.ABLATION.stage(storage, {}, inputs, derived=grid.describe())
-    with (tracker or NullTracker()).run("ablation", _stage_tags(stage), parent_run_id) as t, stage.lock():
-        if stage.done:
-            return stage.uri
+
+    def compute(run: Tracker) -> str:
         results = {cid: {int(seed): cell_result(storage, uris) for seed, uris in seeds.items()}
                    for cid, seeds in cells.items()}  # fmt: skip
-        return write_ablation(storage, stage, grid, results, headline(storage, base_evals), roles, t)
+        return write_ablation(storage, stage, grid, results, headline(storage, base_evals), roles, run)
+
+    return execute(stage, compute, tracker=tracker, parent_run_id=parent_run_id)
 
 
 ROLES = ("target", "generic", "retrieval", "other")

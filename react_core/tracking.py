@@ -478,41 +478,6 @@ def default_tracking_uri(storage: Storage) -> tuple[str, str | None]:
     return uri, join(storage.root, "mlartifacts")
 
 
-@contextlib.contextmanager
-def stage_run(
-    tracker: Tracker | None,
-    storage: Storage,
-    name: str,
-    uri: str,
-    params: Mapping[str, Any],
-    files: tuple[str, ...] = (),
-    parent_run_id: str | None = None,
-) -> Iterator[Tracker]:
-    """A run of its own for a finished stage (nested under ``parent_run_id``): its config as params, the numeric
-    counts of its ``_SUCCESS`` as ``{name}/{count}`` metrics and its JSON reports ``files`` as artifacts. Yields
-    the run's tracker for anything more; with ``tracker`` None nothing is read or logged.
-
-    Called by every ``react_core.pipeline.run_*`` whether the stage ran now or had finished before, so a run
-    of the pipeline from a flow, the CLI or a notebook records every stage the same way.
-    """
-    if tracker is None:
-        yield NullTracker()
-        return
-    with tracker.run(name, tags={"react.stage": name, "react.stage_uri": uri}, parent_run_id=parent_run_id) as t:
-        t.log_params(params)
-        counts = storage.stage_manifest(uri)["counts"]
-        t.log_metrics({f"{name}/{k}": v for k, v in counts.items() if isinstance(v, int | float)})
-        for f in files:
-            t.log_dict(storage.read_json(f"{uri}/{f}"), f)
-        yield t
-
-
-def log_stage(*args: Any, **kwargs: Any) -> None:
-    """:func:`stage_run` (same arguments) with nothing more to log."""
-    with stage_run(*args, **kwargs):
-        pass
-
-
 def make_tracker(cfg: TrackingConfig, storage: Storage) -> Tracker:
     """MLflow at ``tracking.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a sqlite file under the storage root
     (``tracking.enabled: false``: nothing is tracked)."""

@@ -201,12 +201,15 @@ def evaluate_dataset(
     label: str = "model",
     gate_scale: float = 1.0,
     head_uri: str | None = None,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
 ) -> str:
     """One model on one dataset; cached per (model weights, dataset, evaluation settings, gate scale, a rival's
     head)."""
-    return pipeline.run_evaluate_dataset(
-        storage_of(storage), model, checkpoint, cfg, dataset, miniweb_uri, gate_scale=gate_scale, head_uri=head_uri
-    )
+    st = storage_of(storage)
+    return pipeline.run_evaluate_dataset(st, model, checkpoint, cfg, dataset, miniweb_uri, gate_scale=gate_scale,
+                                         head_uri=head_uri, tracker=tracker_of(tracking, st),
+                                         parent_run_id=parent_run_id)  # fmt: skip
 
 
 @task(name="evaluation-report", **TASK_OPTIONS)

@@ -14,9 +14,15 @@ from tasks.common import TASK_OPTIONS, storage_of, tracker_of
 
 
 @task(name="generate-miniweb", **TASK_OPTIONS)
-def generate_miniweb(storage: StorageConfig, miniweb: MiniWebConfig) -> str:
+def generate_miniweb(
+    storage: StorageConfig,
+    miniweb: MiniWebConfig,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
+) -> str:
     """Generate the mini-web (corpus, knowledge base, target tasks); returns its stage URI."""
-    return pipeline.run_miniweb(storage_of(storage), miniweb)
+    st = storage_of(storage)
+    return pipeline.run_miniweb(st, miniweb, tracker=tracker_of(tracking, st), parent_run_id=parent_run_id)
 
 
 @task(name="pretrain-base", **TASK_OPTIONS)

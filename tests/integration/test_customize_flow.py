@@ -47,9 +47,23 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
+    # Every stage records itself the same way (react_core.executor), each dataset's evaluation included.
     assert {c.info.run_name for c in children} == {
-        "pretrain-base", "embed", "index", "retrieve", "download", "train", "evaluate"}  # fmt: skip
+        "miniweb", "pretrain-base", "embed", "index", "retrieve", "download", "text-features", "train", "evaluate",
+        *(f"eval {d}" for d in DATASETS)}  # fmt: skip
     runs = {c.info.run_name: c for c in children}
+    evals = [c for c in children if c.info.run_name == "eval miniweb-fine"]
+    assert len(evals) == 2 and {c.data.params["weights"] for c in evals} == {
+        first["base"],
+        f"{first['train']}/model.pt",
+    }
+    assert {c.data.metrics["eval/miniweb-fine/accuracy"] for c in evals} == pytest.approx(
+        {first["table"]["miniweb-fine"]["base"], first["table"]["miniweb-fine"]["customized"]}
+    )
+    assert (
+        runs["miniweb"].data.metrics["miniweb/kb"] > 0
+        and runs["text-features"].data.metrics["text-features/captions"] > 0
+    )
     assert runs["embed"].data.metrics["embed/embedded"] > 0 and runs["embed"].data.metrics["embed/skipped"] == 0
     assert (
         runs["embed"].data.metrics["embed/workers"] == 1

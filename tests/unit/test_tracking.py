@@ -3,9 +3,14 @@
 import pytest
 
 from react_core.config import ConfigError, TrackingConfig, load_config
+from react_core.executor import execute
 from react_core.pipeline import end_run, start_run
 from react_core.storage import Storage
-from react_core.tracking import MemoryTracker, log_stage, make_tracker
+from react_core.tracking import MemoryTracker, make_tracker
+
+
+def _never(run):
+    raise AssertionError("a finished stage is not computed again")
 
 
 def test_tracking_uri_comes_from_the_config_then_the_environment_then_the_storage_root(tmp_path, monkeypatch):
@@ -23,7 +28,7 @@ def test_the_parent_run_stays_open_and_ends_tagged_with_each_stage_and_its_produ
     stage = st.stage("index", {"a": 1})
     uri = stage.complete(counts={"rows": 3})
     tracker = MemoryTracker()
-    log_stage(tracker, st, "index", uri, {"k": 1})  # an earlier run made the stage
+    execute(stage, _never, tracker=tracker, params={"k": 1})  # an earlier run made the stage
     parent = start_run(load_config(), "customize", tracker, {"prefect.flow_run_id": "f"})
     assert tracker.runs[-1]["status"] == "RUNNING" and tracker.params["training.lr"] == load_config().training.lr
     end_run(tracker, parent, "FAILED", {"index": uri, "table": {"x": 1}, "flow_run_id": "f"})
@@ -52,7 +57,7 @@ def test_a_customized_model_is_registered_once_as_candidate_and_champion_only_wh
         stage = st.stage("train", {"lr": lr})
         st.write_json(stage.file("model.json"), {"gated_layers": 2})
         uri = stage.complete()
-        log_stage(tracker, st, "train", uri, {"lr": lr})
+        execute(stage, _never, tracker=tracker, params={"lr": lr})
         table = {"miniweb-fine": {"metric": "accuracy", "base": 0.3, "customized": fine, "delta": fine - 0.3}}
         return {"train": uri, "table": table, "evaluate": st.uri("evaluate", "x")}
 
@@ -93,7 +98,7 @@ def test_the_first_version_is_champion_only_when_it_beats_the_base_on_its_target
         stage = st.stage("train", {"i": i})
         st.write_json(stage.file("model.json"), {"gated_layers": 2})
         uri = stage.complete()
-        log_stage(tracker, st, "train", uri, {"i": i})
+        execute(stage, _never, tracker=tracker, params={"i": i})
         table = {"miniweb-fine": {"metric": "accuracy", "base": 0.3, "customized": fine, "delta": fine - 0.3}}
         out = run_register(st, cfg, {"train": uri, "table": table}, tracker)
         assert out["champion"] is (fine > 0.30), (fine, out)
