@@ -425,16 +425,18 @@ def run_text_features(
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
 ) -> str:
-    """The downloaded captions' text features (``features.npy``), computed once per (download, text tower)."""
+    """The downloaded captions' text features: the URI of ``features.npy``, computed once per (download, text
+    tower)."""
     inputs = {"download": download_uri, "checkpoint": checkpoint or ""}
     stage = stages.TEXT_FEATURES.stage(storage, {"model": model}, inputs)
-    return execute(
+    execute(
         stage,
         lambda _: caption_features(storage, stage, model.name, checkpoint, downloaded_shards(storage, download_uri)),
         tracker=tracker,
         parent_run_id=parent_run_id,
         params={"model": model.name, "download": download_uri},
     )
+    return stage.file("features.npy")
 
 
 def run_train(
