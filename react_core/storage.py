@@ -8,7 +8,6 @@ config, inputs). A stage folder with a marker is complete and is never recompute
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -18,7 +17,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -555,16 +554,3 @@ def file_lock(path: str, waiting: str | None = None) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def exclusive(fn: Callable[..., str]) -> Callable[..., str]:
-    """Run a stage's computation (a function with a :class:`Stage` argument that returns early when the stage is
-    done) under :meth:`Stage.lock`, so concurrent runs on one root build each stage once."""
-
-    @functools.wraps(fn)
-    def locked(*args: Any, **kwargs: Any) -> str:
-        stage = next(a for a in (*args, *kwargs.values()) if isinstance(a, Stage))
-        with stage.lock():
-            return fn(*args, **kwargs)
-
-    return locked

@@ -22,7 +22,7 @@ from react_core.config import DownloadConfig
 from react_core.errors import ReactError
 from react_core.knowledge.img2dataset_env import without_wandb
 from react_core.knowledge.retrieve import read_manifest
-from react_core.storage import Stage, Storage, exclusive, local_path
+from react_core.storage import Stage, Storage, local_path
 
 _logger = logging.getLogger(__name__)
 
@@ -70,7 +70,6 @@ def summarize(output_dir: str) -> dict[str, Any]:
     return out
 
 
-@exclusive
 def download(
     storage: Storage, manifest_uri: str, stage: Stage, cfg: DownloadConfig, base_url: str | None = None
 ) -> str:
@@ -82,8 +81,6 @@ def download(
     Raises:
         DownloadError: the manifest is empty, or no image could be fetched.
     """
-    if stage.done:
-        return stage.uri
     manifest = read_manifest(storage, manifest_uri)
     if manifest.empty:
         raise DownloadError(f"{manifest_uri}/manifest.parquet has no rows; fix: widen retrieval (k, modes)")

@@ -48,7 +48,7 @@ from react_core.errors import ReactError
 from react_core.models.encode import autocast, model_device, model_image_size, normalize
 from react_core.models.text import encode_text
 from react_core.progress import bar as progress_bar
-from react_core.storage import SUCCESS, Stage, Storage, StorageError, exclusive, join
+from react_core.storage import SUCCESS, Stage, Storage, StorageError, join
 
 _logger = logging.getLogger(__name__)
 
@@ -407,7 +407,6 @@ def embed_shards(
     return sorted(results, key=lambda r: r.index)
 
 
-@exclusive
 def finish(
     storage: Storage,
     stage: Stage,
@@ -423,8 +422,6 @@ def finish(
     ``max_damaged_shards``: how many damaged shards (``knowledge_base.max_damaged_shards``) the stage accepts,
     their readable samples embedded and the rest counted as ``unread``; above it the stage fails naming them.
     """
-    if stage.done:
-        return stage.uri
     finished = _written_shards(storage, stage)
     missing = [u for i, u in enumerate(shard_uris) if i not in finished]
     if missing:
@@ -476,7 +473,6 @@ def finish(
     return stage.complete(counts=counts)
 
 
-@exclusive
 def embed_knowledge_base(
     model: torch.nn.Module,
     tokenizer: Callable[[list[str]], torch.Tensor],
@@ -491,8 +487,6 @@ def embed_knowledge_base(
     require_index: bool = False,
 ) -> str:
     """Embed every shard in this process (finished ones are skipped), then mark the stage complete."""
-    if stage.done:
-        return stage.uri
     if not shard_uris:
         raise EmbeddingError("no shards to embed; fix: point knowledge_base.source at webdataset .tar shards")
     results = embed_shards(model, tokenizer, storage, shard_uris, stage, None, batch_size, num_workers, progress, draft)

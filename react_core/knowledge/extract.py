@@ -33,7 +33,7 @@ from react_core.knowledge.download import EXTRA_COLUMNS, DownloadError, summariz
 from react_core.knowledge.img2dataset_env import without_wandb
 from react_core.knowledge.retrieve import read_manifest
 from react_core.progress import bar as progress_bar
-from react_core.storage import Stage, Storage, exclusive, local_path
+from react_core.storage import Stage, Storage, local_path
 
 _logger = logging.getLogger(__name__)
 
@@ -73,15 +73,12 @@ def _kb_images(storage: Storage, rows: pd.DataFrame) -> Iterator[tuple[int, byte
             yield int(positions[k]), None
 
 
-@exclusive
 def extract(storage: Storage, manifest_uri: str, stage: Stage, cfg: DownloadConfig, progress: bool = True) -> str:
     """Write the manifest's pairs, taken from the knowledge-base shards, into ``stage`` as img2dataset would.
 
     Raises:
         DownloadError: the manifest is empty, has rows without ``shard``/``offset``, or nothing could be read.
     """
-    if stage.done:
-        return stage.uri
     manifest = read_manifest(storage, manifest_uri)
     if manifest.empty:
         raise DownloadError(f"{manifest_uri}/manifest.parquet has no rows; fix: widen retrieval (k, modes)")

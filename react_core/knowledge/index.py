@@ -21,7 +21,7 @@ import torch
 from react_core.config import IndexConfig
 from react_core.errors import ReactError
 from react_core.knowledge.embed import EmbeddingError, embedding_files, shard_layout
-from react_core.storage import SUCCESS, Stage, Storage, StorageError, exclusive, join, local_path
+from react_core.storage import SUCCESS, Stage, Storage, StorageError, join, local_path
 
 _logger = logging.getLogger(__name__)
 
@@ -232,7 +232,6 @@ def _rows(folder: str, counts: list[int], rows: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-@exclusive
 def build_indices(storage: Storage, embed_uri: str, stage: Stage, cfg: IndexConfig, k: int, seed: int = 0) -> str:
     """Build the image and caption indices of an embed stage; returns the stage URI.
 
@@ -241,8 +240,6 @@ def build_indices(storage: Storage, embed_uri: str, stage: Stage, cfg: IndexConf
     Recall@k is measured for each index against exact search, with ``cfg.recall_queries`` caption
     embeddings as queries (text->image for the image index, text->text for the caption index).
     """
-    if stage.done:
-        return stage.uri
     counts: dict[str, Any] = {}
     queries = None
     with tempfile.TemporaryDirectory(prefix="react-index-") as tmp:

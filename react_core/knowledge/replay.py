@@ -16,7 +16,7 @@ import numpy as np
 
 from react_core.knowledge.embed import load_metadata_rows, metadata_rows
 from react_core.knowledge.retrieve import RetrievalError, read_manifest, unclassed_manifest
-from react_core.storage import Stage, Storage, exclusive
+from react_core.storage import Stage, Storage
 
 
 def replay_pool_size(retrieved_pairs: int, share: float) -> int:
@@ -27,7 +27,6 @@ def replay_pool_size(retrieved_pairs: int, share: float) -> int:
     return max(1, math.ceil(retrieved_pairs * share / (1 - share)))
 
 
-@exclusive
 def sample_replay(storage: Storage, embed_uri: str, retrieve_uri: str, n: int, seed: int, stage: Stage) -> str:
     """Write ``manifest.parquet``: ``n`` knowledge-base pairs drawn uniformly at random (seeded), none of them
     among the retrieved ones (``retrieve_uri``'s manifest); returns the stage URI.
@@ -35,8 +34,6 @@ def sample_replay(storage: Storage, embed_uri: str, retrieve_uri: str, n: int, s
     Raises:
         RetrievalError: the knowledge base has no pair outside the retrieved set.
     """
-    if stage.done:
-        return stage.uri
     total = metadata_rows(storage, embed_uri)
     retrieved = set(read_manifest(storage, retrieve_uri)["key"])
     available = total - len(retrieved)

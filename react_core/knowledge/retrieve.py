@@ -37,7 +37,7 @@ from react_core.knowledge.embed import load_metadata_rows, load_rows, metadata_r
 from react_core.knowledge.index import load_index
 from react_core.models.encode import embed_prompts
 from react_core.registry import TaskSpec
-from react_core.storage import Stage, Storage, exclusive
+from react_core.storage import Stage, Storage
 
 _logger = logging.getLogger(__name__)
 
@@ -232,7 +232,6 @@ def search(
     return pd.concat(frames, ignore_index=True)
 
 
-@exclusive
 def retrieve(
     model: torch.nn.Module,
     tokenizer: Callable[[list[str]], torch.Tensor],
@@ -251,8 +250,6 @@ def retrieve(
     (:func:`_write`). ``audit_sets``: the evaluation sets to audit the retrieved images against, or why there are
     none.
     """
-    if stage.done:
-        return stage.uri
     tasks = [task] if isinstance(task, TaskSpec) else list(task)
     prompts, prompt_class, classnames, class_task = combine(tasks)
     hits = search(storage, index_uri, metadata_rows(storage, embed_uri), embed_prompts(model, tokenizer, prompts),

@@ -42,7 +42,7 @@ from react_core.miniweb.render import render, to_jpeg
 from react_core.miniweb.world import TASK_TEMPLATES, Concept, caption_for, make_concepts
 from react_core.progress import bar as progress_bar
 from react_core.registry import MINIWEB_CAPTIONS, MINIWEB_GENERIC, MINIWEB_TASKS
-from react_core.storage import Stage, Storage, exclusive, local_path
+from react_core.storage import Stage, Storage, local_path
 
 _logger = logging.getLogger(__name__)
 
@@ -202,11 +202,10 @@ def _write_captions(cfg: MiniWebConfig, concepts: list[Concept], out_dir: str) -
     return {f"{MINIWEB_CAPTIONS}.test": len(entries)}
 
 
-@exclusive
 def generate(
     cfg: MiniWebConfig, storage: Storage, stage: Stage, processes: int | None = None, progress: bool = True
 ) -> str:
-    """Generate the mini-web into ``stage`` (skipped when already complete).
+    """Generate the mini-web into ``stage`` (react_core.executor runs it only when the stage is not complete).
 
     Args:
         cfg: sizes and seed.
@@ -218,9 +217,6 @@ def generate(
     Returns:
         The stage URI.
     """
-    if stage.done:
-        _logger.info("mini-web %s already complete", stage.uri)
-        return stage.uri
     concepts = concepts_for(cfg)  # validates the group sizes before anything is written
     storage.check_writable()
     stage.clear()

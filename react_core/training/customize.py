@@ -26,7 +26,7 @@ from react_core.errors import ReactError
 from react_core.models import create_model
 from react_core.models.encode import default_device, embed_prompts
 from react_core.secrets import reveal, scrub
-from react_core.storage import Stage, Storage, exclusive, join
+from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker
 from react_core.training.trainer import METRICS_FILE, OPTIONS_ENV, TrainJob, train
 
@@ -37,14 +37,11 @@ class TrainingLaunchError(ReactError, RuntimeError):
     """torchrun exited with an error; the message carries the command and the tail of its output."""
 
 
-@exclusive
 def caption_features(
     storage: Storage, stage: Stage, model_name: str, checkpoint: str | None, shards: Sequence[str]
 ) -> str:
     """URI of ``features.npy`` in ``stage``: the captions' text features in shard order (computed once)."""
     uri = stage.file("features.npy")
-    if stage.done:
-        return uri
     device = default_device()
     model, tokenizer = create_model(model_name, checkpoint, storage, device=device)
     captions, keys = load_captions(storage, shards)
@@ -202,7 +199,6 @@ def plot_gates(history: list[dict[str, float]]):
     return fig
 
 
-@exclusive
 def customize(
     model_name: str,
     base_checkpoint: str | None,
@@ -219,8 +215,6 @@ def customize(
     """Train on the pairs in ``shard_uris`` (``text_features``: their captions' features, :func:`caption_features`)
     and, with ``training.replay``, the replayed pairs ``replay`` (their shards, their captions' features);
     writes ``model.pt`` (+ ``model.json``, ``gates.png``) into ``stage``."""
-    if stage.done:
-        return stage.uri
     if not shard_uris:
         raise DatasetError(
             f"no training shards in {download_uri or stage.uri}; fix: check the download stage's success rate "

@@ -28,7 +28,7 @@ from react_core.evaluation.heads import HEAD_FILE, Head, head_logits, save_head
 from react_core.evaluation.zeroshot import LOGIT_SCALE
 from react_core.models import create_model
 from react_core.models.encode import default_device, model_device, model_image_size, normalize, text_classifier
-from react_core.storage import Stage, Storage, exclusive
+from react_core.storage import Stage, Storage
 
 
 @torch.no_grad()
@@ -81,7 +81,6 @@ def choose_blend(head: Head, features: torch.Tensor, labels: torch.Tensor, class
     return {**best, "holdout_accuracy": round(best_acc, 4), "holdout_pairs": len(labels)}
 
 
-@exclusive
 def fit_head(
     model_name: str,
     checkpoint: str | None,
@@ -95,8 +94,6 @@ def fit_head(
     names: Sequence[str] | None = None,
 ) -> str:
     """Fit the head of ``cfg.mode`` for ``task`` and write it (``head.pt``, ``head.json``) into ``stage``."""
-    if stage.done:
-        return stage.uri
     t0 = time.time()
     classnames = list(classnames)
     head = Head(kind="prompts", task=task, classnames=classnames)

@@ -23,14 +23,13 @@ from react_core.miniweb.generate import TASK_NAMES
 from react_core.models import model_config, model_file, save_checkpoint
 from react_core.models.encode import normalize
 from react_core.progress import bar as progress_bar
-from react_core.storage import Stage, Storage, exclusive, join
+from react_core.storage import Stage, Storage, join
 from react_core.tracking import NullTracker, Tracker
 from react_core.training.optim import adamw, cosine_lr, optimizer_step, set_lr
 
 _logger = logging.getLogger(__name__)
 
 
-@exclusive
 def pretrain_base(
     cfg: ModelConfig,
     storage: Storage,
@@ -45,9 +44,6 @@ def pretrain_base(
     and ``_SUCCESS``. Zero-shot accuracy on the mini-web target tasks is measured at the end.
     """
     pc = cfg.pretrain
-    if stage.done:
-        _logger.info("base model %s already trained", stage.uri)
-        return stage.uri
     tracker = tracker or NullTracker()
     if pc.num_threads:
         torch.set_num_threads(pc.num_threads)
