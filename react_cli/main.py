@@ -115,7 +115,7 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
 
     tasks = ", ".join(cfg.retrieval.target_tasks)
     lines = ["", f"REACT on the mini-web: retrieval for {tasks}, {cfg.training.mode} customization", ""]
-    from react_core.pipeline import ROLES, dataset_roles
+    from react_core.summary import ROLES, dataset_roles
 
     roles = dataset_roles(cfg)
     lines.append(f"{'dataset':18s} {'role':9s} {'metric':9s} {'base':>7s} {'customized':>11s} {'delta':>8s}")

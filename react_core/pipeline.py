@@ -23,7 +23,6 @@ from react_core.config import (
     KnowledgeBaseConfig,
     MiniWebConfig,
     ModelConfig,
-    ReactConfig,
     RetrievalConfig,
     TrainingConfig,
 )
@@ -52,69 +51,14 @@ from react_core.models import model_file
 from react_core.models.cache import cached_model, inference_model
 from react_core.models.gated import TEXT_MODES, set_gate_scale
 from react_core.preflight import check_checkpoint
-from react_core.registry import check_comparable, registered_name, resolve_task
+from react_core.registry import resolve_task
 from react_core.storage import Stage, Storage, join
-from react_core.tracking import NullTracker, Tracker, metric_key
+from react_core.tracking import Tracker, metric_key
 from react_core.training.customize import caption_features, customize
 from react_core.training.heads import fit_head
 from react_core.training.pretrain import pretrain_base
 
 _logger = logging.getLogger(__name__)
-
-
-def start_run(
-    config: ReactConfig, flow_name: str, tracker: Tracker | None, tags: Mapping[str, str] | None = None
-) -> str | None:
-    """Open the pipeline's parent tracking run (its params: the whole config) and leave it RUNNING until
-    :func:`end_run`; returns its id (None untracked). Runs an earlier, killed process left RUNNING are marked
-    KILLED first; the stages it finished are reused."""
-    tracker = tracker or NullTracker()
-    if killed := tracker.mark_abandoned():
-        _logger.warning("resuming after %d killed run(s): finished stages are reused, unfinished ones continue",
-                        len(killed))  # fmt: skip
-    return tracker.open_run(flow_name, tags, config.model_dump(mode="json"))
-
-
-def end_run(
-    tracker: Tracker | None,
-    run_id: str | None,
-    status: str = "FINISHED",
-    stages: Mapping[str, Any] | None = None,
-    metrics: Mapping[str, float] | None = None,
-) -> None:
-    """End the parent run with the pipeline's outcome (``FINISHED``, ``FAILED``, ``KILLED``). ``stages``: what the
-    pipeline returned; each stage URI in it becomes a tag ``react.stage.{name}`` with, beside it,
-    ``react.stage.{name}.run``: the run that produced the stage (this run's child, or an earlier run's when the
-    stage was reused), so a run whose stages all came from a cache still says where everything is. ``metrics``
-    (:func:`headline_metrics`) are logged on it: the page a user opens shows the result, cached or not."""
-    if tracker is None or run_id is None:
-        return
-    tags: dict[str, str] = {}
-    for name, value in (stages or {}).items():
-        if isinstance(value, str) and "://" in value:
-            tags[f"react.stage.{name}"] = value
-            producer = tracker.stage_producer(value.rsplit("/model.pt", 1)[0])
-            if producer:
-                tags[f"react.stage.{name}.run"] = producer
-    tracker.end_run(run_id, status, tags, metrics)
-
-
-def headline_metrics(table: Mapping[str, Mapping[str, Any]] | None, roles: Mapping[str, str]) -> dict[str, float]:
-    """The evaluation's headline table as a parent run's metrics, named as the evaluate run names them
-    (:func:`metric_key`): ``zero-shot/{dataset}/{metric}/{base,customized,delta}``, and
-    ``{role}/{metric}/delta`` for a role that one dataset holds alone (``target/accuracy/delta``,
-    ``generic/accuracy/delta``). A base-only evaluation has no customized or delta columns."""
-    out: dict[str, float] = {}
-    by_role: dict[str, list[Mapping[str, Any]]] = {}
-    for dataset, row in sorted((table or {}).items()):
-        for col in ("base", "customized", "delta"):
-            if row.get(col) is not None:
-                out[metric_key("zero-shot", dataset, str(row["metric"]), col)] = float(row[col])
-        by_role.setdefault(roles.get(dataset, "other"), []).append(row)
-    for role, rows in by_role.items():
-        if len(rows) == 1 and rows[0].get("delta") is not None:
-            out[metric_key(role, str(rows[0]["metric"]), "delta")] = float(rows[0]["delta"])
-    return out
 
 
 def miniweb_stage(storage: Storage, miniweb: MiniWebConfig) -> Stage:
@@ -629,132 +573,3 @@ def run_ablation_report(
         return write_ablation(storage, stage, grid, results, headline(storage, base_evals), roles, run)
 
     return execute(stage, compute, tracker=tracker, parent_run_id=parent_run_id)
-
-
-ROLES = ("target", "generic", "retrieval", "other")
-
-
-def dataset_roles(config: ReactConfig) -> dict[str, str]:
-    """Each evaluated dataset's role in a customize run: ``target`` (what retrieval was for), ``generic`` (what
-    the base already knew: ``evaluation.generic``), ``retrieval`` (a caption set: image-text retrieval) or
-    ``other``."""
-    generic = set(config.evaluation.generic_tasks)
-    targets = set(config.retrieval.target_tasks)
-    return {d: "target" if d in targets else "generic" if d in generic else
-            "retrieval" if is_caption_set(d) else "other" for d in config.evaluation.tasks}  # fmt: skip
-
-
-def price_line(rows: Sequence[Mapping[str, Any]]) -> str:
-    """``target miniweb-fine +0.615; generic miniweb-generic -0.237; retrieval miniweb-captions -0.05; other
-    miniweb-coarse -0.061``: the gain and what it cost (each dataset's headline metric), from summary rows with
-    a ``role``; empty when no row has a delta."""
-    parts = [f"{role} {r['dataset']} {r['delta']:+.3f}" for role in ROLES
-             for r in rows if r.get("role") == role and r.get("delta") is not None]  # fmt: skip
-    return "; ".join(parts)
-
-
-def run_summary(
-    storage: Storage,
-    result: Mapping[str, Any],
-    tracker: Tracker | None = None,
-    roles: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """What a person looks at after a customize run, from its stages: the evaluation table (rows of dataset,
-    role (``dataset_roles``), metric, base, customized, delta), where the model and the tracking run are, and a
-    markdown summary: the gain and its price (target, generic and other datasets' changes), the retrieval
-    (pairs, pairs per class, what the overlap audit removed) and the download."""
-    roles = roles or {}
-    rows = [{"dataset": d, "role": roles.get(d, "other"), "metric": r["metric"], "base": round(r["base"], 4),
-             "customized": round(r["customized"], 4), "delta": round(r["delta"], 4)}
-            for d, r in sorted((result.get("table") or {}).items(), key=lambda kv: (
-                ROLES.index(roles.get(kv[0], "other")), kv[0]))]  # fmt: skip
-    links: dict[str, str] = {}
-    if result.get("train"):
-        links["customized model"] = model_file(result["train"])
-    run_id = result.get("mlflow_run_id")
-    if tracker is not None and run_id:
-        links["MLflow run"] = tracker.run_url(run_id) or run_id
-    if (reg := result.get("registered")) and reg.get("version"):
-        links["registered version"] = (tracker.model_version_url(reg["name"], str(reg["version"])) if tracker else
-                                       None) or f"models:/{reg['name']}/{reg['version']}"  # fmt: skip
-    lines = []
-    if price := price_line(rows):
-        lines += [f"**Gain and its price** (zero-shot, customized - base): {price}.", ""]
-    if result.get("retrieve"):
-        m = storage.stage_manifest(result["retrieve"])
-        c, per_class = m["counts"], storage.read_json(join(result["retrieve"], "class_counts.json"))
-        names = m["config"].get("tasks") or [m["config"].get("task")]
-        split = "; ".join(f"{t} {c[f'pairs.{t}']:,}" for t in names if f"pairs.{t}" in c)
-        lines += [(f"**Retrieval** for {', '.join(f'`{t}`' for t in names)}: {c.get('pairs', 0):,} pairs"
-                   + (f" ({split})" if split else "") + f" from {c.get('prompts', 0):,} prompts over "
-                   f"{c.get('classes', 0)} classes; the overlap audit checked {c.get('overlap.checked', 0):,} and "
-                   f"removed {c.get('overlap.duplicates', 0):,} near-duplicates of evaluation images."),
-                  "", "| class | pairs |", "|---|---|"]  # fmt: skip
-        lines += [f"| {name} | {n:,} |" for name, n in sorted(per_class.items(), key=lambda kv: -kv[1])]
-    if result.get("download"):
-        d = storage.stage_manifest(result["download"])["counts"]
-        lines += ["", (f"**Download**: {d.get('successes', 0):,} of {d.get('count', 0):,} images "
-                      f"({100 * d.get('success_rate', 0):.1f}%).")]  # fmt: skip
-    return {"table": rows, "links": links, "markdown": "\n".join(lines)}
-
-
-def run_register(
-    storage: Storage, config: ReactConfig, result: Mapping[str, Any], tracker: Tracker | None
-) -> dict[str, Any] | None:
-    """Register the customized model as a version of ``tracking.registered_model`` (``react-{task}``): the train
-    run's ``model/`` artifacts (its architecture and the checkpoint's URI in storage; the weights stay there,
-    not copied), the evaluation as tags (``{dataset}/{metric}/{base,customized,delta}``) and as the description.
-    The version gets alias ``candidate``, and ``champion`` per ``tracking.promote`` (``if-better``: its score on
-    the retrieval task beats the champion's; the first version must beat the base model there). A version of
-    another architecture than the champion's is refused (:func:`check_comparable`). A model already registered (a cached re-run) is not registered
-    twice. Returns ``{name, version, champion}`` (None when nothing is registered)."""
-    template, train = config.tracking.registered_model, result.get("train")
-    if tracker is None or not template or not train:
-        return None
-    task, name = registered_name(config, storage)
-    # A version is a trained model at one lambda (evaluation.gate_scale): the same train stage at another lambda
-    # is another version. Versions registered before lambda existed have no react.gate_scale tag: lambda 1.
-    lam = config.evaluation.gate_scale if config.evaluation.gate_scale is not None else 1.0
-    existing = tracker.find_version(name, {"react.train_stage": train, "react.gate_scale": f"{lam:g}"})
-    if existing is None and lam == 1.0:
-        existing = tracker.find_version(name, {"react.train_stage": train, "react.gate_scale": None})
-    if existing is not None:
-        return {"name": name, "version": existing, "champion": None, "new": False}
-    producer = tracker.stage_producer(train)
-    if producer is None:
-        _logger.warning("not registering %s: no tracking run recorded its train stage %s", name, train)
-        return None
-    table = result.get("table") or {}
-    tags = {"react.train_stage": train, "react.model_file": model_file(train), "react.model": config.model.name,
-            "react.task": task, "react.evaluate_stage": str(result.get("evaluate") or ""),
-            "react.gate_scale": f"{lam:g}"}  # fmt: skip
-    for dataset, row in table.items():
-        for col in ("base", "customized", "delta"):
-            tags[f"{dataset}/{row['metric']}/{col}"] = f"{row[col]:.4f}"
-    scores = [table[t]["customized"] for t in config.retrieval.target_tasks if t in table]
-    score = sum(scores) / len(scores) if scores else None  # several tasks: their mean
-    if score is not None:
-        tags["react.target_score"] = f"{score:.6f}"
-    lines = ["| dataset | metric | base | customized | delta |", "|---|---|---|---|---|"]
-    lines += [f"| {d} | {r['metric']} | {r['base']:.4f} | {r['customized']:.4f} | {r['delta']:+.4f} |"
-              for d, r in sorted(table.items())]  # fmt: skip
-    files = {"model.json": {**storage.read_json(join(train, "model.json")), "checkpoint": model_file(train),
-                            "architecture": config.model.name, "gate_scale": lam},
-             "evaluation.json": table}  # fmt: skip
-    champion = tracker.alias_tags(name, "champion")
-    check_comparable(champion, name, config.model.name)  # checked at preflight too; a run started meanwhile
-    version = tracker.register(name, producer, files, tags, "\n".join(lines))
-    if version is None:
-        return None
-    tracker.set_alias(name, "candidate", version)
-    gains = [table[t]["delta"] for t in config.retrieval.target_tasks if t in table]
-    gain = sum(gains) / len(gains) if gains else None
-    if champion is None:  # the first version must at least beat the base model on its target
-        best = gain is not None and gain > 0
-    else:
-        best = score is not None and score > float(champion.get("react.target_score", "-inf"))
-    promote = config.tracking.promote == "always" or (config.tracking.promote == "if-better" and best)
-    if promote:
-        tracker.set_alias(name, "champion", version)
-    _logger.info("registered %s version %s (candidate%s)", name, version, ", champion" if promote else "")
-    return {"name": name, "version": version, "champion": promote, "new": True}

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from react_core import pipeline
+from react_core import pipeline, summary
 from react_core.ablation import Grid, load_grid
 from react_core.config import ReactConfig
 from react_core.preflight import check_ablation
@@ -39,7 +39,7 @@ def report(
     mapping (its content is the cache key, not a file path)."""
     st = storage_of(config.storage)
     expanded = load_grid(grid, config, name)
-    uri = pipeline.run_ablation_report(st, expanded, cells, base_evals, pipeline.dataset_roles(config),
+    uri = pipeline.run_ablation_report(st, expanded, cells, base_evals, summary.dataset_roles(config),
                                        tracker_of(config.tracking, st), parent_run_id)  # fmt: skip
     get_run_logger().info("ablation:\n%s", st.read_bytes(f"{uri}/ablation.md").decode())
     return uri

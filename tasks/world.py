@@ -8,7 +8,7 @@ import re
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from react_core import pipeline, registry
+from react_core import parent_run, pipeline, promotion, registry, summary
 from react_core.config import MiniWebConfig, ModelConfig, ReactConfig, StorageConfig, TrackingConfig
 from tasks.common import TASK_OPTIONS, storage_of, tracker_of
 
@@ -40,9 +40,9 @@ def pretrain_base_model(
 
 @task(name="register-model", cache_policy=None, persist_result=False)
 def register_model(config: ReactConfig, result: dict) -> dict | None:
-    """The customized model as a new version of the MLflow registered model, aliases moved (react_core.pipeline)."""
+    """The customized model as a new version of the MLflow registered model, aliases moved (react_core.promotion)."""
     st = storage_of(config.storage)
-    return pipeline.run_register(st, config, result, tracker_of(config.tracking, st))
+    return promotion.register(st, config, result, tracker_of(config.tracking, st))
 
 
 @task(name="resolve-model", cache_policy=None, persist_result=False)
@@ -55,28 +55,28 @@ def resolve_model(config: ReactConfig, customized: str | None) -> tuple[str | No
 @task(name="publish", cache_policy=None, persist_result=False)
 def publish(config: ReactConfig, result: dict) -> None:
     """The run's results in the Prefect UI: the evaluation table, links to the model and the MLflow run, and the
-    retrieval summary, as artifacts of this flow run (react_core.pipeline.run_summary reads them from the stages)."""
+    retrieval summary, as artifacts of this flow run (react_core.summary.run_summary reads them from the stages)."""
     st = storage_of(config.storage)
-    summary = pipeline.run_summary(st, result, tracker_of(config.tracking, st), pipeline.dataset_roles(config))
-    if summary["table"]:
-        create_table_artifact(summary["table"], key="evaluation", description="zero-shot: base vs customized")
-    for name, target in summary["links"].items():
+    found = summary.run_summary(st, result, tracker_of(config.tracking, st), summary.dataset_roles(config))
+    if found["table"]:
+        create_table_artifact(found["table"], key="evaluation", description="zero-shot: base vs customized")
+    for name, target in found["links"].items():
         if "://" in target and target.split("://", 1)[0] in {"http", "https", "s3", "file"}:
             key = re.sub(r"[^a-z0-9-]+", "-", name.lower())  # Prefect: lowercase letters, digits, dashes
             create_link_artifact(target, link_text=target, key=key, description=name)
-    lines = [f"- {name}: `{target}`" for name, target in summary["links"].items()]
+    lines = [f"- {name}: `{target}`" for name, target in found["links"].items()]
     if reg := result.get("registered"):
         aliases = "candidate, champion" if reg.get("champion") else "candidate"
         lines.append(
             f"- registered model: `{reg['name']}` version {reg['version']}"
             + (f" ({aliases})" if reg.get("new") else "")
         )
-    create_markdown_artifact("\n".join([*lines, "", summary["markdown"]]), key="summary", description="REACT run")
+    create_markdown_artifact("\n".join([*lines, "", found["markdown"]]), key="summary", description="REACT run")
     # The pointer a person watching the run ends with: the UI's logs, and `prefect deployment run ... --watch`
     # when the server streams logs out (PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED, as infra/compose.yaml sets it).
     deltas = ", ".join(f"{r['dataset']} ({r['role']}) {r['base']:.3f} -> {r['customized']:.3f}"
-                       for r in summary["table"])  # fmt: skip
-    pointer = "; ".join(f"{name}: {target}" for name, target in summary["links"].items())
+                       for r in found["table"])  # fmt: skip
+    pointer = "; ".join(f"{name}: {target}" for name, target in found["links"].items())
     pointer += f"; zero-shot {deltas} (artifact 'evaluation')" if deltas else ""
     get_run_logger().info("REACT result: %s", pointer)
 
@@ -87,15 +87,15 @@ def end_tracking(
 ) -> None:
     """End the parent MLflow run with the flow's outcome, tagged with every stage and the run that produced it, and
     the evaluation's headline numbers as its metrics (``table``: the flow's evaluation table)."""
-    metrics = pipeline.headline_metrics(table, pipeline.dataset_roles(config))
-    pipeline.end_run(tracker_of(config.tracking, storage_of(config.storage)), parent_run_id, status, stages, metrics)
+    metrics = parent_run.headline_metrics(table, summary.dataset_roles(config))
+    parent_run.end_run(tracker_of(config.tracking, storage_of(config.storage)), parent_run_id, status, stages, metrics)
 
 
 @task(name="start-tracking", cache_policy=None, persist_result=False)
 def start_tracking(config: ReactConfig, flow_name: str, flow_run_id: str | None) -> str | None:
     """Open the pipeline's parent MLflow run (tagged with the Prefect flow-run id); returns its id."""
     tags = {"prefect.flow_name": flow_name, "prefect.flow_run_id": flow_run_id or ""}
-    return pipeline.start_run(config, flow_name, tracker_of(config.tracking, storage_of(config.storage)), tags)
+    return parent_run.start_run(config, flow_name, tracker_of(config.tracking, storage_of(config.storage)), tags)
 
 
 @task(name="base-report", cache_policy=None, persist_result=False)

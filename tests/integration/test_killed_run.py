@@ -17,7 +17,7 @@ def test_runs_left_running_by_a_killed_process_are_marked_killed_at_the_next_sta
     from mlflow.tracking import MlflowClient
 
     from react_core.config import load_config
-    from react_core.pipeline import end_run, start_run
+    from react_core.parent_run import end_run, start_run
     from react_core.tracking import MLflowTracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -30,7 +30,7 @@ def test_the_customize_flow_retrieves_for_two_tasks_and_reports_both_as_targets(
     version = client.get_model_version_by_alias("react-miniweb-fine+miniweb-coarse-react-micro-vit", "candidate")
     mean = (out["table"]["miniweb-fine"]["customized"] + out["table"]["miniweb-coarse"]["customized"]) / 2
     assert float(version.tags["react.target_score"]) == pytest.approx(mean, abs=1e-4)
-    from react_core.pipeline import dataset_roles
+    from react_core.summary import dataset_roles
 
     assert {d: r for d, r in dataset_roles(cfg).items() if r == "target"} == {
         "miniweb-fine": "target", "miniweb-coarse": "target"}  # fmt: skip

@@ -4,7 +4,7 @@ import pytest
 
 from react_core.config import ConfigError, TrackingConfig, load_config
 from react_core.executor import execute
-from react_core.pipeline import end_run, start_run
+from react_core.parent_run import end_run, start_run
 from react_core.storage import Storage
 from react_core.tracking import MemoryTracker, make_tracker
 
@@ -47,7 +47,7 @@ def test_a_second_root_in_one_process_tracks_into_its_own_store(tmp_path, monkey
 
 
 def test_a_customized_model_is_registered_once_as_candidate_and_champion_only_when_better(tmp_path):
-    from react_core.pipeline import run_register
+    from react_core.promotion import register
 
     st = Storage(str(tmp_path))
     cfg = load_config(None, ["retrieval.task=miniweb-fine"])
@@ -61,35 +61,35 @@ def test_a_customized_model_is_registered_once_as_candidate_and_champion_only_wh
         table = {"miniweb-fine": {"metric": "accuracy", "base": 0.3, "customized": fine, "delta": fine - 0.3}}
         return {"train": uri, "table": table, "evaluate": st.uri("evaluate", "x")}
 
-    first = run_register(st, cfg, trained(1e-3, 0.90), tracker)
+    first = register(st, cfg, trained(1e-3, 0.90), tracker)
     assert first == {"name": "react-miniweb-fine", "version": "1", "champion": True, "new": True}
     v1 = tracker.registry["react-miniweb-fine"]["versions"][0]
     assert v1["tags"]["miniweb-fine/accuracy/customized"] == "0.9000" and v1["run_id"] == "run-1"
     assert v1["files"]["model.json"]["checkpoint"].endswith("/model.pt") and "| miniweb-fine |" in v1["description"]
-    assert run_register(st, cfg, trained(1e-3, 0.90), tracker)["new"] is False  # a cached re-run: no new version
-    worse = run_register(st, cfg, trained(2e-3, 0.80), tracker)
+    assert register(st, cfg, trained(1e-3, 0.90), tracker)["new"] is False  # a cached re-run: no new version
+    worse = register(st, cfg, trained(2e-3, 0.80), tracker)
     assert worse["version"] == "2" and not worse["champion"]
     assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "2", "champion": "1"}
-    better = run_register(st, cfg, trained(3e-3, 0.95), tracker)
+    better = register(st, cfg, trained(3e-3, 0.95), tracker)
     assert (
         tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"} and better["champion"]
     )
     never = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"promote": "never"})})
-    run_register(st, never, trained(4e-3, 0.99), tracker)
+    register(st, never, trained(4e-3, 0.99), tracker)
     assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "4", "champion": "3"}
 
     # Another architecture cannot join these versions: refused, one line naming the champion's and the fix.
     other = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "react-micro-vit"})})
     with pytest.raises(ConfigError, match=r"models:/react-miniweb-fine@champion is a react-tiny-vit model and this "
                                           r"run trains react-micro-vit.*fix: .*react-\{task\}-\{model\}"):  # fmt: skip
-        run_register(st, other, trained(5e-3, 0.99), tracker)
+        register(st, other, trained(5e-3, 0.99), tracker)
     assert len(tracker.registry["react-miniweb-fine"]["versions"]) == 4
     own = other.model_copy(update={"tracking": other.tracking.model_copy(update={"registered_model": "react-{task}-{model}"})})  # fmt: skip
-    assert run_register(st, own, trained(5e-3, 0.99), tracker)["name"] == "react-miniweb-fine-react-micro-vit"
+    assert register(st, own, trained(5e-3, 0.99), tracker)["name"] == "react-miniweb-fine-react-micro-vit"
 
 
 def test_the_first_version_is_champion_only_when_it_beats_the_base_on_its_target(tmp_path):
-    from react_core.pipeline import run_register
+    from react_core.promotion import register
 
     st = Storage(str(tmp_path))
     cfg = load_config(None, ["retrieval.task=miniweb-fine"])
@@ -100,7 +100,7 @@ def test_the_first_version_is_champion_only_when_it_beats_the_base_on_its_target
         uri = stage.complete()
         execute(stage, _never, tracker=tracker, params={"i": i})
         table = {"miniweb-fine": {"metric": "accuracy", "base": 0.3, "customized": fine, "delta": fine - 0.3}}
-        out = run_register(st, cfg, {"train": uri, "table": table}, tracker)
+        out = register(st, cfg, {"train": uri, "table": table}, tracker)
         assert out["champion"] is (fine > 0.30), (fine, out)
     assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"}
 
@@ -141,7 +141,7 @@ def test_a_tracking_server_that_is_gone_is_recognised_from_mlflow_s_own_error(mo
 
 
 def test_the_headline_table_becomes_the_parent_run_s_metrics():
-    from react_core.pipeline import end_run, headline_metrics
+    from react_core.parent_run import end_run, headline_metrics
     from react_core.tracking import MemoryTracker
 
     table = {

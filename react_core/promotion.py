@@ -1,0 +1,78 @@
+"""A customized model into the registry: a version of the run's registered model, aliases moved by the promotion
+rule (``tracking.promote``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from react_core.config import ReactConfig
+from react_core.models import model_file
+from react_core.registry import check_comparable, registered_name
+from react_core.storage import Storage, join
+from react_core.tracking import Tracker
+
+_logger = logging.getLogger(__name__)
+
+
+def register(
+    storage: Storage, config: ReactConfig, result: Mapping[str, Any], tracker: Tracker | None
+) -> dict[str, Any] | None:
+    """Register the customized model as a version of ``tracking.registered_model`` (``react-{task}``): the train
+    run's ``model/`` artifacts (its architecture and the checkpoint's URI in storage; the weights stay there,
+    not copied), the evaluation as tags (``{dataset}/{metric}/{base,customized,delta}``) and as the description.
+    The version gets alias ``candidate``, and ``champion`` per ``tracking.promote`` (``if-better``: its score on
+    the retrieval task beats the champion's; the first version must beat the base model there). A version of
+    another architecture than the champion's is refused (:func:`check_comparable`). A model already registered (a cached re-run) is not registered
+    twice. Returns ``{name, version, champion}`` (None when nothing is registered)."""
+    template, train = config.tracking.registered_model, result.get("train")
+    if tracker is None or not template or not train:
+        return None
+    task, name = registered_name(config, storage)
+    # A version is a trained model at one lambda (evaluation.gate_scale): the same train stage at another lambda
+    # is another version. Versions registered before lambda existed have no react.gate_scale tag: lambda 1.
+    lam = config.evaluation.gate_scale if config.evaluation.gate_scale is not None else 1.0
+    existing = tracker.find_version(name, {"react.train_stage": train, "react.gate_scale": f"{lam:g}"})
+    if existing is None and lam == 1.0:
+        existing = tracker.find_version(name, {"react.train_stage": train, "react.gate_scale": None})
+    if existing is not None:
+        return {"name": name, "version": existing, "champion": None, "new": False}
+    producer = tracker.stage_producer(train)
+    if producer is None:
+        _logger.warning("not registering %s: no tracking run recorded its train stage %s", name, train)
+        return None
+    table = result.get("table") or {}
+    tags = {"react.train_stage": train, "react.model_file": model_file(train), "react.model": config.model.name,
+            "react.task": task, "react.evaluate_stage": str(result.get("evaluate") or ""),
+            "react.gate_scale": f"{lam:g}"}  # fmt: skip
+    for dataset, row in table.items():
+        for col in ("base", "customized", "delta"):
+            tags[f"{dataset}/{row['metric']}/{col}"] = f"{row[col]:.4f}"
+    scores = [table[t]["customized"] for t in config.retrieval.target_tasks if t in table]
+    score = sum(scores) / len(scores) if scores else None  # several tasks: their mean
+    if score is not None:
+        tags["react.target_score"] = f"{score:.6f}"
+    lines = ["| dataset | metric | base | customized | delta |", "|---|---|---|---|---|"]
+    lines += [f"| {d} | {r['metric']} | {r['base']:.4f} | {r['customized']:.4f} | {r['delta']:+.4f} |"
+              for d, r in sorted(table.items())]  # fmt: skip
+    files = {"model.json": {**storage.read_json(join(train, "model.json")), "checkpoint": model_file(train),
+                            "architecture": config.model.name, "gate_scale": lam},
+             "evaluation.json": table}  # fmt: skip
+    champion = tracker.alias_tags(name, "champion")
+    check_comparable(champion, name, config.model.name)  # checked at preflight too; a run started meanwhile
+    version = tracker.register(name, producer, files, tags, "\n".join(lines))
+    if version is None:
+        return None
+    tracker.set_alias(name, "candidate", version)
+    gains = [table[t]["delta"] for t in config.retrieval.target_tasks if t in table]
+    gain = sum(gains) / len(gains) if gains else None
+    if champion is None:  # the first version must at least beat the base model on its target
+        best = gain is not None and gain > 0
+    else:
+        best = score is not None and score > float(champion.get("react.target_score", "-inf"))
+    promote = config.tracking.promote == "always" or (config.tracking.promote == "if-better" and best)
+    if promote:
+        tracker.set_alias(name, "champion", version)
+    _logger.info("registered %s version %s (candidate%s)", name, version, ", champion" if promote else "")
+    return {"name": name, "version": version, "champion": promote, "new": True}
