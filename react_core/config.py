@@ -713,11 +713,11 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
     return "\n".join(mask_urls(line) for line in lines)
 
 
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _deep_merge(dict(out[k]), v)
+            out[k] = deep_merge(dict(out[k]), v)
         else:
             out[k] = v
     return out
@@ -784,7 +784,7 @@ def load_config(
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
     if overrides:
-        data = _deep_merge(data, overrides)
+        data = deep_merge(data, overrides)
     try:
         return ReactConfig.model_validate(data)
     except ValidationError as exc:

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from react_core import stages
-from react_core.ablation import Grid, cell_result, headline, write_ablation
+from react_core.ablation import Grid
+from react_core.ablation_report import cell_result, headline, write_ablation
 from react_core.config import (
     RIVAL_MODES,
     ConfigError,

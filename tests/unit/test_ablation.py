@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from react_core.ablation import GridError, load_grid, markdown, summarise
+from react_core.ablation import GridError, load_grid
+from react_core.ablation_report import markdown, summarise
 from react_core.config import load_config
 
 PRESET = load_config(None, {"training": {"epochs": 5}})
