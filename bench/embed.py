@@ -46,7 +46,8 @@ from PIL import Image
 
 import react_core.knowledge.embed as embed_module
 from react_core.data import iter_shard
-from react_core.knowledge.embed import embed_knowledge_base, load_embeddings
+from react_core.knowledge.embed import embed_knowledge_base
+from react_core.knowledge.embeddings import load_embeddings
 from react_core.models import create_model, text
 from react_core.storage import Storage
 

@@ -20,7 +20,7 @@ import torch
 
 from react_core.config import IndexConfig
 from react_core.errors import ReactError
-from react_core.knowledge.embed import EmbeddingError, embedding_files, shard_layout
+from react_core.knowledge.embeddings import EmbeddingError, embedding_files, shard_layout
 from react_core.storage import SUCCESS, Stage, Storage, StorageError, join, local_path
 
 _logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from react_core.knowledge.embed import iter_metadata, shard_layout
+from react_core.knowledge.embeddings import iter_metadata, shard_layout
 from react_core.progress import bar as progress_bar
 from react_core.storage import Storage
 

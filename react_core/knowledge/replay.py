@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from react_core.knowledge.embed import load_metadata_rows, metadata_rows
+from react_core.knowledge.embeddings import load_metadata_rows, metadata_rows
 from react_core.knowledge.retrieve import RetrievalError, read_manifest, unclassed_manifest
 from react_core.storage import Stage, Storage
 

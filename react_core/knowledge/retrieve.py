@@ -33,7 +33,7 @@ from react_core.config import RetrievalConfig
 from react_core.data.datasets import EvalSet, image_features
 from react_core.errors import ReactError
 from react_core.knowledge.audit import audit_overlap
-from react_core.knowledge.embed import load_metadata_rows, load_rows, metadata_rows
+from react_core.knowledge.embeddings import load_metadata_rows, load_rows, metadata_rows
 from react_core.knowledge.index import load_index
 from react_core.models.encode import embed_prompts
 from react_core.registry import TaskSpec

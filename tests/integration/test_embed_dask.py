@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from react_core.knowledge.embed import load_embeddings, load_metadata
+from react_core.knowledge.embeddings import load_embeddings, load_metadata
 from react_core.storage import Storage, join
 from tests.conftest import tiny_config
 

@@ -10,16 +10,8 @@ import torch.nn.functional as F
 import webdataset as wds
 
 from react_core.data import decode_image, iter_shard
-from react_core.knowledge.embed import (
-    EmbeddingError,
-    ShardBatches,
-    embed_batches,
-    embed_knowledge_base,
-    embed_shards,
-    finish,
-    load_embeddings,
-    load_metadata,
-)
+from react_core.knowledge.embed import ShardBatches, embed_batches, embed_knowledge_base, embed_shards, finish
+from react_core.knowledge.embeddings import EmbeddingError, load_embeddings, load_metadata
 from react_core.models import create_model
 from react_core.models.encode import normalize
 from react_core.storage import Storage, join
@@ -235,7 +227,7 @@ def test_embed_tasks_of_a_run_load_the_model_once_per_process(tiny_world, tmp_pa
 
 
 def test_rows_stay_aligned_when_a_shard_file_is_missing_or_short(tiny_world, micro, tmp_path):
-    from react_core.knowledge.embed import load_metadata_rows, load_rows
+    from react_core.knowledge.embeddings import load_metadata_rows, load_rows
 
     out, stage, _, _ = _embedded(tiny_world, micro, tmp_path)
     meta, emb = load_metadata(out, stage.uri), load_embeddings(out, stage.uri)

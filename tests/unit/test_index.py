@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from react_core.config import IndexConfig
-from react_core.knowledge.embed import embed_knowledge_base, load_embeddings, metadata_rows
+from react_core.knowledge.embed import embed_knowledge_base
+from react_core.knowledge.embeddings import load_embeddings, metadata_rows
 from react_core.knowledge.index import (
     IndexBuildError,
     IndexMismatchError,
@@ -190,7 +191,7 @@ def _fake_embed_stage(st, shards=12, rows=7, dim=8):
 @pytest.mark.parametrize("root", ["file", "memory"])
 def test_index_rows_follow_the_metadata_order_from_local_or_remote_files(tmp_path, root):
 
-    from react_core.knowledge.embed import load_metadata_rows
+    from react_core.knowledge.embeddings import load_metadata_rows
 
     st = Storage(str(tmp_path / "st")) if root == "file" else Storage(f"memory://idx-{tmp_path.name}")
     emb_uri, img, txt = _fake_embed_stage(st)

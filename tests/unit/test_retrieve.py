@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from react_core.config import IndexConfig, RetrievalConfig
-from react_core.knowledge.embed import embed_knowledge_base, load_embeddings, load_metadata
+from react_core.knowledge.embed import embed_knowledge_base
+from react_core.knowledge.embeddings import load_embeddings, load_metadata
 from react_core.knowledge.index import build_indices
 from react_core.knowledge.retrieve import (
     MANIFEST_COLUMNS,
