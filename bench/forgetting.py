@@ -28,7 +28,8 @@ import torch
 from miniweb_chain import caption_set, eval_tasks, prepare
 
 from react_core import pipeline
-from react_core.config import ReactConfig, load_config
+from react_core.config import ReactConfig
+from react_core.config_loading import load_config
 from react_core.data import held_out, load_labelled_pairs
 from react_core.evaluation.retrieval import image_text_retrieval
 from react_core.evaluation.selection import Proxies, choose, generic_pairs_set, heldout_set, proxies

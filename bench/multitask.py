@@ -23,7 +23,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from miniweb_chain import caption_set, prepare
 
 from react_core import pipeline
-from react_core.config import ReactConfig, load_config
+from react_core.config import ReactConfig
+from react_core.config_loading import load_config
 from react_core.data.datasets import read_vision_dataset
 from react_core.evaluation.retrieval import image_text_retrieval
 from react_core.evaluation.zeroshot import evaluate_zero_shot

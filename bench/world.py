@@ -17,7 +17,7 @@ import time
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from react_core.config import load_config
+from react_core.config_loading import load_config
 from react_core.miniweb.generate import TASK_NAMES
 from react_core.pipeline import miniweb_stage, run_miniweb, run_pretrain_base
 from react_core.storage import Storage

@@ -17,8 +17,9 @@ from flows.common import (
     run_config,
     tracked,
 )
-from react_core.config import RIVAL_MODES, ConfigOverrides
+from react_core.config import RIVAL_MODES
 from react_core.models import model_file
+from react_core.overrides import ConfigOverrides
 from tasks import ablate as a
 from tasks import customize as t
 

@@ -14,17 +14,16 @@ from prefect.context import FlowRunContext
 
 from react_core.config import (
     RIVAL_MODES,
-    ConfigOverrides,
     EvaluationConfig,
     ModelConfig,
     ReactConfig,
     StorageConfig,
     TrackingConfig,
-    apply_overrides,
     deployment_run,
 )
 from react_core.environment import lock_drift
 from react_core.errors import ReactError
+from react_core.overrides import ConfigOverrides, apply_overrides
 from react_core.preflight import check_deployed
 from react_core.tracking import unreachable_server
 from tasks import customize as t

@@ -15,8 +15,8 @@ from flows.common import (
     run_config,
     tracked,
 )
-from react_core.config import ConfigOverrides
 from react_core.models import model_file
+from react_core.overrides import ConfigOverrides
 from tasks import customize as t
 from tasks.world import publish, register_model
 

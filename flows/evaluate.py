@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.common import Preset, evaluate_models, miniweb_and_base, run_config, tracked
-from react_core.config import ConfigOverrides
+from react_core.overrides import ConfigOverrides
 from tasks import customize as t
 from tasks.world import resolve_model
 

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.common import Preset, run_config, tracked
-from react_core.config import ConfigOverrides
+from react_core.overrides import ConfigOverrides
 from tasks.world import base_report, generate_miniweb, pretrain_base_model
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from react_core.config import ConfigError, ReactConfig, load_config
+from react_core.config import ConfigError, ReactConfig
+from react_core.config_loading import load_config
 
 _logger = logging.getLogger("react")
 DEMO_PRESET = Path(__file__).resolve().parents[1] / "deployments" / "demo.yaml"

@@ -44,8 +44,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from react_core.config import ConfigError, ReactConfig, apply_overrides, deep_merge
+from react_core.config import ConfigError, ReactConfig
+from react_core.config_loading import deep_merge
 from react_core.errors import ReactError
+from react_core.overrides import apply_overrides
 
 GRID_KEYS = ("description", "seeds", "base", "axes")
 AXIS_KEYS = ("field", "values", "with")

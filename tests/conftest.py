@@ -24,7 +24,8 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 import pytest
 
-from react_core.config import ReactConfig, load_config
+from react_core.config import ReactConfig
+from react_core.config_loading import load_config
 from react_core.storage import Storage
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_runs_left_running_by_a_killed_process_are_marked_killed_at_the_next_start(tmp_path, caplog):
     from mlflow.tracking import MlflowClient
 
-    from react_core.config import load_config
+    from react_core.config_loading import load_config
     from react_core.parent_run import end_run, start_run
     from react_core.tracking import MLflowTracker
 

@@ -34,7 +34,7 @@ def test_pretrain_writes_a_loadable_checkpoint_and_logs(tiny_world):
 
 def test_pretraining_reduces_the_contrastive_loss(tiny_world, tmp_path):
     cfg, storage, uri = tiny_world
-    from react_core.config import load_config
+    from react_core.config_loading import load_config
 
     cfg2 = load_config(cfg.model_dump(mode="json"), ["model.pretrain.epochs=6", "model.pretrain.seed=1"])
     tracker = MemoryTracker()

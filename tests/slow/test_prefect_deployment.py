@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from react_core.config import load_config
+from react_core.config_loading import load_config
 from react_core.models import load_state_dict
 from react_core.storage import Storage
 from tests.conftest import free_port, tiny_config

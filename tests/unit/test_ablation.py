@@ -5,7 +5,7 @@ import yaml
 
 from react_core.ablation import GridError, load_grid
 from react_core.ablation_report import markdown, summarise
-from react_core.config import load_config
+from react_core.config_loading import load_config
 
 PRESET = load_config(None, {"training": {"epochs": 5}})
 

@@ -115,7 +115,7 @@ def test_a_registered_model_name_mlflow_cannot_hold_fails_before_any_stage(tmp_p
 
 
 def test_a_task_file_s_registered_name_is_its_name_or_its_stem_never_its_path(tmp_path):
-    from react_core.config import load_config
+    from react_core.config_loading import load_config
     from react_core.registry import registered_name, task_label
     from react_core.storage import Storage
 
@@ -162,7 +162,7 @@ def test_an_unreachable_tracking_server_fails_before_any_stage(tmp_path, capsys,
 
 def test_demo_table_puts_the_target_first_and_names_each_dataset_role(tmp_path):
     from react_cli.main import _demo_table
-    from react_core.config import load_config
+    from react_core.config_loading import load_config
 
     cfg = load_config(str(REPO / "deployments" / "tiny.yaml"), [f"storage.root={tmp_path}", "tracking.enabled=false"])
     row = lambda metric, b, c: {"metric": metric, "base": b, "customized": c, "delta": c - b}
@@ -194,7 +194,7 @@ def test_a_bad_ablation_grid_fails_before_any_stage_one_line_per_problem(tmp_pat
 def test_the_shipped_grids_are_valid_for_their_presets():
     from flows.ablate import GRIDS
     from react_core.ablation import load_grid
-    from react_core.config import load_config
+    from react_core.config_loading import load_config
 
     grids = sorted(GRIDS.glob("*.yaml"))
     assert grids
@@ -259,7 +259,7 @@ def test_faults_the_user_can_fix_are_one_line_and_lose_their_traceback_on_the_co
 
 
 def test_a_registry_name_of_another_architecture_or_weights_gone_fail_before_any_stage(tmp_path, capsys):
-    from react_core.config import load_config
+    from react_core.config_loading import load_config
     from react_core.storage import Storage
     from react_core.tracking import make_tracker
 

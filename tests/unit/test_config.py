@@ -4,7 +4,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from react_core.config import ConfigError, ReactConfig, load_config, parse_overrides
+from react_core.config import ConfigError, ReactConfig
+from react_core.config_loading import load_config, parse_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 PRESETS = sorted((REPO / "deployments").glob("*.yaml"))
@@ -111,7 +112,8 @@ def test_training_recipe_leaves_out_how_training_runs():
 
 
 def test_augment_crop_scale_is_checked():
-    from react_core.config import ConfigError, load_config
+    from react_core.config import ConfigError
+    from react_core.config_loading import load_config
 
     with pytest.raises(ConfigError, match="crop_scale"):
         load_config(None, ["training.augment.crop_scale=[0.9, 0.1]"])

@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from react_core.config import ConfigError, ConfigOverrides, apply_overrides, load_config
+from react_core.config import ConfigError
+from react_core.config_loading import load_config
+from react_core.overrides import ConfigOverrides, apply_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]

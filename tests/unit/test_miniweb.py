@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from react_core.config import ConfigError, load_config
+from react_core.config import ConfigError
+from react_core.config_loading import load_config
 from react_core.data import iter_shard
 from react_core.data.datasets import open_dataset, read_vision_dataset
 from react_core.miniweb.generate import TASK_NAMES, concepts_for, split_concept_ids

@@ -8,7 +8,8 @@ from pydantic import SecretStr
 
 from react_cli.main import main
 from react_core import secrets
-from react_core.config import ReactConfig, StorageConfig, load_config
+from react_core.config import ReactConfig, StorageConfig
+from react_core.config_loading import load_config
 from react_core.storage import Storage
 from react_core.training.trainer import TrainJob
 

@@ -15,7 +15,7 @@ from unittest import mock
 import pytest
 
 from react_core import pipeline
-from react_core.config import load_config
+from react_core.config_loading import load_config
 from react_core.storage import Stage, Storage
 
 RECORD = Path(__file__).with_name("stage_versions.json")

@@ -10,7 +10,8 @@ import pytest
 from pydantic import BaseModel
 
 from react_core import stages
-from react_core.config import ReactConfig, TrainingConfig, load_config
+from react_core.config import ReactConfig, TrainingConfig
+from react_core.config_loading import load_config
 from react_core.storage import Storage
 
 ARCHITECTURE = Path(__file__).resolve().parents[2] / "ARCHITECTURE.md"

@@ -3,7 +3,7 @@ import uuid
 
 import pytest
 
-from react_core.config import load_config
+from react_core.config_loading import load_config
 from react_core.storage import SUCCESS, Storage, StorageError, normalize_uri, version_hash
 
 

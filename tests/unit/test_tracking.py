@@ -2,7 +2,8 @@
 
 import pytest
 
-from react_core.config import ConfigError, TrackingConfig, load_config
+from react_core.config import ConfigError, TrackingConfig
+from react_core.config_loading import load_config
 from react_core.executor import execute
 from react_core.parent_run import end_run, start_run
 from react_core.storage import Storage

@@ -16,7 +16,8 @@ from prefect.utilities.templating import apply_values
 from prefect_docker.worker import DockerWorkerJobConfiguration
 from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
-from react_core.config import KubernetesLaunchConfig, apply_overrides
+from react_core.config import KubernetesLaunchConfig
+from react_core.overrides import apply_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = yaml.safe_load((REPO / "prefect.yaml").read_text())

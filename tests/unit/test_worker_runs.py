@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from flows.common import _OneLineUserErrors
-from react_core.config import ConfigError, apply_overrides, deployment_run, load_config
+from react_core.config import ConfigError, deployment_run
+from react_core.config_loading import load_config
 from react_core.environment import lock_drift
 from react_core.knowledge.img2dataset_env import NO_WANDB, without_wandb
+from react_core.overrides import apply_overrides
 from react_core.preflight import check_deployed
 
 REPO = Path(__file__).resolve().parents[2]
