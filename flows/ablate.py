@@ -7,21 +7,12 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import (
-    PRESETS,
-    Preset,
-    embed_knowledge_base,
-    evaluate_datasets,
-    miniweb_and_base,
-    retrieve_and_train,
-    run_config,
-    tracked,
-)
-from react_core.config import RIVAL_MODES
-from react_core.models import model_file
+from flows.common import PRESETS, Preset, run_config, tracked
+from react_core import plans
 from react_core.overrides import ConfigOverrides
 from tasks import ablate as a
 from tasks import customize as t
+from tasks.stage import PrefectRunner
 
 GRIDS = PRESETS / "grids"  # grids a deployment names (deployments/grids/*.yaml)
 
@@ -41,27 +32,8 @@ def ablate(preset: Preset = "demo", grid: str | dict[str, Any] = "small", config
     ``config``: the fields to change in the preset (every cell starts from it).
     """
     config = run_config(preset, config)
-    plan = a.plan(config, grid_file(grid) if isinstance(grid, str) else grid)
+    expanded = a.plan(config, grid_file(grid) if isinstance(grid, str) else grid)
     t.preflight(config)
     with tracked(config, "ablate") as out:
-        parent = out["mlflow_run_id"]
-        out["miniweb"], out["base"] = miniweb_uri, checkpoint = miniweb_and_base(config, parent)
-        out["embed"] = embedded = embed_knowledge_base(config, checkpoint, miniweb_uri, parent)
-        track = {"tracking": config.tracking, "parent_run_id": parent}
-        base_evals = evaluate_datasets(config.storage, config.model, checkpoint, config.evaluation, miniweb_uri,
-                                       "base", **track)  # fmt: skip
-        cells: dict[str, dict[int, dict[str, Any]]] = {}
-        for cell in plan.cells:  # one after the other: each training takes every core of a CPU worker
-            for seed in plan.seeds:
-                c = cell.config.model_copy(update={"training": cell.config.training.model_copy(update={"seed": seed})})
-                uris = retrieve_and_train(c, checkpoint, miniweb_uri, embedded, parent, label=f"{cell.id} seed {seed}")
-                if c.training.mode in RIVAL_MODES:  # the base model with the rival's head on the target task
-                    uris["evals"] = evaluate_datasets(c.storage, c.model, checkpoint, c.evaluation, miniweb_uri,
-                                                      f"{cell.id} seed {seed}", head_uri=uris["train"], **track)  # fmt: skip
-                else:
-                    uris["evals"] = evaluate_datasets(c.storage, c.model, model_file(uris["train"]), c.evaluation,
-                                                      miniweb_uri, f"{cell.id} seed {seed}",
-                                                      c.evaluation.customized_scale(), **track)  # fmt: skip
-                cells.setdefault(cell.id, {})[seed] = uris
-        out["ablation"] = a.report(config, plan.doc, plan.name, cells, base_evals, parent)
+        plans.ablate_stages(config, expanded, PrefectRunner(config, out["mlflow_run_id"]), out)
     return out

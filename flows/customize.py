@@ -6,18 +6,11 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import (
-    Preset,
-    embed_knowledge_base,
-    evaluate_models,
-    miniweb_and_base,
-    retrieve_and_train,
-    run_config,
-    tracked,
-)
-from react_core.models import model_file
+from flows.common import Preset, run_config, tracked
+from react_core import plans
 from react_core.overrides import ConfigOverrides
 from tasks import customize as t
+from tasks.stage import PrefectRunner
 from tasks.world import publish, register_model
 
 
@@ -30,16 +23,7 @@ def customize(preset: Preset = "demo", config: ConfigOverrides | None = None) ->
     config = run_config(preset, config)
     t.preflight(config)
     with tracked(config, "customize") as out:
-        parent = out["mlflow_run_id"]
-        out["miniweb"], out["base"] = miniweb_uri, checkpoint = miniweb_and_base(config, parent)
-        out["embed"] = embedded = embed_knowledge_base(config, checkpoint, miniweb_uri, parent)
-        retrieve_and_train(config, checkpoint, miniweb_uri, embedded, parent, out=out)
-        trained = out["train"]
-        out["evaluate"] = evaluated = evaluate_models(
-            config.storage, config.model, {"base": checkpoint, "customized": model_file(trained)}, config.evaluation,
-            config.tracking, miniweb_uri, parent_run_id=parent,
-        )  # fmt: skip
-        out["table"] = t.report(config.storage, evaluated)
+        plans.customize_stages(config, PrefectRunner(config, out["mlflow_run_id"]), out)
         out["registered"] = register_model(config, out)
         publish(config, out)
     return out

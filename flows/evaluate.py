@@ -6,9 +6,11 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import Preset, evaluate_models, miniweb_and_base, run_config, tracked
+from flows.common import Preset, run_config, tracked
+from react_core import plans
 from react_core.overrides import ConfigOverrides
 from tasks import customize as t
+from tasks.stage import PrefectRunner
 from tasks.world import resolve_model
 
 
@@ -26,13 +28,6 @@ def evaluate(
     config = run_config(preset, config)
     t.preflight(config, "evaluate", customized)
     with tracked(config, "evaluate") as out:
-        parent = out["mlflow_run_id"]
-        miniweb_uri, base = miniweb_and_base(config, parent)
-        customized, registered_scale = resolve_model(config, customized)
-        checkpoints = {"base": base} if customized is None else {"base": base, "customized": customized}
-        out["evaluate"] = evaluated = evaluate_models(
-            config.storage, config.model, checkpoints, config.evaluation, config.tracking, miniweb_uri,
-            parent_run_id=parent, registered_scale=registered_scale,
-        )  # fmt: skip
-        out["table"] = t.report(config.storage, evaluated)
+        checkpoint, registered_scale = resolve_model(config, customized)
+        plans.evaluate_stages(config, PrefectRunner(config, out["mlflow_run_id"]), out, checkpoint, registered_scale)
     return out

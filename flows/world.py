@@ -7,8 +7,10 @@ from typing import Any
 from prefect import flow
 
 from flows.common import Preset, run_config, tracked
+from react_core import plans
 from react_core.overrides import ConfigOverrides
-from tasks.world import base_report, generate_miniweb, pretrain_base_model
+from tasks.stage import PrefectRunner
+from tasks.world import base_report
 
 
 @flow(name="prepare-world", persist_result=True)
@@ -19,10 +21,6 @@ def prepare_world(preset: Preset = "demo", config: ConfigOverrides | None = None
     """
     config = run_config(preset, config)
     with tracked(config, "prepare-world") as out:
-        parent = out["mlflow_run_id"]
-        out["miniweb"] = miniweb = generate_miniweb(config.storage, config.miniweb, config.tracking, parent)
-        out["base"] = base = pretrain_base_model(
-            config.storage, config.model, config.tracking, miniweb, parent_run_id=parent
-        )
-        out["report"] = base_report(config.storage, base)
+        out["miniweb"], out["base"] = plans.world_stages(config, PrefectRunner(config, out["mlflow_run_id"]))
+        out["report"] = base_report(config.storage, out["base"])
     return out

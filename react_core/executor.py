@@ -7,11 +7,35 @@ locked, skipped when finished and recorded the same way, whichever stage it is.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from react_core.storage import Stage, join
 from react_core.tracking import NullTracker, Tracker
+
+_IDENTITY_ONLY = contextvars.ContextVar("react_identity_only", default=False)
+
+
+class _Found(Exception):
+    def __init__(self, stage: Stage) -> None:
+        super().__init__(stage.uri)
+        self.stage = stage
+
+
+def identity(entry: Callable[..., Any], *args: Any, **kwargs: Any) -> Stage:
+    """The stage ``entry`` (a ``react_core.pipeline.run_*``) builds for these arguments, found without computing,
+    locking or recording anything: what an orchestrator's cache keys on, so that its cache and the stages' markers
+    are one source of truth. ``entry`` runs only up to :func:`execute` (deriving the identity: a listing, a small
+    read)."""
+    token = _IDENTITY_ONLY.set(True)
+    try:
+        entry(*args, **kwargs)
+    except _Found as found:
+        return found.stage
+    finally:
+        _IDENTITY_ONLY.reset(token)
+    raise TypeError(f"{getattr(entry, '__name__', entry)} reached no stage")
 
 
 def execute(
@@ -37,6 +61,8 @@ def execute(
       files of the stage) as artifacts and ``record(run)`` for anything more (figures), whether the stage ran now
       or had finished before. ``tracker`` None: nothing is recorded.
     """
+    if _IDENTITY_ONLY.get():
+        raise _Found(stage)
     t = tracker or NullTracker()
     tags = {"react.stage": stage.name, "react.stage_uri": stage.uri}
     with t.run(run_name or stage.name, tags, parent_run_id) as run:

@@ -409,7 +409,7 @@ def run_train(
     track = {"tracker": tracker, "parent_run_id": parent_run_id}
 
     def captions() -> tuple[str, Any]:
-        """The captions' text features (a text-features stage each, recorded beside this one)."""
+        """The captions' text features (a text-features stage each, its run nested in this one's)."""
         text = run_text_features(storage, model, checkpoint, download_uri, **track) if shards and frozen_text else ""
         replay = None
         if replay_uri and replay_input:
@@ -418,10 +418,8 @@ def run_train(
                       if replay_shards and frozen_text else "")  # fmt: skip
         return text, replay
 
-    before = captions() if not stage.done else None  # before the train run opens: their runs are not nested in it
-
     def compute(run: Tracker) -> str:
-        text, replay = before or captions()
+        text, replay = captions()
         return customize(model.name, checkpoint, training, storage, shards, stage, text, run, progress=False,
                          download_uri=download_uri, replay=replay)  # fmt: skip
 
@@ -574,3 +572,18 @@ def run_ablation_report(
         return write_ablation(storage, stage, grid, results, headline(storage, base_evals), roles, run)
 
     return execute(stage, compute, tracker=tracker, parent_run_id=parent_run_id)
+
+
+def evaluation_table(storage: Storage, evaluate_uri: str) -> dict[str, Any]:
+    """The base / customized / delta table of an evaluate stage (dataset -> metric, base, customized, delta)."""
+    return storage.stage_manifest(evaluate_uri)["table"]
+
+
+def report_markdown(storage: Storage, evaluate_uri: str) -> str:
+    """An evaluate stage's table as markdown (``table.md``), what a run prints."""
+    return storage.read_bytes(join(evaluate_uri, "table.md")).decode()
+
+
+def ablation_markdown(storage: Storage, ablation_uri: str) -> str:
+    """An ablation stage's tables as markdown (``ablation.md``), what a run prints."""
+    return storage.read_bytes(join(ablation_uri, "ablation.md")).decode()

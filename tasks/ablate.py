@@ -1,4 +1,4 @@
-"""Tasks of the ablate flow: the grid's plan and the ablation report (react_core.ablation)."""
+"""The ablate flow's grid, checked and expanded into cells (react_core.ablation); its stages are tasks.stage's."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from react_core import pipeline, summary
 from react_core.ablation import Grid, load_grid
 from react_core.config import ReactConfig
 from react_core.preflight import check_ablation
-from tasks.common import TASK_OPTIONS, storage_of, tracker_of
 
 
 @task(name="ablation-plan", cache_policy=None, persist_result=False)
@@ -24,22 +22,3 @@ def plan(config: ReactConfig, grid: str | dict[str, Any], name: str | None = Non
         "; ".join(f"{a}: {len(ids)}" for a, ids in expanded.axes.items()),
     )  # fmt: skip
     return expanded
-
-
-@task(name="ablation-report", **TASK_OPTIONS)
-def report(
-    config: ReactConfig,
-    grid: dict[str, Any],
-    name: str,
-    cells: dict[str, dict[int, dict[str, Any]]],
-    base_evals: dict[str, str],
-    parent_run_id: str | None = None,
-) -> str:
-    """``ablation.md`` / ``ablation.json`` / a plot per axis, logged under the flow's MLflow run. ``grid``: the grid's
-    mapping (its content is the cache key, not a file path)."""
-    st = storage_of(config.storage)
-    expanded = load_grid(grid, config, name)
-    uri = pipeline.run_ablation_report(st, expanded, cells, base_evals, summary.dataset_roles(config),
-                                       tracker_of(config.tracking, st), parent_run_id)  # fmt: skip
-    get_run_logger().info("ablation:\n%s", st.read_bytes(f"{uri}/ablation.md").decode())
-    return uri

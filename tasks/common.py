@@ -7,16 +7,19 @@ import functools
 import hashlib
 import logging
 import socket
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.cache_policies import CachePolicy
+from prefect.exceptions import MissingContextError
 from prefect.task_runners import TaskRunner
 
 import react_core
+from react_core import pipeline
 from react_core.config import ConfigError, KnowledgeBaseConfig, StorageConfig, TrackingConfig
+from react_core.executor import identity
 from react_core.secrets import reveal
 from react_core.storage import Storage
 from react_core.tracking import Tracker, make_tracker
@@ -40,58 +43,47 @@ def _library_hash() -> str:
 
 
 @dataclass
-class LibraryCode(CachePolicy):
-    """Cache key part: react_core's source. TASK_SOURCE hashes only the task's own (one-line) body, so
-    without this a change inside the library (a new generator, a fixed loss) would be served stale."""
+class StageIdentity(CachePolicy):
+    """The cache key of a stage's task run (:func:`tasks.stage.stage`): the stage's own identity, as the library
+    derives it (:func:`react_core.executor.identity`: the URI its declaration gives these inputs), and react_core's
+    source (a change inside the library, a new generator or a fixed loss, is never served stale).
 
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str:
-        return _library_hash()
-
-
-@dataclass
-class StagesStillThere(CachePolicy):
-    """A cached result is used only while the stages it names are still complete.
-
-    Why a policy and not a validation inside the task: a cache hit never runs the task. Prefect kept returning
-    the URI of a stage whose files had been deleted (``customized model: .../model.pt`` for a file that did not
-    exist; later stages failing on every run). So the key is computed by ``inner`` as before, then the record
-    under it is read and every stage URI in it checked (``Storage.gone``: ``_SUCCESS`` present, files exist); if
-    one is gone the policy returns no key, and the task runs (rebuilding the stage at the same URI, since the
-    URI is a function of the same inputs), after which the old record is true again and is used next time.
+    One source of truth: Prefect serves a cached result exactly when the stage it names is the stage these inputs
+    make, so a replaced knowledge-base shard (in the embed stage's identity, through its contents) is never served
+    stale, and inputs outside the identity (which shards this run embedded, the MLflow parent run) never miss the
+    cache. A record whose stage is gone (deleted, damaged) is not served: the task runs and rebuilds the stage at the
+    same URI (a cache hit never runs the task, so it is checked here).
     """
 
-    inner: CachePolicy = field(default_factory=lambda: INPUTS)
-
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:  # fmt: skip
-        key = self.inner.compute_key(task_ctx=task_ctx, inputs=inputs, flow_parameters=flow_parameters, **kwargs)
-        storage_cfg = next((v for v in inputs.values() if isinstance(v, StorageConfig)), None)
-        if key is None or storage_cfg is None:
-            return key
-        store = task_ctx.result_store
+        st = storage_of(inputs["storage"])
         try:
-            if not store.exists(key):
-                return key
-            value = store.read(key).result
-        except Exception as exc:  # noqa: BLE001 - an unreadable record is Prefect's to handle, as without us
+            stage = identity(getattr(pipeline, inputs["entry"]), st, **inputs["inputs"])
+        except Exception as exc:  # noqa: BLE001 - the task, run uncached, raises it with its own message
+            _logger.debug("no cache key for %s: %s", inputs["entry"], exc)
+            return None
+        key = hashlib.sha256(f"{stage.uri}|{_library_hash()}".encode()).hexdigest()[:32]
+        try:
+            recorded = task_ctx.result_store.exists(key)
+        except Exception as exc:  # noqa: BLE001 - an unreadable store is Prefect's to handle, as without us
             _logger.debug("cache record %s unreadable: %s", key, exc)
             return key
-        gone = storage_of(storage_cfg).gone(value)
-        if gone:
-            get_run_logger().warning(
+        if recorded and not stage.done:
+            _run_logger().warning(
                 "%s: the cached result names %s, which is gone (deleted or incomplete); running it again",
-                task_ctx.task.name, gone[0],
+                task_ctx.task.name, stage.uri,
             )  # fmt: skip
             return None
         return key
 
-    def __sub__(self, other: str) -> CachePolicy:
-        return replace(self, inner=self.inner - other)
 
+def _run_logger() -> Any:
+    """The task run's logger (its lines reach the Prefect UI), or this module's outside a run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return _logger
 
-# Cache across runs on the task's inputs (configs and URIs hash as JSON; storage roots are absolute
-# after validation), its source and the library's, while the stages it returned are still there; the
-# MLflow parent run id changes every run and must not bust the cache.
-CACHE = StagesStillThere(inner=INPUTS + TASK_SOURCE + LibraryCode() - "parent_run_id")
 
 _TRANSIENT = (ConnectionError, TimeoutError, socket.timeout)
 _TRANSIENT_ERRNO = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EPIPE, errno.EAGAIN}
@@ -118,7 +110,7 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 TASK_OPTIONS: dict[str, Any] = {
-    "cache_policy": CACHE,
+    "cache_policy": StageIdentity(),
     "persist_result": True,
     "retries": 2,
     "retry_delay_seconds": 5,

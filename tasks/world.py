@@ -1,5 +1,5 @@
-"""Tasks that build the mini-web world (generate the corpus and tasks, pretrain the tiny base CLIP) and open
-the pipeline's parent tracking run: one react_core.pipeline call each."""
+"""Tasks around a run's stages: its parent tracking run (opened and ended), the registered version, the model a
+registered name resolves to, what the Prefect UI shows (artifacts), the base model's report."""
 
 from __future__ import annotations
 
@@ -8,34 +8,9 @@ import re
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from react_core import parent_run, pipeline, promotion, registry, summary
-from react_core.config import MiniWebConfig, ModelConfig, ReactConfig, StorageConfig, TrackingConfig
-from tasks.common import TASK_OPTIONS, storage_of, tracker_of
-
-
-@task(name="generate-miniweb", **TASK_OPTIONS)
-def generate_miniweb(
-    storage: StorageConfig,
-    miniweb: MiniWebConfig,
-    tracking: TrackingConfig | None = None,
-    parent_run_id: str | None = None,
-) -> str:
-    """Generate the mini-web (corpus, knowledge base, target tasks); returns its stage URI."""
-    st = storage_of(storage)
-    return pipeline.run_miniweb(st, miniweb, tracker=tracker_of(tracking, st), parent_run_id=parent_run_id)
-
-
-@task(name="pretrain-base", **TASK_OPTIONS)
-def pretrain_base_model(
-    storage: StorageConfig,
-    model: ModelConfig,
-    tracking: TrackingConfig,
-    miniweb_uri: str,
-    parent_run_id: str | None = None,
-) -> str:
-    """Pretrain the tiny base CLIP on the mini-web; returns the stage URI (model.pt inside)."""
-    st = storage_of(storage)
-    return pipeline.run_pretrain_base(st, model, miniweb_uri, tracker_of(tracking, st), parent_run_id)
+from react_core import parent_run, promotion, registry, summary
+from react_core.config import ReactConfig, StorageConfig
+from tasks.common import storage_of, tracker_of
 
 
 @task(name="register-model", cache_policy=None, persist_result=False)

@@ -49,7 +49,7 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     )
     # Every stage records itself the same way (react_core.executor), each dataset's evaluation included.
     assert {c.info.run_name for c in children} == {
-        "miniweb", "pretrain-base", "embed", "index", "retrieve", "download", "text-features", "train", "evaluate",
+        "miniweb", "pretrain-base", "embed", "index", "retrieve", "download", "train", "evaluate",
         *(f"eval {d}" for d in DATASETS)}  # fmt: skip
     runs = {c.info.run_name: c for c in children}
     evals = [c for c in children if c.info.run_name == "eval miniweb-fine"]
@@ -60,9 +60,11 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     by_weights = {c.data.params["weights"]: c.data.metrics["eval/miniweb-fine/accuracy"] for c in evals}
     assert by_weights[first["base"]] == pytest.approx(first["table"]["miniweb-fine"]["base"])
     assert by_weights[f"{first['train']}/model.pt"] == pytest.approx(first["table"]["miniweb-fine"]["customized"])
+    (features,) = client.search_runs([parent.info.experiment_id], "attributes.run_name = 'text-features'")
+    assert features.data.tags["mlflow.parentRunId"] == runs["train"].info.run_id  # made for the training, in its run
     assert (
         runs["miniweb"].data.metrics["miniweb/kb.pairs"] > 0
-        and runs["text-features"].data.metrics["text-features/captions"] > 0
+        and features.data.metrics["text-features/captions"] > 0
     )
     assert runs["embed"].data.metrics["embed/embedded"] > 0 and runs["embed"].data.metrics["embed/skipped"] == 0
     assert (

@@ -17,9 +17,9 @@ def test_embedding_tasks_run_on_the_dask_workers(prefect_harness, tiny_chain, tm
     pytest.importorskip("prefect_dask")
     from prefect import flow
 
-    from flows.common import embed_knowledge_base
-    from react_core import pipeline
+    from react_core import pipeline, plans
     from react_core.models import model_file
+    from tasks.stage import PrefectRunner
 
     world, base = tiny_chain["world"], model_file(tiny_chain["base"])
     n_shards = len(tiny_chain["storage"].ls(join(world, "kb", "shards"), "*.tar"))
@@ -34,7 +34,7 @@ def test_embedding_tasks_run_on_the_dask_workers(prefect_harness, tiny_chain, tm
 
         @flow
         def embed_on_dask() -> str:
-            return embed_knowledge_base(cfg, base, None)
+            return plans.embed(cfg, PrefectRunner(cfg, None), base, None)
 
         uri = embed_on_dask()
         with distributed.Client(cluster) as client:
