@@ -320,7 +320,7 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     finally:
         _stop(other)
     stages = {n: s for n, s in _task_states(env, again).items() if not n.startswith(("preflight", "start-", "end-",
-              "embed-plan", "publish", "register", "report", "resolve-base"))}  # fmt: skip
+              "embed-plan", "publish", "register", "report", "evaluation-table"))}  # fmt: skip
     assert stages and set(stages.values()) == {"Cached"}, stages
     shared = "s3://react-test/team/react-artifacts-tiny"
     stored = Storage(shared, {"endpoint_url": s3_endpoint})
