@@ -62,9 +62,22 @@ def train_control(cfg: ReactConfig, chain, control: dict[str, float], seed: int)
     """The train stage of one control and seed (replay: its sample, downloaded, then training)."""
     training = cfg.training.model_copy(update={"seed": seed, **control})
     training = type(training).model_validate(training.model_dump())  # the config's own checks
-    replay = pipeline.run_replay(chain.storage, training.replay, seed, chain.embed, chain.retrieved)
-    replay_dl = pipeline.run_download(chain.storage, cfg.download, replay, chain.world) if replay else None
-    return pipeline.run_train(chain.storage, cfg.model, chain.base, training, chain.downloaded, replay_uri=replay_dl)
+    replay = pipeline.run_replay(
+        chain.storage, share=training.replay, seed=seed, embed_uri=chain.embed, retrieve_uri=chain.retrieved
+    )
+    replay_dl = (
+        pipeline.run_download(chain.storage, download=cfg.download, retrieve_uri=replay, miniweb_uri=chain.world)
+        if replay
+        else None
+    )
+    return pipeline.run_train(
+        chain.storage,
+        model=cfg.model,
+        checkpoint=chain.base,
+        training=training,
+        download_uri=chain.downloaded,
+        replay_uri=replay_dl,
+    )
 
 
 class RuleData:
@@ -81,8 +94,10 @@ class RuleData:
         mask = torch.from_numpy(held_out(keys, cfg.training.holdout))
         task = resolve_task(chain.storage, cfg.retrieval.task, chain.world)
         self.heldout = heldout_set(images[mask], labels[mask], task.classnames, task.templates)
-        sample = pipeline.run_replay(chain.storage, 0.5, 10_000, chain.embed, chain.retrieved)
-        dl = pipeline.run_download(chain.storage, cfg.download, sample, chain.world)
+        sample = pipeline.run_replay(
+            chain.storage, share=0.5, seed=10_000, embed_uri=chain.embed, retrieve_uri=chain.retrieved
+        )
+        dl = pipeline.run_download(chain.storage, download=cfg.download, retrieve_uri=sample, miniweb_uri=chain.world)
         g_images, g_captions, _, _ = load_labelled_pairs(chain.storage, downloaded_shards(chain.storage, dl), size)
         self.generic = generic_pairs_set(g_images, g_captions)
         print(f"rule: {len(self.heldout)} held-out retrieved pairs, {len(self.generic)} generic pairs")

@@ -27,12 +27,23 @@ class Chain:
 def prepare(cfg: ReactConfig) -> Chain:
     """The stages up to download (each cached in ``storage.root``: a finished demo there is reused)."""
     storage = Storage(cfg.storage.root, cfg.storage.options)
-    world = pipeline.run_miniweb(storage, cfg.miniweb)
-    base = pipeline.base_checkpoint(cfg.model, pipeline.run_pretrain_base(storage, cfg.model, world))
-    embed = pipeline.run_embed(storage, cfg.model, cfg.knowledge_base, base, world)
-    index = pipeline.run_index(storage, cfg.index, cfg.retrieval.k, embed)
-    retrieved = pipeline.run_retrieve(storage, cfg.model, base, cfg.retrieval, embed, index, world, cfg.evaluation)
-    downloaded = pipeline.run_download(storage, cfg.download, retrieved, world)
+    world = pipeline.run_miniweb(storage, miniweb=cfg.miniweb)
+    base = pipeline.base_checkpoint(cfg.model, pipeline.run_pretrain_base(storage, model=cfg.model, miniweb_uri=world))
+    embed = pipeline.run_embed(
+        storage, model=cfg.model, knowledge_base=cfg.knowledge_base, checkpoint=base, miniweb_uri=world
+    )
+    index = pipeline.run_index(storage, index=cfg.index, k=cfg.retrieval.k, embed_uri=embed)
+    retrieved = pipeline.run_retrieve(
+        storage,
+        model=cfg.model,
+        checkpoint=base,
+        retrieval=cfg.retrieval,
+        embed_uri=embed,
+        index_uri=index,
+        miniweb_uri=world,
+        evaluation=cfg.evaluation,
+    )
+    downloaded = pipeline.run_download(storage, download=cfg.download, retrieve_uri=retrieved, miniweb_uri=world)
     return Chain(storage, world, base, embed, retrieved, downloaded)
 
 

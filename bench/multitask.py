@@ -75,9 +75,18 @@ def main() -> None:
             training = arms[arm].training.model_copy(update={"seed": seed})
             replay = None  # the forgetting controls (training.replay, training.anchor) when the preset sets them
             if training.replay > 0:
-                sample = pipeline.run_replay(storage, training.replay, seed, ch.embed, ch.retrieved)
-                replay = pipeline.run_download(storage, cfg.download, sample, world)
-            stage = pipeline.run_train(storage, cfg.model, base, training, ch.downloaded, replay_uri=replay)
+                sample = pipeline.run_replay(
+                    storage, share=training.replay, seed=seed, embed_uri=ch.embed, retrieve_uri=ch.retrieved
+                )
+                replay = pipeline.run_download(storage, download=cfg.download, retrieve_uri=sample, miniweb_uri=world)
+            stage = pipeline.run_train(
+                storage,
+                model=cfg.model,
+                checkpoint=base,
+                training=training,
+                download_uri=ch.downloaded,
+                replay_uri=replay,
+            )
             acc[arm].append(evaluate(model_file(stage)))
             print(f"{arm}, seed {seed}: {time.time() - t1:.0f} s: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in acc[arm][-1].items()), flush=True)  # fmt: skip

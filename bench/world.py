@@ -34,7 +34,7 @@ def main() -> None:
     t0 = time.time()
     stage = miniweb_stage(storage, cfg.miniweb)
     cached = stage.done
-    uri = run_miniweb(storage, cfg.miniweb)
+    uri = run_miniweb(storage, miniweb=cfg.miniweb)
     gen_s = time.time() - t0
     m = cfg.miniweb
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {sys.version.split()[0]}")
@@ -51,7 +51,7 @@ def main() -> None:
             if split == "kb":  # the oracle gets the base's budget of pairs; the base uses its whole split
                 over.append(f"model.pretrain.max_samples={m.generic_size}")
             c = load_config(cfg.model_dump(mode="json"), over)
-            b = run_pretrain_base(storage, c.model, uri)
+            b = run_pretrain_base(storage, model=c.model, miniweb_uri=uri)
             r = storage.stage_manifest(b)["metrics"]
             accs = " | ".join(f"{r[f'{t}.top1']:.3f}" if f"{t}.top1" in r else "-" for t in TASK_NAMES.values())
             label = "base" if split == "generic" else "oracle"

@@ -67,7 +67,7 @@ def cmd_miniweb_generate(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     storage = _storage(cfg)
-    uri = run_miniweb(storage, cfg.miniweb, processes=args.processes, progress=not args.quiet)
+    uri = run_miniweb(storage, miniweb=cfg.miniweb, processes=args.processes, progress=not args.quiet)
     manifest = storage.stage_manifest(uri)
     print(uri)
     for k, v in sorted(manifest["counts"].items()):
@@ -81,7 +81,7 @@ def cmd_miniweb_serve(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     storage = _storage(cfg)
-    uri = args.uri or run_miniweb(storage, cfg.miniweb, progress=not args.quiet)
+    uri = args.uri or run_miniweb(storage, miniweb=cfg.miniweb, progress=not args.quiet)
     server = MiniWebServer(storage, uri, host="127.0.0.1", port=args.port)
     if args.write_urls:
         server.urls().to_parquet(args.write_urls)
@@ -104,8 +104,14 @@ def cmd_base_pretrain(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     storage = _storage(cfg)
-    miniweb = run_miniweb(storage, cfg.miniweb, progress=not args.quiet)
-    uri = run_pretrain_base(storage, cfg.model, miniweb, make_tracker(cfg.tracking, storage), progress=not args.quiet)
+    miniweb = run_miniweb(storage, miniweb=cfg.miniweb, progress=not args.quiet)
+    uri = run_pretrain_base(
+        storage,
+        model=cfg.model,
+        miniweb_uri=miniweb,
+        tracker=make_tracker(cfg.tracking, storage),
+        progress=not args.quiet,
+    )
     print(uri)
     print(json.dumps(storage.stage_manifest(uri)["metrics"], indent=2))
     return 0

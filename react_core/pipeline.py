@@ -34,7 +34,8 @@ from react_core.evaluation.report import write_report
 from react_core.evaluation.suite import dataset_uri, evaluate_dataset, is_caption_set, metrics_for, open_eval
 from react_core.executor import execute
 from react_core.knowledge import report as retrieval_report
-from react_core.knowledge.download import download, downloaded_shards
+from react_core.knowledge.download import download as fetch
+from react_core.knowledge.download import downloaded_shards
 from react_core.knowledge.embed import (
     embed_knowledge_base,
     embed_shards,
@@ -69,6 +70,7 @@ def miniweb_stage(storage: Storage, miniweb: MiniWebConfig) -> Stage:
 
 def run_miniweb(
     storage: Storage,
+    *,
     miniweb: MiniWebConfig,
     processes: int | None = None,
     progress: bool = False,
@@ -93,6 +95,7 @@ def base_stage(storage: Storage, model: ModelConfig, miniweb_uri: str) -> Stage:
 
 def run_pretrain_base(
     storage: Storage,
+    *,
     model: ModelConfig,
     miniweb_uri: str,
     tracker: Tracker | None = None,
@@ -124,51 +127,71 @@ def base_checkpoint(model: ModelConfig, base_stage: str | None) -> str | None:
 
 
 def embed_stage(
-    storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, miniweb_uri: str | None
+    storage: Storage,
+    model: ModelConfig,
+    knowledge_base: KnowledgeBaseConfig,
+    checkpoint: str | None,
+    miniweb_uri: str | None,
 ) -> tuple[Stage, list[str]]:
     """The embed stage and the shards it embeds (its identity: model, batch size, checkpoint, shard folder, and
     the shards' contents by size and etag / modification time, so a replaced or repaired shard makes a new stage)."""
-    shards = knowledge_base_shards(storage, kb.source, miniweb_uri)
+    shards = knowledge_base_shards(storage, knowledge_base.source, miniweb_uri)
     inputs = {"checkpoint": checkpoint or "", "shards": shards[0].rsplit("/", 1)[0],
               "contents": storage.fingerprint(shards)}  # fmt: skip
-    stage = stages.EMBED.stage(storage, {"model": model, "knowledge_base": kb}, inputs)
+    stage = stages.EMBED.stage(storage, {"model": model, "knowledge_base": knowledge_base}, inputs)
     return stage, shards
 
 
 def embed_plan(
-    storage: Storage, model: ModelConfig, kb: KnowledgeBaseConfig, checkpoint: str | None, miniweb_uri: str | None
+    storage: Storage,
+    model: ModelConfig,
+    knowledge_base: KnowledgeBaseConfig,
+    checkpoint: str | None,
+    miniweb_uri: str | None,
 ) -> tuple[str, list[list[int]]]:
-    """The embed stage's URI, and the indices of the shards still to embed, ``kb.shards_per_task`` per group (one
+    """The embed stage's URI, and the indices of the shards still to embed, ``knowledge_base.shards_per_task`` per group (one
     task each; [] when done)."""
-    stage, shards = embed_stage(storage, model, kb, checkpoint, miniweb_uri)
+    stage, shards = embed_stage(storage, model, knowledge_base, checkpoint, miniweb_uri)
     if stage.done:
         return stage.uri, []
     finished = embedded_shards(storage, stage)
     todo = [i for i in range(len(shards)) if i not in finished]
-    n = kb.shards_per_task
+    n = knowledge_base.shards_per_task
     return stage.uri, [todo[j : j + n] for j in range(0, len(todo), n)]
 
 
 def run_embed_shards(
     storage: Storage,
+    *,
     model: ModelConfig,
-    kb: KnowledgeBaseConfig,
+    knowledge_base: KnowledgeBaseConfig,
     checkpoint: str | None,
     miniweb_uri: str | None,
     indices: Sequence[int],
 ) -> dict[str, int]:
     """Embed one group of shards (on whichever worker runs it); returns its counts."""
-    stage, shards = embed_stage(storage, model, kb, checkpoint, miniweb_uri)
+    stage, shards = embed_stage(storage, model, knowledge_base, checkpoint, miniweb_uri)
     m, tok = cached_model(model, checkpoint, storage)
-    results = embed_shards(m, tok, storage, shards, stage, indices, kb.batch_size, kb.num_workers, draft=kb.jpeg_draft)
+    results = embed_shards(
+        m,
+        tok,
+        storage,
+        shards,
+        stage,
+        indices,
+        knowledge_base.batch_size,
+        knowledge_base.num_workers,
+        draft=knowledge_base.jpeg_draft,
+    )
     return {"shards": len(results), "embedded": sum(r.embedded for r in results),
             "skipped": sum(r.skipped for r in results)}  # fmt: skip
 
 
 def run_embed_finish(
     storage: Storage,
+    *,
     model: ModelConfig,
-    kb: KnowledgeBaseConfig,
+    knowledge_base: KnowledgeBaseConfig,
     checkpoint: str | None,
     miniweb_uri: str | None,
     groups: Sequence[Sequence[int]] = (),
@@ -176,48 +199,52 @@ def run_embed_finish(
     parent_run_id: str | None = None,
 ) -> str:
     """Mark the embed stage complete once every shard is embedded; ``groups``: what this run embedded."""
-    stage, shards = embed_stage(storage, model, kb, checkpoint, miniweb_uri)
+    stage, shards = embed_stage(storage, model, knowledge_base, checkpoint, miniweb_uri)
     resumed = len(shards) - sum(len(g) for g in groups)
     return execute(
         stage,
-        lambda _: finish(storage, stage, shards, resumed, kb.max_damaged_shards, kb.require_index),
+        lambda _: finish(
+            storage, stage, shards, resumed, knowledge_base.max_damaged_shards, knowledge_base.require_index
+        ),
         tracker=tracker,
         parent_run_id=parent_run_id,
-        params={"knowledge_base": kb.model_dump(mode="json")},
+        params={"knowledge_base": knowledge_base.model_dump(mode="json")},
         reports=("throughput.json",),
     )
 
 
 def run_embed(
     storage: Storage,
+    *,
     model: ModelConfig,
-    kb: KnowledgeBaseConfig,
+    knowledge_base: KnowledgeBaseConfig,
     checkpoint: str | None,
     miniweb_uri: str | None,
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
 ) -> str:
     """The whole embed stage in this process (what the flow fans out as embed_plan / run_embed_shards / finish)."""
-    stage, shards = embed_stage(storage, model, kb, checkpoint, miniweb_uri)
+    stage, shards = embed_stage(storage, model, knowledge_base, checkpoint, miniweb_uri)
 
     def compute(_: Tracker) -> str:
         m, tok = inference_model(model, checkpoint, storage)
-        return embed_knowledge_base(m, tok, storage, shards, stage, kb.batch_size, kb.num_workers,
-                                    draft=kb.jpeg_draft, max_damaged_shards=kb.max_damaged_shards,
-                                    require_index=kb.require_index)  # fmt: skip
+        return embed_knowledge_base(m, tok, storage, shards, stage, knowledge_base.batch_size, knowledge_base.num_workers,
+                                    draft=knowledge_base.jpeg_draft, max_damaged_shards=knowledge_base.max_damaged_shards,
+                                    require_index=knowledge_base.require_index)  # fmt: skip
 
     return execute(
         stage,
         compute,
         tracker=tracker,
         parent_run_id=parent_run_id,
-        params={"knowledge_base": kb.model_dump(mode="json")},
+        params={"knowledge_base": knowledge_base.model_dump(mode="json")},
         reports=("throughput.json",),
     )
 
 
 def run_index(
     storage: Storage,
+    *,
     index: IndexConfig,
     k: int,
     embed_uri: str,
@@ -258,6 +285,7 @@ def audit_datasets(
 
 def run_retrieve(
     storage: Storage,
+    *,
     model: ModelConfig,
     checkpoint: str | None,
     retrieval: RetrievalConfig,
@@ -304,6 +332,7 @@ def run_retrieve(
 
 def run_replay(
     storage: Storage,
+    *,
     share: float,
     seed: int,
     embed_uri: str,
@@ -332,38 +361,41 @@ def run_replay(
 
 def run_download(
     storage: Storage,
-    cfg: DownloadConfig,
+    *,
+    download: DownloadConfig,
     retrieve_uri: str,
     miniweb_uri: str | None,
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
 ) -> str:
-    stage = stages.DOWNLOAD.stage(storage, {"download": cfg}, {"retrieve": retrieve_uri})
+    stage = stages.DOWNLOAD.stage(storage, {"download": download}, {"retrieve": retrieve_uri})
     return execute(
         stage,
-        lambda _: _fetch_or_extract(storage, cfg, retrieve_uri, miniweb_uri, stage),
+        lambda _: _fetch_or_extract(storage, download, retrieve_uri, miniweb_uri, stage),
         tracker=tracker,
         parent_run_id=parent_run_id,
-        params={"download": cfg.model_dump(mode="json")},
+        params={"download": download.model_dump(mode="json")},
         reports=("download_summary.json",),
     )
 
 
 def _fetch_or_extract(
-    storage: Storage, cfg: DownloadConfig, retrieve_uri: str, miniweb_uri: str | None, stage: Stage
+    storage: Storage, download: DownloadConfig, retrieve_uri: str, miniweb_uri: str | None, stage: Stage
 ) -> str:
-    if cfg.mode == "extract" or (cfg.mode == "auto" and not manifest_has_urls(read_manifest(storage, retrieve_uri))):
-        return extract(storage, retrieve_uri, stage, cfg)  # a corpus of local shards: no network needed
+    auto_extract = download.mode == "auto" and not manifest_has_urls(read_manifest(storage, retrieve_uri))
+    if download.mode == "extract" or auto_extract:
+        return extract(storage, retrieve_uri, stage, download)  # a corpus of local shards: no network needed
     if miniweb_uri is None:
-        return download(storage, retrieve_uri, stage, cfg)
+        return fetch(storage, retrieve_uri, stage, download)
     from react_core.miniweb.serve import MiniWebServer
 
     with MiniWebServer(storage, miniweb_uri) as server:  # the mini-web's images, over HTTP on 127.0.0.1
-        return download(storage, retrieve_uri, stage, cfg, base_url=server.base_url)
+        return fetch(storage, retrieve_uri, stage, download, base_url=server.base_url)
 
 
 def run_text_features(
     storage: Storage,
+    *,
     model: ModelConfig,
     checkpoint: str | None,
     download_uri: str,
@@ -386,6 +418,7 @@ def run_text_features(
 
 def run_train(
     storage: Storage,
+    *,
     model: ModelConfig,
     checkpoint: str | None,
     training: TrainingConfig,
@@ -428,6 +461,7 @@ def run_train(
 
 def run_head(
     storage: Storage,
+    *,
     model: ModelConfig,
     checkpoint: str | None,
     training: TrainingConfig,
@@ -477,6 +511,7 @@ def model_weights(model: ModelConfig, checkpoint: str | None) -> str:
 
 def run_evaluate_dataset(
     storage: Storage,
+    *,
     model: ModelConfig,
     checkpoint: str | None,
     evaluation: EvaluationConfig,
@@ -533,6 +568,7 @@ def run_evaluate_dataset(
 
 def run_report(
     storage: Storage,
+    *,
     results: Mapping[str, Sequence[str]],
     checkpoints: Mapping[str, str | None],
     tracker: Tracker | None = None,
@@ -551,6 +587,7 @@ def run_report(
 
 def run_ablation_report(
     storage: Storage,
+    *,
     grid: Grid,
     cells: Mapping[str, Mapping[int, Mapping[str, Any]]],
     base_evals: Mapping[str, str],

@@ -92,7 +92,12 @@ def world(config: ReactConfig, run: Runner) -> tuple[str | None, str | None]:
 
 def embed(config: ReactConfig, run: Runner, checkpoint: str | None, miniweb: str | None) -> str:
     """The embed stage: the shards still to embed, in groups (``knowledge_base.shards_per_task``), then its marker."""
-    inputs = {"model": config.model, "kb": config.knowledge_base, "checkpoint": checkpoint, "miniweb_uri": miniweb}
+    inputs = {
+        "model": config.model,
+        "knowledge_base": config.knowledge_base,
+        "checkpoint": checkpoint,
+        "miniweb_uri": miniweb,
+    }
     _, groups = run.step("embed-plan", pipeline.embed_plan, **inputs)
     run.shards(groups, **inputs)
     return run.stage("embed", pipeline.run_embed_finish, **inputs, groups=groups)
@@ -130,7 +135,7 @@ def retrieve_and_train(
         evaluation=c.evaluation,
     )
     out["download"] = run.stage(
-        "download", pipeline.run_download, cfg=c.download, retrieve_uri=out["retrieve"], miniweb_uri=miniweb
+        "download", pipeline.run_download, download=c.download, retrieve_uri=out["retrieve"], miniweb_uri=miniweb
     )
     if c.training.mode in RIVAL_MODES:
         out["train"] = run.stage(f"head{tag}", pipeline.run_head, **head, download_uri=out["download"])
@@ -145,7 +150,11 @@ def retrieve_and_train(
             retrieve_uri=out["retrieve"],
         )
         out["replay_download"] = run.stage(
-            "download replay", pipeline.run_download, cfg=c.download, retrieve_uri=out["replay"], miniweb_uri=miniweb
+            "download replay",
+            pipeline.run_download,
+            download=c.download,
+            retrieve_uri=out["replay"],
+            miniweb_uri=miniweb,
         )
     out["train"] = run.stage(
         f"train{tag}",

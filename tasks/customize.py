@@ -45,11 +45,12 @@ def _shards_run_name() -> str:
 def embed_shards(
     storage: StorageConfig,
     model: ModelConfig,
-    kb: KnowledgeBaseConfig,
+    knowledge_base: KnowledgeBaseConfig,
     checkpoint: str | None,
     miniweb_uri: str | None,
     indices: list[int],
 ) -> dict[str, int]:
-    counts = pipeline.run_embed_shards(storage_of(storage), model, kb, checkpoint, miniweb_uri, indices)
+    counts = pipeline.run_embed_shards(storage_of(storage), model=model, knowledge_base=knowledge_base,
+                                       checkpoint=checkpoint, miniweb_uri=miniweb_uri, indices=indices)  # fmt: skip
     get_run_logger().info("embedded shards %d..%d: %s", indices[0], indices[-1], counts)
     return counts

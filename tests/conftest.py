@@ -77,7 +77,7 @@ def tiny_world(tmp_path_factory) -> tuple[ReactConfig, Storage, str]:
     root = tmp_path_factory.mktemp("world")
     cfg = tiny_config(root)
     storage = Storage(cfg.storage.root)
-    return cfg, storage, run_miniweb(storage, cfg.miniweb, processes=1)
+    return cfg, storage, run_miniweb(storage, miniweb=cfg.miniweb, processes=1)
 
 
 @pytest.fixture(scope="session")
@@ -146,7 +146,7 @@ def tiny_chain(tiny_world, tmp_path_factory):
 
     cfg, storage, world = tiny_world
     st = Storage(str(tmp_path_factory.mktemp("chain")))
-    base = run_pretrain_base(st, cfg.model, world)
+    base = run_pretrain_base(st, model=cfg.model, miniweb_uri=world)
     model, tok = create_model(cfg.model.name, model_file(base), storage=st)
     shards = storage.ls(join(world, "kb", "shards"), "*.tar")
     emb = embed_knowledge_base(model, tok, storage, shards, st.stage("embed", {}), progress=False)

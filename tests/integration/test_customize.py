@@ -27,7 +27,7 @@ def test_gated_training_keeps_clip_frozen_and_reloads(tiny_chain):
     tracker = MemoryTracker()
     base_ckpt = model_file(tiny_chain["base"])
     shards = downloaded_shards(st, tiny_chain["download"])
-    text = run_text_features(st, cfg.model, base_ckpt, tiny_chain["download"])
+    text = run_text_features(st, model=cfg.model, checkpoint=base_ckpt, download_uri=tiny_chain["download"])
     uri = customize(
         cfg.model.name, base_ckpt, train_cfg, st, shards, st.stage("train", {}), text, tracker, progress=False
     )

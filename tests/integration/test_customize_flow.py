@@ -62,10 +62,7 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     assert by_weights[f"{first['train']}/model.pt"] == pytest.approx(first["table"]["miniweb-fine"]["customized"])
     (features,) = client.search_runs([parent.info.experiment_id], "attributes.run_name = 'text-features'")
     assert features.data.tags["mlflow.parentRunId"] == runs["train"].info.run_id  # made for the training, in its run
-    assert (
-        runs["miniweb"].data.metrics["miniweb/kb.pairs"] > 0
-        and features.data.metrics["text-features/captions"] > 0
-    )
+    assert runs["miniweb"].data.metrics["miniweb/kb.pairs"] > 0 and features.data.metrics["text-features/captions"] > 0
     assert runs["embed"].data.metrics["embed/embedded"] > 0 and runs["embed"].data.metrics["embed/skipped"] == 0
     assert (
         runs["embed"].data.metrics["embed/workers"] == 1

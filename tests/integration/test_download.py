@@ -161,7 +161,9 @@ def test_a_manifest_without_urls_is_extracted_not_fetched(manifest):
     lost = m.iloc[:1].assign(key="lost", offset=10**6)  # a row whose sample is not in its shard
     pd.concat([m, lost], ignore_index=True).to_parquet(buf)
     st.write_bytes(f"{no_urls}/manifest.parquet", buf.getvalue())
-    out = pipeline.run_download(st, DownloadConfig(samples_per_shard=100), no_urls, miniweb_uri=None)  # mode: auto
+    out = pipeline.run_download(
+        st, download=DownloadConfig(samples_per_shard=100), retrieve_uri=no_urls, miniweb_uri=None
+    )  # mode: auto
     summary = st.stage_manifest(out)["summary"]
     assert summary["source"] == "knowledge-base shards" and summary["successes"] == len(m)
     assert summary["count"] == len(m) + 1 and summary["failed_to_download"] == 1
@@ -170,7 +172,7 @@ def test_a_manifest_without_urls_is_extracted_not_fetched(manifest):
         buf = io.BytesIO()
         m.assign(shard=None).to_parquet(buf)
         st.write_bytes(f"{bad}/manifest.parquet", buf.getvalue())
-        pipeline.run_download(st, DownloadConfig(), bad, miniweb_uri=None)
+        pipeline.run_download(st, download=DownloadConfig(), retrieve_uri=bad, miniweb_uri=None)
 
 
 def test_timeouts_and_html_served_as_jpeg_are_counted_rows_not_crashes(tiny_world, manifest):
@@ -225,7 +227,7 @@ def test_two_downloads_of_one_manifest_train_the_same_model(tiny_world, manifest
         shards = downloaded_shards(st, uri)
         written.append([s["__key__"] for u in shards for s in iter_shard(st, u) if "jpg" in s])
         read.append(load_captions(st, shards)[1])
-        text = run_text_features(st, cfg.model, base, uri)
+        text = run_text_features(st, model=cfg.model, checkpoint=base, download_uri=uri)
         trained = customize(cfg.model.name, base, recipe, st, shards, st.stage("train-twice", {"i": i}), text,
                             progress=False)  # fmt: skip
         weights.append(load_state_dict(model_file(trained)))

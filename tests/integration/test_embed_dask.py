@@ -60,4 +60,9 @@ def test_embedding_tasks_run_on_the_dask_workers(prefect_harness, tiny_chain, tm
     assert np.allclose(
         img.astype(np.float32), load_embeddings(tiny_chain["storage"], single).astype(np.float32), atol=2e-3
     )
-    assert pipeline.embed_plan(st, cfg.model, cfg.knowledge_base, base, None)[1] == []
+    assert (
+        pipeline.embed_plan(st, model=cfg.model, knowledge_base=cfg.knowledge_base, checkpoint=base, miniweb_uri=None)[
+            1
+        ]
+        == []
+    )

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 def replayed(tiny_chain, tiny_world):
     """The replay sample (share 0.3, seed 0) of the tiny chain's retrieval, downloaded over HTTP."""
     st = tiny_chain["storage"]
-    uri = run_replay(st, 0.3, 0, tiny_chain["embed"], tiny_chain["retrieve"])
+    uri = run_replay(st, share=0.3, seed=0, embed_uri=tiny_chain["embed"], retrieve_uri=tiny_chain["retrieve"])
     _, world_storage, world = tiny_world
     with MiniWebServer(world_storage, world) as server:
         dl = download(st, uri, st.stage("download-replay", {}), DownloadConfig(processes_count=1), server.base_url)
@@ -38,10 +38,14 @@ def test_the_replay_sample_is_random_knowledge_base_pairs_outside_the_retrieval(
     assert len(sample) == replay_pool_size(len(retrieved), 0.3) == -(-len(retrieved) * 3 // 7)
     assert not set(sample["key"]) & set(retrieved["key"]) and sample["key"].is_unique
     assert (sample["class_id"] == -1).all() and (sample["mode"] == "replay").all()
-    assert run_replay(st, 0.3, 0, tiny_chain["embed"], tiny_chain["retrieve"]) == uri  # the same stage again
-    other = read_manifest(st, run_replay(st, 0.3, 1, tiny_chain["embed"], tiny_chain["retrieve"]))
+    assert (
+        run_replay(st, share=0.3, seed=0, embed_uri=tiny_chain["embed"], retrieve_uri=tiny_chain["retrieve"]) == uri
+    )  # the same stage again
+    other = read_manifest(
+        st, run_replay(st, share=0.3, seed=1, embed_uri=tiny_chain["embed"], retrieve_uri=tiny_chain["retrieve"])
+    )
     assert set(other["key"]) != set(sample["key"])  # another seed, another sample
-    assert run_replay(st, 0.0, 0, tiny_chain["embed"], tiny_chain["retrieve"]) is None
+    assert run_replay(st, share=0.0, seed=0, embed_uri=tiny_chain["embed"], retrieve_uri=tiny_chain["retrieve"]) is None
     assert len(downloaded_shards(st, dl)) >= 1
 
 
@@ -63,7 +67,7 @@ def test_replayed_batches_and_anchoring_keep_the_features_the_base_had(tiny_chai
     base = model_file(tiny_chain["base"])
     replay = {
         "replay_shards": downloaded_shards(st, dl),
-        "replay_text_features": run_text_features(st, cfg.model, base, dl),
+        "replay_text_features": run_text_features(st, model=cfg.model, checkpoint=base, download_uri=dl),
     }
     recipe = {"epochs": 3, "lr": 5e-2, "loss": "clip"}
     plain = _job(tiny_chain, "plain", **recipe)

@@ -29,7 +29,7 @@ def test_pretrain_writes_a_loadable_checkpoint_and_logs(tiny_world):
 
     assert evaluate_zero_shot(model, tok, data)["accuracy"] == pytest.approx(metrics["miniweb-fine.top1"], abs=1e-6)
     # a second call finds the finished stage and trains nothing
-    assert run_pretrain_base(storage, cfg.model, uri, MemoryTracker()) == stage
+    assert run_pretrain_base(storage, model=cfg.model, miniweb_uri=uri, tracker=MemoryTracker()) == stage
 
 
 def test_pretraining_reduces_the_contrastive_loss(tiny_world, tmp_path):
@@ -38,6 +38,6 @@ def test_pretraining_reduces_the_contrastive_loss(tiny_world, tmp_path):
 
     cfg2 = load_config(cfg.model_dump(mode="json"), ["model.pretrain.epochs=6", "model.pretrain.seed=1"])
     tracker = MemoryTracker()
-    run_pretrain_base(storage, cfg2.model, uri, tracker)
+    run_pretrain_base(storage, model=cfg2.model, miniweb_uri=uri, tracker=tracker)
     losses = [v for k, v, _ in tracker.metrics if k == "pretrain/loss"]
     assert losses[-1] < losses[0] - 0.2

@@ -38,7 +38,7 @@ def test_miniweb_generated_onto_s3_reads_back_and_serves(s3_endpoint):
         **{"storage.options": f"{{endpoint_url: {s3_endpoint}}}", "miniweb.kb_size": 300, "miniweb.generic_size": 300},
     )
     st = Storage(cfg.storage.root, cfg.storage.options)
-    uri = run_miniweb(st, cfg.miniweb, processes=1)
+    uri = run_miniweb(st, miniweb=cfg.miniweb, processes=1)
     assert uri.startswith("s3://react-test/world/miniweb/")
     assert st.stage_manifest(uri)["counts"]["kb.pairs"] == 300
     data = read_vision_dataset(st, join(uri, "tasks", "miniweb-fine"), "test")

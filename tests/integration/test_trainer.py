@@ -37,7 +37,7 @@ def _job(chain, name: str, **training) -> TrainJob:
         storage_root=st.root,
         storage_options={},
         shards=shards,
-        text_features=run_text_features(st, cfg.model, base, chain["download"]),
+        text_features=run_text_features(st, model=cfg.model, checkpoint=base, download_uri=chain["download"]),
         stage_uri=st.uri("trainer-test", name),
     )
 
@@ -234,7 +234,15 @@ def test_gate_scale_zero_evaluates_as_the_base_and_is_a_stage_of_its_own(tiny_ch
     tuned = join(job.stage_uri, "model.pt")
 
     def zero_shot(ckpt, scale=1.0):
-        uri = run_evaluate_dataset(st, cfg.model, ckpt, cfg.evaluation, "miniweb-fine", world, gate_scale=scale)
+        uri = run_evaluate_dataset(
+            st,
+            model=cfg.model,
+            checkpoint=ckpt,
+            evaluation=cfg.evaluation,
+            dataset="miniweb-fine",
+            miniweb_uri=world,
+            gate_scale=scale,
+        )
         return uri, st.read_json(join(uri, "result.json"))
 
     base_uri, base = zero_shot(model_file(tiny_chain["base"]))

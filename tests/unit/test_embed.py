@@ -218,12 +218,25 @@ def test_embed_tasks_of_a_run_load_the_model_once_per_process(tiny_world, tmp_pa
     monkeypatch.setattr(cache, "_EMBEDDING_MODEL", {})
     st = Storage(str(tmp_path))
     kb = cfg.knowledge_base.model_copy(update={"num_workers": 0})
-    _, groups = pipeline.embed_plan(st, cfg.model, kb.model_copy(update={"shards_per_task": 1}), None, world)
+    _, groups = pipeline.embed_plan(
+        st,
+        model=cfg.model,
+        knowledge_base=kb.model_copy(update={"shards_per_task": 1}),
+        checkpoint=None,
+        miniweb_uri=world,
+    )
     assert len(groups) >= 2
     for g in groups:
-        assert pipeline.run_embed_shards(st, cfg.model, kb, None, world, g)["shards"] == 1
+        assert (
+            pipeline.run_embed_shards(
+                st, model=cfg.model, knowledge_base=kb, checkpoint=None, miniweb_uri=world, indices=g
+            )["shards"]
+            == 1
+        )
     assert loads == [(cfg.model.name, None)]
-    assert pipeline.embed_plan(st, cfg.model, kb, None, world)[1] == []  # every shard done, nothing left to plan
+    assert (
+        pipeline.embed_plan(st, model=cfg.model, knowledge_base=kb, checkpoint=None, miniweb_uri=world)[1] == []
+    )  # every shard done, nothing left to plan
 
 
 def test_rows_stay_aligned_when_a_shard_file_is_missing_or_short(tiny_world, micro, tmp_path):

@@ -136,7 +136,7 @@ def test_caption_test_set_is_a_karpathy_split_rendered_apart_from_the_corpus(tin
 def test_output_does_not_depend_on_process_count(tiny_world, tmp_path):
     cfg, storage, uri = tiny_world
     other = Storage(str(tmp_path))
-    uri2 = run_miniweb(other, cfg.miniweb, processes=2)
+    uri2 = run_miniweb(other, miniweb=cfg.miniweb, processes=2)
     assert uri2.rsplit("/", 1)[1] == uri.rsplit("/", 1)[1]  # same config, same version
     for shard in ("00000.tar", "00002.tar"):
         a = list(iter_shard(storage, join(uri, "kb", "shards", shard)))
@@ -147,7 +147,7 @@ def test_output_does_not_depend_on_process_count(tiny_world, tmp_path):
 def test_generate_is_skipped_when_complete(tiny_world):
     cfg, storage, uri = tiny_world
     before = storage.stage_manifest(uri)["finished_at"]
-    assert run_miniweb(storage, cfg.miniweb, processes=1) == uri
+    assert run_miniweb(storage, miniweb=cfg.miniweb, processes=1) == uri
     assert storage.stage_manifest(uri)["finished_at"] == before
 
 
@@ -191,7 +191,7 @@ def test_a_world_with_an_extra_task_writes_it_and_preflight_refuses_it_elsewhere
     cfg = tiny_config(tmp_path, **{"miniweb.extra_classes": 4, "retrieval.tasks": "[miniweb-fine, miniweb-extra]"})
     check_miniweb_tasks(cfg)
     st = Storage(cfg.storage.root)
-    uri = run_miniweb(st, cfg.miniweb, processes=1)
+    uri = run_miniweb(st, miniweb=cfg.miniweb, processes=1)
     data = read_vision_dataset(st, join(uri, "tasks", TASK_NAMES["extra"]), "test")
     assert len(data.classnames) == 4 and len(data) == 4 * cfg.miniweb.test_per_class
     with pytest.raises(ConfigError, match=r"retrieval.tasks names miniweb-extra, but miniweb.extra_classes is 0.*fix"):

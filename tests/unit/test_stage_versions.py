@@ -80,55 +80,38 @@ def versions(preset: Path, overrides: list[str]) -> dict[str, str]:
     up = {k: f"file:///stage-versions/{k}/v" for k in ("miniweb", "embed", "index", "retrieve", "download", "replay")}
     ck = "file:///stage-versions/base/v/model.pt"
     out = {
-        "miniweb": _capture(pipeline.run_miniweb, st, cfg.miniweb),
-        "base": _capture(pipeline.run_pretrain_base, st, cfg.model, up["miniweb"]),
-        "embed": _capture(pipeline.run_embed, st, cfg.model, cfg.knowledge_base, ck, up["miniweb"]),
-        "index": _capture(pipeline.run_index, st, cfg.index, cfg.retrieval.k, up["embed"]),
-        "retrieve": _capture(
-            pipeline.run_retrieve,
-            st,
-            cfg.model,
-            ck,
-            cfg.retrieval,
-            up["embed"],
-            up["index"],
-            up["miniweb"],
-            cfg.evaluation,
-        ),
-        "replay": _capture(pipeline.run_replay, st, 0.25, cfg.training.seed, up["embed"], up["retrieve"]),
-        "download": _capture(pipeline.run_download, st, cfg.download, up["retrieve"], up["miniweb"]),
-        "text-features": _capture(pipeline.run_text_features, st, cfg.model, ck, up["download"]),
-    }
+        "miniweb": _capture(pipeline.run_miniweb, st, miniweb=cfg.miniweb),
+        "base": _capture(pipeline.run_pretrain_base, st, model=cfg.model, miniweb_uri=up["miniweb"]),
+        "embed": _capture(pipeline.run_embed, st, model=cfg.model, knowledge_base=cfg.knowledge_base, checkpoint=ck,
+                          miniweb_uri=up["miniweb"]),
+        "index": _capture(pipeline.run_index, st, index=cfg.index, k=cfg.retrieval.k, embed_uri=up["embed"]),
+        "retrieve": _capture(pipeline.run_retrieve, st, model=cfg.model, checkpoint=ck, retrieval=cfg.retrieval,
+                             embed_uri=up["embed"], index_uri=up["index"], miniweb_uri=up["miniweb"],
+                             evaluation=cfg.evaluation),
+        "replay": _capture(pipeline.run_replay, st, share=0.25, seed=cfg.training.seed, embed_uri=up["embed"],
+                           retrieve_uri=up["retrieve"]),
+        "download": _capture(pipeline.run_download, st, download=cfg.download, retrieve_uri=up["retrieve"],
+                             miniweb_uri=up["miniweb"]),
+        "text-features": _capture(pipeline.run_text_features, st, model=cfg.model, checkpoint=ck,
+                                  download_uri=up["download"]),
+    }  # fmt: skip
     if cfg.training.mode in ("real-prompt", "real-linear", "cache-head"):
         if len(cfg.retrieval.target_tasks) > 1:  # refused: a head is for one task
             return {name: stage.version for name, stage in out.items()}
-        out["head"] = _capture(
-            pipeline.run_head,
-            st,
-            cfg.model,
-            ck,
-            cfg.training,
-            cfg.retrieval,
-            up["embed"],
-            up["download"],
-            up["miniweb"],
-        )
+        out["head"] = _capture(pipeline.run_head, st, model=cfg.model, checkpoint=ck, training=cfg.training,
+                               retrieval=cfg.retrieval, embed_uri=up["embed"], download_uri=up["download"],
+                               miniweb_uri=up["miniweb"])  # fmt: skip
     else:
         replay = up["replay"] if cfg.training.replay > 0 else None
-        out["train"] = _capture(pipeline.run_train, st, cfg.model, ck, cfg.training, up["download"], replay_uri=replay)
+        out["train"] = _capture(pipeline.run_train, st, model=cfg.model, checkpoint=ck, training=cfg.training,
+                                download_uri=up["download"], replay_uri=replay)  # fmt: skip
     for dataset in cfg.evaluation.tasks:
         for scale in (1.0, 0.5):
             out[f"eval/{dataset}/{scale:g}"] = _capture(
-                pipeline.run_evaluate_dataset,
-                st,
-                cfg.model,
-                ck,
-                cfg.evaluation,
-                dataset,
-                up["miniweb"],
-                gate_scale=scale,
-            )
-    out["evaluate"] = _capture(pipeline.run_report, st, {"base": ["a"], "customized": ["b"]}, {})
+                pipeline.run_evaluate_dataset, st, model=cfg.model, checkpoint=ck, evaluation=cfg.evaluation,
+                dataset=dataset, miniweb_uri=up["miniweb"], gate_scale=scale,
+            )  # fmt: skip
+    out["evaluate"] = _capture(pipeline.run_report, st, results={"base": ["a"], "customized": ["b"]}, checkpoints={})
     return {name: stage.version for name, stage in out.items()}
 
 

@@ -38,7 +38,7 @@ def test_a_stage_task_is_keyed_by_the_stage_it_builds(tmp_path):
     policy, storage = StageIdentity(), StorageConfig(root=str(tmp_path))
 
     def key(ctx=None, **download):
-        inputs = {"cfg": DownloadConfig(**download), "retrieve_uri": "file:///r/v", "miniweb_uri": None}
+        inputs = {"download": DownloadConfig(**download), "retrieve_uri": "file:///r/v", "miniweb_uri": None}
         return policy.compute_key(
             ctx or _Records(), {"entry": "run_download", "storage": storage, "inputs": inputs}, {}
         )
@@ -49,7 +49,7 @@ def test_a_stage_task_is_keyed_by_the_stage_it_builds(tmp_path):
     from react_core.storage import Storage
 
     st = Storage(str(tmp_path))
-    stage = identity(pipeline.run_download, st, DownloadConfig(), "file:///r/v", None)
+    stage = identity(pipeline.run_download, st, download=DownloadConfig(), retrieve_uri="file:///r/v", miniweb_uri=None)
     assert stage.uri.startswith(st.uri("download")) and not stage.done
     # a record under the key whose stage is gone (never built, deleted) is not served: the task runs
     assert key(_Records({key()})) is None
@@ -59,6 +59,6 @@ def test_a_stage_task_is_keyed_by_the_stage_it_builds(tmp_path):
     bad = {
         "entry": "run_download",
         "storage": storage,
-        "inputs": {"cfg": None, "retrieve_uri": "x", "miniweb_uri": None},
+        "inputs": {"download": None, "retrieve_uri": "x", "miniweb_uri": None},
     }
     assert policy.compute_key(_Records(), bad, {}) is None
