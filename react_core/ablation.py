@@ -44,7 +44,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from react_core.config import ConfigError, ReactConfig
+from react_core.config import ConfigError, ReactConfig, field_paths
 from react_core.config_loading import deep_merge
 from react_core.errors import ReactError
 from react_core.overrides import apply_overrides
@@ -105,17 +105,6 @@ def is_field(path: str) -> bool:
                 return False
             model = ann
     return True
-
-
-def _all_fields(model: type[BaseModel] = ReactConfig, prefix: str = "") -> list[str]:
-    out = []
-    for name, f in model.model_fields.items():
-        ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out += _all_fields(ann, f"{prefix}{name}.")
-        else:
-            out.append(f"{prefix}{name}")
-    return out
 
 
 def nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
@@ -222,7 +211,7 @@ def _check_fields(name: str, where: str, dotted: Mapping[str, Any]) -> list[str]
         if key == "label":
             continue
         if not is_field(key):
-            close = difflib.get_close_matches(key, _all_fields(), n=1)
+            close = difflib.get_close_matches(key, field_paths(), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             problems.append(f"{name}: {where}: {key} is not a config field{hint}; fix: name a field as "
                             "`react config show` prints it, dotted (training.mode)")  # fmt: skip

@@ -638,3 +638,15 @@ class ReactConfig(_Section):
             or any(t.startswith("miniweb-") for t in self.retrieval.target_tasks)
             or any(t.startswith("miniweb-") for t in self.evaluation.tasks)
         )
+
+
+def field_paths(model: type[BaseModel] = ReactConfig, prefix: str = "") -> list[str]:
+    """Every field of the config tree that is not itself a section, by dotted path (``training.augment.hflip``)."""
+    out = []
+    for name, f in model.model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += field_paths(ann, f"{prefix}{name}.")
+        else:
+            out.append(prefix + name)
+    return out

@@ -7,31 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
 from react_core import stages
-from react_core.config import ReactConfig, TrainingConfig
+from react_core.config import ReactConfig, TrainingConfig, field_paths
 from react_core.config_loading import load_config
 from react_core.storage import Storage
 
 ARCHITECTURE = Path(__file__).resolve().parents[2] / "ARCHITECTURE.md"
 
 
-def _leaves(model: type[BaseModel], prefix: str = "") -> list[str]:
-    """Every field of the config tree that is not itself a section, by path."""
-    out = []
-    for name, f in model.model_fields.items():
-        ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            out += _leaves(ann, f"{prefix}{name}.")
-        else:
-            out.append(prefix + name)
-    return out
-
-
 def test_every_config_field_is_in_a_stage_identity_or_says_why_not():
     listed = {f for s in stages.STAGES for f in s.fields()}
-    missing = [p for p in _leaves(ReactConfig) if p not in listed and stages.not_identity(p) is None]
+    missing = [p for p in field_paths() if p not in listed and stages.not_identity(p) is None]
     assert not missing, (
         f"{missing}: in no stage's identity and not in react_core.stages.NOT_IDENTITY; fix: add each to the "
         "identity of the stage whose result it changes (with unset=(its default,) so finished stages keep their "
@@ -42,7 +29,7 @@ def test_every_config_field_is_in_a_stage_identity_or_says_why_not():
 
 
 def test_every_declared_field_exists():
-    leaves = set(_leaves(ReactConfig))
+    leaves = set(field_paths())
     wrong = [f"{s.name}: {f}" for s in stages.STAGES for f in s.fields() if f not in leaves]
     assert not wrong
     not_fields = [k for k in stages.NOT_IDENTITY if not any(p == k or p.startswith(k[:-1]) for p in leaves)]
