@@ -77,8 +77,14 @@ def write_shards(root: str, n: int, shards: int, median_words: float = 10) -> li
                 buf = io.BytesIO()
                 img.save(buf, format="JPEG", quality=90)
                 meta = json.dumps({"url": f"http://example.com/{i}.jpg"}).encode()
-                w.write({"__key__": f"{i:09d}", "jpg": buf.getvalue(), "txt": caption(rng, median_words).encode(),
-                         "json": meta})  # fmt: skip
+                w.write(
+                    {
+                        "__key__": f"{i:09d}",
+                        "jpg": buf.getvalue(),
+                        "txt": caption(rng, median_words).encode(),
+                        "json": meta,
+                    }
+                )
         paths.append(path)
     return paths
 
@@ -142,28 +148,46 @@ def main() -> None:
         e_plain, t_plain_emb = plain(model, tok, preprocess, shards, args.batch, device, os.path.join(root, "plain"))
         t_plain = time.perf_counter() - t0
         timings, embs = {}, {}
-        variants = (("ours, full-context text", False, False), ("ours, exact pixels", False, True),
-                    ("ours (jpeg_draft)", True, True))  # fmt: skip
+        variants = (
+            ("ours, full-context text", False, False),
+            ("ours, exact pixels", False, True),
+            ("ours (jpeg_draft)", True, True),
+        )
         for name, draft, trim in variants:
             # the first row runs the text tower over the whole context, as open_clip's encode_text does
             embed_module.encode_text = text.encode_text if trim else lambda m, t: m.encode_text(t)
             t0 = time.perf_counter()
-            uri = embed_knowledge_base(model, tok, Storage("/"), shards, out.stage("ours", {"v": name}),
-                                       args.batch, args.workers, progress=False, draft=draft)  # fmt: skip
+            uri = embed_knowledge_base(
+                model,
+                tok,
+                Storage("/"),
+                shards,
+                out.stage("ours", {"v": name}),
+                args.batch,
+                args.workers,
+                progress=False,
+                draft=draft,
+            )
             timings[name] = time.perf_counter() - t0
             embs[name] = (load_embeddings(out, uri), load_embeddings(out, uri, "text"))
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {device}, torch {torch.__version__}"
     )
-    print(f"{args.model}, {args.n} pairs in {args.shards} shards, 384x288 JPEG, batch {args.batch}, "
-          f"{args.workers} workers")  # fmt: skip
-    print(f"caption tokens (with start and end): median {np.median(n_tok):.0f}, p90 {np.percentile(n_tok, 90):.0f}, "
-          f"max {n_tok.max()} of {tok.context_length}")  # fmt: skip
+    print(
+        f"{args.model}, {args.n} pairs in {args.shards} shards, 384x288 JPEG, batch {args.batch}, "
+        f"{args.workers} workers"
+    )
+    print(
+        f"caption tokens (with start and end): median {np.median(n_tok):.0f}, p90 {np.percentile(n_tok, 90):.0f}, "
+        f"max {n_tok.max()} of {tok.context_length}"
+    )
     print(f"{'plain loop':24s} {args.n / t_plain:8.1f} images/s ({t_plain:.1f} s)")
     for name, t in timings.items():
         img_cos, txt_cos = (min_cosine(ours, ref) for ours, ref in zip(embs[name], (e_plain, t_plain_emb), strict=True))
-        print(f"{name:24s} {args.n / t:8.1f} images/s ({t:.1f} s)  {t_plain / t:.2f}x plain; "
-              f"min cosine to plain: images {img_cos:.4f}, captions {txt_cos:.4f}")  # fmt: skip
+        print(
+            f"{name:24s} {args.n / t:8.1f} images/s ({t:.1f} s)  {t_plain / t:.2f}x plain; "
+            f"min cosine to plain: images {img_cos:.4f}, captions {txt_cos:.4f}"
+        )
 
 
 if __name__ == "__main__":

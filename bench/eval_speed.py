@@ -36,10 +36,28 @@ from react_core.models import create_model
 from react_core.models.encode import text_classifier
 from react_core.storage import Storage
 
-CLASSES = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray",
-           "stingray", "rooster", "hen", "ostrich"]  # fmt: skip
-TEMPLATES = ["a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}.", "a photo of the large {}.",
-             "a photo of the small {}.", "a bright photo of a {}.", "a cropped photo of a {}.", "art of the {}."]  # fmt: skip
+CLASSES = [
+    "tench",
+    "goldfish",
+    "great white shark",
+    "tiger shark",
+    "hammerhead shark",
+    "electric ray",
+    "stingray",
+    "rooster",
+    "hen",
+    "ostrich",
+]
+TEMPLATES = [
+    "a photo of a {}.",
+    "a blurry photo of a {}.",
+    "a close-up photo of a {}.",
+    "a photo of the large {}.",
+    "a photo of the small {}.",
+    "a bright photo of a {}.",
+    "a cropped photo of a {}.",
+    "art of the {}.",
+]
 
 
 def write_dataset(root: str, n: int) -> None:

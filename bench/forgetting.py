@@ -89,8 +89,9 @@ class RuleData:
             raise SystemExit("--rule needs held-out retrieved pairs: add -s training.holdout=0.1")
         self.cfg = cfg
         size = cfg.download.image_size
-        images, _, keys, labels = load_labelled_pairs(chain.storage, downloaded_shards(chain.storage, chain.downloaded),
-                                                      size)  # fmt: skip
+        images, _, keys, labels = load_labelled_pairs(
+            chain.storage, downloaded_shards(chain.storage, chain.downloaded), size
+        )
         mask = torch.from_numpy(held_out(keys, cfg.training.holdout))
         task = resolve_task(chain.storage, cfg.retrieval.task, chain.world)
         self.heldout = heldout_set(images[mask], labels[mask], task.classnames, task.templates)
@@ -121,10 +122,14 @@ def report_rule(proxies_of, base: Proxies, deltas, target: str, reference, n_see
         ok = {k: v for k, v in true.items() if v[0] >= 0.9 * full}
         best = max(ok, key=lambda k: (round(ok[k][1], 2), ok[k][0])) if ok else max(true, key=lambda k: true[k][0])
         diffs.append((true[picked][0] - true[best][0], true[picked][1] - true[best][1]))
-        print(f"| {i} | {picked} | {true[picked][0]:+.3f} / {true[picked][1]:+.3f} | {best} | "
-              f"{true[best][0]:+.3f} / {true[best][1]:+.3f} |")  # fmt: skip
-    print(f"rule's choice minus hindsight's, mean over seeds: target gain {statistics.mean(g for g, _ in diffs):+.3f}, "
-          f"generic change {statistics.mean(g for _, g in diffs):+.3f}")  # fmt: skip
+        print(
+            f"| {i} | {picked} | {true[picked][0]:+.3f} / {true[picked][1]:+.3f} | {best} | "
+            f"{true[best][0]:+.3f} / {true[best][1]:+.3f} |"
+        )
+    print(
+        f"rule's choice minus hindsight's, mean over seeds: target gain {statistics.mean(g for g, _ in diffs):+.3f}, "
+        f"generic change {statistics.mean(g for _, g in diffs):+.3f}"
+    )
 
 
 def main() -> None:
@@ -137,8 +142,12 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="write the trade-off plot (PNG) here")
     ap.add_argument("--json", default=None, help="write every seed's figures (JSON) here")
     ap.add_argument("--default", default=None, help="the setting to ring on the plot, as control@lambda")
-    ap.add_argument("--rule", action="store_true", help="also choose a (control, lambda) without target labels "
-                    "(react_core.evaluation.selection; needs -s training.holdout=0.1) and compare with hindsight")  # fmt: skip
+    ap.add_argument(
+        "--rule",
+        action="store_true",
+        help="also choose a (control, lambda) without target labels "
+        "(react_core.evaluation.selection; needs -s training.holdout=0.1) and compare with hindsight",
+    )
     args = ap.parse_args()
     cfg: ReactConfig = load_config(args.config, args.set)
     t0 = time.time()
@@ -150,8 +159,10 @@ def main() -> None:
     captions = caption_set(chain)
 
     def evaluate(model, tok) -> dict[str, float]:
-        out = {name: evaluate_zero_shot(model, tok, data, batch_size=cfg.evaluation.batch_size)["accuracy"]
-               for name, data in tasks.items()}  # fmt: skip
+        out = {
+            name: evaluate_zero_shot(model, tok, data, batch_size=cfg.evaluation.batch_size)["accuracy"]
+            for name, data in tasks.items()
+        }
         out["captions.i2t_r1"] = image_text_retrieval(model, tok, captions, cfg.evaluation.batch_size)[0]["i2t_r1"]
         return out
 
@@ -184,15 +195,21 @@ def main() -> None:
     reference = ("none", max(args.scales)) if "none" in args.controls else (args.controls[0], max(args.scales))
     full_gain = statistics.mean(deltas[reference][target])
     print()
-    print(f"| control | lambda | {target} gain | {other} change | miniweb-generic change | captions i2t R@1 change "
-          "| share of the gain kept |")  # fmt: skip
+    print(
+        f"| control | lambda | {target} gain | {other} change | miniweb-generic change | captions i2t R@1 change "
+        "| share of the gain kept |"
+    )
     print("|---|---|---|---|---|---|---|")
     for (control, scale), d in deltas.items():
         kept = statistics.mean(d[target]) / full_gain if full_gain else float("nan")
-        print(f"| {control} | {scale:.2f} | {_ms(d[target])} | {_ms(d[other])} | {_ms(d['miniweb-generic'])} "
-              f"| {_ms(d['captions.i2t_r1'])} | {kept:.2f} |")  # fmt: skip
-    print(f"\nbase: {', '.join(f'{k} {v:.3f}' for k, v in base_acc.items())}; seeds {args.seeds}; "
-          f"wall time {time.time() - t0:.0f} s")  # fmt: skip
+        print(
+            f"| {control} | {scale:.2f} | {_ms(d[target])} | {_ms(d[other])} | {_ms(d['miniweb-generic'])} "
+            f"| {_ms(d['captions.i2t_r1'])} | {kept:.2f} |"
+        )
+    print(
+        f"\nbase: {', '.join(f'{k} {v:.3f}' for k, v in base_acc.items())}; seeds {args.seeds}; "
+        f"wall time {time.time() - t0:.0f} s"
+    )
     if rule:
         report_rule(proxies_of, base_proxies, deltas, target, reference, len(args.seeds))
     if args.json:
@@ -209,13 +226,16 @@ def main() -> None:
     if cfg.tracking.enabled:  # the trade-off beside the runs it was measured from
         tracker = make_tracker(cfg.tracking, storage)
         with tracker.run("forgetting-tradeoff", {"react.bench": "forgetting"}) as t:
-            t.log_params({"controls": args.controls, "scales": args.scales, "seeds": args.seeds,
-                          "default": args.default or ""})  # fmt: skip
+            t.log_params(
+                {"controls": args.controls, "scales": args.scales, "seeds": args.seeds, "default": args.default or ""}
+            )
             for (control, scale), d in deltas.items():
                 for task, values in d.items():
                     t.log_metrics({metric_key("tradeoff", control, f"lambda-{scale:g}", task): statistics.mean(values)})
-            t.log_dict({"base": base_acc, "rows": [{"control": c, "lambda": s, **d} for (c, s), d in deltas.items()]},
-                       "forgetting.json")  # fmt: skip
+            t.log_dict(
+                {"base": base_acc, "rows": [{"control": c, "lambda": s, **d} for (c, s), d in deltas.items()]},
+                "forgetting.json",
+            )
             t.log_figure(fig, "forgetting-tradeoff.png")
             print(f"MLflow: run {t.run_id} ({cfg.tracking.experiment})")
 
@@ -234,8 +254,16 @@ def tradeoff_figure(deltas, controls, scales, target: str, full_gain: float, n_s
         pts = [deltas[(control, s)] for s in scales]
         xs = [statistics.mean(d["miniweb-generic"]) for d in pts]
         ys = [statistics.mean(d[target]) for d in pts]
-        ax.errorbar(xs, ys, xerr=[sd(d["miniweb-generic"]) for d in pts], yerr=[sd(d[target]) for d in pts],
-                    fmt="o-", capsize=3, label=control, markersize=4)  # fmt: skip
+        ax.errorbar(
+            xs,
+            ys,
+            xerr=[sd(d["miniweb-generic"]) for d in pts],
+            yerr=[sd(d[target]) for d in pts],
+            fmt="o-",
+            capsize=3,
+            label=control,
+            markersize=4,
+        )
         for s, x, y in zip(scales, xs, ys, strict=True):
             ax.annotate(f"{s:g}", (x, y), textcoords="offset points", xytext=(5, -9), fontsize=6)
             if default == f"{control}@{s:g}":

@@ -88,9 +88,11 @@ def main() -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     f16_mb = args.rows * args.dim * 2 / 2**20
     print(f"# react_core from {os.path.dirname(react_core.__file__)}")
-    print(f"{args.rows:,} x {args.dim} rows per kind in {args.shards} shards ({f16_mb:.0f} MB float16 per kind), "
-          f"index key {args.index_key}, current_memory_available {args.memory}, "
-          f"max_index_memory_usage {args.budget}")  # fmt: skip
+    print(
+        f"{args.rows:,} x {args.dim} rows per kind in {args.shards} shards ({f16_mb:.0f} MB float16 per kind), "
+        f"index key {args.index_key}, current_memory_available {args.memory}, "
+        f"max_index_memory_usage {args.budget}"
+    )
     print(f"index stage: {wall:.0f} s, peak RSS {peak_mb:,.0f} MB; {counts}")
 
 

@@ -47,8 +47,10 @@ def main() -> None:
     args = ap.parse_args()
     cfg: ReactConfig = load_config(args.config, args.set)
     t0 = time.time()
-    arms = {t: cfg.model_copy(update={"retrieval": cfg.retrieval.model_copy(update={"task": t, "tasks": None})})
-            for t in args.tasks}  # fmt: skip
+    arms = {
+        t: cfg.model_copy(update={"retrieval": cfg.retrieval.model_copy(update={"task": t, "tasks": None})})
+        for t in args.tasks
+    }
     arms["multi-task"] = cfg.model_copy(update={"retrieval": cfg.retrieval.model_copy(update={"tasks": args.tasks})})
     chains = {arm: prepare(c) for arm, c in arms.items()}  # world, base, embed, index shared; retrieval per arm
     first = next(iter(chains.values()))
@@ -88,8 +90,11 @@ def main() -> None:
                 replay_uri=replay,
             )
             acc[arm].append(evaluate(model_file(stage)))
-            print(f"{arm}, seed {seed}: {time.time() - t1:.0f} s: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in acc[arm][-1].items()), flush=True)  # fmt: skip
+            print(
+                f"{arm}, seed {seed}: {time.time() - t1:.0f} s: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in acc[arm][-1].items()),
+                flush=True,
+            )
 
     print("\n| dataset | base | single-task model | multi-task model | multi - base | multi - single | goal |")
     print("|---|---|---|---|---|---|---|")

@@ -71,10 +71,14 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     db, queries, prompt_class = data(args.rows, args.classes, args.templates, args.dim)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
-          f"{faiss.omp_get_max_threads()} threads")  # fmt: skip
-    print(f"data: {args.rows:,} x {args.dim} database, {len(queries):,} prompts ({args.classes} classes x "
-          f"{args.templates} templates), made in {time.perf_counter() - t0:.0f} s")  # fmt: skip
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, faiss {faiss.__version__}, "
+        f"{faiss.omp_get_max_threads()} threads"
+    )
+    print(
+        f"data: {args.rows:,} x {args.dim} database, {len(queries):,} prompts ({args.classes} classes x "
+        f"{args.templates} templates), made in {time.perf_counter() - t0:.0f} s"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -95,8 +99,14 @@ def main() -> None:
     scores, rows = index.search(queries, args.k)
     search_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hits = pd.DataFrame({"row": rows.ravel(), "score": scores.ravel(),
-                         "prompt_id": np.repeat(np.arange(len(queries)), args.k), "mode": "t2i"}).query("row >= 0")  # fmt: skip
+    hits = pd.DataFrame(
+        {
+            "row": rows.ravel(),
+            "score": scores.ravel(),
+            "prompt_id": np.repeat(np.arange(len(queries)), args.k),
+            "mode": "t2i",
+        }
+    ).query("row >= 0")
     hits["class_id"] = prompt_class[hits["prompt_id"].to_numpy()]
     chosen = select(hits, RetrievalConfig(k=args.k))
     select_s = time.perf_counter() - t0
@@ -114,8 +124,10 @@ def main() -> None:
     reached = recall(index, probe, truth)
 
     ours = search_s + select_s
-    print(f"ours: batched search {search_s:.1f} s + select {select_s:.1f} s = {ours:.1f} s "
-          f"-> {len(chosen):,} unique pairs")  # fmt: skip
+    print(
+        f"ours: batched search {search_s:.1f} s + select {select_s:.1f} s = {ours:.1f} s "
+        f"-> {len(chosen):,} unique pairs"
+    )
     print(f"per-prompt loop: {loop_s:.0f} s for {len(queries):,} prompts (timed on {len(sample):,}, scaled)")
     print(f"ratio loop/ours: {loop_s / ours:.1f}x (goal >= 10); the searches alone: {loop_s / search_s:.1f}x")
     print(f"recall@{args.k} vs exact search, 1,000 prompts: {reached:.4f} (goal >= 0.95; exact took {exact_s:.0f} s)")

@@ -144,9 +144,24 @@ def main() -> None:
         return
     results = {}
     for variant in ("upstream", "ours", "ours+ckpt", "ours+compile"):
-        cmd = [sys.executable, __file__, "--variant", variant, "--model", a.model, "--batch", str(a.batch),
-               "--steps", str(a.steps), "--warmup", str(a.warmup), "--gated-layers", str(a.gated_layers),
-               "--device", a.device]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--model",
+            a.model,
+            "--batch",
+            str(a.batch),
+            "--steps",
+            str(a.steps),
+            "--warmup",
+            str(a.warmup),
+            "--gated-layers",
+            str(a.gated_layers),
+            "--device",
+            a.device,
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     up, ours, lean, compiled = results["upstream"], results["ours"], results["ours+ckpt"], results["ours+compile"]

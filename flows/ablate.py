@@ -23,8 +23,9 @@ def grid_file(grid: str) -> str:
 
 
 @flow(name="ablate", persist_result=True)
-def ablate(preset: Preset = "demo", grid: str | dict[str, Any] = "small", config: ConfigOverrides | None = None
-           ) -> dict[str, Any]:  # fmt: skip
+def ablate(
+    preset: Preset = "demo", grid: str | dict[str, Any] = "small", config: ConfigOverrides | None = None
+) -> dict[str, Any]:
     """Run every cell of an ablation grid for every seed on the preset's base model, embeddings and indices, and
     write the paper-style tables (``ablation.md``, ``ablation.json``) and a plot per axis.
 

@@ -127,8 +127,10 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
     roles = dataset_roles(cfg)
     lines.append(f"{'dataset':18s} {'role':9s} {'metric':9s} {'base':>7s} {'customized':>11s} {'delta':>8s}")
     for task, row in sorted(result["table"].items(), key=lambda kv: (ROLES.index(roles.get(kv[0], "other")), kv[0])):
-        lines.append(f"{task:18s} {roles.get(task, 'other'):9s} {row['metric']:9s} {row['base']:>7.3f} "
-                     f"{row['customized']:>11.3f} {row['delta']:>+8.3f}")  # fmt: skip
+        lines.append(
+            f"{task:18s} {roles.get(task, 'other'):9s} {row['metric']:9s} {row['base']:>7.3f} "
+            f"{row['customized']:>11.3f} {row['delta']:>+8.3f}"
+        )
     lines.append("(target: what retrieval was for; generic: what the base knew; retrieval: image-text recall@1)")
     lines.append("")
     lines.append(f"customized model: {result['train']}/model.pt")
@@ -154,8 +156,9 @@ def _run_flow(flow: Callable[..., Any], **params: Any) -> Any:
 
     ensure_api()
     if crashed := crash_dead_runs():
-        _logger.warning("marked Crashed: %s (Running, but the react process that ran them was killed)",
-                        ", ".join(crashed))  # fmt: skip
+        _logger.warning(
+            "marked Crashed: %s (Running, but the react process that ran them was killed)", ", ".join(crashed)
+        )
     import prefect
 
     _quiet_console()
@@ -270,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the preset's knowledge base, with seeds; writes ablation.md / ablation.json and a plot per axis",
     )
     _common(ab)
-    ab.add_argument("--grid", "-g", default="small",
-                    help="a grid YAML, or the name of one in deployments/grids/ (default: small)")  # fmt: skip
+    ab.add_argument(
+        "--grid", "-g", default="small", help="a grid YAML, or the name of one in deployments/grids/ (default: small)"
+    )
     ab.set_defaults(func=cmd_ablate)
 
     config = sub.add_parser("config", help="show or validate configurations")
@@ -346,11 +350,15 @@ def _one_line(exc: BaseException, root: str = "the storage root") -> str | None:
     if full := _disk_full(exc):
         message, file = full
         where = f"{file} (storage root {root})" if file else root
-        return (f"error: no space left on the device holding {where} ({message}); fix: free space there (or point "
-                f"storage.root at a larger disk) and run again: {_finished_stages(root)}")  # fmt: skip
+        return (
+            f"error: no space left on the device holding {where} ({message}); fix: free space there (or point "
+            f"storage.root at a larger disk) and run again: {_finished_stages(root)}"
+        )
     if server := unreachable_server(exc):
-        return (f"error: the MLflow tracking server {server} stopped answering; fix: start it again (or set "
-                "tracking.enabled=false) and run again: every finished stage is kept and the run resumes from them")  # fmt: skip
+        return (
+            f"error: the MLflow tracking server {server} stopped answering; fix: start it again (or set "
+            "tracking.enabled=false) and run again: every finished stage is kept and the run resumes from them"
+        )
     return None
 
 

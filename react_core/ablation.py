@@ -87,8 +87,13 @@ class Grid:
 
     def describe(self) -> dict[str, Any]:
         """What identifies the grid (the ablation stage's config): its cells' overrides and the seeds."""
-        return {"name": self.name, "seeds": self.seeds, "axes": self.axes, "labels": self.labels,
-                "cells": {c.id: c.overrides for c in self.cells}}  # fmt: skip
+        return {
+            "name": self.name,
+            "seeds": self.seeds,
+            "axes": self.axes,
+            "labels": self.labels,
+            "cells": {c.id: c.overrides for c in self.cells},
+        }
 
 
 def is_field(path: str) -> bool:
@@ -157,8 +162,11 @@ def load_grid(source: str | Path | Mapping[str, Any], preset: ReactConfig, name:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             problems.append(f"{name}: '{key}' is not a grid key{hint}; fix: use {', '.join(GRID_KEYS)}")
     seeds = doc.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                            for s in seeds):  # fmt: skip
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         problems.append(f"{name}: seeds is {seeds!r}; fix: a non-empty list of integers, e.g. [0, 1, 2]")
         seeds = [0]
     base = doc.get("base") or {}
@@ -187,8 +195,10 @@ def load_grid(source: str | Path | Mapping[str, Any], preset: ReactConfig, name:
             same = next((c for c in cells if c.config == cell.config), cell)
             if same.id in ids:
                 first = labels[str(axis)][ids.index(same.id)] if str(axis) in labels else same.label
-                problems.append(f"{name}: axis '{axis}': values {first!r} and {label!r} give the same recipe; "
-                                "fix: list each variant once")  # fmt: skip
+                problems.append(
+                    f"{name}: axis '{axis}': values {first!r} and {label!r} give the same recipe; "
+                    "fix: list each variant once"
+                )
                 continue
             if same is cell:
                 cells.append(cell)
@@ -200,8 +210,16 @@ def load_grid(source: str | Path | Mapping[str, Any], preset: ReactConfig, name:
     if problems:
         raise GridError("\n".join(dict.fromkeys(problems)))
     description = str(doc.get("description", "")).strip()
-    return Grid(name=Path(name).stem, seeds=list(seeds), cells=cells, axes=grid_axes, labels=labels, fields=fields,
-                description=description, doc=dict(doc))  # fmt: skip
+    return Grid(
+        name=Path(name).stem,
+        seeds=list(seeds),
+        cells=cells,
+        axes=grid_axes,
+        labels=labels,
+        fields=fields,
+        description=description,
+        doc=dict(doc),
+    )
 
 
 def _check_fields(name: str, where: str, dotted: Mapping[str, Any]) -> list[str]:
@@ -213,12 +231,16 @@ def _check_fields(name: str, where: str, dotted: Mapping[str, Any]) -> list[str]
         if not is_field(key):
             close = difflib.get_close_matches(key, field_paths(), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            problems.append(f"{name}: {where}: {key} is not a config field{hint}; fix: name a field as "
-                            "`react config show` prints it, dotted (training.mode)")  # fmt: skip
+            problems.append(
+                f"{name}: {where}: {key} is not a config field{hint}; fix: name a field as "
+                "`react config show` prints it, dotted (training.mode)"
+            )
         elif key.split(".", 1)[0] in SHARED_SECTIONS:
-            problems.append(f"{name}: {where}: {key} changes what every cell shares (the world, the base model, the "
-                            "embeddings, the indices); fix: vary retrieval, download, training or evaluation fields, "
-                            "or run another ablation with a preset that sets it")  # fmt: skip
+            problems.append(
+                f"{name}: {where}: {key} changes what every cell shares (the world, the base model, the "
+                "embeddings, the indices); fix: vary retrieval, download, training or evaluation fields, "
+                "or run another ablation with a preset that sets it"
+            )
     return problems
 
 
@@ -226,8 +248,9 @@ def _axis_values(name: str, axis: str, spec: Any, problems: list[str]) -> list[t
     """(label, override layers) of each value of an axis; problems appended, one line each."""
     where = f"axis '{axis}'"
     if not isinstance(spec, Mapping):
-        problems.append(f"{name}: {where} is {spec!r}; fix: a mapping with values (and field when the values are "
-                        "plain values)")  # fmt: skip
+        problems.append(
+            f"{name}: {where} is {spec!r}; fix: a mapping with values (and field when the values are plain values)"
+        )
         return []
     for key in spec:
         if key not in AXIS_KEYS:
@@ -249,22 +272,26 @@ def _axis_values(name: str, axis: str, spec: Any, problems: list[str]) -> list[t
     for value in values:
         if isinstance(value, Mapping):
             value = dict(value)
-            label = str(value.pop("label", "")) or (", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}"
-                                                              for k, v in value.items()) or "none")  # fmt: skip
+            label = str(value.pop("label", "")) or (
+                ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in value.items()) or "none"
+            )
             bad = _check_fields(name, f"{where}, value {label!r}", value)
             problems += bad
             if not bad:
                 out.append((label, [dict(fixed), value]))
         elif field_name is None:
-            problems.append(f"{name}: {where}: value {value!r} without a field; fix: add field: (the dotted config "
-                            "field the values set), or give each value as a mapping of fields")  # fmt: skip
+            problems.append(
+                f"{name}: {where}: value {value!r} without a field; fix: add field: (the dotted config "
+                "field the values set), or give each value as a mapping of fields"
+            )
         else:
             out.append((_fmt(value), [dict(fixed), {field_name: value}]))
     return out
 
 
-def _cell(name: str, axis: str, label: str, preset: ReactConfig, layers: Sequence[Mapping[str, Any]],
-          problems: list[str]) -> Cell | None:  # fmt: skip
+def _cell(
+    name: str, axis: str, label: str, preset: ReactConfig, layers: Sequence[Mapping[str, Any]], problems: list[str]
+) -> Cell | None:
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = deep_merge(merged, nest({k: v for k, v in layer.items() if k != "label"}))

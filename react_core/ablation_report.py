@@ -46,8 +46,9 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(grid: Grid, results: Mapping[str, Mapping[int, Mapping[str, Any]]],
-              base: Mapping[str, float]) -> dict[str, Any]:  # fmt: skip
+def summarise(
+    grid: Grid, results: Mapping[str, Mapping[int, Mapping[str, Any]]], base: Mapping[str, float]
+) -> dict[str, Any]:
     """``ablation.json``: per cell, mean and sd over seeds of each dataset's metric and its change from the base,
     and the cost (pairs, trainable parameters, training seconds, bytes of data)."""
     cells = []
@@ -60,13 +61,34 @@ def summarise(grid: Grid, results: Mapping[str, Mapping[int, Mapping[str, Any]]]
             mean[dataset], sd[dataset] = _mean_sd([r["metrics"][dataset] for r in per_seed])
             if dataset in base:
                 delta[dataset] = mean[dataset] - base[dataset]
-        cost = {k: statistics.mean(r[k] for r in per_seed) for k in ("pairs", "retrieved", "steps", "trainable_params",
-                                                                      "train_s", "data_bytes")}  # fmt: skip
-        cells.append({"id": cell.id, "axis": cell.axis, "label": cell.label, "overrides": cell.overrides,
-                      "seeds": [r["seed"] for r in per_seed], "mean": mean, "sd": sd, "delta": delta, "cost": cost,
-                      "per_seed": per_seed})  # fmt: skip
-    return {"grid": grid.name, "description": grid.description, "seeds": grid.seeds, "base": dict(base),
-            "axes": grid.axes, "labels": grid.labels, "fields": grid.fields, "cells": cells}  # fmt: skip
+        cost = {
+            k: statistics.mean(r[k] for r in per_seed)
+            for k in ("pairs", "retrieved", "steps", "trainable_params", "train_s", "data_bytes")
+        }
+        cells.append(
+            {
+                "id": cell.id,
+                "axis": cell.axis,
+                "label": cell.label,
+                "overrides": cell.overrides,
+                "seeds": [r["seed"] for r in per_seed],
+                "mean": mean,
+                "sd": sd,
+                "delta": delta,
+                "cost": cost,
+                "per_seed": per_seed,
+            }
+        )
+    return {
+        "grid": grid.name,
+        "description": grid.description,
+        "seeds": grid.seeds,
+        "base": dict(base),
+        "axes": grid.axes,
+        "labels": grid.labels,
+        "fields": grid.fields,
+        "cells": cells,
+    }
 
 
 def markdown(summary: Mapping[str, Any], roles: Mapping[str, str]) -> str:
@@ -78,9 +100,14 @@ def markdown(summary: Mapping[str, Any], roles: Mapping[str, str]) -> str:
     lines = [f"# Ablation `{summary['grid']}`", ""]
     if summary.get("description"):
         lines += [summary["description"], ""]
-    lines += [(f"Zero-shot headline metric per dataset (accuracy; i2t recall@1 for caption sets), mean ± sd over seeds "
-              f"{seeds}; in brackets the change from the base model. Cost: pairs trained on, trainable parameters, "
-              "training seconds (this machine), MB of image-text data downloaded."), ""]  # fmt: skip
+    lines += [
+        (
+            f"Zero-shot headline metric per dataset (accuracy; i2t recall@1 for caption sets), mean ± sd over seeds "
+            f"{seeds}; in brackets the change from the base model. Cost: pairs trained on, trainable parameters, "
+            "training seconds (this machine), MB of image-text data downloaded."
+        ),
+        "",
+    ]
     cols = f"| variant | {head} | pairs | trainable | train s | data MB |"
     sep = "|---|" + "---|" * (len(datasets) + 4)
     lines += [
@@ -110,8 +137,10 @@ def _row(label: str, cell: Mapping[str, Any], datasets: Sequence[str]) -> str:
         spread = f" ± {cell['sd'][d]:.3f}" if len(cell["seeds"]) > 1 else ""
         vals.append(f"{cell['mean'][d]:.3f}{spread} ({cell['delta'][d]:+.3f})" if d in cell["mean"] else "–")
     c = cell["cost"]
-    return (f"| {label} | " + " | ".join(vals) + f" | {c['pairs']:,.0f} | {c['trainable_params']:,.0f} | "
-            f"{c['train_s']:.0f} | {c['data_bytes'] / 1e6:.1f} |")  # fmt: skip
+    return (
+        f"| {label} | " + " | ".join(vals) + f" | {c['pairs']:,.0f} | {c['trainable_params']:,.0f} | "
+        f"{c['train_s']:.0f} | {c['data_bytes'] / 1e6:.1f} |"
+    )
 
 
 def axis_figure(summary: Mapping[str, Any], axis: str, roles: Mapping[str, str]):
@@ -123,12 +152,15 @@ def axis_figure(summary: Mapping[str, Any], axis: str, roles: Mapping[str, str])
     import matplotlib.pyplot as plt
 
     by_id = {c["id"]: c for c in summary["cells"]}
-    shown = [(by_id[i], label) for i, label in zip(summary["axes"][axis], summary["labels"][axis], strict=True)
-             if i in by_id]  # fmt: skip
+    shown = [
+        (by_id[i], label) for i, label in zip(summary["axes"][axis], summary["labels"][axis], strict=True) if i in by_id
+    ]
     cells, labels = [c for c, _ in shown], [label for _, label in shown]
     x = list(range(len(cells)))
-    groups = {"target": [d for d in summary["base"] if roles.get(d) == "target"],
-              "generic": [d for d in summary["base"] if roles.get(d) == "generic"]}  # fmt: skip
+    groups = {
+        "target": [d for d in summary["base"] if roles.get(d) == "target"],
+        "generic": [d for d in summary["base"] if roles.get(d) == "generic"],
+    }
     panels = [(k, v) for k, v in groups.items() if v] or [("other", sorted(summary["base"]))]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.6), squeeze=False)
     for ax, (role, datasets) in zip(axes[0], panels, strict=True):
@@ -146,8 +178,15 @@ def axis_figure(summary: Mapping[str, Any], axis: str, roles: Mapping[str, str])
     return fig
 
 
-def write_ablation(storage: Storage, stage: Stage, grid: Grid, results: Mapping[str, Mapping[int, Mapping]],
-                   base: Mapping[str, float], roles: Mapping[str, str], tracker: Tracker | None = None) -> str:  # fmt: skip
+def write_ablation(
+    storage: Storage,
+    stage: Stage,
+    grid: Grid,
+    results: Mapping[str, Mapping[int, Mapping]],
+    base: Mapping[str, float],
+    roles: Mapping[str, str],
+    tracker: Tracker | None = None,
+) -> str:
     """``ablation.json``, ``ablation.md`` and ``{axis}.png`` into ``stage``; logged through ``tracker``: the files as
     artifacts, each cell's means as metrics (``ablation/{cell}/{dataset}``)."""
     import matplotlib.pyplot as plt
@@ -166,6 +205,11 @@ def write_ablation(storage: Storage, stage: Stage, grid: Grid, results: Mapping[
         tracker.log_figure(fig, f"ablation/{slug(axis)}.png")
         plt.close(fig)
     tracker.log_metrics({metric_key("ablation", c["id"], d): v for c in summary["cells"] for d, v in c["mean"].items()})
-    return stage.complete(counts={"cells": len(summary["cells"]), "seeds": len(grid.seeds),
-                                  "trainings": sum(len(c["seeds"]) for c in summary["cells"])},
-                          axes=list(grid.axes))  # fmt: skip
+    return stage.complete(
+        counts={
+            "cells": len(summary["cells"]),
+            "seeds": len(grid.seeds),
+            "trainings": sum(len(c["seeds"]) for c in summary["cells"]),
+        },
+        axes=list(grid.axes),
+    )

@@ -146,9 +146,11 @@ class MiniWebConfig(_Section):
     fine_grained_classes: int = Field(16, ge=2, description="classes of the fine-grained target task")
     coarse_classes: int = Field(12, ge=2, description="classes of the coarse target task")
     extra_classes: int = Field(
-        0, ge=0, description="classes of a third target task, miniweb-extra (generic concepts made rare in the "
+        0,
+        ge=0,
+        description="classes of a third target task, miniweb-extra (generic concepts made rare in the "
         "generic corpus, as the targets are: for multi-task retrieval); 0: no third task",
-    )  # fmt: skip
+    )
     image_size: int = Field(32, ge=16, le=256, description="side of the square rendered images, in pixels")
     generic_size: int = Field(60_000, ge=1, description="pairs in the generic (pretraining) split")
     kb_size: int = Field(120_000, ge=1, description="pairs in the knowledge base")
@@ -161,13 +163,16 @@ class MiniWebConfig(_Section):
     test_per_class: int = Field(50, ge=1, description="held-out test images per target class")
     train_per_class: int = Field(20, ge=0, description="held-out train images per target class (few-shot)")
     generic_classes: int = Field(
-        40, ge=0, description="classes of miniweb-generic, the forgetting probe: concepts outside both target tasks "
+        40,
+        ge=0,
+        description="classes of miniweb-generic, the forgetting probe: concepts outside both target tasks "
         "that the base learnt (test_per_class / train_per_class images each); 0: not written",
-    )  # fmt: skip
+    )
     caption_test_size: int = Field(
-        1_000, ge=0, description="images of miniweb-captions, the image-text retrieval test set (2 captions each); "
-        "0: not written",
-    )  # fmt: skip
+        1_000,
+        ge=0,
+        description="images of miniweb-captions, the image-text retrieval test set (2 captions each); 0: not written",
+    )
     caption_noise: float = Field(0.2, ge=0, le=1, description="share of captions unrelated to their image")
     dead_link_rate: float = Field(
         0.01, ge=0, lt=1, description="share of knowledge-base urls whose image is missing (404), as on the real web"
@@ -184,15 +189,18 @@ class KnowledgeBaseConfig(_Section):
     num_workers: int = Field(2, ge=0, description="DataLoader processes decoding shards for the embedding model")
     shards_per_task: int = Field(16, ge=1, description="shards per Prefect embedding task (the unit of fan-out)")
     max_damaged_shards: int = Field(
-        0, ge=0, description="knowledge-base shards that may be damaged (truncated, unreadable, fewer samples than "
+        0,
+        ge=0,
+        description="knowledge-base shards that may be damaged (truncated, unreadable, fewer samples than "
         "their _stats.json) with the embed stage still completing, their loss counted; above it the stage fails "
         "naming them",
-    )  # fmt: skip
+    )
     require_index: bool = Field(
-        False, description="refuse knowledge-base shards without their index ({shard}_stats.json, as img2dataset "
+        False,
+        description="refuse knowledge-base shards without their index ({shard}_stats.json, as img2dataset "
         "writes it): without one, a shard cut cleanly between two samples cannot be told from a whole one; false: "
         "such shards are embedded with a warning and counted (unindexed_shards)",
-    )  # fmt: skip
+    )
     jpeg_draft: bool = Field(
         True,
         description="decode JPEGs much larger than the model input at a reduced DCT scale (PIL draft: 2x faster "
@@ -245,13 +253,15 @@ class OverlapAuditConfig(_Section):
 class RetrievalConfig(_Section):
     task: str = Field("miniweb-fine", description="the target task whose class names drive retrieval")
     tasks: list[str] | None = Field(
-        None, description="several target tasks retrieved for at once (each with its own templates; class ids "
+        None,
+        description="several target tasks retrieved for at once (each with its own templates; class ids "
         "namespaced per task; one model for all); null: retrieval.task alone",
-    )  # fmt: skip
+    )
     weights: list[float] | None = Field(
-        None, description="each of retrieval.tasks' share of the retrieved set, in their order (normalised); "
+        None,
+        description="each of retrieval.tasks' share of the retrieved set, in their order (normalised); "
         "null: equal shares",
-    )  # fmt: skip
+    )
     k: int = Field(50, ge=1, description="neighbours per prompt and per index")
     modes: list[Literal["t2t", "t2i"]] = Field(
         default_factory=lambda: ["t2t", "t2i"],
@@ -268,18 +278,23 @@ class RetrievalConfig(_Section):
         None, gt=0, le=1, description="image-embedding cosine at or above which two pairs of a class are one"
     )
     min_pair_score: float | None = Field(
-        None, description="drop pairs whose own image and caption score below this CLIP score (cosine of the "
+        None,
+        description="drop pairs whose own image and caption score below this CLIP score (cosine of the "
         "knowledge base's image and text embeddings; the paper's Table 12 uses 0.30 and 0.32 for CLIP ViT-B/32); "
         "null: no filter",
-    )  # fmt: skip
+    )
     pair_score_top: float | None = Field(
-        None, gt=0, le=1, description="keep this share of each class's pairs, those whose image and caption agree "
+        None,
+        gt=0,
+        le=1,
+        description="keep this share of each class's pairs, those whose image and caption agree "
         "best (CLIP score; a DataComp-style keep-top filter, independent of the model's score scale); null: all",
-    )  # fmt: skip
+    )
     random_control: bool = Field(
-        False, description="the random control: replace the retrieved pairs by as many knowledge-base pairs drawn "
+        False,
+        description="the random control: replace the retrieved pairs by as many knowledge-base pairs drawn "
         "uniformly (no class); training on them shows what training alone does, without retrieval",
-    )  # fmt: skip
+    )
     target_size: int | None = Field(None, ge=1, description="exact total pairs, trimmed round-robin over classes")
     min_per_class: int = Field(0, ge=0, description="fail when a class ends with fewer pairs")
     audit: OverlapAuditConfig = Field(default_factory=OverlapAuditConfig)
@@ -308,14 +323,19 @@ class RetrievalConfig(_Section):
             return v
         tasks = info.data.get("tasks")
         if tasks is None:
-            raise ValueError("shares of retrieval.tasks, which is not set; fix: list the tasks "
-                             "in retrieval.tasks, or remove retrieval.weights")  # fmt: skip
+            raise ValueError(
+                "shares of retrieval.tasks, which is not set; fix: list the tasks "
+                "in retrieval.tasks, or remove retrieval.weights"
+            )
         if len(v) != len(tasks):
-            raise ValueError(f"{len(v)} value(s) for the {len(tasks)} task(s) of retrieval.tasks; "
-                             "fix: one weight per task, in the same order")  # fmt: skip
+            raise ValueError(
+                f"{len(v)} value(s) for the {len(tasks)} task(s) of retrieval.tasks; "
+                "fix: one weight per task, in the same order"
+            )
         if any(w <= 0 for w in v):
-            raise ValueError(f"{v} has a weight <= 0; fix: positive shares (a task not wanted is "
-                             "removed from retrieval.tasks)")  # fmt: skip
+            raise ValueError(
+                f"{v} has a weight <= 0; fix: positive shares (a task not wanted is removed from retrieval.tasks)"
+            )
         return v
 
     @property
@@ -428,7 +448,13 @@ class RivalConfig(_Section):
 
 class TrainingConfig(_Section):
     mode: Literal[
-        "gated-image", "locked-text", "full", "locked-image", "gated-image+text", "real-prompt", "real-linear",
+        "gated-image",
+        "locked-text",
+        "full",
+        "locked-image",
+        "gated-image+text",
+        "real-prompt",
+        "real-linear",
         "cache-head",
     ] = Field(
         "gated-image",
@@ -439,7 +465,7 @@ class TrainingConfig(_Section):
         "the knowledge base's captions as its prompt (REAL); real-linear: a linear head on frozen image features of "
         "the retrieved pairs, ensembled with zero-shot (REAL); cache-head: the retrieved features as a key-value "
         "cache blended with zero-shot (Tip-Adapter, training-free)",
-    )  # fmt: skip
+    )
     rivals: RivalConfig = Field(default_factory=lambda: RivalConfig())
     gated_layers: int = Field(6, ge=1, description="insert gated blocks before each of the last k image blocks")
     loss: Literal["clip", "unicl"] = Field("clip", description="unicl: pairs retrieved for one class are positives")
@@ -455,27 +481,40 @@ class TrainingConfig(_Section):
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     replay: float = Field(
-        0.0, ge=0, lt=1, description="share of each batch drawn at random from the knowledge base (pairs not "
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of each batch drawn at random from the knowledge base (pairs not "
         "retrieved), so the new blocks keep seeing what the base saw (less forgetting; README 'Forgetting'); "
         "0: none, 0.25: one pair in four",
-    )  # fmt: skip
+    )
     anchor: float = Field(
-        0.0, ge=0, description="weight of the anchoring penalty: squared distance between the customized and the "
+        0.0,
+        ge=0,
+        description="weight of the anchoring penalty: squared distance between the customized and the "
         "base model's image features on the replayed images (needs training.replay > 0); 0: none",
-    )  # fmt: skip
+    )
     subset: float = Field(
-        1.0, gt=0, le=1, description="share of the retrieved pairs trained on, chosen by key so that a smaller "
+        1.0,
+        gt=0,
+        le=1,
+        description="share of the retrieved pairs trained on, chosen by key so that a smaller "
         "share lies inside a larger one (the paper's retrieval-size curve without retrieving again; with "
         "training.steps fixed, as the paper adjusts epochs); 1: all",
-    )  # fmt: skip
+    )
     steps: int | None = Field(
-        None, ge=1, description="optimisation steps in all (the passes over the pairs follow from it); null: "
+        None,
+        ge=1,
+        description="optimisation steps in all (the passes over the pairs follow from it); null: "
         "training.epochs passes",
-    )  # fmt: skip
+    )
     holdout: float = Field(
-        0.0, ge=0, lt=1, description="share of the retrieved pairs kept out of training (chosen by key), on which "
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of the retrieved pairs kept out of training (chosen by key), on which "
         "settings such as evaluation.gate_scale and training.replay can be compared without target labels; 0: none",
-    )  # fmt: skip
+    )
     grad_checkpointing: bool = Field(False, description="recompute the image blocks' activations in backward (memory)")
     compile: bool = Field(False, description="torch.compile the image tower")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes per training process")
@@ -577,13 +616,15 @@ class TrackingConfig(_Section):
     experiment: str = Field("react", description="MLflow experiment name")
     enabled: bool = Field(True, description="log to MLflow; false: nothing is tracked")
     registered_model: str | None = Field(
-        "react-{task}", description="MLflow registered model each customized model becomes a version of ({task}: the "
+        "react-{task}",
+        description="MLflow registered model each customized model becomes a version of ({task}: the "
         "retrieval task; {model}: model.name); its versions must share one architecture; null: not registered",
-    )  # fmt: skip
+    )
     promote: Literal["if-better", "always", "never"] = Field(
-        "if-better", description="when a new version (alias 'candidate') also becomes 'champion': when its target "
+        "if-better",
+        description="when a new version (alias 'candidate') also becomes 'champion': when its target "
         "task score beats the champion's, always, or never",
-    )  # fmt: skip
+    )
 
 
 class ReactConfig(_Section):
@@ -618,8 +659,11 @@ class ReactConfig(_Section):
                     walk(v, f"{path}{i}.")
             elif isinstance(value, str) and URL_PASSWORD.search(value):
                 field = path.rstrip(".")
-                env = (" (MLflow reads MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
-                       if field == "tracking.tracking_uri" else "")  # fmt: skip
+                env = (
+                    " (MLflow reads MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+                    if field == "tracking.tracking_uri"
+                    else ""
+                )
                 raise ValueError(
                     f"{field} holds a URL with a password ({mask_urls(value)}), "
                     f"which would be printed, logged and sent as a parameter; fix: drop the user and password from "

@@ -34,9 +34,13 @@ def _partial(cls: type[BaseModel]) -> type[BaseModel]:
         fields[name] = (Optional[ann], Field(None, description=f.description))  # noqa: UP045 - create_model
         if name == "options" and cls is StorageConfig:
             validators["_secrets"] = field_validator("options")(classmethod(lambda c, v: protect(v) if v else v))
-    return create_model(f"{cls.__name__}Overrides", __config__=ConfigDict(extra="forbid", frozen=True),
-                        __doc__=f"Only the fields named change the preset: {cls.__doc__ or cls.__name__}",
-                        __validators__=validators, **fields)  # fmt: skip
+    return create_model(
+        f"{cls.__name__}Overrides",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        __doc__=f"Only the fields named change the preset: {cls.__doc__ or cls.__name__}",
+        __validators__=validators,
+        **fields,
+    )
 
 
 ConfigOverrides = _partial(ReactConfig)

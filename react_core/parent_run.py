@@ -22,8 +22,9 @@ def start_run(
     KILLED first; the stages it finished are reused."""
     tracker = tracker or NullTracker()
     if killed := tracker.mark_abandoned():
-        _logger.warning("resuming after %d killed run(s): finished stages are reused, unfinished ones continue",
-                        len(killed))  # fmt: skip
+        _logger.warning(
+            "resuming after %d killed run(s): finished stages are reused, unfinished ones continue", len(killed)
+        )
     return tracker.open_run(flow_name, tags, config.model_dump(mode="json"))
 
 

@@ -136,8 +136,11 @@ def embed_stage(
     """The embed stage and the shards it embeds (its identity: model, batch size, checkpoint, shard folder, and
     the shards' contents by size and etag / modification time, so a replaced or repaired shard makes a new stage)."""
     shards = knowledge_base_shards(storage, knowledge_base.source, miniweb_uri)
-    inputs = {"checkpoint": checkpoint or "", "shards": shards[0].rsplit("/", 1)[0],
-              "contents": storage.fingerprint(shards)}  # fmt: skip
+    inputs = {
+        "checkpoint": checkpoint or "",
+        "shards": shards[0].rsplit("/", 1)[0],
+        "contents": storage.fingerprint(shards),
+    }
     stage = stages.EMBED.stage(storage, {"model": model, "knowledge_base": knowledge_base}, inputs)
     return stage, shards
 
@@ -183,8 +186,11 @@ def run_embed_shards(
         knowledge_base.num_workers,
         draft=knowledge_base.jpeg_draft,
     )
-    return {"shards": len(results), "embedded": sum(r.embedded for r in results),
-            "skipped": sum(r.skipped for r in results)}  # fmt: skip
+    return {
+        "shards": len(results),
+        "embedded": sum(r.embedded for r in results),
+        "skipped": sum(r.skipped for r in results),
+    }
 
 
 def run_embed_finish(
@@ -228,9 +234,18 @@ def run_embed(
 
     def compute(_: Tracker) -> str:
         m, tok = inference_model(model, checkpoint, storage)
-        return embed_knowledge_base(m, tok, storage, shards, stage, knowledge_base.batch_size, knowledge_base.num_workers,
-                                    draft=knowledge_base.jpeg_draft, max_damaged_shards=knowledge_base.max_damaged_shards,
-                                    require_index=knowledge_base.require_index)  # fmt: skip
+        return embed_knowledge_base(
+            m,
+            tok,
+            storage,
+            shards,
+            stage,
+            knowledge_base.batch_size,
+            knowledge_base.num_workers,
+            draft=knowledge_base.jpeg_draft,
+            max_damaged_shards=knowledge_base.max_damaged_shards,
+            require_index=knowledge_base.require_index,
+        )
 
     return execute(
         stage,
@@ -298,8 +313,12 @@ def run_retrieve(
 ) -> str:
     evaluation = evaluation or EvaluationConfig()
     audited, why_not = audit_datasets(retrieval, evaluation, miniweb_uri)
-    inputs = {"embed": embed_uri, "index": index_uri, "checkpoint": checkpoint or "",
-              "audit": ",".join(uri for _, uri in audited)}  # fmt: skip
+    inputs = {
+        "embed": embed_uri,
+        "index": index_uri,
+        "checkpoint": checkpoint or "",
+        "audit": ",".join(uri for _, uri in audited),
+    }
     stage = stages.RETRIEVE.stage(storage, {"retrieval": retrieval}, inputs)
 
     def compute(_: Tracker) -> str:
@@ -447,14 +466,29 @@ def run_train(
         replay = None
         if replay_uri and replay_input:
             replay_shards = downloaded_shards(storage, replay_uri)
-            replay = (replay_shards, run_text_features(storage, model, checkpoint, replay_uri, **track)
-                      if replay_shards and frozen_text else "")  # fmt: skip
+            replay = (
+                replay_shards,
+                run_text_features(storage, model, checkpoint, replay_uri, **track)
+                if replay_shards and frozen_text
+                else "",
+            )
         return text, replay
 
     def compute(run: Tracker) -> str:
         text, replay = captions()
-        return customize(model.name, checkpoint, training, storage, shards, stage, text, run, progress=False,
-                         download_uri=download_uri, replay=replay)  # fmt: skip
+        return customize(
+            model.name,
+            checkpoint,
+            training,
+            storage,
+            shards,
+            stage,
+            text,
+            run,
+            progress=False,
+            download_uri=download_uri,
+            replay=replay,
+        )
 
     return execute(stage, compute, params={"training": training.model_dump(mode="json")}, **track)
 
@@ -479,8 +513,10 @@ def run_head(
             f"training.mode={training.mode}: run_head fits the rivals {RIVAL_MODES}; fix: run_train for a tuning mode"
         )
     if retrieval.tasks and len(retrieval.tasks) > 1:
-        raise ConfigError(f"training.mode={training.mode} fits a head for one target task, but retrieval.tasks lists "
-                          f"{len(retrieval.tasks)}; fix: one task, or a tuning mode (gated-image)")  # fmt: skip
+        raise ConfigError(
+            f"training.mode={training.mode} fits a head for one target task, but retrieval.tasks lists "
+            f"{len(retrieval.tasks)}; fix: one task, or a tuning mode (gated-image)"
+        )
     prompts = training.mode == "real-prompt"
     task = resolve_task(storage, retrieval.target_tasks[0], miniweb_uri, synonyms=prompts)
     inputs = {"checkpoint": checkpoint or "", **({"embed": embed_uri} if prompts else {"download": download_uri})}
@@ -492,8 +528,9 @@ def run_head(
             names, counts = most_frequent_names(storage, embed_uri, task.classnames, task.synonyms)
             storage.write_json(stage.file("name_counts.json"), counts)
         shards = [] if prompts else downloaded_shards(storage, download_uri)
-        return fit_head(model.name, checkpoint, training, storage, task.name, task.classnames, task.templates, shards,
-                        stage, names)  # fmt: skip
+        return fit_head(
+            model.name, checkpoint, training, storage, task.name, task.classnames, task.templates, shards, stage, names
+        )
 
     return execute(
         stage,
@@ -533,8 +570,12 @@ def run_evaluate_dataset(
     if head_uri is not None and storage.read_json(join(head_uri, "head.json"))["task"] == dataset:
         head = load_head(storage, join(head_uri, HEAD_FILE))
         headed = {"head": head_uri}
-    derived = {"dataset": dataset, "location": dataset_uri(evaluation, dataset, miniweb_uri),
-               "metrics": metrics_for(dataset), **({} if probe.enabled else {"linear_probe": None})}  # fmt: skip
+    derived = {
+        "dataset": dataset,
+        "location": dataset_uri(evaluation, dataset, miniweb_uri),
+        "metrics": metrics_for(dataset),
+        **({} if probe.enabled else {"linear_probe": None}),
+    }
     inputs = {"model": model.name, "weights": model_weights(model, checkpoint), **scaled, **headed}
     schema = stages.CAPTION_SET_SCHEMA if is_caption_set(dataset) else stages.EVAL.schema
     stage = stages.EVAL.stage(storage, {"evaluation": evaluation}, inputs, derived, schema)
@@ -544,8 +585,9 @@ def run_evaluate_dataset(
     def compute(_: Tracker) -> str:
         m, tok = inference_model(model, checkpoint, storage)
         if gate_scale != 1.0 and not set_gate_scale(m, gate_scale):
-            _logger.warning("gate_scale %s asked for %s, which has no gated blocks: evaluated as it is", gate_scale,
-                            checkpoint)  # fmt: skip
+            _logger.warning(
+                "gate_scale %s asked for %s, which has no gated blocks: evaluated as it is", gate_scale, checkpoint
+            )
         result = evaluate_dataset(m, tok, storage, evaluation, dataset, miniweb_uri, progress, head)
         result.update(model=model.name, checkpoint=checkpoint, **scaled, **{f"{k}_stage": v for k, v in headed.items()})
         storage.write_json(stage.file("result.json"), result)
@@ -598,14 +640,19 @@ def run_ablation_report(
     """``ablation.json``, ``ablation.md`` and a plot per axis (:mod:`react_core.ablation`) from every (cell, seed)'s
     stages (``cells[cell id][seed]``: ``retrieve``, ``download``, ``train`` URIs and ``evals``, dataset -> eval stage)
     and the base model's eval stages; a stage of its own, logged in an ``ablation`` run under ``parent_run_id``."""
-    inputs = {f"{cid}/{seed}/{k}": v for cid, seeds in cells.items() for seed, uris in seeds.items()
-              for k, v in {**{k: u for k, u in uris.items() if k != "evals"}, **uris["evals"]}.items()}  # fmt: skip
+    inputs = {
+        f"{cid}/{seed}/{k}": v
+        for cid, seeds in cells.items()
+        for seed, uris in seeds.items()
+        for k, v in {**{k: u for k, u in uris.items() if k != "evals"}, **uris["evals"]}.items()
+    }
     inputs.update({f"base/{d}": u for d, u in base_evals.items()})
     stage = stages.ABLATION.stage(storage, {}, inputs, derived=grid.describe())
 
     def compute(run: Tracker) -> str:
-        results = {cid: {int(seed): cell_result(storage, uris) for seed, uris in seeds.items()}
-                   for cid, seeds in cells.items()}  # fmt: skip
+        results = {
+            cid: {int(seed): cell_result(storage, uris) for seed, uris in seeds.items()} for cid, seeds in cells.items()
+        }
         return write_ablation(storage, stage, grid, results, headline(storage, base_evals), roles, run)
 
     return execute(stage, compute, tracker=tracker, parent_run_id=parent_run_id)

@@ -57,5 +57,16 @@ def bar(
     if show and sys.stderr.isatty():
         return tqdm(total=total, desc=desc, unit=unit, initial=initial, **kw)
     every = float(os.environ.get(ENV, "30")) if every_s is None else every_s
-    return tqdm(total=total, desc=desc, unit=unit, initial=initial, file=_LogLines(logger), mininterval=every,
-                maxinterval=max(every, 1.0), miniters=1, ascii=True, ncols=100, **kw)  # fmt: skip
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        initial=initial,
+        file=_LogLines(logger),
+        mininterval=every,
+        maxinterval=max(every, 1.0),
+        miniters=1,
+        ascii=True,
+        ncols=100,
+        **kw,
+    )

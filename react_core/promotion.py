@@ -43,9 +43,14 @@ def register(
         _logger.warning("not registering %s: no tracking run recorded its train stage %s", name, train)
         return None
     table = result.get("table") or {}
-    tags = {"react.train_stage": train, "react.model_file": model_file(train), "react.model": config.model.name,
-            "react.task": task, "react.evaluate_stage": str(result.get("evaluate") or ""),
-            "react.gate_scale": f"{lam:g}"}  # fmt: skip
+    tags = {
+        "react.train_stage": train,
+        "react.model_file": model_file(train),
+        "react.model": config.model.name,
+        "react.task": task,
+        "react.evaluate_stage": str(result.get("evaluate") or ""),
+        "react.gate_scale": f"{lam:g}",
+    }
     for dataset, row in table.items():
         for col in ("base", "customized", "delta"):
             tags[f"{dataset}/{row['metric']}/{col}"] = f"{row[col]:.4f}"
@@ -54,11 +59,19 @@ def register(
     if score is not None:
         tags["react.target_score"] = f"{score:.6f}"
     lines = ["| dataset | metric | base | customized | delta |", "|---|---|---|---|---|"]
-    lines += [f"| {d} | {r['metric']} | {r['base']:.4f} | {r['customized']:.4f} | {r['delta']:+.4f} |"
-              for d, r in sorted(table.items())]  # fmt: skip
-    files = {"model.json": {**storage.read_json(join(train, "model.json")), "checkpoint": model_file(train),
-                            "architecture": config.model.name, "gate_scale": lam},
-             "evaluation.json": table}  # fmt: skip
+    lines += [
+        f"| {d} | {r['metric']} | {r['base']:.4f} | {r['customized']:.4f} | {r['delta']:+.4f} |"
+        for d, r in sorted(table.items())
+    ]
+    files = {
+        "model.json": {
+            **storage.read_json(join(train, "model.json")),
+            "checkpoint": model_file(train),
+            "architecture": config.model.name,
+            "gate_scale": lam,
+        },
+        "evaluation.json": table,
+    }
     champion = tracker.alias_tags(name, "champion")
     check_comparable(champion, name, config.model.name)  # checked at preflight too; a run started meanwhile
     version = tracker.register(name, producer, files, tags, "\n".join(lines))

@@ -26,8 +26,27 @@ MASK = "**********"  # what pydantic writes for a SecretStr
 # aws_access_key_id, aws_secret_access_key, aws_session_token; gcsfs: token; adlfs: account_key,
 # sas_token, client_secret; http and s3fs: username, password), and the usual spellings of the rest (pwd, pass, api_key_value,
 # apiKey, auth, private_key): a name any of whose words (split at _, - and camelCase) is one of these.
-_SECRET_WORDS = {"key", "keys", "secret", "secrets", "token", "tokens", "password", "passwd", "pwd", "pass",
-                 "passphrase", "username", "credential", "credentials", "apikey", "auth", "authorization", "sas", "signature"}  # fmt: skip
+_SECRET_WORDS = {
+    "key",
+    "keys",
+    "secret",
+    "secrets",
+    "token",
+    "tokens",
+    "password",
+    "passwd",
+    "pwd",
+    "pass",
+    "passphrase",
+    "username",
+    "credential",
+    "credentials",
+    "apikey",
+    "auth",
+    "authorization",
+    "sas",
+    "signature",
+}
 _NOT_SECRET = {"profile", "cache_key", "key_prefix"}
 # A URL with a password in it (scheme://user:password@host): a credential whatever the option is called.
 URL_PASSWORD = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]+@")
@@ -78,14 +97,16 @@ def reveal(options: Mapping[str, Any], path: str = "storage.options.") -> dict[s
             items = [reveal({str(i): x}, f"{path}{k}.")[str(i)] for i, x in enumerate(value) if x != MASK]
             out[k] = items
             if len(items) < len(value):
-                _logger.warning("%s%s arrived with redacted items, dropped; using the environment's credentials",
-                                path, k)  # fmt: skip
+                _logger.warning(
+                    "%s%s arrived with redacted items, dropped; using the environment's credentials", path, k
+                )
         elif value == MASK:
             _logger.warning(
                 "%s%s arrived redacted (secrets are never sent in parameters or files); using the environment's "
                 "credentials instead (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, an AWS profile or an instance role)",
-                path, k,
-            )  # fmt: skip
+                path,
+                k,
+            )
         else:
             out[k] = value
     return out

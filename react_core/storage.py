@@ -358,8 +358,9 @@ class Storage:
             entries = self.fs.ls(path, detail=True)
         except (FileNotFoundError, NotADirectoryError):
             return {}
-        return {posixpath.basename(e["name"].rstrip("/")): (int(e["size"]), _tag(e)) for e in entries
-                if e["type"] == "file"}  # fmt: skip
+        return {
+            posixpath.basename(e["name"].rstrip("/")): (int(e["size"]), _tag(e)) for e in entries if e["type"] == "file"
+        }
 
     def digest(self, uri: str) -> str:
         """sha256 of a file's content, read in 8 MiB blocks."""
@@ -459,8 +460,12 @@ class Stage:
         problem = self.storage._stage_problem(self.uri)
         if problem is not None and not problem.endswith("/" + SUCCESS) and problem not in _WARNED:
             _WARNED.add(problem)  # once per process: several callers ask before the stage is rebuilt
-            _logger.warning("stage %s: %s is missing, or not the size or content it was written with (damaged); "
-                            "building the stage again", self.uri, problem)  # fmt: skip
+            _logger.warning(
+                "stage %s: %s is missing, or not the size or content it was written with (damaged); "
+                "building the stage again",
+                self.uri,
+                problem,
+            )
         return problem is None
 
     def manifest(self) -> dict[str, Any]:

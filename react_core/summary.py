@@ -21,16 +21,22 @@ def dataset_roles(config: ReactConfig) -> dict[str, str]:
     ``other``."""
     generic = set(config.evaluation.generic_tasks)
     targets = set(config.retrieval.target_tasks)
-    return {d: "target" if d in targets else "generic" if d in generic else
-            "retrieval" if is_caption_set(d) else "other" for d in config.evaluation.tasks}  # fmt: skip
+    return {
+        d: "target" if d in targets else "generic" if d in generic else "retrieval" if is_caption_set(d) else "other"
+        for d in config.evaluation.tasks
+    }
 
 
 def price_line(rows: Sequence[Mapping[str, Any]]) -> str:
     """``target miniweb-fine +0.615; generic miniweb-generic -0.237; retrieval miniweb-captions -0.05; other
     miniweb-coarse -0.061``: the gain and what it cost (each dataset's headline metric), from summary rows with
     a ``role``; empty when no row has a delta."""
-    parts = [f"{role} {r['dataset']} {r['delta']:+.3f}" for role in ROLES
-             for r in rows if r.get("role") == role and r.get("delta") is not None]  # fmt: skip
+    parts = [
+        f"{role} {r['dataset']} {r['delta']:+.3f}"
+        for role in ROLES
+        for r in rows
+        if r.get("role") == role and r.get("delta") is not None
+    ]
     return "; ".join(parts)
 
 
@@ -45,10 +51,19 @@ def run_summary(
     markdown summary: the gain and its price (target, generic and other datasets' changes), the retrieval
     (pairs, pairs per class, what the overlap audit removed) and the download."""
     roles = roles or {}
-    rows = [{"dataset": d, "role": roles.get(d, "other"), "metric": r["metric"], "base": round(r["base"], 4),
-             "customized": round(r["customized"], 4), "delta": round(r["delta"], 4)}
-            for d, r in sorted((result.get("table") or {}).items(), key=lambda kv: (
-                ROLES.index(roles.get(kv[0], "other")), kv[0]))]  # fmt: skip
+    rows = [
+        {
+            "dataset": d,
+            "role": roles.get(d, "other"),
+            "metric": r["metric"],
+            "base": round(r["base"], 4),
+            "customized": round(r["customized"], 4),
+            "delta": round(r["delta"], 4),
+        }
+        for d, r in sorted(
+            (result.get("table") or {}).items(), key=lambda kv: (ROLES.index(roles.get(kv[0], "other")), kv[0])
+        )
+    ]
     links: dict[str, str] = {}
     if result.get("train"):
         links["customized model"] = model_file(result["train"])
@@ -56,8 +71,9 @@ def run_summary(
     if tracker is not None and run_id:
         links["MLflow run"] = tracker.run_url(run_id) or run_id
     if (reg := result.get("registered")) and reg.get("version"):
-        links["registered version"] = (tracker.model_version_url(reg["name"], str(reg["version"])) if tracker else
-                                       None) or f"models:/{reg['name']}/{reg['version']}"  # fmt: skip
+        links["registered version"] = (
+            tracker.model_version_url(reg["name"], str(reg["version"])) if tracker else None
+        ) or f"models:/{reg['name']}/{reg['version']}"
     lines = []
     if price := price_line(rows):
         lines += [f"**Gain and its price** (zero-shot, customized - base): {price}.", ""]
@@ -66,14 +82,26 @@ def run_summary(
         c, per_class = m["counts"], storage.read_json(join(result["retrieve"], "class_counts.json"))
         names = m["config"].get("tasks") or [m["config"].get("task")]
         split = "; ".join(f"{t} {c[f'pairs.{t}']:,}" for t in names if f"pairs.{t}" in c)
-        lines += [(f"**Retrieval** for {', '.join(f'`{t}`' for t in names)}: {c.get('pairs', 0):,} pairs"
-                   + (f" ({split})" if split else "") + f" from {c.get('prompts', 0):,} prompts over "
-                   f"{c.get('classes', 0)} classes; the overlap audit checked {c.get('overlap.checked', 0):,} and "
-                   f"removed {c.get('overlap.duplicates', 0):,} near-duplicates of evaluation images."),
-                  "", "| class | pairs |", "|---|---|"]  # fmt: skip
+        lines += [
+            (
+                f"**Retrieval** for {', '.join(f'`{t}`' for t in names)}: {c.get('pairs', 0):,} pairs"
+                + (f" ({split})" if split else "")
+                + f" from {c.get('prompts', 0):,} prompts over "
+                f"{c.get('classes', 0)} classes; the overlap audit checked {c.get('overlap.checked', 0):,} and "
+                f"removed {c.get('overlap.duplicates', 0):,} near-duplicates of evaluation images."
+            ),
+            "",
+            "| class | pairs |",
+            "|---|---|",
+        ]
         lines += [f"| {name} | {n:,} |" for name, n in sorted(per_class.items(), key=lambda kv: -kv[1])]
     if result.get("download"):
         d = storage.stage_manifest(result["download"])["counts"]
-        lines += ["", (f"**Download**: {d.get('successes', 0):,} of {d.get('count', 0):,} images "
-                      f"({100 * d.get('success_rate', 0):.1f}%).")]  # fmt: skip
+        lines += [
+            "",
+            (
+                f"**Download**: {d.get('successes', 0):,} of {d.get('count', 0):,} images "
+                f"({100 * d.get('success_rate', 0):.1f}%)."
+            ),
+        ]
     return {"table": rows, "links": links, "markdown": "\n".join(lines)}

@@ -37,8 +37,14 @@ SERVER_REQUEST_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
-_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
-                "Read timed out", "RemoteDisconnected", "Connection aborted")  # fmt: skip
+_UNREACHABLE = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Failed to establish a new connection",
+    "Read timed out",
+    "RemoteDisconnected",
+    "Connection aborted",
+)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -92,11 +98,19 @@ class Tracker:
         return []
 
     # A run that outlives a ``with`` block: a flow's parent run, ended with the flow's final state.
-    def open_run(self, name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None) -> str | None:  # fmt: skip
+    def open_run(
+        self, name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None
+    ) -> str | None:
         """Start a run and leave it RUNNING; returns its id (None: untracked)."""
         return None
 
-    def end_run(self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None, metrics: Mapping[str, float] | None = None) -> None:  # fmt: skip
+    def end_run(
+        self,
+        run_id: str,
+        status: str = "FINISHED",
+        tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
         """Tag a run opened by :meth:`open_run`, log its ``metrics`` and end it (``FINISHED``, ``FAILED`` or
         ``KILLED``)."""
 
@@ -113,7 +127,9 @@ class Tracker:
         return None
 
     # The model registry: versions of a named model, their tags and aliases.
-    def register(self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str) -> str | None:  # fmt: skip
+    def register(
+        self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str
+    ) -> str | None:
         """Log ``files`` (name -> JSON object) as the run's ``model/`` artifacts and register them as a new version
         of ``name`` with ``tags`` and ``description``; returns the version (None: no registry)."""
         return None
@@ -174,12 +190,20 @@ class MemoryTracker(Tracker):
     def log_image(self, image: Any, name: str) -> None:
         self.artifacts.append(name)
 
-    def open_run(self, name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None) -> str | None:  # fmt: skip
+    def open_run(
+        self, name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None
+    ) -> str | None:
         self.runs.append({"name": name, "tags": dict(tags or {}), "parent_run_id": None, "status": "RUNNING"})
         self.params.update(_flatten(params or {}))
         return f"run-{len(self.runs)}"
 
-    def end_run(self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None, metrics: Mapping[str, float] | None = None) -> None:  # fmt: skip
+    def end_run(
+        self,
+        run_id: str,
+        status: str = "FINISHED",
+        tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
         run = self.runs[int(run_id.split("-")[1]) - 1]
         run["tags"].update(tags or {})
         run.setdefault("metrics", {}).update(metrics or {})
@@ -189,7 +213,9 @@ class MemoryTracker(Tracker):
         found = [i for i, r in enumerate(self.runs) if r["tags"].get("react.stage_uri") == stage_uri]
         return f"run-{found[0] + 1}" if found else None
 
-    def register(self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str) -> str | None:  # fmt: skip
+    def register(
+        self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str
+    ) -> str | None:
         versions = self.registry.setdefault(name, {"versions": [], "aliases": {}})["versions"]
         versions.append({"run_id": run_id, "files": dict(files), "tags": dict(tags), "description": description})
         return str(len(versions))
@@ -266,11 +292,17 @@ class MLflowTracker(Tracker):
     def _client(self) -> Any:
         return self._mlflow.tracking.MlflowClient(self.tracking_uri)
 
-    def open_run(self, name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None) -> str | None:  # fmt: skip
+    def open_run(
+        self, name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None
+    ) -> str | None:
         from mlflow.entities import Param
 
-        all_tags = {"react.host": socket.gethostname(), "react.pid": str(os.getpid()), "mlflow.runName": name,
-                    **dict(tags or {})}  # fmt: skip
+        all_tags = {
+            "react.host": socket.gethostname(),
+            "react.pid": str(os.getpid()),
+            "mlflow.runName": name,
+            **dict(tags or {}),
+        }
         client = self._client()
         run = client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         items = [Param(k, v) for k, v in _param_strings(params or {}).items()]
@@ -278,7 +310,13 @@ class MLflowTracker(Tracker):
             client.log_batch(run.info.run_id, params=items[i : i + 100])
         return run.info.run_id
 
-    def end_run(self, run_id: str, status: str = "FINISHED", tags: Mapping[str, str] | None = None, metrics: Mapping[str, float] | None = None) -> None:  # fmt: skip
+    def end_run(
+        self,
+        run_id: str,
+        status: str = "FINISHED",
+        tags: Mapping[str, str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
         from mlflow.entities import Metric
 
         client = self._client()
@@ -299,7 +337,9 @@ class MLflowTracker(Tracker):
             return None
         return f"{self.tracking_uri.rstrip('/')}/#/models/{name}/versions/{version}"
 
-    def register(self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str) -> str | None:  # fmt: skip
+    def register(
+        self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str
+    ) -> str | None:
         client = self._client()
         with tempfile.TemporaryDirectory(prefix="react-model-") as tmp:
             for fname, obj in files.items():
@@ -334,14 +374,17 @@ class MLflowTracker(Tracker):
             versions = self._client().search_model_versions(f"name = '{name}'")
         except self._mlflow.exceptions.MlflowException:
             return None
-        return next((str(v.version) for v in sorted(versions, key=lambda v: int(v.version))
-                     if _matches(v.tags, match)), None)  # fmt: skip
+        return next(
+            (str(v.version) for v in sorted(versions, key=lambda v: int(v.version)) if _matches(v.tags, match)), None
+        )
 
     def stage_producer(self, stage_uri: str) -> str | None:
         found = self._client().search_runs(
-            [self.experiment_id], f"tags.`react.stage_uri` = '{stage_uri}'", max_results=1,
+            [self.experiment_id],
+            f"tags.`react.stage_uri` = '{stage_uri}'",
+            max_results=1,
             order_by=["attributes.start_time ASC"],
-        )  # fmt: skip
+        )
         return found[0].info.run_id if found else None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -411,8 +454,9 @@ class MLflowTracker(Tracker):
             client.set_terminated(r.info.run_id, status="KILLED")
             ended.append(r.info.run_id)
         if ended:
-            _logger.warning("marked %d run(s) KILLED, left RUNNING by a process that is gone: %s", len(ended),
-                            ", ".join(ended))  # fmt: skip
+            _logger.warning(
+                "marked %d run(s) KILLED, left RUNNING by a process that is gone: %s", len(ended), ", ".join(ended)
+            )
         return ended
 
 
@@ -473,8 +517,11 @@ def default_tracking_uri(storage: Storage) -> tuple[str, str | None]:
         _logger.warning(
             "tracking: the storage root %s is not a local folder and sqlite cannot live there, so MLflow's store is "
             "%s on this host (artifacts under %s/mlartifacts); for a team, set tracking.tracking_uri to an MLflow "
-            "server", storage.root, uri, storage.root,
-        )  # fmt: skip
+            "server",
+            storage.root,
+            uri,
+            storage.root,
+        )
     return uri, join(storage.root, "mlartifacts")
 
 

@@ -18,7 +18,10 @@ def plan(config: ReactConfig, grid: str | dict[str, Any], name: str | None = Non
     expanded = load_grid(grid, config, name)
     check_ablation(expanded, name or str(grid) if isinstance(grid, str) else name or "grid")
     get_run_logger().info(
-        "grid %s: %d cells x %d seeds (%s)", expanded.name, len(expanded.cells), len(expanded.seeds),
+        "grid %s: %d cells x %d seeds (%s)",
+        expanded.name,
+        len(expanded.cells),
+        len(expanded.seeds),
         "; ".join(f"{a}: {len(ids)}" for a, ids in expanded.axes.items()),
-    )  # fmt: skip
+    )
     return expanded

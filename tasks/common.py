@@ -55,7 +55,9 @@ class StageIdentity(CachePolicy):
     same URI (a cache hit never runs the task, so it is checked here).
     """
 
-    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:  # fmt: skip
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
         st = storage_of(inputs["storage"])
         try:
             stage = identity(getattr(pipeline, inputs["entry"]), st, **inputs["inputs"])
@@ -71,8 +73,9 @@ class StageIdentity(CachePolicy):
         if recorded and not stage.done:
             _run_logger().warning(
                 "%s: the cached result names %s, which is gone (deleted or incomplete); running it again",
-                task_ctx.task.name, stage.uri,
-            )  # fmt: skip
+                task_ctx.task.name,
+                stage.uri,
+            )
             return None
         return key
 

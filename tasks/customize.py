@@ -50,7 +50,13 @@ def embed_shards(
     miniweb_uri: str | None,
     indices: list[int],
 ) -> dict[str, int]:
-    counts = pipeline.run_embed_shards(storage_of(storage), model=model, knowledge_base=knowledge_base,
-                                       checkpoint=checkpoint, miniweb_uri=miniweb_uri, indices=indices)  # fmt: skip
+    counts = pipeline.run_embed_shards(
+        storage_of(storage),
+        model=model,
+        knowledge_base=knowledge_base,
+        checkpoint=checkpoint,
+        miniweb_uri=miniweb_uri,
+        indices=indices,
+    )
     get_run_logger().info("embedded shards %d..%d: %s", indices[0], indices[-1], counts)
     return counts

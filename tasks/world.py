@@ -49,8 +49,7 @@ def publish(config: ReactConfig, result: dict) -> None:
     create_markdown_artifact("\n".join([*lines, "", found["markdown"]]), key="summary", description="REACT run")
     # The pointer a person watching the run ends with: the UI's logs, and `prefect deployment run ... --watch`
     # when the server streams logs out (PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED, as infra/compose.yaml sets it).
-    deltas = ", ".join(f"{r['dataset']} ({r['role']}) {r['base']:.3f} -> {r['customized']:.3f}"
-                       for r in found["table"])  # fmt: skip
+    deltas = ", ".join(f"{r['dataset']} ({r['role']}) {r['base']:.3f} -> {r['customized']:.3f}" for r in found["table"])
     pointer = "; ".join(f"{name}: {target}" for name, target in found["links"].items())
     pointer += f"; zero-shot {deltas} (artifact 'evaluation')" if deltas else ""
     get_run_logger().info("REACT result: %s", pointer)

@@ -334,9 +334,10 @@ def read_image_folder(storage: Storage, uri: str, split: str = "test", name: str
     else:
         base = uri  # {root}/{class}/*.jpg: one split only
     classes = sorted(
-        posixpath.basename(p.rstrip("/")) for p in storage.fs.ls(storage.path(base), detail=False)
+        posixpath.basename(p.rstrip("/"))
+        for p in storage.fs.ls(storage.path(base), detail=False)
         if storage.fs.isdir(p)
-    )  # fmt: skip
+    )
     if not classes:
         raise DatasetError(f"{base} has no class folders; fix: lay images out as {base}/<class>/<image>.jpg")
     images, targets = [], []
@@ -352,8 +353,9 @@ def read_image_folder(storage: Storage, uri: str, split: str = "test", name: str
             f"{join(uri, 'classnames.txt')} has {len(names)} names but {base} has {len(classes)} class folders; "
             "fix: one name per folder, in sorted folder order"
         )
-    return EvalSet(name or uri.rstrip("/").rsplit("/", 1)[-1], names, _templates(storage, uri), base, storage,
-                   images, targets)  # fmt: skip
+    return EvalSet(
+        name or uri.rstrip("/").rsplit("/", 1)[-1], names, _templates(storage, uri), base, storage, images, targets
+    )
 
 
 def _classnames_file(storage: Storage, uri: str) -> list[str] | None:
@@ -375,8 +377,9 @@ def read_webdataset(
             f"{uri}: webdataset labels are indices; fix: put classnames.txt (one per line) beside the shards, "
             "or evaluate it under a known task name"
         )
-    return EvalSet(name or uri.rstrip("/").rsplit("/", 1)[-1], list(names), _templates(storage, uri), base,
-                   storage, shards=shards)  # fmt: skip
+    return EvalSet(
+        name or uri.rstrip("/").rsplit("/", 1)[-1], list(names), _templates(storage, uri), base, storage, shards=shards
+    )
 
 
 def read_karpathy(storage: Storage, uri: str, split: str = "test", name: str | None = None) -> EvalSet:
@@ -395,8 +398,14 @@ def read_karpathy(storage: Storage, uri: str, split: str = "test", name: str | N
     if "filepath" in first:  # COCO: val2014/COCO_val2014_....jpg
         images = [join(uri, e["filepath"], e["filename"]) for e in entries]
     else:  # Flickr30K's entries name no folder: the one holding the first image
-        root = next((r for r in (join(uri, "images"), join(uri, "flickr30k-images"), uri)
-                     if storage.exists(join(r, first["filename"]))), None)  # fmt: skip
+        root = next(
+            (
+                r
+                for r in (join(uri, "images"), join(uri, "flickr30k-images"), uri)
+                if storage.exists(join(r, first["filename"]))
+            ),
+            None,
+        )
         if root is None:
             raise DatasetError(
                 f"{index_uri}: image {first['filename']} is in none of images/, flickr30k-images/ or {uri}; fix: "

@@ -75,13 +75,15 @@ def head_logits(
     if head.kind == "linear":
         logits = (1 - head.mix) * logits + head.mix * LOGIT_SCALE * features @ head.weight
     elif head.kind == "cache":
-        logits = logits + head.alpha * LOGIT_SCALE * cache_affinity(features, head.keys, head.labels,
-                                                                   classifier.shape[1], head.beta)  # fmt: skip
+        logits = logits + head.alpha * LOGIT_SCALE * cache_affinity(
+            features, head.keys, head.labels, classifier.shape[1], head.beta
+        )
     return logits
 
 
-def cache_affinity(features: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, classes: int, beta: float,
-                   block: int = 4096) -> torch.Tensor:  # fmt: skip
+def cache_affinity(
+    features: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, classes: int, beta: float, block: int = 4096
+) -> torch.Tensor:
     """(N, C): per class, the mean of ``exp(-beta (1 - cos))`` between each feature and that class's keys (0 for a
     class without keys); blockwise over the features."""
     onehot = F.one_hot(labels.long(), classes).float()  # (K, C)

@@ -31,8 +31,16 @@ def report_rows(results: Mapping[str, Sequence[Mapping[str, Any]]], checkpoints:
                 rows.append({**base, "protocol": "zero-shot", "metric": metric, "value": value})
             for shots, p in (r.get("linear_probe") or {}).items():
                 if isinstance(p, dict) and "mean" in p:
-                    rows.append({**base, "protocol": f"linear-probe-{shots}-shot", "metric": r["metric"],
-                                 "value": p["mean"], "std": p["std"], "seeds": len(p["runs"])})  # fmt: skip
+                    rows.append(
+                        {
+                            **base,
+                            "protocol": f"linear-probe-{shots}-shot",
+                            "metric": r["metric"],
+                            "value": p["mean"],
+                            "std": p["std"],
+                            "seeds": len(p["runs"]),
+                        }
+                    )
     return rows
 
 
@@ -48,8 +56,9 @@ def comparison(rows: Sequence[Mapping[str, Any]], models: Sequence[str] = ("base
         elevater = [r for (d, p), r in headline.items() if p == protocol and d in elevater_datasets()]
         if elevater and all(all(m in r for m in models) for r in elevater):
             avg = {m: statistics.mean(r[m] for r in elevater) for m in models}
-            table.append({"dataset": f"ELEVATER average ({len(elevater)}/20)", "protocol": protocol,
-                          "metric": "mixed", **avg})  # fmt: skip
+            table.append(
+                {"dataset": f"ELEVATER average ({len(elevater)}/20)", "protocol": protocol, "metric": "mixed", **avg}
+            )
     for r in table:
         if len(models) == 2 and all(m in r for m in models):
             r["delta"] = r[models[1]] - r[models[0]]
@@ -67,15 +76,24 @@ def markdown_table(table: Sequence[Mapping[str, Any]], models: Sequence[str] = (
     return "\n".join(lines)
 
 
-def delta_figure(table: Sequence[Mapping[str, Any]], models: Sequence[str] = ("base", "customized"),
-                 protocol: str = "zero-shot"):  # fmt: skip
+def delta_figure(
+    table: Sequence[Mapping[str, Any]], models: Sequence[str] = ("base", "customized"), protocol: str = "zero-shot"
+):
     """Bars per dataset (headline metric): customized - base, green up and red down; one model: its values."""
     key = "delta" if len(models) == 2 else models[0]
-    rows = [r for r in table if r["protocol"] == protocol and key in r
-            and (r["metric"] == "mixed" or r["metric"] == metrics_for(r["dataset"])[0])]  # fmt: skip
+    rows = [
+        r
+        for r in table
+        if r["protocol"] == protocol
+        and key in r
+        and (r["metric"] == "mixed" or r["metric"] == metrics_for(r["dataset"])[0])
+    ]
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.35 * len(rows) + 1)))
-    ax.barh([r["dataset"] for r in rows], [100 * r[key] for r in rows],
-            color=["#27ae60" if r[key] >= 0 else "#c0392b" for r in rows])  # fmt: skip
+    ax.barh(
+        [r["dataset"] for r in rows],
+        [100 * r[key] for r in rows],
+        color=["#27ae60" if r[key] >= 0 else "#c0392b" for r in rows],
+    )
     ax.axvline(0, color="black", linewidth=0.8)
     ax.invert_yaxis()
     ax.set_xlabel(f"{models[1]} - {models[0]} (points)" if key == "delta" else f"{models[0]} (%)")

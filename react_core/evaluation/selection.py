@@ -30,8 +30,9 @@ class Proxies:
     retention: float  # mean recall (R@1/5/10, both ways) on generic pairs
 
 
-def heldout_set(images: torch.Tensor, class_ids: torch.Tensor, classnames: Sequence[str],
-                templates: Sequence[str]) -> EvalSet:  # fmt: skip
+def heldout_set(
+    images: torch.Tensor, class_ids: torch.Tensor, classnames: Sequence[str], templates: Sequence[str]
+) -> EvalSet:
     """The held-out retrieved pairs as a zero-shot set: their classes are those they were retrieved for."""
     keep = class_ids >= 0
     return from_tensors("held-out retrieved pairs", images[keep], class_ids[keep], list(classnames), list(templates))

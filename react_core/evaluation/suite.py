@@ -104,14 +104,23 @@ def evaluate_dataset(
                 f"it *-captions in evaluation.tasks (e.g. with evaluation.locations), as {', '.join(CAPTION_SETS)}"
             )
         recalls, n_captions = image_text_retrieval(model, tokenizer, evalset, cfg.batch_size, cfg.num_workers, progress)
-        return {"dataset": display_name(name), "source": evalset.source, "split": cfg.split, "n": len(evalset),
-                "captions": n_captions, "metric": RETRIEVAL_METRICS[0], "zero_shot": recalls}  # fmt: skip
+        return {
+            "dataset": display_name(name),
+            "source": evalset.source,
+            "split": cfg.split,
+            "n": len(evalset),
+            "captions": n_captions,
+            "metric": RETRIEVAL_METRICS[0],
+            "zero_shot": recalls,
+        }
     metrics = metrics_for(name)
     z = zero_shot(model, tokenizer, evalset, cfg.batch_size, cfg.num_workers, progress)
     if head is not None:
         if list(head.classnames) != list(evalset.classnames):
-            raise DatasetError(f"the {head.kind} head of {head.task} has other classes than {evalset.source}; fix: "
-                               "fit the head for this dataset's class list")  # fmt: skip
+            raise DatasetError(
+                f"the {head.kind} head of {head.task} has other classes than {evalset.source}; fix: "
+                "fit the head for this dataset's class list"
+            )
         logits = head_logits(head, model, tokenizer, list(evalset.templates), z.features, z.classifier)
         z.scores = head_scores(logits)
     result: dict[str, Any] = {

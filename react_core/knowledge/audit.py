@@ -107,6 +107,7 @@ def audit_overlap(
         "decide": cfg.decide,
     }
     if summary["duplicates"]:
-        _logger.warning("overlap audit: %d retrieved pair(s) duplicate evaluation images (%s)",
-                        summary["duplicates"], cfg.action)  # fmt: skip
+        _logger.warning(
+            "overlap audit: %d retrieved pair(s) duplicate evaluation images (%s)", summary["duplicates"], cfg.action
+        )
     return findings, summary

@@ -229,8 +229,13 @@ def _write_shard(storage: Storage, stage: Stage, index: int, uri: str, p: _Pendi
     if p.skipped:
         _logger.warning("%s: %d undecodable samples skipped", uri, p.skipped)
     if p.error:
-        _logger.warning("damaged shard: %s (%d samples embedded, %d skipped, %s unread)", p.error, len(rows),
-                        p.skipped, stats["unread"] if p.expected is not None else "an unknown number of")  # fmt: skip
+        _logger.warning(
+            "damaged shard: %s (%d samples embedded, %d skipped, %s unread)",
+            p.error,
+            len(rows),
+            p.skipped,
+            stats["unread"] if p.expected is not None else "an unknown number of",
+        )
     return ShardResult(index, len(rows), p.skipped, False)
 
 
@@ -261,8 +266,9 @@ def embed_batches(
             p.rows.extend(b["rows"])
         p.received += 1
         if b["batches"]:
-            p.batches, p.skipped, p.read, p.expected, p.error = (b[k] for k in ("batches", "skipped", "read",
-                                                                                 "expected", "error"))  # fmt: skip
+            p.batches, p.skipped, p.read, p.expected, p.error = (
+                b[k] for k in ("batches", "skipped", "read", "expected", "error")
+            )
         if p.complete:
             results.append(_write_shard(storage, stage, b["index"], uris[b["index"]], pending.pop(b["index"]), dim))
             if progress is not None:
@@ -346,8 +352,12 @@ def throughput(stats: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]
     for worker, shards in sorted(by.items()):
         pairs = sum(int(s["embedded"]) for s in shards)
         seconds = max(s["finished"] for s in shards) - min(s["started"] for s in shards)
-        out[worker] = {"shards": len(shards), "pairs": pairs, "seconds": round(seconds, 3),
-                       "pairs_per_s": round(pairs / seconds, 2) if seconds > 0 else 0.0}  # fmt: skip
+        out[worker] = {
+            "shards": len(shards),
+            "pairs": pairs,
+            "seconds": round(seconds, 3),
+            "pairs_per_s": round(pairs / seconds, 2) if seconds > 0 else 0.0,
+        }
     return out
 
 
@@ -443,8 +453,9 @@ def finish(
         _logger.warning(
             "%d knowledge-base shard(s) have no index ({shard}_stats.json): %s; a shard cut between two samples "
             "cannot be told from a whole one there (knowledge_base.require_index=true refuses them)",
-            len(unindexed), listed,
-        )  # fmt: skip
+            len(unindexed),
+            listed,
+        )
     workers = throughput(stats.values())
     counts = {
         "shards": len(stats),

@@ -51,8 +51,15 @@ def _schema(table: pd.DataFrame) -> pa.Schema:
     for name in table.columns:
         t = pa.Schema.from_pandas(table[[name]], preserve_index=False).field(name).type
         fields.append(pa.field(name, pa.string() if pa.types.is_null(t) else t))
-    extra = [("key", pa.string()), ("status", pa.string()), ("error_message", pa.string()), ("width", pa.int32()),
-             ("height", pa.int32()), ("original_width", pa.int32()), ("original_height", pa.int32())]  # fmt: skip
+    extra = [
+        ("key", pa.string()),
+        ("status", pa.string()),
+        ("error_message", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+    ]
     return pa.schema(fields + [pa.field(n, t) for n, t in extra])
 
 
@@ -134,8 +141,18 @@ def _extract(
 
     def close(n: int) -> None:
         writer.close()
-        write_stats(out, n, stats["count"], stats["successes"], stats["failed_to_download"], stats["failed_to_resize"],
-                    start, time.time(), status, OOM_SHARD_COUNT)  # fmt: skip
+        write_stats(
+            out,
+            n,
+            stats["count"],
+            stats["successes"],
+            stats["failed_to_download"],
+            stats["failed_to_resize"],
+            start,
+            time.time(),
+            status,
+            OOM_SHARD_COUNT,
+        )
 
     os.makedirs(out, exist_ok=True)
     bar = progress_bar(len(todo), "extract", "pair", show=progress)
@@ -148,9 +165,16 @@ def _extract(
             writer = WebDatasetSampleWriter(n, out, True, OOM_SHARD_COUNT, schema, "jpg")
             current, stats, status, start = n, Counter(), CappedCounter(), time.time()
         row = records[pos]
-        meta = {**row, "key": compute_key(pos % per, n, oom_sample, OOM_SHARD_COUNT), "status": None,
-                "error_message": None, "width": None, "height": None, "original_width": None,
-                "original_height": None}  # fmt: skip
+        meta = {
+            **row,
+            "key": compute_key(pos % per, n, oom_sample, OOM_SHARD_COUNT),
+            "status": None,
+            "error_message": None,
+            "width": None,
+            "height": None,
+            "original_width": None,
+            "original_height": None,
+        }
         stats["count"] += 1
         img, outcome = None, "success"
         if data is None:  # as img2dataset files a URL that gave nothing

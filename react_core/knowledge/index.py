@@ -252,8 +252,10 @@ def build_indices(storage: Storage, embed_uri: str, stage: Stage, cfg: IndexConf
             wrong = [(f, got, n) for f, got, n in zip(files, rows, recorded, strict=True) if n is not None and got != n]
             if wrong:
                 f, got, n = wrong[0]
-                raise EmbeddingError(f"{f} has {got} rows where the embed stage recorded {n}; fix: delete that "
-                                     "shard's metadata file and the stage's _SUCCESS, then run the embed stage again")  # fmt: skip
+                raise EmbeddingError(
+                    f"{f} has {got} rows where the embed stage recorded {n}; fix: delete that "
+                    "shard's metadata file and the stage's _SUCCESS, then run the embed stage again"
+                )
             if queries is None:
                 total = sum(rows)
                 picked = np.random.default_rng(seed).choice(total, size=min(cfg.recall_queries, total), replace=False)
@@ -266,23 +268,42 @@ def build_indices(storage: Storage, embed_uri: str, stage: Stage, cfg: IndexConf
                 if param is not None:
                     faiss.write_index(index, path)  # the tuned parameter is saved with the index
                     if reached < cfg.recall_target:
-                        _logger.warning("%s index: recall@%d %.3f below the target %.2f at %s (its ceiling)",
-                                        name, k, reached, cfg.recall_target, param)  # fmt: skip
+                        _logger.warning(
+                            "%s index: recall@%d %.3f below the target %.2f at %s (its ceiling)",
+                            name,
+                            k,
+                            reached,
+                            cfg.recall_target,
+                            param,
+                        )
             else:
                 reached, param = recall(index, queries, truth), None
             infos.update(
-                {"rows": int(index.ntotal), "dim": int(index.d), "metric": "ip", "k": k,
-                 "recall_at_k": reached, "recall_queries": len(queries), "embed_uri": embed_uri,
-                 "search_param": param or infos.get("index_param"), "recall_target": cfg.recall_target}
-            )  # fmt: skip
+                {
+                    "rows": int(index.ntotal),
+                    "dim": int(index.d),
+                    "metric": "ip",
+                    "k": k,
+                    "recall_at_k": reached,
+                    "recall_queries": len(queries),
+                    "embed_uri": embed_uri,
+                    "search_param": param or infos.get("index_param"),
+                    "recall_target": cfg.recall_target,
+                }
+            )
             storage.put_file(path, stage.file(f"{name}.index"))
             storage.write_json(stage.file(f"{name}_infos.json"), infos)
             counts[f"{name}.rows"] = int(index.ntotal)
             counts[f"{name}.recall_at_{k}"] = round(reached, 4)
             _logger.info(
-                "%s index: %s, %d rows, recall@%d %.3f%s", name, infos.get("index_key"), index.ntotal, truth.k, reached,
+                "%s index: %s, %d rows, recall@%d %.3f%s",
+                name,
+                infos.get("index_key"),
+                index.ntotal,
+                truth.k,
+                reached,
                 f" (retrieval.k={k} is more than the rows: measured at {truth.k})" if k > truth.k else "",
-            )  # fmt: skip
+            )
             shutil.rmtree(folder)  # links, or this kind's downloaded files
             os.remove(path)
     return stage.complete(counts=counts)

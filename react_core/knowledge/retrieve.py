@@ -221,8 +221,11 @@ def search(
     if k > n_rows:
         _logger.warning(
             "retrieval.k=%d is more than the knowledge base's %d pairs: every pair is a candidate for every prompt "
-            "(k cut to %d); lower retrieval.k to retrieve a share of the knowledge base", k, n_rows, n_rows,
-        )  # fmt: skip
+            "(k cut to %d); lower retrieval.k to retrieve a share of the knowledge base",
+            k,
+            n_rows,
+            n_rows,
+        )
     for mode in modes:
         index = load_index(storage, index_uri, "text" if mode == "t2t" else "image", n_rows, queries.shape[1])
         scores, rows = index.search(queries, min(k, n_rows))  # (P, K) each
@@ -252,8 +255,14 @@ def retrieve(
     """
     tasks = [task] if isinstance(task, TaskSpec) else list(task)
     prompts, prompt_class, classnames, class_task = combine(tasks)
-    hits = search(storage, index_uri, metadata_rows(storage, embed_uri), embed_prompts(model, tokenizer, prompts),
-                  cfg.modes, cfg.k)  # fmt: skip
+    hits = search(
+        storage,
+        index_uri,
+        metadata_rows(storage, embed_uri),
+        embed_prompts(model, tokenizer, prompts),
+        cfg.modes,
+        cfg.k,
+    )
     hits["class_id"] = np.asarray(prompt_class)[hits["prompt_id"].to_numpy()]
     cands = candidates(hits, cfg)
     embeddings = _CandidateEmbeddings(storage, embed_uri, cands["row"].to_numpy())
@@ -261,11 +270,13 @@ def retrieve(
     cands, findings, overlap = _audit(model, embeddings, meta, cands, cfg, audit_sets)
     texts = _CandidateEmbeddings(storage, embed_uri, cands["row"].to_numpy(), kind="text")
     chosen = finalize(
-        cands, cfg, classnames,
+        cands,
+        cfg,
+        classnames,
         image_embeddings=embeddings,
         captions=lambda r: meta(r)["caption"].to_numpy(),
         pair_scores=lambda r: np.einsum("nd,nd->n", embeddings(r).astype(np.float32), texts(r).astype(np.float32)),
-    )  # fmt: skip
+    )
     if len(tasks) > 1:
         chosen = task_shares(chosen, class_task, cfg.weights or [1.0] * len(tasks))
     if cfg.random_control:
@@ -365,12 +376,19 @@ def _write(
     storage.write_json(stage.file("overlap.json"), overlap)
     audit_counts = {f"overlap.{k}": v for k, v in overlap["summary"].items() if isinstance(v, int)}
     return stage.complete(
-        counts={"pairs": len(manifest), "prompts": n_prompts, "classes": len(per_class),
-                "empty_classes": len(empty), **{f"mode.{m}": int((manifest["mode"] == m).sum()) for m in cfg.modes},
-                **({"random_control": 1} if cfg.random_control else {}),
-                **(per_task if len(tasks) > 1 else {}), **audit_counts},
-        task="+".join(t.name for t in tasks), overlap=overlap["summary"],
-    )  # fmt: skip
+        counts={
+            "pairs": len(manifest),
+            "prompts": n_prompts,
+            "classes": len(per_class),
+            "empty_classes": len(empty),
+            **{f"mode.{m}": int((manifest["mode"] == m).sum()) for m in cfg.modes},
+            **({"random_control": 1} if cfg.random_control else {}),
+            **(per_task if len(tasks) > 1 else {}),
+            **audit_counts,
+        },
+        task="+".join(t.name for t in tasks),
+        overlap=overlap["summary"],
+    )
 
 
 class _CandidateMetadata:
@@ -425,9 +443,17 @@ def _audit(
     findings, summary = audit_overlap(embeddings.storage, places, embeddings(rows), audit_sets, feats, cfg.audit)
     findings.index = rows
     dups = findings[findings["overlap"]]
-    listing = [{"key": places["key"].iloc[i], "row": int(r), "similarity": float(dups.loc[r, "overlap_similarity"]),
-                "eval_image": dups.loc[r, "overlap_image"], "hash_distance": int(dups.loc[r, "overlap_hash_distance"])}
-               for i, r in enumerate(rows) if r in dups.index]  # fmt: skip
+    listing = [
+        {
+            "key": places["key"].iloc[i],
+            "row": int(r),
+            "similarity": float(dups.loc[r, "overlap_similarity"]),
+            "eval_image": dups.loc[r, "overlap_image"],
+            "hash_distance": int(dups.loc[r, "overlap_hash_distance"]),
+        }
+        for i, r in enumerate(rows)
+        if r in dups.index
+    ]
     summary["datasets"] = [s.name for s in audit_sets]
     if cfg.audit.action == "drop":
         cands = cands[~findings["overlap"].to_numpy()]

@@ -61,8 +61,15 @@ def _draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: flo
     elif shape == "bar":
         d.polygon(_rotated([(-r, -0.4 * r), (r, -0.4 * r), (r, 0.4 * r), (-r, 0.4 * r)], cx, cy, rot * 0.3), fill=fill)
     elif shape == "arrow":
-        pts = [(-r, -0.25 * r), (0.2 * r, -0.25 * r), (0.2 * r, -0.6 * r), (r, 0), (0.2 * r, 0.6 * r),
-               (0.2 * r, 0.25 * r), (-r, 0.25 * r)]  # fmt: skip
+        pts = [
+            (-r, -0.25 * r),
+            (0.2 * r, -0.25 * r),
+            (0.2 * r, -0.6 * r),
+            (r, 0),
+            (0.2 * r, 0.6 * r),
+            (0.2 * r, 0.25 * r),
+            (-r, 0.25 * r),
+        ]
         d.polygon(_rotated(pts, cx, cy, rot), fill=fill)
     else:  # pragma: no cover - world.SHAPES lists every shape drawn here
         raise ValueError(f"unknown shape {shape!r}")

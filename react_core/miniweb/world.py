@@ -21,9 +21,19 @@ import numpy as np
 from react_core.config import ConfigError
 
 SHAPES = [
-    "circle", "square", "triangle", "diamond", "star", "cross",
-    "ring", "hexagon", "bar", "arrow", "crescent", "pentagon",
-]  # fmt: skip
+    "circle",
+    "square",
+    "triangle",
+    "diamond",
+    "star",
+    "cross",
+    "ring",
+    "hexagon",
+    "bar",
+    "arrow",
+    "crescent",
+    "pentagon",
+]
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "orange": (240, 140, 30),

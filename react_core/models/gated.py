@@ -143,8 +143,9 @@ def set_trainable(model: nn.Module, mode: Mode) -> int:
     elif mode in ("locked-text", "full"):
         model.visual.requires_grad_(True)
     elif mode != "locked-image":
-        raise ValueError(f"unknown mode {mode!r}; fix: one of gated-image, locked-text, full, locked-image, "
-                         "gated-image+text")  # fmt: skip
+        raise ValueError(
+            f"unknown mode {mode!r}; fix: one of gated-image, locked-text, full, locked-image, gated-image+text"
+        )
     if mode in TEXT_MODES:
         for p in text_parameters(model):
             p.requires_grad_(True)

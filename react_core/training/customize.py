@@ -64,11 +64,30 @@ def launch(job: TrainJob, storage: Storage, tracker: Tracker, progress: bool) ->
     rendezvous = (
         ["--standalone"]
         if dcfg.nnodes == 1
-        else ["--nnodes", str(dcfg.nnodes), "--node_rank", str(dcfg.node_rank), "--rdzv_backend", "c10d",
-              "--rdzv_endpoint", dcfg.rdzv_endpoint, "--rdzv_id", dcfg.rdzv_id]
-    )  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nproc_per_node", str(dcfg.nproc_per_node),
-           "-m", "react_core.training.worker", job_uri]  # fmt: skip
+        else [
+            "--nnodes",
+            str(dcfg.nnodes),
+            "--node_rank",
+            str(dcfg.node_rank),
+            "--rdzv_backend",
+            "c10d",
+            "--rdzv_endpoint",
+            dcfg.rdzv_endpoint,
+            "--rdzv_id",
+            dcfg.rdzv_id,
+        ]
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        *rendezvous,
+        "--nproc_per_node",
+        str(dcfg.nproc_per_node),
+        "-m",
+        "react_core.training.worker",
+        job_uri,
+    ]
     _logger.info("launching: %s", " ".join(cmd))
     env = {
         **os.environ,
@@ -124,20 +143,32 @@ def _launch_kubernetes(job: TrainJob, job_uri: str, storage: Storage, tracker: T
         storage.rm(failed)  # markers of an earlier attempt: this one starts the pods afresh
         local = storage.read_bytes(manifest)
         # kubectl refuses to replace a finished Job's template: a re-run deletes the old one first
-        subprocess.run([kubectl, "delete", "job", name, "-n", kcfg.namespace, "--ignore-not-found"],
-                       capture_output=True, text=True, check=False)  # fmt: skip
-        proc = subprocess.run([kubectl, "apply", "-f", "-"], input=local.decode(), capture_output=True,
-                              text=True, check=False)  # fmt: skip
+        subprocess.run(
+            [kubectl, "delete", "job", name, "-n", kcfg.namespace, "--ignore-not-found"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        proc = subprocess.run(
+            [kubectl, "apply", "-f", "-"], input=local.decode(), capture_output=True, text=True, check=False
+        )
         if proc.returncode != 0:
             raise TrainingLaunchError(f"kubectl apply of {manifest} failed: {(proc.stdout + proc.stderr)[-2000:]}")
-        _logger.info("kubernetes: applied job %s (%d nodes x %d processes) from %s", name,
-                     job.cfg.distributed.nnodes, job.cfg.distributed.nproc_per_node, manifest)  # fmt: skip
+        _logger.info(
+            "kubernetes: applied job %s (%d nodes x %d processes) from %s",
+            name,
+            job.cfg.distributed.nnodes,
+            job.cfg.distributed.nproc_per_node,
+            manifest,
+        )
     else:
         _logger.warning(
             "kubernetes: no kubectl here; start the %d-node job with its manifest %s "
             "(`kubectl apply -f kubernetes.yaml`); this run waits for %s",
-            job.cfg.distributed.nnodes, manifest, model_json,
-        )  # fmt: skip
+            job.cfg.distributed.nnodes,
+            manifest,
+            model_json,
+        )
     start = time.monotonic()
     polls = 0
     while not storage.exists(model_json):
@@ -171,8 +202,12 @@ def _launch_kubernetes(job: TrainJob, job_uri: str, storage: Storage, tracker: T
 
 def _job_failed(kubectl: str, name: str, namespace: str) -> bool:
     """Whether the Job reports a failed pod (``status.failed``); unknown (kubectl failed) counts as not failed."""
-    proc = subprocess.run([kubectl, "get", "job", name, "-n", namespace, "-o", "jsonpath={.status.failed}"],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [kubectl, "get", "job", name, "-n", namespace, "-o", "jsonpath={.status.failed}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return proc.returncode == 0 and proc.stdout.strip() not in ("", "0")
 
 
@@ -186,8 +221,10 @@ def plot_gates(history: list[dict[str, float]]):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     steps = [r["step"] for r in history]
     for ax, kind in zip(axes, ("attn", "dense"), strict=True):
-        keys = sorted((k for k in (history[0] if history else {}) if k.startswith(f"gate/{kind}/")),
-                      key=lambda k: int(k.rsplit("/", 1)[1]))  # fmt: skip
+        keys = sorted(
+            (k for k in (history[0] if history else {}) if k.startswith(f"gate/{kind}/")),
+            key=lambda k: int(k.rsplit("/", 1)[1]),
+        )
         for k in keys:
             ax.plot(steps, [r[k] for r in history], label=f"layer {k.rsplit('/', 1)[1]}")
         ax.set_title(f"tanh(alpha_{kind})")

@@ -34,13 +34,16 @@ from react_core.storage import Stage, Storage
 @torch.no_grad()
 def _features(model: torch.nn.Module, images: torch.Tensor, batch: int = 512) -> torch.Tensor:
     size, device = model_image_size(model), model_device(model)
-    out = [F.normalize(model.encode_image(normalize(images[i : i + batch].to(device), size)).float(), dim=-1).cpu()
-           for i in range(0, len(images), batch)]  # fmt: skip
+    out = [
+        F.normalize(model.encode_image(normalize(images[i : i + batch].to(device), size)).float(), dim=-1).cpu()
+        for i in range(0, len(images), batch)
+    ]
     return torch.cat(out)
 
 
-def fit_linear(features: torch.Tensor, labels: torch.Tensor, init: torch.Tensor, steps: int, lr: float,
-               seed: int) -> torch.Tensor:  # fmt: skip
+def fit_linear(
+    features: torch.Tensor, labels: torch.Tensor, init: torch.Tensor, steps: int, lr: float, seed: int
+) -> torch.Tensor:
     """(D, C) weights from ``init`` (the text classifier), class-balanced cross-entropy, full batch."""
     torch.manual_seed(seed)
     w = init.clone().requires_grad_(True)
@@ -68,8 +71,7 @@ def choose_blend(head: Head, features: torch.Tensor, labels: torch.Tensor, class
     def accuracy() -> float:
         return float((head_logits(head, None, None, [], features, classifier).argmax(1) == labels).float().mean())
 
-    options = [{"mix": m} for m in MIXES] if head.kind == "linear" else [{"beta": b, "alpha": a}
-                                                                         for b, a in CACHE_GRID]  # fmt: skip
+    options = [{"mix": m} for m in MIXES] if head.kind == "linear" else [{"beta": b, "alpha": a} for b, a in CACHE_GRID]
     scored = []
     for option in options:
         for k, v in option.items():
@@ -115,17 +117,37 @@ def fit_head(
         classifier = text_classifier(model, tokenizer, classnames, list(templates)).float().cpu()
         r = cfg.rivals
         if cfg.mode == "real-linear":
-            head = Head(kind="linear", task=task, classnames=classnames, mix=r.linear_mix,
-                        weight=fit_linear(features, labels, classifier, r.linear_steps, r.linear_lr, cfg.seed))  # fmt: skip
+            head = Head(
+                kind="linear",
+                task=task,
+                classnames=classnames,
+                mix=r.linear_mix,
+                weight=fit_linear(features, labels, classifier, r.linear_steps, r.linear_lr, cfg.seed),
+            )
             steps, trainable = r.linear_steps, classifier.numel()
         else:
-            head = Head(kind="cache", task=task, classnames=classnames, keys=features.half(), labels=labels,
-                        alpha=r.cache_alpha, beta=r.cache_beta)  # fmt: skip
+            head = Head(
+                kind="cache",
+                task=task,
+                classnames=classnames,
+                keys=features.half(),
+                labels=labels,
+                alpha=r.cache_alpha,
+                beta=r.cache_beta,
+            )
         if bool(held.any()):  # training.holdout: the blend chosen on held-out retrieved pairs, no target label
             chosen = choose_blend(head, _features(model, all_images[held]), all_labels[held], classifier)
     save_head(storage, stage.file(HEAD_FILE), head)
-    summary = {"kind": head.kind, "mode": cfg.mode, "task": task, "pairs": pairs, "steps": steps,
-               "trainable_params": trainable, "wall_s": round(time.time() - t0, 2), "names": head.names,
-               "chosen_on_holdout": chosen}  # fmt: skip
+    summary = {
+        "kind": head.kind,
+        "mode": cfg.mode,
+        "task": task,
+        "pairs": pairs,
+        "steps": steps,
+        "trainable_params": trainable,
+        "wall_s": round(time.time() - t0, 2),
+        "names": head.names,
+        "chosen_on_holdout": chosen,
+    }
     storage.write_json(stage.file("head.json"), summary)
     return stage.complete(counts={"pairs": pairs, "trainable_params": trainable}, metrics={"wall_s": summary["wall_s"]})

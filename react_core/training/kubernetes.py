@@ -91,9 +91,13 @@ def training_job(
         "kind": "Service",
         "metadata": {"name": name, "namespace": k.namespace, "labels": labels},
         # headless, and resolvable before the pods are ready: the rendezvous happens before readiness
-        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": labels,
-                 "ports": [{"name": "rendezvous", "port": port}]},
-    }  # fmt: skip
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": labels,
+            "ports": [{"name": "rendezvous", "port": port}],
+        },
+    }
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -109,8 +109,19 @@ class RankBatches(Sampler[list[tuple[int, int]]]):
     from the retrieved pairs'): the batch holds exactly ``replay_per_rank * world`` of them, every step.
     """
 
-    def __init__(self, n: int, global_batch: int, epochs: int, seed: int, rank: int, world: int, start_step: int,
-                 n_replay: int = 0, replay_per_rank: int = 0, total: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        n: int,
+        global_batch: int,
+        epochs: int,
+        seed: int,
+        rank: int,
+        world: int,
+        start_step: int,
+        n_replay: int = 0,
+        replay_per_rank: int = 0,
+        total: int | None = None,
+    ):
         self.n, self.epochs, self.seed = n, epochs, seed
         self.rank, self.world, self.start = rank, world, start_step
         self.n_replay, self.replay = n_replay, replay_per_rank if n_replay else 0
@@ -159,8 +170,15 @@ class PairDataset(Dataset):
     """Pairs in memory; item (epoch, i) -> (uint8 image, caption feature, class id, replayed?). Rows from
     ``n_retrieved`` on are replayed pairs (:class:`RankBatches`)."""
 
-    def __init__(self, images: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, augment, seed: int,
-                 n_retrieved: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        labels: torch.Tensor,
+        augment,
+        seed: int,
+        n_retrieved: int | None = None,
+    ):
         self.images, self.text, self.labels, self.augment, self.seed = images, text, labels, augment, seed
         self.n_retrieved = len(images) if n_retrieved is None else n_retrieved
 
@@ -232,8 +250,9 @@ def full_state_dict(job: TrainJob, tower: ImageTower) -> nn.Module:
         add_gated_blocks(model, cfg.gated_layers)
     model.visual.load_state_dict({k: v.cpu() for k, v in tower.visual.state_dict().items()})
     if tower.text is not None:  # the trained text tower (its keys are the model's own, the image tower's aside)
-        missing, unexpected = model.load_state_dict({k: v.cpu() for k, v in tower.text.state_dict().items()},
-                                                    strict=False)  # fmt: skip
+        missing, unexpected = model.load_state_dict(
+            {k: v.cpu() for k, v in tower.text.state_dict().items()}, strict=False
+        )
         stray = list(unexpected) + [
             k for k in missing if not k.startswith("visual.") and k not in ("logit_scale", "logit_bias")
         ]
@@ -326,12 +345,14 @@ def _setup(job: TrainJob) -> _Session:
 
     tower, gated, n_trainable, tokenizer = build_tower(job, device)
     image_size = model_image_size(tower)
-    images, labels, text = _pairs(storage, job.shards, job.text_features, image_size, cfg.holdout, cfg.subset,
-                                  tokenizer)  # fmt: skip
+    images, labels, text = _pairs(
+        storage, job.shards, job.text_features, image_size, cfg.holdout, cfg.subset, tokenizer
+    )
     n, n_replay = len(images), 0
     if cfg.replay > 0:
-        r_images, r_labels, r_text = _pairs(storage, job.replay_shards, job.replay_text_features, image_size,
-                                            tokenizer=tokenizer)  # fmt: skip
+        r_images, r_labels, r_text = _pairs(
+            storage, job.replay_shards, job.replay_text_features, image_size, tokenizer=tokenizer
+        )
         n_replay = len(r_images)
         images, text = torch.cat([images, r_images]), torch.cat([text, r_text])
         labels = torch.cat([labels, torch.full_like(r_labels, -1)])  # replayed pairs have no class
@@ -386,16 +407,51 @@ def _setup(job: TrainJob) -> _Session:
         _logger.info(
             "training %s (%s, loss %s): %d pairs (+%d replayed, %d per batch), global batch %d over %d process(es), "
             "steps %d..%d on %s",
-            job.model_name, cfg.mode, cfg.loss, n, n_replay, world * replay_per_rank, global_batch, world, start,
-            total, device,
-        )  # fmt: skip
-    return _Session(job, rank, world, device, storage, tower, model, gated, n_trainable, image_size, opt, loader,
-                    n, global_batch, total, start, history, n_replay, world * replay_per_rank,
-                    None if reference is None else reference.to(device))  # fmt: skip
+            job.model_name,
+            cfg.mode,
+            cfg.loss,
+            n,
+            n_replay,
+            world * replay_per_rank,
+            global_batch,
+            world,
+            start,
+            total,
+            device,
+        )
+    return _Session(
+        job,
+        rank,
+        world,
+        device,
+        storage,
+        tower,
+        model,
+        gated,
+        n_trainable,
+        image_size,
+        opt,
+        loader,
+        n,
+        global_batch,
+        total,
+        start,
+        history,
+        n_replay,
+        world * replay_per_rank,
+        None if reference is None else reference.to(device),
+    )
 
 
-def _pairs(storage: Storage, shards: list[str], features_uri: str, image_size: int, holdout: float = 0.0,
-           subset: float = 1.0, tokenizer: Callable | None = None):  # fmt: skip
+def _pairs(
+    storage: Storage,
+    shards: list[str],
+    features_uri: str,
+    image_size: int,
+    holdout: float = 0.0,
+    subset: float = 1.0,
+    tokenizer: Callable | None = None,
+):
     """(uint8 images, class ids, caption features) of downloaded shards, checked to be as many; the ``holdout``
     share (:func:`react_core.data.held_out`) left out and the ``subset`` share kept
     (:func:`react_core.data.training_subset`). With a ``tokenizer`` (modes that train the text tower) the third is
@@ -427,8 +483,9 @@ def _loop(
     cfg, tower, opt = run.job.cfg, run.tower, run.opt
     use_amp = run.device != "cpu" and cfg.precision in ("amp_bf16", "bf16", "amp")
     amp_dtype = torch.float16 if cfg.precision == "amp" else torch.bfloat16
-    bar = progress_bar(run.total, f"customize ({cfg.mode})", "step", initial=run.start, show=progress,
-                       enabled=run.rank == 0)  # fmt: skip
+    bar = progress_bar(
+        run.total, f"customize ({cfg.mode})", "step", initial=run.start, show=progress, enabled=run.rank == 0
+    )
     t0, seen, step, loss_val = time.time(), 0, run.start, float("nan")
     tower.visual.eval()  # frozen parts behave as at inference; the gated blocks have no dropout
     if tower.text is not None:
@@ -456,8 +513,12 @@ def _loop(
                 loss_t /= run.world
             loss_val = float(loss_t)
             if run.rank == 0:
-                metrics = {"train/loss": loss_val, "train/lr": lr, "train/samples_per_s": seen / (time.time() - t0),
-                           "train/logit_scale": float(scale.detach())}  # fmt: skip
+                metrics = {
+                    "train/loss": loss_val,
+                    "train/lr": lr,
+                    "train/samples_per_s": seen / (time.time() - t0),
+                    "train/logit_scale": float(scale.detach()),
+                }
                 if run.reference is not None:
                     metrics["train/anchor"] = float(anchor_t.detach())
                 for i, (ga, gd) in gate_values(tower).items():
@@ -468,9 +529,18 @@ def _loop(
                 bar.set_postfix(loss=f"{loss_val:.3f}")
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < run.total:
             if run.rank == 0:
-                checkpoints.save(run.storage, run.job.stage_uri, step,
-                                 {"trainable": trainable_state(tower), "optimizer": opt.state_dict(),
-                                  "training": cfg.model_dump(mode="json"), "history": run.history}, cfg.keep_checkpoints)  # fmt: skip
+                checkpoints.save(
+                    run.storage,
+                    run.job.stage_uri,
+                    step,
+                    {
+                        "trainable": trainable_state(tower),
+                        "optimizer": opt.state_dict(),
+                        "training": cfg.model_dump(mode="json"),
+                        "history": run.history,
+                    },
+                    cfg.keep_checkpoints,
+                )
             if run.world > 1:
                 dist.barrier()
         if on_step is not None:
@@ -479,8 +549,15 @@ def _loop(
     return seen, loss_val, time.time() - t0
 
 
-def anchor_penalty(reference: nn.Module, x: torch.Tensor, features: torch.Tensor, replayed: torch.Tensor,
-                   device: str, amp_dtype: torch.dtype, use_amp: bool) -> torch.Tensor:  # fmt: skip
+def anchor_penalty(
+    reference: nn.Module,
+    x: torch.Tensor,
+    features: torch.Tensor,
+    replayed: torch.Tensor,
+    device: str,
+    amp_dtype: torch.dtype,
+    use_amp: bool,
+) -> torch.Tensor:
     """Mean squared distance between the customized features (``features``, L2-normalised, with grad) and the
     base model's (``reference``, no grad) of the replayed images of ``x``: feature-space anchoring, as LDIFS."""
     if not bool(replayed.any()):
