@@ -462,13 +462,17 @@ def run_train(
 
     def captions() -> tuple[str, Any]:
         """The captions' text features (a text-features stage each, its run nested in this one's)."""
-        text = run_text_features(storage, model, checkpoint, download_uri, **track) if shards and frozen_text else ""
+        text = (
+            run_text_features(storage, model=model, checkpoint=checkpoint, download_uri=download_uri, **track)
+            if shards and frozen_text
+            else ""
+        )
         replay = None
         if replay_uri and replay_input:
             replay_shards = downloaded_shards(storage, replay_uri)
             replay = (
                 replay_shards,
-                run_text_features(storage, model, checkpoint, replay_uri, **track)
+                run_text_features(storage, model=model, checkpoint=checkpoint, download_uri=replay_uri, **track)
                 if replay_shards and frozen_text
                 else "",
             )
