@@ -238,9 +238,11 @@ def evaluate_stages(
     return out
 
 
-def _tracked(config: ReactConfig, flow_name: str, body: Callable[[Runner, dict[str, Any]], Any]) -> dict[str, Any]:
-    """``body`` under a parent tracking run (ended with the outcome, the stages and the headline numbers)."""
-    storage = Storage(config.storage.root, config.storage.options)
+def _tracked(
+    config: ReactConfig, flow_name: str, storage: Storage, body: Callable[[Local, dict[str, Any]], Any]
+) -> dict[str, Any]:
+    """``body`` under a parent tracking run (ended with the outcome, the stages and the headline numbers), given a
+    :class:`Local` runner whose tracker records under it."""
     tracker = make_tracker(config.tracking, storage)
     out: dict[str, Any] = {"mlflow_run_id": parent_run.start_run(config, flow_name, tracker)}
     status = "FAILED"
@@ -261,11 +263,11 @@ def customize(config: ReactConfig) -> dict[str, Any]:
     storage = Storage(config.storage.root, config.storage.options)
     preflight.check_customize(config, storage)
 
-    def body(run: Runner, out: dict[str, Any]) -> None:
+    def body(run: Local, out: dict[str, Any]) -> None:
         customize_stages(config, run, out)
-        out["registered"] = promotion.register(storage, config, out, make_tracker(config.tracking, storage))
+        out["registered"] = promotion.register(storage, config, out, run.tracker)
 
-    return _tracked(config, "customize", body)
+    return _tracked(config, "customize", storage, body)
 
 
 def evaluate(config: ReactConfig, customized: str | None = None) -> dict[str, Any]:
@@ -274,7 +276,7 @@ def evaluate(config: ReactConfig, customized: str | None = None) -> dict[str, An
     storage = Storage(config.storage.root, config.storage.options)
     preflight.check_evaluate(config, storage, customized)
     checkpoint, scale = resolve_registered(customized, make_tracker(config.tracking, storage))
-    return _tracked(config, "evaluate", lambda run, out: evaluate_stages(config, run, out, checkpoint, scale))
+    return _tracked(config, "evaluate", storage, lambda run, out: evaluate_stages(config, run, out, checkpoint, scale))
 
 
 def ablate_stages(config: ReactConfig, grid: Grid, run: Runner, out: dict[str, Any]) -> dict[str, Any]:
