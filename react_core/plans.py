@@ -275,7 +275,7 @@ def evaluate(config: ReactConfig, customized: str | None = None) -> dict[str, An
     ``models:/NAME@ALIAS``) against it, on ``evaluation.tasks``."""
     storage = Storage(config.storage.root, config.storage.options)
     preflight.check_evaluate(config, storage, customized)
-    checkpoint, scale = resolve_registered(customized, make_tracker(config.tracking, storage))
+    checkpoint, scale = resolve_registered(customized, make_tracker(config.tracking, storage).model_registry)
     return _tracked(config, "evaluate", storage, lambda run, out: evaluate_stages(config, run, out, checkpoint, scale))
 
 

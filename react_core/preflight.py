@@ -143,25 +143,25 @@ def check_customize(config: ReactConfig, storage: Storage) -> None:
         check_comparable(registry.alias_tags(name, "champion"), name, config.model.name)
 
 
-def _registry(config: ReactConfig, storage: Storage):  # a Tracker or None (tracking is imported lazily: mlflow)
-    """The tracker whose model registry a check reads; None when its sqlite store does not exist yet (a first run:
+def _registry(config: ReactConfig, storage: Storage):  # a ModelRegistry or None (imported lazily: mlflow)
+    """The model registry a check reads; None when its sqlite store does not exist yet (a first run:
     nothing is registered, and a check must not create the store, which prints MLflow's migration lines)."""
     from react_core.tracking import default_tracking_uri, make_tracker
 
     uri = config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(storage)[0]
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///") :]):
         return None
-    return make_tracker(config.tracking, storage)
+    return make_tracker(config.tracking, storage).model_registry
 
 
 def check_registered(config: ReactConfig, storage: Storage, customized: str) -> None:
     """A ``models:/NAME@ALIAS`` to evaluate: the alias exists, the version's weights are still where it says (a
     local file of another folder too: a run whose root was deleted), and they are of the architecture this
     evaluation builds (``model.name``)."""
-    tracker = _registry(config, storage)
-    checkpoint = resolve_registered(customized, tracker)[0]  # an alias nobody holds is one line there
+    model_registry = _registry(config, storage)
+    checkpoint = resolve_registered(customized, model_registry)[0]  # an alias nobody holds is one line there
     name, _, alias = customized[len("models:/") :].partition("@")
-    theirs = (tracker.alias_tags(name, alias) or {}).get("react.model")
+    theirs = (model_registry.alias_tags(name, alias) or {}).get("react.model")  # resolved: a registry
     if theirs and theirs != config.model.name:
         raise ModelLoadError(
             f"{customized} is a {theirs} model and model.name is {config.model.name}; fix: evaluate it with "

@@ -30,12 +30,13 @@ def register(
     if tracker is None or not template or not train:
         return None
     task, name = registered_name(config, storage)
+    registry = tracker.model_registry
     # A version is a trained model at one lambda (evaluation.gate_scale): the same train stage at another lambda
     # is another version. Versions registered before lambda existed have no react.gate_scale tag: lambda 1.
     lam = config.evaluation.gate_scale if config.evaluation.gate_scale is not None else 1.0
-    existing = tracker.find_version(name, {"react.train_stage": train, "react.gate_scale": f"{lam:g}"})
+    existing = registry.find_version(name, {"react.train_stage": train, "react.gate_scale": f"{lam:g}"})
     if existing is None and lam == 1.0:
-        existing = tracker.find_version(name, {"react.train_stage": train, "react.gate_scale": None})
+        existing = registry.find_version(name, {"react.train_stage": train, "react.gate_scale": None})
     if existing is not None:
         return {"name": name, "version": existing, "champion": None, "new": False}
     producer = tracker.stage_producer(train)
@@ -72,12 +73,12 @@ def register(
         },
         "evaluation.json": table,
     }
-    champion = tracker.alias_tags(name, "champion")
+    champion = registry.alias_tags(name, "champion")
     check_comparable(champion, name, config.model.name)  # checked at preflight too; a run started meanwhile
-    version = tracker.register(name, producer, files, tags, "\n".join(lines))
+    version = registry.register(name, producer, files, tags, "\n".join(lines))
     if version is None:
         return None
-    tracker.set_alias(name, "candidate", version)
+    registry.set_alias(name, "candidate", version)
     gains = [table[t]["delta"] for t in config.retrieval.target_tasks if t in table]
     gain = sum(gains) / len(gains) if gains else None
     if champion is None:  # the first version must at least beat the base model on its target
@@ -86,6 +87,6 @@ def register(
         best = score is not None and score > float(champion.get("react.target_score", "-inf"))
     promote = config.tracking.promote == "always" or (config.tracking.promote == "if-better" and best)
     if promote:
-        tracker.set_alias(name, "champion", version)
+        registry.set_alias(name, "champion", version)
     _logger.info("registered %s version %s (candidate%s)", name, version, ", champion" if promote else "")
     return {"name": name, "version": version, "champion": promote, "new": True}

@@ -253,14 +253,14 @@ def check_comparable(champion: Mapping[str, str] | None, name: str, architecture
         )
 
 
-def resolve_registered(customized: str | None, tracker: Any) -> tuple[str | None, float | None]:
+def resolve_registered(customized: str | None, model_registry: Any) -> tuple[str | None, float | None]:
     """(checkpoint, lambda) of a checkpoint URI or a registered model as ``models:/{name}@{alias}``
     (``models:/react-imagenet-1k@champion``): the checkpoint its version records and its gate scale
     (``react.gate_scale``; 1 for versions registered before it); None for a plain checkpoint URI."""
     if not customized or not customized.startswith("models:/"):
         return customized, None
     name, sep, alias = customized[len("models:/") :].partition("@")
-    tags = tracker.alias_tags(name, alias) if (tracker is not None and sep) else None
+    tags = model_registry.alias_tags(name, alias) if (model_registry is not None and sep) else None
     if not tags or "react.model_file" not in tags:
         raise ConfigError(
             f"customized={customized}: no version of registered model {name!r} has the alias {alias!r}"

@@ -72,7 +72,7 @@ def run_summary(
         links["MLflow run"] = tracker.run_url(run_id) or run_id
     if (reg := result.get("registered")) and reg.get("version"):
         links["registered version"] = (
-            tracker.model_version_url(reg["name"], str(reg["version"])) if tracker else None
+            tracker.model_registry.version_url(reg["name"], str(reg["version"])) if tracker else None
         ) or f"models:/{reg['name']}/{reg['version']}"
     lines = []
     if price := price_line(rows):

@@ -1,7 +1,10 @@
 """Experiment tracking behind a small interface, so the library runs (and is tested) without a server.
 
 ``MLflowTracker`` is the real one (a sqlite file under the storage root by default, or any tracking
-URI); ``MemoryTracker`` records calls for tests; ``NullTracker`` does nothing.
+URI); ``MemoryTracker`` records calls for tests; ``NullTracker`` does nothing. The concerns around a run live
+beside it: where its artifacts go (:mod:`react_core.mlflow_artifacts`), the model registry
+(:mod:`react_core.model_registry`, a tracker's ``model_registry``), runs a killed process left RUNNING
+(:mod:`react_core.abandoned_runs`).
 """
 
 from __future__ import annotations
@@ -12,20 +15,19 @@ import json
 import logging
 import os
 import re
-import socket
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from react_core.abandoned_runs import end_abandoned, owner_tags
 from react_core.config import TrackingConfig
+from react_core.mlflow_artifacts import ArtifactRouter
+from react_core.model_registry import MemoryModelRegistry, MLflowModelRegistry, ModelRegistry
 from react_core.secrets import mask_urls
 from react_core.storage import Storage, file_lock, join, local_path
 
 _logger = logging.getLogger(__name__)
 _WARNED_STORES: set[str] = set()
-
-_FSSPEC_ARTIFACT_SCHEMES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"}
 
 # MLflow's own defaults for a tracking server (7 retries with backoff factor 2, 120 s per request) kept a run
 # waiting 8-9 minutes for a server that had gone away before it failed. A run that cannot record should stop
@@ -63,14 +65,11 @@ def metric_key(*parts: str) -> str:
     return "/".join(re.sub(r"[^\w\-. ]", "_", p) for p in parts)
 
 
-def _matches(tags: Mapping[str, str], match: Mapping[str, str | None]) -> bool:
-    return all(tags.get(k) == v for k, v in match.items())
-
-
 class Tracker:
-    """No-op base; subclasses record."""
+    """No-op base; subclasses record. ``model_registry`` is the registry of the tracker's store."""
 
     run_id: str | None = None
+    model_registry: ModelRegistry = ModelRegistry()
 
     @contextlib.contextmanager
     def run(
@@ -94,7 +93,8 @@ class Tracker:
     def log_image(self, image: Any, name: str) -> None: ...
 
     def mark_abandoned(self) -> list[str]:
-        """End as KILLED the runs left RUNNING by processes of this host that are gone; returns their ids."""
+        """End as KILLED the runs left RUNNING by processes of this host that are gone; returns their ids
+        (:mod:`react_core.abandoned_runs`)."""
         return []
 
     # A run that outlives a ``with`` block: a flow's parent run, ended with the flow's final state.
@@ -122,28 +122,6 @@ class Tracker:
         """Where a person opens the run (an MLflow server's page), or None when it has no web page."""
         return None
 
-    def model_version_url(self, name: str, version: str) -> str | None:
-        """Where a person opens a registered model's version, or None when the registry has no web page."""
-        return None
-
-    # The model registry: versions of a named model, their tags and aliases.
-    def register(
-        self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str
-    ) -> str | None:
-        """Log ``files`` (name -> JSON object) as the run's ``model/`` artifacts and register them as a new version
-        of ``name`` with ``tags`` and ``description``; returns the version (None: no registry)."""
-        return None
-
-    def alias_tags(self, name: str, alias: str) -> dict[str, str] | None:
-        """The tags of the version ``alias`` points at (None: no such alias)."""
-        return None
-
-    def set_alias(self, name: str, alias: str, version: str) -> None: ...
-
-    def find_version(self, name: str, match: Mapping[str, str | None]) -> str | None:
-        """The first version of ``name`` whose tags are as ``match`` says (a None value: the tag is absent)."""
-        return None
-
 
 NullTracker = Tracker
 
@@ -156,7 +134,7 @@ class MemoryTracker(Tracker):
         self.params: dict[str, Any] = {}
         self.metrics: list[tuple[str, float, int | None]] = []
         self.artifacts: list[str] = []
-        self.registry: dict[str, dict[str, Any]] = {}
+        self.model_registry = MemoryModelRegistry()
 
     @contextlib.contextmanager
     def run(
@@ -213,28 +191,11 @@ class MemoryTracker(Tracker):
         found = [i for i, r in enumerate(self.runs) if r["tags"].get("react.stage_uri") == stage_uri]
         return f"run-{found[0] + 1}" if found else None
 
-    def register(
-        self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str
-    ) -> str | None:
-        versions = self.registry.setdefault(name, {"versions": [], "aliases": {}})["versions"]
-        versions.append({"run_id": run_id, "files": dict(files), "tags": dict(tags), "description": description})
-        return str(len(versions))
-
-    def alias_tags(self, name: str, alias: str) -> dict[str, str] | None:
-        model = self.registry.get(name, {"versions": [], "aliases": {}})
-        version = model["aliases"].get(alias)
-        return None if version is None else model["versions"][int(version) - 1]["tags"]
-
-    def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.registry[name]["aliases"][alias] = version
-
-    def find_version(self, name: str, match: Mapping[str, str | None]) -> str | None:
-        versions = self.registry.get(name, {"versions": []})["versions"]
-        return next((str(i + 1) for i, v in enumerate(versions) if _matches(v["tags"], match)), None)
-
 
 class MLflowTracker(Tracker):
-    """MLflow tracking; ``mlflow`` is imported lazily (it is slow to import)."""
+    """MLflow tracking: runs, their params, metrics and artifacts (written by :class:`ArtifactRouter`); the store's
+    registry is ``model_registry`` (:class:`MLflowModelRegistry`). ``mlflow`` is imported lazily (slow to
+    import)."""
 
     def __init__(
         self,
@@ -247,8 +208,6 @@ class MLflowTracker(Tracker):
 
         self._mlflow = mlflow
         self.tracking_uri = tracking_uri
-        self._options = dict(storage_options or {})
-        self._artifact_uris: dict[str, str] = {}
         user_choice = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(tracking_uri)
         # MLflow also exports the URI as MLFLOW_TRACKING_URI, which make_tracker reads as the user's choice: a
@@ -267,13 +226,17 @@ class MLflowTracker(Tracker):
             else:
                 exp_id = exp.experiment_id
         self.experiment_id = exp_id
+        self.artifacts = ArtifactRouter(self._client(), storage_options)
+        self.model_registry = MLflowModelRegistry(tracking_uri, self.artifacts)
+
+    def _client(self) -> Any:
+        return self._mlflow.tracking.MlflowClient(self.tracking_uri)
 
     @contextlib.contextmanager
     def run(
         self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
     ) -> Iterator[Tracker]:
-        # Which process runs it: a run left RUNNING by a process that is gone (killed) is found by these.
-        all_tags = {"react.host": socket.gethostname(), "react.pid": str(os.getpid()), **dict(tags or {})}
+        all_tags = {**owner_tags(), **dict(tags or {})}
         if parent_run_id:
             # MLflow's own nesting tag: works across processes, unlike start_run(nested=True).
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -286,23 +249,42 @@ class MLflowTracker(Tracker):
             finally:
                 self.run_id = prev
 
+    def _current(self) -> str:
+        return self.run_id or self._mlflow.active_run().info.run_id
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._mlflow.log_params(_param_strings(params))
 
-    def _client(self) -> Any:
-        return self._mlflow.tracking.MlflowClient(self.tracking_uri)
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, local: str, artifact_path: str | None = None) -> None:
+        self.artifacts.log_file(self._current(), local, artifact_path)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        self.artifacts.log_bytes(self._current(), json.dumps(obj, indent=2, default=str).encode(), name)
+
+    def log_text(self, text: str, name: str) -> None:
+        self.artifacts.log_bytes(self._current(), text.encode(), name)
+
+    def log_figure(self, fig: Any, name: str) -> None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=name.rsplit(".", 1)[-1])
+        self.artifacts.log_bytes(self._current(), buf.getvalue(), name)
+
+    def log_image(self, image: Any, name: str) -> None:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, format="PNG")
+        self.artifacts.log_bytes(self._current(), buf.getvalue(), name)
 
     def open_run(
         self, name: str, tags: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None
     ) -> str | None:
         from mlflow.entities import Param
 
-        all_tags = {
-            "react.host": socket.gethostname(),
-            "react.pid": str(os.getpid()),
-            "mlflow.runName": name,
-            **dict(tags or {}),
-        }
+        all_tags = {**owner_tags(), "mlflow.runName": name, **dict(tags or {})}
         client = self._client()
         run = client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         items = [Param(k, v) for k, v in _param_strings(params or {}).items()]
@@ -327,57 +309,6 @@ class MLflowTracker(Tracker):
             client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
         client.set_terminated(run_id, status=status)
 
-    def run_url(self, run_id: str) -> str | None:
-        if not self.tracking_uri.startswith(("http://", "https://")):
-            return None  # a local store: `mlflow ui --backend-store-uri {tracking_uri}` serves it
-        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
-
-    def model_version_url(self, name: str, version: str) -> str | None:
-        if not self.tracking_uri.startswith(("http://", "https://")):
-            return None
-        return f"{self.tracking_uri.rstrip('/')}/#/models/{name}/versions/{version}"
-
-    def register(
-        self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str
-    ) -> str | None:
-        client = self._client()
-        with tempfile.TemporaryDirectory(prefix="react-model-") as tmp:
-            for fname, obj in files.items():
-                with open(os.path.join(tmp, fname), "w") as f:
-                    json.dump(obj, f, indent=2, default=str)
-            remote = self._artifacts_of(run_id)
-            if remote is None:
-                for fname in files:
-                    client.log_artifact(run_id, os.path.join(tmp, fname), "model")
-            else:
-                for fname in files:
-                    remote.put_file(os.path.join(tmp, fname), remote.uri("model", fname))
-        try:
-            client.create_registered_model(name)
-        except self._mlflow.exceptions.MlflowException:
-            pass  # it exists
-        source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
-        version = client.create_model_version(name, source, run_id=run_id, tags=dict(tags), description=description)
-        return str(version.version)
-
-    def alias_tags(self, name: str, alias: str) -> dict[str, str] | None:
-        try:
-            return dict(self._client().get_model_version_by_alias(name, alias).tags)
-        except self._mlflow.exceptions.MlflowException:
-            return None
-
-    def set_alias(self, name: str, alias: str, version: str) -> None:
-        self._client().set_registered_model_alias(name, alias, version)
-
-    def find_version(self, name: str, match: Mapping[str, str | None]) -> str | None:
-        try:
-            versions = self._client().search_model_versions(f"name = '{name}'")
-        except self._mlflow.exceptions.MlflowException:
-            return None
-        return next(
-            (str(v.version) for v in sorted(versions, key=lambda v: int(v.version)) if _matches(v.tags, match)), None
-        )
-
     def stage_producer(self, stage_uri: str) -> str | None:
         found = self._client().search_runs(
             [self.experiment_id],
@@ -387,77 +318,13 @@ class MLflowTracker(Tracker):
         )
         return found[0].info.run_id if found else None
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
-
-    # Artifacts. A run whose artifact URI is on an object store (s3://, the default under an S3 storage root) is
-    # written through our Storage with the storage options (endpoint, credentials): MLflow's own S3 client
-    # knows nothing of them (it reads only MLFLOW_S3_ENDPOINT_URL and the AWS environment) and failed with
-    # NoCredentialsError. Local and proxied (mlflow-artifacts:, http) URIs go through MLflow as usual.
-    def _remote_artifacts(self) -> Storage | None:
-        return self._artifacts_of(self.run_id or self._mlflow.active_run().info.run_id)
-
-    def _artifacts_of(self, run_id: str) -> Storage | None:
-        if run_id not in self._artifact_uris:
-            self._artifact_uris[run_id] = self._mlflow.get_run(run_id).info.artifact_uri
-        uri = self._artifact_uris[run_id]
-        scheme = uri.split("://", 1)[0] if "://" in uri else "file"
-        return Storage(uri, self._options) if scheme in _FSSPEC_ARTIFACT_SCHEMES else None
-
-    def log_artifact(self, local: str, artifact_path: str | None = None) -> None:
-        remote = self._remote_artifacts()
-        if remote is None:
-            self._mlflow.log_artifact(local, artifact_path)
-        else:
-            remote.put_file(local, remote.uri(artifact_path or "", os.path.basename(local)))
-
-    def _log_bytes(self, data: bytes, name: str) -> bool:
-        remote = self._remote_artifacts()
-        if remote is not None:
-            remote.write_bytes(remote.uri(name), data)
-        return remote is not None
-
-    def log_dict(self, obj: Any, name: str) -> None:
-        if not self._log_bytes(json.dumps(obj, indent=2, default=str).encode(), name):
-            self._mlflow.log_dict(obj, name)
-
-    def log_text(self, text: str, name: str) -> None:
-        if not self._log_bytes(text.encode(), name):
-            self._mlflow.log_text(text, name)
-
-    def log_figure(self, fig: Any, name: str) -> None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format=name.rsplit(".", 1)[-1])
-        if not self._log_bytes(buf.getvalue(), name):
-            self._mlflow.log_figure(fig, name)
-
-    def log_image(self, image: Any, name: str) -> None:
-        from PIL import Image
-
-        buf = io.BytesIO()
-        (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, format="PNG")
-        if not self._log_bytes(buf.getvalue(), name):
-            self._mlflow.log_image(image, artifact_file=name)
+    def run_url(self, run_id: str) -> str | None:
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return None  # a local store: `mlflow ui --backend-store-uri {tracking_uri}` serves it
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
 
     def mark_abandoned(self) -> list[str]:
-        """A process killed by a signal (SIGKILL, the OOM killer, a lost node) cannot end its runs: they stay
-        RUNNING forever. Those of this host whose process no longer exists are ended KILLED here, at the next
-        start; runs of other hosts are left alone (their processes cannot be checked from here)."""
-        client = self._mlflow.tracking.MlflowClient(self.tracking_uri)
-        host, ended = socket.gethostname(), []
-        running = client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
-        for r in running:
-            if r.data.tags.get("react.host") != host or not r.data.tags.get("react.pid", "").isdigit():
-                continue
-            if _alive(int(r.data.tags["react.pid"])):
-                continue
-            client.set_terminated(r.info.run_id, status="KILLED")
-            ended.append(r.info.run_id)
-        if ended:
-            _logger.warning(
-                "marked %d run(s) KILLED, left RUNNING by a process that is gone: %s", len(ended), ", ".join(ended)
-            )
-        return ended
+        return end_abandoned(self._client(), self.experiment_id)
 
 
 @contextlib.contextmanager
@@ -493,16 +360,6 @@ def unreachable_server(exc: BaseException | None) -> str | None:
 
 def _param_strings(params: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(v)[:5000] for k, v in _flatten(params).items()}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, as another user's
-        return True
-    return True
 
 
 def default_tracking_uri(storage: Storage) -> tuple[str, str | None]:

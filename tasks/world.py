@@ -24,7 +24,9 @@ def register_model(config: ReactConfig, result: dict) -> dict | None:
 def resolve_model(config: ReactConfig, customized: str | None) -> tuple[str | None, float | None]:
     """(checkpoint, lambda): a checkpoint URI as given (lambda None), or ``models:/{name}@{alias}`` resolved through
     the MLflow registry to its checkpoint and the gate scale it was registered with."""
-    return registry.resolve_registered(customized, tracker_of(config.tracking, storage_of(config.storage)))
+    return registry.resolve_registered(
+        customized, tracker_of(config.tracking, storage_of(config.storage)).model_registry
+    )
 
 
 @task(name="publish", cache_policy=None, persist_result=False)

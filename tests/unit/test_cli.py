@@ -271,7 +271,8 @@ def test_a_registry_name_of_another_architecture_or_weights_gone_fail_before_any
     def champion(name: str, architecture: str) -> None:
         run = tracker.open_run("train")
         tags = {"react.model": architecture, "react.model_file": gone, "react.gate_scale": "1"}
-        tracker.set_alias(name, "champion", tracker.register(name, run, {"model.json": {}}, tags, ""))
+        registry = tracker.model_registry
+        registry.set_alias(name, "champion", registry.register(name, run, {"model.json": {}}, tags, ""))
 
     def fails(*argv: str) -> str:
         capsys.readouterr()  # what setting up the registry printed

@@ -64,27 +64,27 @@ def test_a_customized_model_is_registered_once_as_candidate_and_champion_only_wh
 
     first = register(st, cfg, trained(1e-3, 0.90), tracker)
     assert first == {"name": "react-miniweb-fine", "version": "1", "champion": True, "new": True}
-    v1 = tracker.registry["react-miniweb-fine"]["versions"][0]
+    v1 = tracker.model_registry.models["react-miniweb-fine"]["versions"][0]
     assert v1["tags"]["miniweb-fine/accuracy/customized"] == "0.9000" and v1["run_id"] == "run-1"
     assert v1["files"]["model.json"]["checkpoint"].endswith("/model.pt") and "| miniweb-fine |" in v1["description"]
     assert register(st, cfg, trained(1e-3, 0.90), tracker)["new"] is False  # a cached re-run: no new version
     worse = register(st, cfg, trained(2e-3, 0.80), tracker)
     assert worse["version"] == "2" and not worse["champion"]
-    assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "2", "champion": "1"}
+    assert tracker.model_registry.models["react-miniweb-fine"]["aliases"] == {"candidate": "2", "champion": "1"}
     better = register(st, cfg, trained(3e-3, 0.95), tracker)
     assert (
-        tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"} and better["champion"]
+        tracker.model_registry.models["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"} and better["champion"]
     )
     never = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"promote": "never"})})
     register(st, never, trained(4e-3, 0.99), tracker)
-    assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "4", "champion": "3"}
+    assert tracker.model_registry.models["react-miniweb-fine"]["aliases"] == {"candidate": "4", "champion": "3"}
 
     # Another architecture cannot join these versions: refused, one line naming the champion's and the fix.
     other = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": "react-micro-vit"})})
     with pytest.raises(ConfigError, match=r"models:/react-miniweb-fine@champion is a react-tiny-vit model and this "
                                           r"run trains react-micro-vit.*fix: .*react-\{task\}-\{model\}"):  # fmt: skip
         register(st, other, trained(5e-3, 0.99), tracker)
-    assert len(tracker.registry["react-miniweb-fine"]["versions"]) == 4
+    assert len(tracker.model_registry.models["react-miniweb-fine"]["versions"]) == 4
     own = other.model_copy(update={"tracking": other.tracking.model_copy(update={"registered_model": "react-{task}-{model}"})})  # fmt: skip
     assert register(st, own, trained(5e-3, 0.99), tracker)["name"] == "react-miniweb-fine-react-micro-vit"
 
@@ -103,7 +103,7 @@ def test_the_first_version_is_champion_only_when_it_beats_the_base_on_its_target
         table = {"miniweb-fine": {"metric": "accuracy", "base": 0.3, "customized": fine, "delta": fine - 0.3}}
         out = register(st, cfg, {"train": uri, "table": table}, tracker)
         assert out["champion"] is (fine > 0.30), (fine, out)
-    assert tracker.registry["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"}
+    assert tracker.model_registry.models["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"}
 
 
 def test_an_object_store_root_keeps_the_mlflow_store_in_the_working_folder_and_says_so(tmp_path, monkeypatch, caplog):
