@@ -33,9 +33,12 @@ class ArtifactRouter:
 
     def object_store(self, run_id: str) -> Storage | None:
         """The run's artifact folder as a Storage when it is on an object store we write ourselves, else None."""
-        uri = self.artifact_uri(run_id)
+        return self.store_at(self.artifact_uri(run_id))
+
+    def store_at(self, uri: str) -> Storage | None:
+        """An artifact location (a run's, a logged model's) as a Storage when it is on an object store, else None."""
         scheme = uri.split("://", 1)[0] if "://" in uri else "file"
-        return Storage(uri, self._options) if scheme in FSSPEC_ARTIFACT_SCHEMES else None
+        return Storage(uri.rstrip("/"), self._options) if scheme in FSSPEC_ARTIFACT_SCHEMES else None
 
     def log_file(self, run_id: str, local: str, artifact_path: str | None = None) -> None:
         """``local`` as ``{artifact_path}/{basename(local)}`` of the run."""

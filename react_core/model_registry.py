@@ -7,10 +7,13 @@ the base class has no registry. A tracker carries the registry of its store as `
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 from react_core.mlflow_artifacts import ArtifactRouter
+from react_core.storage import Storage, join
 
 
 def matches(tags: Mapping[str, str], match: Mapping[str, str | None]) -> bool:
@@ -21,11 +24,24 @@ def matches(tags: Mapping[str, str], match: Mapping[str, str | None]) -> bool:
 class ModelRegistry:
     """No registry: nothing is registered, no alias exists."""
 
+    def log_model(self, storage: Storage, export_uri: str, run_id: str, tags: Mapping[str, str]) -> str | None:
+        """The export stage ``export_uri`` as an MLflow model (:mod:`react_core.serving.mlflow_model`) linked to the
+        run ``run_id``, logged once per stage (a re-run finds it by its ``react.export_stage`` tag); returns its id
+        (None: no registry)."""
+        return None
+
     def register(
-        self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str
+        self,
+        name: str,
+        run_id: str,
+        files: Mapping[str, Any],
+        tags: Mapping[str, str],
+        description: str,
+        model_id: str | None = None,
     ) -> str | None:
-        """Log ``files`` (name -> JSON object) as the run's ``model/`` artifacts and register them as a new version
-        of ``name`` with ``tags`` and ``description``; returns the version (None: no registry)."""
+        """A new version of ``name`` with ``tags`` and ``description``: the logged model ``model_id``, else
+        ``files`` (name -> JSON object) logged as the run's ``model/`` artifacts; returns the version (None: no
+        registry)."""
         return None
 
     def alias_tags(self, name: str, alias: str) -> dict[str, str] | None:
@@ -46,12 +62,33 @@ class ModelRegistry:
 class MemoryModelRegistry(ModelRegistry):
     def __init__(self) -> None:
         self.models: dict[str, dict[str, Any]] = {}
+        self.logged: list[dict[str, Any]] = []
+
+    def log_model(self, storage: Storage, export_uri: str, run_id: str, tags: Mapping[str, str]) -> str | None:
+        found = [i for i, m in enumerate(self.logged) if m["export"] == export_uri]
+        if not found:
+            self.logged.append({"export": export_uri, "run_id": run_id, "tags": dict(tags)})
+        return f"m-{(found[0] if found else len(self.logged) - 1) + 1}"
 
     def register(
-        self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str
+        self,
+        name: str,
+        run_id: str,
+        files: Mapping[str, Any],
+        tags: Mapping[str, str],
+        description: str,
+        model_id: str | None = None,
     ) -> str | None:
         versions = self.models.setdefault(name, {"versions": [], "aliases": {}})["versions"]
-        versions.append({"run_id": run_id, "files": dict(files), "tags": dict(tags), "description": description})
+        versions.append(
+            {
+                "run_id": run_id,
+                "files": dict(files),
+                "tags": dict(tags),
+                "description": description,
+                "model_id": model_id,
+            }
+        )
         return str(len(versions))
 
     def alias_tags(self, name: str, alias: str) -> dict[str, str] | None:
@@ -80,18 +117,72 @@ class MLflowModelRegistry(ModelRegistry):
     def _client(self) -> Any:
         return self._mlflow.tracking.MlflowClient(self.tracking_uri)
 
+    def log_model(self, storage: Storage, export_uri: str, run_id: str, tags: Mapping[str, str]) -> str | None:
+        from mlflow.entities import LoggedModelStatus
+
+        from react_core.serving import mlflow_model
+        from react_core.serving.export import EXPORTED_FILES
+
+        client = self._client()
+        experiment_id = client.get_run(run_id).info.experiment_id
+        found = client.search_logged_models(
+            [experiment_id], filter_string=f"tags.`react.export_stage` = '{export_uri}'", max_results=1
+        )
+        if found and found[0].status == LoggedModelStatus.READY:
+            return found[0].model_id
+        # mlflow.pyfunc.log_model writes through MLflow's artifact client, which knows none of the storage options
+        # (an S3 endpoint, credentials): the model is saved by MLflow locally, then written as run artifacts are.
+        model = client.create_logged_model(
+            experiment_id, name="model", source_run_id=run_id, tags={**dict(tags), "react.export_stage": export_uri}
+        )
+        with tempfile.TemporaryDirectory(prefix="react-mlflow-model-") as tmp:
+            exported = os.path.join(tmp, "export")
+            os.makedirs(exported)
+            for fname in EXPORTED_FILES:
+                if storage.exists(join(export_uri, fname)):
+                    with open(os.path.join(exported, fname), "wb") as f:
+                        f.write(storage.read_bytes(join(export_uri, fname)))
+            saved = os.path.join(tmp, "model")
+            mlflow_model.save(exported, saved, model_id=model.model_id)
+            remote = self._artifacts.store_at(model.artifact_location)
+            if remote is None:
+                client.log_model_artifacts(model.model_id, saved)
+            else:
+                for root, _, names in os.walk(saved):
+                    for fname in names:
+                        rel = os.path.relpath(os.path.join(root, fname), saved)
+                        remote.put_file(os.path.join(root, fname), remote.uri(*rel.split(os.sep)))
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        return model.model_id
+
     def register(
-        self, name: str, run_id: str, files: Mapping[str, Any], tags: Mapping[str, str], description: str
+        self,
+        name: str,
+        run_id: str,
+        files: Mapping[str, Any],
+        tags: Mapping[str, str],
+        description: str,
+        model_id: str | None = None,
     ) -> str | None:
         client = self._client()
-        for fname, obj in files.items():
-            self._artifacts.log_bytes(run_id, json.dumps(obj, indent=2, default=str).encode(), f"model/{fname}")
         try:
             client.create_registered_model(name)
         except self._mlflow.exceptions.MlflowException:
             pass  # it exists
-        source = f"{self._artifacts.artifact_uri(run_id)}/model"
-        version = client.create_model_version(name, source, run_id=run_id, tags=dict(tags), description=description)
+        if model_id is None:  # no exported model (tracking without an export stage): the files as the version
+            for fname, obj in files.items():
+                self._artifacts.log_bytes(run_id, json.dumps(obj, indent=2, default=str).encode(), f"model/{fname}")
+            source = f"{self._artifacts.artifact_uri(run_id)}/model"
+        else:
+            source = f"models:/{model_id}"
+        version = client.create_model_version(
+            name, source, run_id=run_id, tags=dict(tags), description=description, model_id=model_id
+        )
+        if model_id is not None:  # the logged model's page lists its versions (as mlflow.register_model records)
+            model = client.get_logged_model(model_id)
+            listed = json.loads(model.tags.get("mlflow.modelVersions", "[]"))
+            listed.append({"name": name, "version": str(version.version)})
+            client.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(listed)})
         return str(version.version)
 
     def alias_tags(self, name: str, alias: str) -> dict[str, str] | None:

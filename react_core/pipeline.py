@@ -9,8 +9,11 @@ CLI, a notebook or another orchestrator can run the same sequence and get the sa
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import torch
 
 from react_core import stages
 from react_core.ablation import Grid
@@ -54,7 +57,7 @@ from react_core.models.cache import cached_model, inference_model
 from react_core.models.gated import TEXT_MODES, set_gate_scale
 from react_core.preflight import check_checkpoint
 from react_core.registry import resolve_task
-from react_core.storage import Stage, Storage, join
+from react_core.storage import Stage, Storage, join, version_hash
 from react_core.tracking import Tracker, metric_key
 from react_core.training.customize import caption_features, customize
 from react_core.training.heads import fit_head
@@ -609,6 +612,87 @@ def run_evaluate_dataset(
         run_name=f"eval {dataset}",
         params={"dataset": dataset, "weights": inputs["weights"], "gate_scale": gate_scale, "split": evaluation.split},
         record=scores,
+    )
+
+
+# The images an export is checked on: the first of the check set (enough to catch a tower that computes otherwise,
+# few enough that the check costs seconds beside the export).
+EXPORT_CHECK_IMAGES = 256
+
+
+def _export_names(
+    storage: Storage, evaluation: EvaluationConfig, task: str, miniweb_uri: str | None
+) -> tuple[list[str], list[str], str | None]:
+    """(class names, templates, check set): the target task's names as its evaluation scores them (the eval set's,
+    when the task is evaluated; else the task's own), and the evaluation set the export is checked on (the task's,
+    else the first classification set evaluated; None: none)."""
+    classes = [t for t in evaluation.tasks if not is_caption_set(t)]
+    if task in classes:
+        evalset = open_eval(storage, evaluation, task, miniweb_uri, evaluation.split)
+        return list(evalset.classnames), list(evalset.templates), task
+    spec = resolve_task(storage, task, miniweb_uri)
+    return list(spec.classnames), list(spec.templates), classes[0] if classes else None
+
+
+def run_export(
+    storage: Storage,
+    *,
+    model: ModelConfig,
+    checkpoint: str,
+    evaluation: EvaluationConfig,
+    task: str,
+    miniweb_uri: str | None,
+    gate_scale: float = 1.0,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """The customized model at ``gate_scale`` exported (:mod:`react_core.serving.export`): both towers as
+    ``torch.export`` programs, the zero-shot head of ``task`` (a target task) and ``serving.json``, checked against
+    the model on up to :data:`EXPORT_CHECK_IMAGES` evaluation images (``export.json``: the lowest cosine, top-1
+    agreement, ms per image eager and exported, sizes). What the registered MLflow model serves."""
+    import tempfile
+
+    from react_core.serving.export import export_model, verify
+
+    classnames, templates, check = _export_names(storage, evaluation, task, miniweb_uri)
+    names = version_hash({"classes": classnames, "templates": templates}, {}, 1)
+    scaled = {"gate_scale": float(gate_scale)} if gate_scale != 1.0 else {}
+    inputs = {"checkpoint": checkpoint, **scaled}
+    derived = {"task": task, "names": names, "check": check}
+    stage = stages.EXPORT.stage(storage, {"model": model}, inputs, derived)
+    check_checkpoint(storage, checkpoint)
+
+    def compute(_: Tracker) -> str:
+        m, tok = inference_model(model, checkpoint, storage)
+        if gate_scale != 1.0:
+            set_gate_scale(m, gate_scale)
+        m = m.float().cpu().eval()
+        with tempfile.TemporaryDirectory(prefix="react-export-") as out:
+            serving = export_model(m, tok, classnames, templates, out)
+            found: dict[str, Any] = {"task": task, "check_set": check, "images": 0}
+            if check is not None:
+                evalset = open_eval(storage, evaluation, check, miniweb_uri, evaluation.split)
+                subset = torch.utils.data.Subset(
+                    evalset.torch_dataset(serving["image_size"]), range(min(len(evalset), EXPORT_CHECK_IMAGES))
+                )
+                found.update(verify(m, out, torch.utils.data.DataLoader(subset, batch_size=64)))
+            sizes = {
+                f"{name.split('.')[0]}_mb": os.path.getsize(os.path.join(out, name)) / 2**20 for name in os.listdir(out)
+            }
+            found.update(sizes)
+            for name in os.listdir(out):
+                storage.put_file(os.path.join(out, name), stage.file(name))
+        storage.write_json(stage.file("export.json"), found)
+        counts = {k: v for k, v in found.items() if isinstance(v, int | float) and k != "task"}
+        return stage.complete(counts=counts)
+
+    return execute(
+        stage,
+        compute,
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        params={"checkpoint": checkpoint, "gate_scale": gate_scale, "task": task, "check_set": check},
+        reports=("export.json",),
     )
 
 

@@ -217,13 +217,25 @@ def evaluate_models(
 
 def customize_stages(config: ReactConfig, run: Runner, out: dict[str, Any]) -> dict[str, Any]:
     """The customize run's stages, into ``out``: the world, the embedding, retrieval and training, the evaluation of
-    the base and the customized model, and the table."""
+    the base and the customized model, the table, and the export of the customized model for the registry (when a
+    model is registered: ``tracking.registered_model``)."""
     out["miniweb"], out["base"] = miniweb, checkpoint = world(config, run)
     out["embed"] = embedded = embed(config, run, checkpoint, miniweb)
     retrieve_and_train(config, run, checkpoint, miniweb, embedded, out)
     checkpoints = {"base": checkpoint, "customized": model_file(out["train"])}
     out["evaluate"] = evaluated = evaluate_models(config, run, checkpoints, miniweb)
     out["table"] = run.step("report", pipeline.evaluation_table, evaluate_uri=evaluated)
+    if config.tracking.enabled and config.tracking.registered_model and config.training.mode not in RIVAL_MODES:
+        out["export"] = run.stage(
+            "export",
+            pipeline.run_export,
+            model=config.model,
+            checkpoint=checkpoints["customized"],
+            evaluation=config.evaluation,
+            task=config.retrieval.target_tasks[0],
+            miniweb_uri=miniweb,
+            gate_scale=config.evaluation.customized_scale(),
+        )
     return out
 
 

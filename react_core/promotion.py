@@ -20,8 +20,8 @@ def register(
     storage: Storage, config: ReactConfig, result: Mapping[str, Any], tracker: Tracker | None
 ) -> dict[str, Any] | None:
     """Register the customized model as a version of ``tracking.registered_model`` (``react-{task}``): the train
-    run's ``model/`` artifacts (its architecture and the checkpoint's URI in storage; the weights stay there,
-    not copied), the evaluation as tags (``{dataset}/{metric}/{base,customized,delta}``) and as the description.
+    run's MLflow model when the run exported one (``export``: :mod:`react_core.serving`, the towers inside the model,
+    loadable and servable by MLflow alone), else its ``model/`` artifacts (the checkpoint's URI), the evaluation as tags (``{dataset}/{metric}/{base,customized,delta}``) and as the description.
     The version gets alias ``candidate``, and ``champion`` per ``tracking.promote`` (``if-better``: its score on
     the retrieval task beats the champion's; the first version must beat the base model there). A version of
     another architecture than the champion's is refused (:func:`check_comparable`). A model already registered (a cached re-run) is not registered
@@ -75,7 +75,11 @@ def register(
     }
     champion = registry.alias_tags(name, "champion")
     check_comparable(champion, name, config.model.name)  # checked at preflight too; a run started meanwhile
-    version = registry.register(name, producer, files, tags, "\n".join(lines))
+    model_id = None
+    if export := result.get("export"):  # the servable model: logged once, linked to the train stage's run
+        model_id = registry.log_model(storage, export, producer, {"react.train_stage": train, "react.task": task})
+        tags["react.export_stage"] = export
+    version = registry.register(name, producer, files, tags, "\n".join(lines), model_id=model_id)
     if version is None:
         return None
     registry.set_alias(name, "candidate", version)

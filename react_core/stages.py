@@ -326,6 +326,19 @@ EVALUATE = StageSpec(
     notes="inputs: each model's per-dataset eval stages",
 )
 
+EXPORT = StageSpec(
+    "export",
+    (Key("model.name", "model"),),
+    inputs=("checkpoint", "gate_scale"),
+    derived=("task", "names", "check"),
+    entry="run_export (a customized model, after its evaluation; registered as an MLflow model)",
+    computed_by="serving/export.py",
+    writes="`image_encoder.pt2`, `text_encoder.pt2` (torch.export programs), `classifier.npy`, `serving.json`, "
+    "`export.json` (its check against the model: cosines, top-1 agreement, ms per image, sizes)",
+    notes="`names`: the digest of the task's class names and templates; `check`: the evaluation set whose images "
+    "the export is checked on",
+)
+
 ABLATION = StageSpec(
     "ablation",
     (),
@@ -350,6 +363,7 @@ STAGES: tuple[StageSpec, ...] = (
     HEAD,
     EVAL,
     EVALUATE,
+    EXPORT,
     ABLATION,
 )
 

@@ -38,29 +38,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """A real MLflow tracking server on 127.0.0.1 (``port`` or a free one; its store and artifacts under
-    ``root``), in a process group of its own (``os.killpg`` stops it and its worker), answering /health:
-    (process, URL)."""
-    port = port or free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-           "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:  # poll the health endpoint: the server is usable once it answers
+def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    """Poll ``url`` until it answers 200 (a server is usable once it does); fail naming ``what`` when ``proc`` exits
+    or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
-                    return proc, url
+                    return
         except OSError:
             if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {proc.stderr.read().decode()[-2000:]}")
+                err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+                pytest.fail(f"{what} exited: {err}")
             if time.monotonic() > deadline:
                 proc.kill()
-                pytest.fail("mlflow server did not become healthy in 120 s")
+                pytest.fail(f"{what} did not answer {url} in {timeout:.0f} s")
             time.sleep(0.5)
+
+
+def start_mlflow_server(
+    root: Path, port: int | None = None, artifacts: str | None = None, env: dict | None = None
+) -> tuple[subprocess.Popen, str]:
+    """A real MLflow tracking server on 127.0.0.1 (``port`` or a free one; its store under ``root``, artifacts
+    under ``root`` or at ``artifacts``, served through the server), in a process group of its own (``os.killpg``
+    stops it and its worker), answering /health: (process, URL)."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+           "--artifacts-destination", artifacts or str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, **(env or {})})  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/health", proc, "mlflow server")
+    return proc, url
 
 
 def tiny_config(root: str | Path, **overrides) -> ReactConfig:

@@ -49,7 +49,7 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     )
     # Every stage records itself the same way (react_core.executor), each dataset's evaluation included.
     assert {c.info.run_name for c in children} == {
-        "miniweb", "pretrain-base", "embed", "index", "retrieve", "download", "train", "evaluate",
+        "miniweb", "pretrain-base", "embed", "index", "retrieve", "download", "train", "evaluate", "export",
         *(f"eval {d}" for d in DATASETS)}  # fmt: skip
     runs = {c.info.run_name: c for c in children}
     evals = [c for c in children if c.info.run_name == "eval miniweb-fine"]
@@ -69,6 +69,7 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
         and runs["embed"].data.metrics["embed/pairs_per_s_per_worker"] > 0
     )
     assert runs["index"].data.metrics[f"index/image.recall_at_{cfg.retrieval.k}"] >= 0.95
+    assert runs["export"].data.metrics["export/min_cosine"] >= 1 - 1e-4  # the served towers are the model's
     assert runs["download"].data.metrics["download/successes"] > 0
     assert {a.path for a in client.list_artifacts(runs["download"].info.run_id)} == {"download_summary.json"}
     retrieve_run = next(c for c in children if c.info.run_name == "retrieve")
@@ -114,8 +115,10 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     assert float(candidate.tags["miniweb-fine/accuracy/customized"]) == pytest.approx(
         first["table"]["miniweb-fine"]["customized"], abs=1e-4
     )
-    assert {a.path for a in client.list_artifacts(runs["train"].info.run_id, "model")} == {
-        "model/model.json", "model/evaluation.json"}  # fmt: skip
+    # ... an MLflow model (react_core.serving) linked to the train run, the towers inside it
+    assert candidate.source.startswith("models:/m-") and candidate.tags["react.export_stage"] == first["export"]
+    assert {"model/MLmodel", "model/clip_pyfunc.py", "model/artifacts"} <= {
+        a.path for a in client.list_artifacts(runs["train"].info.run_id, "model")}  # fmt: skip
 
     # The parent run lasts as long as the flow and says where every stage is and which run made it.
     assert parent.info.status == "FINISHED" and parent.info.end_time - parent.info.start_time > 5_000

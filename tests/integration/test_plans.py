@@ -21,7 +21,7 @@ from react_core.plans import customize
 
 result = customize(load_config(json.loads(sys.argv[1])))
 assert not [m for m in sys.modules if m == "prefect" or m.startswith("prefect.")], "prefect was imported"
-print(json.dumps({k: v for k, v in result.items() if k in ("train", "evaluate", "embed", "table", "registered")}))
+print(json.dumps({k: v for k, v in result.items() if k in ("train", "evaluate", "embed", "export", "table", "registered")}))
 """
 
 
@@ -47,9 +47,9 @@ def test_the_customize_plan_runs_in_a_plain_process_and_the_flow_reuses_every_st
     from react_core.storage import Storage
 
     st = Storage(cfg.storage.root)
-    finished = {k: st.stage_manifest(plain[k])["finished_at"] for k in ("train", "evaluate", "embed")}
+    finished = {k: st.stage_manifest(plain[k])["finished_at"] for k in ("train", "evaluate", "embed", "export")}
     flowed = customize(config=cfg)  # the same plan through Prefect: every stage is the plain run's, none rebuilt
-    assert (flowed["train"], flowed["evaluate"], flowed["embed"]) == (plain["train"], plain["evaluate"], plain["embed"])
+    assert [flowed[k] for k in finished] == [plain[k] for k in finished]
     assert flowed["table"] == plain["table"]
     assert {k: st.stage_manifest(plain[k])["finished_at"] for k in finished} == finished
     states = _task_states(flowed["flow_run_id"], {"train", "embed", "evaluation-report"})

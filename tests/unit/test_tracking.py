@@ -73,7 +73,8 @@ def test_a_customized_model_is_registered_once_as_candidate_and_champion_only_wh
     assert tracker.model_registry.models["react-miniweb-fine"]["aliases"] == {"candidate": "2", "champion": "1"}
     better = register(st, cfg, trained(3e-3, 0.95), tracker)
     assert (
-        tracker.model_registry.models["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"} and better["champion"]
+        tracker.model_registry.models["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"}
+        and better["champion"]
     )
     never = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"promote": "never"})})
     register(st, never, trained(4e-3, 0.99), tracker)
