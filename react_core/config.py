@@ -607,6 +607,20 @@ class EvaluationConfig(_Section):
         return [t for t in self.tasks if t == "miniweb-generic"]
 
 
+class PromotionThresholds(_Section):
+    """The evidence a new version needs to become ``champion`` (``tracking.promote: if-better``), from its evaluation
+    (customized - base, each dataset's headline metric). The defaults are the forgetting goal: a gain on the
+    target, at most 0.02 lost on what the base knew and on the other tasks evaluated."""
+
+    min_gain: float = Field(0.0, description="the target tasks' mean change must be above this")
+    max_generic_loss: float = Field(
+        0.02, ge=0, description="each generic probe (evaluation.generic) may lose at most this much"
+    )
+    max_other_loss: float = Field(
+        0.02, ge=0, description="each other evaluated task (not target, generic or a caption set) may lose at most this"
+    )
+
+
 class TrackingConfig(_Section):
     tracking_uri: str | None = Field(
         None,
@@ -622,8 +636,12 @@ class TrackingConfig(_Section):
     )
     promote: Literal["if-better", "always", "never"] = Field(
         "if-better",
-        description="when a new version (alias 'candidate') also becomes 'champion': when its target "
-        "task score beats the champion's, always, or never",
+        description="when a new version (alias 'candidate') also becomes 'champion': when it passes "
+        "tracking.thresholds and its target task score beats the champion's, always, or never",
+    )
+    thresholds: PromotionThresholds = Field(
+        default_factory=PromotionThresholds,
+        description="what a version must show to become champion under promote: if-better",
     )
 
 

@@ -11,6 +11,7 @@ from react_core.config import ReactConfig
 from react_core.models import model_file
 from react_core.registry import check_comparable, registered_name
 from react_core.storage import Storage, join
+from react_core.summary import dataset_roles
 from react_core.tracking import Tracker
 
 _logger = logging.getLogger(__name__)
@@ -20,12 +21,14 @@ def register(
     storage: Storage, config: ReactConfig, result: Mapping[str, Any], tracker: Tracker | None
 ) -> dict[str, Any] | None:
     """Register the customized model as a version of ``tracking.registered_model`` (``react-{task}``): the train
-    run's MLflow model when the run exported one (``export``: :mod:`react_core.serving`, the towers inside the model,
-    loadable and servable by MLflow alone), else its ``model/`` artifacts (the checkpoint's URI), the evaluation as tags (``{dataset}/{metric}/{base,customized,delta}``) and as the description.
-    The version gets alias ``candidate``, and ``champion`` per ``tracking.promote`` (``if-better``: its score on
-    the retrieval task beats the champion's; the first version must beat the base model there). A version of
-    another architecture than the champion's is refused (:func:`check_comparable`). A model already registered (a cached re-run) is not registered
-    twice. Returns ``{name, version, champion}`` (None when nothing is registered)."""
+    run's MLflow model when the run exported one (``export``: :mod:`react_core.serving`, the towers inside the
+    model, loadable and servable by MLflow alone), else its ``model/`` artifacts (the checkpoint's URI); the
+    evaluation as tags (``{dataset}/{metric}/{base,customized,delta}``) and as the description.
+    The version gets alias ``candidate``, and ``champion`` per ``tracking.promote`` (:func:`decide`: the
+    thresholds and the champion's score), the decision and its numbers as ``react.promotion.*`` tags. A version of
+    another architecture than the champion's is refused (:func:`check_comparable`). A model already registered (a
+    cached re-run) is not registered twice. Returns ``{name, version, champion, new, decision}`` (None when nothing
+    is registered)."""
     template, train = config.tracking.registered_model, result.get("train")
     if tracker is None or not template or not train:
         return None
@@ -75,6 +78,8 @@ def register(
     }
     champion = registry.alias_tags(name, "champion")
     check_comparable(champion, name, config.model.name)  # checked at preflight too; a run started meanwhile
+    decision = decide(config, table, champion)
+    tags.update({f"react.promotion.{k}": str(v) for k, v in decision.items()})
     model_id = None
     if export := result.get("export"):  # the servable model: logged once, linked to the train stage's run
         model_id = registry.log_model(storage, export, producer, {"react.train_stage": train, "react.task": task})
@@ -83,14 +88,56 @@ def register(
     if version is None:
         return None
     registry.set_alias(name, "candidate", version)
+    if decision["champion"]:
+        registry.set_alias(name, "champion", version)
+    _logger.info("registered %s version %s: %s", name, version, decision["reason"])
+    return {"name": name, "version": version, "champion": decision["champion"], "new": True, "decision": decision}
+
+
+def decide(
+    config: ReactConfig, table: Mapping[str, Mapping[str, Any]], champion: Mapping[str, str] | None
+) -> dict[str, Any]:
+    """Whether a new version becomes ``champion`` (``tracking.promote``; ``if-better``: it passes
+    ``tracking.thresholds`` and its target score beats the champion's, or there is none), with the numbers and the
+    reason in one line: ``{champion, reason, gain, generic_change, other_change}``; a change is the worst of its
+    datasets (None: none evaluated)."""
+    roles = dataset_roles(config)
+    th = config.tracking.thresholds
+
+    def worst(role: str) -> float | None:
+        deltas = [r["delta"] for d, r in table.items() if roles.get(d) == role and r.get("delta") is not None]
+        return min(deltas) if deltas else None
+
     gains = [table[t]["delta"] for t in config.retrieval.target_tasks if t in table]
     gain = sum(gains) / len(gains) if gains else None
-    if champion is None:  # the first version must at least beat the base model on its target
-        best = gain is not None and gain > 0
+    generic, other = worst("generic"), worst("other")
+    failed = []
+    if gain is None or gain <= th.min_gain:
+        failed.append(f"target gain {_signed(gain)} is not above {th.min_gain:+.3f}")
+    if generic is not None and generic < -th.max_generic_loss:
+        failed.append(f"generic change {generic:+.3f} loses more than {th.max_generic_loss:.3f}")
+    if other is not None and other < -th.max_other_loss:
+        failed.append(f"other-task change {other:+.3f} loses more than {th.max_other_loss:.3f}")
+    scores = [table[t]["customized"] for t in config.retrieval.target_tasks if t in table]
+    score = sum(scores) / len(scores) if scores else None
+    held = float(champion.get("react.target_score", "-inf")) if champion else None
+    if champion is not None and (score is None or score <= held):
+        failed.append(f"target score {_signed(score, '')} does not beat the champion's {held:.3f}")
+    rule = config.tracking.promote
+    if rule == "always":
+        promoted, reason = True, "champion (tracking.promote: always)"
+    elif rule == "never":
+        promoted, reason = False, "candidate (tracking.promote: never)"
     else:
-        best = score is not None and score > float(champion.get("react.target_score", "-inf"))
-    promote = config.tracking.promote == "always" or (config.tracking.promote == "if-better" and best)
-    if promote:
-        registry.set_alias(name, "champion", version)
-    _logger.info("registered %s version %s (candidate%s)", name, version, ", champion" if promote else "")
-    return {"name": name, "version": version, "champion": promote, "new": True}
+        promoted = not failed
+        reason = (
+            f"champion: target gain {_signed(gain)} > {th.min_gain:+.3f}, generic {_signed(generic)}, other "
+            f"{_signed(other)} within the allowed loss" + ("" if champion is None else f", beats {held:.3f}")
+            if promoted
+            else "candidate, not champion: " + "; ".join(failed)
+        )
+    return {"champion": promoted, "reason": reason, "gain": gain, "generic_change": generic, "other_change": other}
+
+
+def _signed(value: float | None, sign: str = "+") -> str:
+    return "n/a" if value is None else f"{value:{sign}.3f}"

@@ -48,6 +48,8 @@ def publish(config: ReactConfig, result: dict) -> None:
             f"- registered model: `{reg['name']}` version {reg['version']}"
             + (f" ({aliases})" if reg.get("new") else "")
         )
+        if reg.get("decision"):  # why champion moved or not: tracking.promote and tracking.thresholds
+            lines.append(f"- promotion: {reg['decision']['reason']}")
     create_markdown_artifact("\n".join([*lines, "", found["markdown"]]), key="summary", description="REACT run")
     # The pointer a person watching the run ends with: the UI's logs, and `prefect deployment run ... --watch`
     # when the server streams logs out (PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED, as infra/compose.yaml sets it).

@@ -351,10 +351,14 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     assert tiny_run.info.status == "FINISHED" and tiny_run.data.tags["react.stage.train.run"]
     version = client.get_model_version_by_alias("react-miniweb-fine-react-micro-vit", "candidate")
     assert version.tags["react.train_stage"].startswith(f"{shared}/train/")
-    # The first version is champion only when it beats the base on its target (one epoch here may not).
+    # The first version is champion only on evidence: a gain on its target, at most 0.02 lost elsewhere (one epoch
+    # here may not earn it).
     aliases = {a: str(v) for a, v in client.get_registered_model("react-miniweb-fine-react-micro-vit").aliases.items()}
-    gain = float(version.tags["miniweb-fine/accuracy/delta"])
-    assert aliases == ({"candidate": str(version.version)} | ({"champion": str(version.version)} if gain > 0 else {}))
+    deltas = {
+        d: float(version.tags[f"{d}/accuracy/delta"]) for d in ("miniweb-fine", "miniweb-generic", "miniweb-coarse")
+    }
+    earned = deltas["miniweb-fine"] > 0 and min(deltas["miniweb-generic"], deltas["miniweb-coarse"]) >= -0.02
+    assert aliases == ({"candidate": str(version.version)} | ({"champion": str(version.version)} if earned else {}))
     # an MLflow model linked to the train run, its towers on the server's S3
     assert {"model/MLmodel", "model/clip_pyfunc.py"} <= {a.path for a in client.list_artifacts(version.run_id, "model")}
     mlflow_store = Storage("s3://react-test/mlflow-artifacts", {"endpoint_url": s3_endpoint})

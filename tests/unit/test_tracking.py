@@ -7,6 +7,7 @@ from react_core.config_loading import load_config
 from react_core.executor import execute
 from react_core.parent_run import end_run, start_run
 from react_core.storage import Storage
+from react_core.summary import dataset_roles
 from react_core.tracking import MemoryTracker, make_tracker
 
 
@@ -63,7 +64,8 @@ def test_a_customized_model_is_registered_once_as_candidate_and_champion_only_wh
         return {"train": uri, "table": table, "evaluate": st.uri("evaluate", "x")}
 
     first = register(st, cfg, trained(1e-3, 0.90), tracker)
-    assert first == {"name": "react-miniweb-fine", "version": "1", "champion": True, "new": True}
+    assert {k: first[k] for k in ("name", "version", "champion", "new")} == {
+        "name": "react-miniweb-fine", "version": "1", "champion": True, "new": True}  # fmt: skip
     v1 = tracker.model_registry.models["react-miniweb-fine"]["versions"][0]
     assert v1["tags"]["miniweb-fine/accuracy/customized"] == "0.9000" and v1["run_id"] == "run-1"
     assert v1["files"]["model.json"]["checkpoint"].endswith("/model.pt") and "| miniweb-fine |" in v1["description"]
@@ -105,6 +107,45 @@ def test_the_first_version_is_champion_only_when_it_beats_the_base_on_its_target
         out = register(st, cfg, {"train": uri, "table": table}, tracker)
         assert out["champion"] is (fine > 0.30), (fine, out)
     assert tracker.model_registry.models["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"}
+
+
+def test_champion_moves_only_on_evidence_a_gain_within_the_allowed_losses_that_beats_the_champion(tmp_path):
+    from react_core.promotion import register
+
+    st = Storage(str(tmp_path))
+    cfg = load_config(None, ["retrieval.task=miniweb-fine"])
+    assert dataset_roles(cfg) == {"miniweb-fine": "target", "miniweb-coarse": "other", "miniweb-generic": "generic",
+                                  "miniweb-captions": "retrieval"}  # fmt: skip
+    tracker = MemoryTracker()
+
+    def version(i: int, fine: float, generic: float, coarse: float, config=cfg) -> dict:
+        stage = st.stage("train", {"i": i})
+        st.write_json(stage.file("model.json"), {"gated_layers": 2})
+        stage.complete()
+        execute(stage, _never, tracker=tracker, params={"i": i})
+        table = {name: {"metric": "accuracy", "base": 0.5, "customized": 0.5 + d, "delta": d}
+                 for name, d in (("miniweb-fine", fine), ("miniweb-generic", generic), ("miniweb-coarse", coarse))}  # fmt: skip
+        out = register(st, config, {"train": stage.uri, "table": table}, tracker)
+        tags = tracker.model_registry.models["react-miniweb-fine"]["versions"][int(out["version"]) - 1]["tags"]
+        assert tags["react.promotion.reason"] == out["decision"]["reason"] and "\n" not in out["decision"]["reason"]
+        return out
+
+    forgets = version(1, fine=0.30, generic=-0.03, coarse=0.0)  # a gain, but the base's knowledge paid for it
+    assert not forgets["champion"] and "generic change -0.030 loses more than 0.020" in forgets["decision"]["reason"]
+    hurts = version(2, fine=0.30, generic=0.0, coarse=-0.021)
+    assert not hurts["champion"] and "other-task change -0.021 loses more than 0.020" in hurts["decision"]["reason"]
+    no_gain = version(3, fine=0.0, generic=0.0, coarse=0.0)
+    assert not no_gain["champion"] and "target gain +0.000 is not above +0.000" in no_gain["decision"]["reason"]
+    first = version(4, fine=0.20, generic=-0.02, coarse=-0.01)  # losses within 0.02: champion
+    assert first["champion"] and first["decision"]["generic_change"] == pytest.approx(-0.02)
+    smaller = version(5, fine=0.10, generic=0.0, coarse=0.0)  # passes the thresholds, but the champion is better
+    assert not smaller["champion"] and "does not beat the champion's 0.700" in smaller["decision"]["reason"]
+    better = version(6, fine=0.25, generic=0.0, coarse=0.0)
+    assert better["champion"] and "beats 0.700" in better["decision"]["reason"]
+    strict = load_config(None, ["retrieval.task=miniweb-fine", "tracking.thresholds.min_gain=0.3"])
+    assert not version(7, fine=0.29, generic=0.0, coarse=0.0, config=strict)["champion"]
+    assert version(8, fine=0.31, generic=0.0, coarse=0.0, config=strict)["champion"]
+    assert tracker.model_registry.models["react-miniweb-fine"]["aliases"] == {"candidate": "8", "champion": "8"}
 
 
 def test_an_object_store_root_keeps_the_mlflow_store_in_the_working_folder_and_says_so(tmp_path, monkeypatch, caplog):
