@@ -94,20 +94,25 @@ def one_line_user_errors() -> None:
 
 
 @contextlib.contextmanager
-def tracked(config: ReactConfig, flow_name: str) -> Iterator[dict[str, Any]]:
-    """The flow's parent MLflow run, open while the flow runs and ended with its outcome: FINISHED, or FAILED
-    when the flow raises (KILLED on an interrupt). Yields the flow's result dict (``mlflow_run_id``,
+def tracked(config: ReactConfig, flow_name: str, subject: str | None = None) -> Iterator[dict[str, Any]]:
+    """The flow's parent MLflow run, named after the flow, ``subject`` (what it runs for; default: the target
+    tasks or the model) and the flow run's name, open while the flow runs and ended with its outcome: FINISHED, or
+    FAILED when the flow raises (KILLED on an interrupt). Yields the flow's result dict (``mlflow_run_id``,
     ``flow_run_id``), which the flow fills with its stage URIs: they become the parent run's tags."""
     out: dict[str, Any] = {"flow_run_id": runtime.flow_run.id}
-    out["mlflow_run_id"] = start_tracking(config, flow_name, runtime.flow_run.id)
+    out["mlflow_run_id"] = start_tracking(config, flow_name, runtime.flow_run.id, runtime.flow_run.name, subject)
     try:
         yield out
     except BaseException as exc:
         status = "FAILED" if isinstance(exc, Exception) else "KILLED"
         if unreachable_server(exc) is None:  # a server that went away cannot record it: the next start ends it KILLED
-            end_tracking(config, out["mlflow_run_id"], status, _uris(out), out.get("table"))
+            end_tracking(config, out["mlflow_run_id"], status, _uris(out), out.get("table"), _model_id(out))
         raise
-    end_tracking(config, out["mlflow_run_id"], "FINISHED", _uris(out), out.get("table"))
+    end_tracking(config, out["mlflow_run_id"], "FINISHED", _uris(out), out.get("table"), _model_id(out))
+
+
+def _model_id(out: dict[str, Any]) -> str | None:
+    return (out.get("registered") or {}).get("model_id")
 
 
 def _uris(out: dict[str, Any]) -> dict[str, str]:

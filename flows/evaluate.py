@@ -11,7 +11,7 @@ from react_core import plans
 from react_core.overrides import ConfigOverrides
 from tasks import customize as t
 from tasks.stage import PrefectRunner
-from tasks.world import resolve_model
+from tasks.world import publish, resolve_model
 
 
 @flow(name="evaluate", persist_result=True)
@@ -27,7 +27,8 @@ def evaluate(
     """
     config = run_config(preset, config)
     t.preflight(config, "evaluate", customized)
-    with tracked(config, "evaluate") as out:
+    with tracked(config, "evaluate", customized or f"{config.model.name} (base)") as out:
         checkpoint, registered_scale = resolve_model(config, customized)
         plans.evaluate_stages(config, PrefectRunner(config, out["mlflow_run_id"]), out, checkpoint, registered_scale)
+    publish(config, out)  # the table and summary as the flow run's artifacts, and its last log lines
     return out

@@ -251,12 +251,17 @@ def evaluate_stages(
 
 
 def _tracked(
-    config: ReactConfig, flow_name: str, storage: Storage, body: Callable[[Local, dict[str, Any]], Any]
+    config: ReactConfig,
+    flow_name: str,
+    storage: Storage,
+    body: Callable[[Local, dict[str, Any]], Any],
+    subject: str | None = None,
 ) -> dict[str, Any]:
     """``body`` under a parent tracking run (ended with the outcome, the stages and the headline numbers), given a
     :class:`Local` runner whose tracker records under it."""
     tracker = make_tracker(config.tracking, storage)
-    out: dict[str, Any] = {"mlflow_run_id": parent_run.start_run(config, flow_name, tracker)}
+    title = parent_run.run_title(config, flow_name, subject)
+    out: dict[str, Any] = {"mlflow_run_id": parent_run.start_run(config, flow_name, tracker, title=title)}
     status = "FAILED"
     try:
         body(Local(storage, tracker, out["mlflow_run_id"]), out)
@@ -264,7 +269,9 @@ def _tracked(
     finally:
         stages = {k: v for k, v in out.items() if isinstance(v, str)}
         metrics = parent_run.headline_metrics(out.get("table"), dataset_roles(config))
-        parent_run.end_run(tracker, out["mlflow_run_id"], status, stages, metrics)
+        model_id = (out.get("registered") or {}).get("model_id")
+        datasets = parent_run.datasets_used(storage, stages)
+        parent_run.end_run(tracker, out["mlflow_run_id"], status, stages, metrics, datasets, model_id)
     return out
 
 
@@ -288,7 +295,10 @@ def evaluate(config: ReactConfig, customized: str | None = None) -> dict[str, An
     storage = Storage(config.storage.root, config.storage.options)
     preflight.check_evaluate(config, storage, customized)
     checkpoint, scale = resolve_registered(customized, make_tracker(config.tracking, storage).model_registry)
-    return _tracked(config, "evaluate", storage, lambda run, out: evaluate_stages(config, run, out, checkpoint, scale))
+    subject = customized or f"{config.model.name} (base)"
+    return _tracked(
+        config, "evaluate", storage, lambda run, out: evaluate_stages(config, run, out, checkpoint, scale), subject
+    )
 
 
 def ablate_stages(config: ReactConfig, grid: Grid, run: Runner, out: dict[str, Any]) -> dict[str, Any]:

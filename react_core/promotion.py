@@ -27,7 +27,7 @@ def register(
     The version gets alias ``candidate``, and ``champion`` per ``tracking.promote`` (:func:`decide`: the
     thresholds and the champion's score), the decision and its numbers as ``react.promotion.*`` tags. A version of
     another architecture than the champion's is refused (:func:`check_comparable`). A model already registered (a
-    cached re-run) is not registered twice. Returns ``{name, version, champion, new, decision}`` (None when nothing
+    cached re-run) is not registered twice. Returns ``{name, version, champion, new, decision, model_id}`` (None when nothing
     is registered)."""
     template, train = config.tracking.registered_model, result.get("train")
     if tracker is None or not template or not train:
@@ -40,9 +40,11 @@ def register(
     existing = registry.find_version(name, {"react.train_stage": train, "react.gate_scale": f"{lam:g}"})
     if existing is None and lam == 1.0:
         existing = registry.find_version(name, {"react.train_stage": train, "react.gate_scale": None})
-    if existing is not None:
-        return {"name": name, "version": existing, "champion": None, "new": False}
     producer = tracker.stage_producer(train)
+    export = result.get("export")
+    if existing is not None:  # a cached re-run: its logged model found again (the parent run shows it)
+        model_id = registry.log_model(storage, export, producer, {}) if export and producer else None
+        return {"name": name, "version": existing, "champion": None, "new": False, "model_id": model_id}
     if producer is None:
         _logger.warning("not registering %s: no tracking run recorded its train stage %s", name, train)
         return None
@@ -81,7 +83,7 @@ def register(
     decision = decide(config, table, champion)
     tags.update({f"react.promotion.{k}": str(v) for k, v in decision.items()})
     model_id = None
-    if export := result.get("export"):  # the servable model: logged once, linked to the train stage's run
+    if export:  # the servable model: logged once, linked to the train stage's run
         model_id = registry.log_model(storage, export, producer, {"react.train_stage": train, "react.task": task})
         tags["react.export_stage"] = export
     version = registry.register(name, producer, files, tags, "\n".join(lines), model_id=model_id)
@@ -91,7 +93,8 @@ def register(
     if decision["champion"]:
         registry.set_alias(name, "champion", version)
     _logger.info("registered %s version %s: %s", name, version, decision["reason"])
-    return {"name": name, "version": version, "champion": decision["champion"], "new": True, "decision": decision}
+    out = {"name": name, "version": version, "champion": decision["champion"], "new": True, "decision": decision}
+    return {**out, "model_id": model_id}
 
 
 def decide(

@@ -40,6 +40,22 @@ def price_line(rows: Sequence[Mapping[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+def table_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Summary rows (:func:`run_summary`) as an aligned text table, for a log or a terminal; a base-only evaluation
+    has no customized or delta column."""
+    cols = ["dataset", "role", "metric", "base"]
+    if any(r.get("customized") is not None for r in rows):
+        cols += ["customized", "delta"]
+
+    def cell(r: Mapping[str, Any], c: str) -> str:
+        v = r.get(c)
+        return "" if v is None else f"{v:+.4f}" if c == "delta" else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    cells = [cols] + [[cell(r, c) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
 def run_summary(
     storage: Storage,
     result: Mapping[str, Any],
@@ -57,8 +73,8 @@ def run_summary(
             "role": roles.get(d, "other"),
             "metric": r["metric"],
             "base": round(r["base"], 4),
-            "customized": round(r["customized"], 4),
-            "delta": round(r["delta"], 4),
+            "customized": None if r.get("customized") is None else round(r["customized"], 4),
+            "delta": None if r.get("delta") is None else round(r["delta"], 4),
         }
         for d, r in sorted(
             (result.get("table") or {}).items(), key=lambda kv: (ROLES.index(roles.get(kv[0], "other")), kv[0])

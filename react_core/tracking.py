@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -114,6 +115,12 @@ class Tracker:
         """Tag a run opened by :meth:`open_run`, log its ``metrics`` and end it (``FINISHED``, ``FAILED`` or
         ``KILLED``)."""
 
+    def log_datasets(self, run_id: str, datasets: list[dict[str, str]]) -> None:
+        """Record ``datasets`` (``name``, ``uri``, ``digest``, ``context``) as the run's inputs, by reference."""
+
+    def link_model(self, run_id: str, model_id: str) -> None:
+        """Show the logged model ``model_id`` as an output of the run."""
+
     def stage_producer(self, stage_uri: str) -> str | None:
         """The id of the first run that logged the stage at ``stage_uri`` (None if none did)."""
         return None
@@ -186,6 +193,12 @@ class MemoryTracker(Tracker):
         run["tags"].update(tags or {})
         run.setdefault("metrics", {}).update(metrics or {})
         run["status"] = status
+
+    def log_datasets(self, run_id: str, datasets: list[dict[str, str]]) -> None:
+        self.runs[int(run_id.split("-")[1]) - 1].setdefault("datasets", []).extend(datasets)
+
+    def link_model(self, run_id: str, model_id: str) -> None:
+        self.runs[int(run_id.split("-")[1]) - 1]["model_id"] = model_id
 
     def stage_producer(self, stage_uri: str) -> str | None:
         found = [i for i, r in enumerate(self.runs) if r["tags"].get("react.stage_uri") == stage_uri]
@@ -322,6 +335,30 @@ class MLflowTracker(Tracker):
         if not self.tracking_uri.startswith(("http://", "https://")):
             return None  # a local store: `mlflow ui --backend-store-uri {tracking_uri}` serves it
         return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    def log_datasets(self, run_id: str, datasets: list[dict[str, str]]) -> None:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for d in datasets:
+            try:
+                with warnings.catch_warnings():  # a local path matches MLflow's file source twice; it says so each time
+                    warnings.simplefilter("ignore", UserWarning)
+                    source = resolve_dataset_source(d["uri"])
+            except Exception as exc:  # noqa: BLE001 - MLflow knows no source for this scheme: recorded as a tag
+                _logger.warning("tracking: dataset %s at %s not recorded as an input (%s)", d["name"], d["uri"], exc)
+                continue
+            entity = MetaDataset(source, name=d["name"], digest=d["digest"])._to_mlflow_entity()
+            inputs.append(DatasetInput(entity, [InputTag("mlflow.data.context", d["context"])]))
+        if inputs:
+            self._client().log_inputs(run_id, datasets=inputs)
+
+    def link_model(self, run_id: str, model_id: str) -> None:
+        from mlflow.entities import LoggedModelOutput
+
+        self._client().log_outputs(run_id, [LoggedModelOutput(model_id, 0)])
 
     def mark_abandoned(self) -> list[str]:
         return end_abandoned(self._client(), self.experiment_id)

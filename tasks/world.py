@@ -29,10 +29,12 @@ def resolve_model(config: ReactConfig, customized: str | None) -> tuple[str | No
     )
 
 
-@task(name="publish", cache_policy=None, persist_result=False)
 def publish(config: ReactConfig, result: dict) -> None:
     """The run's results in the Prefect UI: the evaluation table, links to the model and the MLflow run, and the
-    retrieval summary, as artifacts of this flow run (react_core.summary.run_summary reads them from the stages)."""
+    retrieval summary, as artifacts of the flow run (react_core.summary.run_summary reads them from the stages);
+    then the table as the run's last log lines (what `prefect deployment run --watch` ends with). Called in the
+    flow's body, not as a task: an artifact made in a task belongs to the task run, and the flow run's Artifacts
+    tab would list it under no run."""
     st = storage_of(config.storage)
     found = summary.run_summary(st, result, tracker_of(config.tracking, st), summary.dataset_roles(config))
     if found["table"]:
@@ -53,27 +55,50 @@ def publish(config: ReactConfig, result: dict) -> None:
     create_markdown_artifact("\n".join([*lines, "", found["markdown"]]), key="summary", description="REACT run")
     # The pointer a person watching the run ends with: the UI's logs, and `prefect deployment run ... --watch`
     # when the server streams logs out (PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED, as infra/compose.yaml sets it).
-    deltas = ", ".join(f"{r['dataset']} ({r['role']}) {r['base']:.3f} -> {r['customized']:.3f}" for r in found["table"])
+    deltas = ", ".join(
+        f"{r['dataset']} ({r['role']}) {r['base']:.3f}"
+        + ("" if r["customized"] is None else f" -> {r['customized']:.3f}")
+        for r in found["table"]
+    )
     pointer = "; ".join(f"{name}: {target}" for name, target in found["links"].items())
     pointer += f"; zero-shot {deltas} (artifact 'evaluation')" if deltas else ""
-    get_run_logger().info("REACT result: %s", pointer)
+    logger = get_run_logger()
+    logger.info("REACT result: %s", pointer)
+    if found["table"]:
+        logger.info("evaluation (zero-shot, base -> customized):\n%s", summary.table_text(found["table"]))
 
 
 @task(name="end-tracking", cache_policy=None, persist_result=False)
 def end_tracking(
-    config: ReactConfig, parent_run_id: str | None, status: str, stages: dict | None = None, table: dict | None = None
+    config: ReactConfig,
+    parent_run_id: str | None,
+    status: str,
+    stages: dict | None = None,
+    table: dict | None = None,
+    model_id: str | None = None,
 ) -> None:
-    """End the parent MLflow run with the flow's outcome, tagged with every stage and the run that produced it, and
-    the evaluation's headline numbers as its metrics (``table``: the flow's evaluation table)."""
+    """End the parent MLflow run with the flow's outcome, tagged with every stage and the run that produced it, the
+    evaluation's headline numbers as its metrics (``table``: the flow's evaluation table), the datasets it read as
+    its inputs and the registered model (``model_id``) as its output."""
+    st = storage_of(config.storage)
     metrics = parent_run.headline_metrics(table, summary.dataset_roles(config))
-    parent_run.end_run(tracker_of(config.tracking, storage_of(config.storage)), parent_run_id, status, stages, metrics)
+    datasets = parent_run.datasets_used(st, stages or {})
+    parent_run.end_run(tracker_of(config.tracking, st), parent_run_id, status, stages, metrics, datasets, model_id)
 
 
 @task(name="start-tracking", cache_policy=None, persist_result=False)
-def start_tracking(config: ReactConfig, flow_name: str, flow_run_id: str | None) -> str | None:
-    """Open the pipeline's parent MLflow run (tagged with the Prefect flow-run id); returns its id."""
+def start_tracking(
+    config: ReactConfig,
+    flow_name: str,
+    flow_run_id: str | None,
+    flow_run_name: str | None = None,
+    subject: str | None = None,
+) -> str | None:
+    """Open the pipeline's parent MLflow run, named after the flow, what it runs for and the flow run
+    (:func:`react_core.parent_run.run_title`), tagged with the Prefect flow run; returns its id."""
     tags = {"prefect.flow_name": flow_name, "prefect.flow_run_id": flow_run_id or ""}
-    return parent_run.start_run(config, flow_name, tracker_of(config.tracking, storage_of(config.storage)), tags)
+    title = parent_run.run_title(config, flow_name, subject, flow_run_name)
+    return parent_run.start_run(config, flow_name, tracker_of(config.tracking, storage_of(config.storage)), tags, title)
 
 
 @task(name="base-report", cache_policy=None, persist_result=False)

@@ -31,6 +31,16 @@ def _artifacts(flow_run_id) -> dict:
     return asyncio.run(go())
 
 
+def _flow_run_name(flow_run_id) -> str:
+    from prefect.client.orchestration import get_client
+
+    async def go():
+        async with get_client() as client:
+            return (await client.read_flow_run(flow_run_id)).name
+
+    return asyncio.run(go())
+
+
 def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -44,6 +54,8 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
         assert row["delta"] == pytest.approx(row["customized"] - row["base"])
     client = MlflowClient(f"sqlite:///{tmp_path}/root/mlflow.db")
     parent = client.get_run(first["mlflow_run_id"])
+    # named after the flow, the task and the flow run (Prefect's name): runs told apart in MLflow's list
+    assert parent.info.run_name == f"customize miniweb-fine · {_flow_run_name(first['flow_run_id'])}"
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
@@ -90,6 +102,7 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     # The results in the Prefect UI: the table, the model's link, the retrieval summary.
     artifacts = _artifacts(first["flow_run_id"])
     assert {"evaluation", "summary", "customized-model"} <= set(artifacts), artifacts
+    assert all(a.task_run_id is None for a in artifacts.values())  # the flow run's own, not a task run's
     table = artifacts["evaluation"].data
     table = json.loads(table) if isinstance(table, str) else table
     assert {r["dataset"]: r["customized"] for r in table} == pytest.approx(
@@ -144,6 +157,22 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     states = _task_states(second["flow_run_id"], set(STAGES))
     assert all(states[s] == "Cached" for s in STAGES), states
     cached_parent = client.get_run(second["mlflow_run_id"])  # nothing ran: not empty, it points at the producers
+
+    def inputs_and_model(run) -> tuple[dict, list]:
+        found = {(i.dataset.name, next(t.value for t in i.tags if t.key == "mlflow.data.context")): i.dataset
+                 for i in run.inputs.dataset_inputs}  # fmt: skip
+        return found, [m.model_id for m in run.outputs.model_outputs]
+
+    # The parent shows what the run read, by reference (URI and digest) and the model it registered.
+    datasets, models = inputs_and_model(client.get_run(first["mlflow_run_id"]))
+    assert set(datasets) == {("knowledge-base", "knowledge-base"), ("retrieved pairs", "training")} | {
+        (d, "evaluation") for d in DATASETS}  # fmt: skip
+    assert (
+        json.loads(datasets[("retrieved pairs", "training")].source)["uri"] == f"{first['retrieve']}/manifest.parquet"
+    )
+    assert datasets[("retrieved pairs", "training")].digest == first["retrieve"].rsplit("/", 1)[-1]
+    assert models == [candidate.source.removeprefix("models:/")]
+    assert inputs_and_model(cached_parent) == (datasets, models)  # a cached re-run: the same page
     assert cached_parent.info.status == "FINISHED" and cached_parent.data.params["training.lr"] == str(cfg.training.lr)
     assert cached_parent.data.tags["react.stage.train.run"] == runs["train"].info.run_id
     assert cached_parent.data.tags["react.stage.evaluate.run"] == evaluate.info.run_id
@@ -193,6 +222,15 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     assert night["table"]["miniweb-fine"]["customized"] == pytest.approx(
         float(held.tags["miniweb-fine/accuracy/customized"]), abs=1e-4
     )
+    # ... visible as a customize run is: its table and summary on the flow run, its parent named after what it
+    # evaluated and showing the result, also when every stage was cached (the second night)
+    shown = _artifacts(night["flow_run_id"])
+    assert {"evaluation", "summary"} <= set(shown) and all(a.task_run_id is None for a in shown.values())
+    assert f"models:/{name}@{alias}" in client.get_run(night["mlflow_run_id"]).info.run_name
+    cached_night = evaluate(config=cfg, customized=f"models:/{name}@{alias}")
+    metrics = client.get_run(cached_night["mlflow_run_id"]).data.metrics
+    assert metrics["target/accuracy/delta"] == pytest.approx(night["table"]["miniweb-fine"]["delta"])
+    assert metrics == pytest.approx(client.get_run(night["mlflow_run_id"]).data.metrics)
     with pytest.raises(Exception, match="no version of registered model 'react-nothing' has the alias 'champion'"):
         evaluate(config=cfg, customized="models:/react-nothing@champion")
 
@@ -217,6 +255,6 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     failed = client.search_runs([parent.info.experiment_id], "attributes.status = 'FAILED'")
     # this one and the stage that failed (its run names the stage); the bad alias above failed at preflight, before
     # its flow opened a run
-    assert sorted(r.info.run_name for r in failed) == ["customize", "retrieve"]
-    failed = [r for r in failed if r.info.run_name == "customize"]
+    assert sorted(r.data.tags.get("react.flow", r.info.run_name) for r in failed) == ["customize", "retrieve"]
+    failed = [r for r in failed if r.data.tags.get("react.flow") == "customize"]
     assert failed[0].data.tags["react.stage.index"] == first["index"]  # what it got to is recorded

@@ -39,9 +39,10 @@ def test_the_customize_plan_runs_in_a_plain_process_and_the_flow_reuses_every_st
     assert plain["table"]["miniweb-fine"]["customized"] >= 0 and plain["registered"]["version"] == "1"
     client = MlflowClient(f"sqlite:///{tmp_path}/root/mlflow.db")
     (parent,) = client.search_runs(
-        client.get_experiment_by_name(cfg.tracking.experiment).experiment_id, "attributes.run_name = 'customize'"
+        client.get_experiment_by_name(cfg.tracking.experiment).experiment_id, "tags.`react.flow` = 'customize'"
     )
     assert parent.info.status == "FINISHED" and parent.data.tags["react.stage.train"] == plain["train"]
+    assert parent.info.run_name == "customize miniweb-fine"  # no Prefect flow run: the flow and the task
     assert parent.data.metrics["target/accuracy/delta"] == pytest.approx(plain["table"]["miniweb-fine"]["delta"])
 
     from react_core.storage import Storage

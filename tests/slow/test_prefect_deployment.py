@@ -385,6 +385,11 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
         r"REACTresult:customizedmodel:s3://react-test/team/react-artifacts-tiny/train/\S+?/model\.pt;MLflowrun:http",
         watched,
     ), tiny_watch[-4000:]
+    # the table is the run's last log lines: what --watch prints before the final state
+    table_at = watched.rfind("evaluation(zero-shot,base->customized):datasetrolemetricbasecustomizeddelta")
+    assert table_at > watched.rfind("REACTresult:") and "miniweb-finetargetaccuracy" in watched[table_at:], tiny_watch[
+        -4000:
+    ]
     assert f"REACT result: customized model: {shared}/train/" in logs
     artifacts = _flow_run_artifacts(env, tiny_run_id)  # what the Prefect UI shows on the run's Artifacts tab
     assert (artifacts["evaluation"][0], artifacts["summary"][0]) == ("table", "markdown"), artifacts
