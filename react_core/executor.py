@@ -48,6 +48,7 @@ def execute(
     params: Mapping[str, Any] | None = None,
     reports: Sequence[str] = (),
     record: Callable[[Tracker], None] | None = None,
+    system_metrics: bool = False,
 ) -> str:
     """Build ``stage`` unless it is finished, record it, return its URI.
 
@@ -59,13 +60,14 @@ def execute(
     - record: a tracking run ``run_name`` (default: the stage's name) nested under ``parent_run_id``, tagged with
       the stage, with ``params``, the marker's numeric counts as ``{stage}/{count}`` metrics, the ``reports`` (JSON
       files of the stage) as artifacts and ``record(run)`` for anything more (figures), whether the stage ran now
-      or had finished before. ``tracker`` None: nothing is recorded.
+      or had finished before. ``tracker`` None: nothing is recorded. ``system_metrics``: the machine's use (CPU,
+      memory, GPU) sampled into the run while it is open (the stages that hold a GPU: embed, train).
     """
     if _IDENTITY_ONLY.get():
         raise _Found(stage)
     t = tracker or NullTracker()
     tags = {"react.stage": stage.name, "react.stage_uri": stage.uri}
-    with t.run(run_name or stage.name, tags, parent_run_id) as run:
+    with t.run(run_name or stage.name, tags, parent_run_id, system_metrics=system_metrics) as run:
         run.log_params(params or {})
         with stage.lock():
             if not stage.done:

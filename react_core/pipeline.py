@@ -58,7 +58,7 @@ from react_core.models.gated import TEXT_MODES, set_gate_scale
 from react_core.preflight import check_checkpoint
 from react_core.registry import resolve_task
 from react_core.storage import Stage, Storage, join, version_hash
-from react_core.tracking import Tracker, metric_key
+from react_core.tracking import NullTracker, Tracker, metric_key
 from react_core.training.customize import caption_features, customize
 from react_core.training.heads import fit_head
 from react_core.training.pretrain import pretrain_base
@@ -174,26 +174,35 @@ def run_embed_shards(
     checkpoint: str | None,
     miniweb_uri: str | None,
     indices: Sequence[int],
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
 ) -> dict[str, int]:
-    """Embed one group of shards (on whichever worker runs it); returns its counts."""
+    """Embed one group of shards (on whichever worker runs it); returns its counts. Tracked as a run of its own
+    (``embed shards {first}..{last}``, nested under ``parent_run_id``) with its counts and the worker's use of the
+    machine sampled while it runs (system metrics: where the embed stage's GPU time goes)."""
     stage, shards = embed_stage(storage, model, knowledge_base, checkpoint, miniweb_uri)
-    m, tok = cached_model(model, checkpoint, storage)
-    results = embed_shards(
-        m,
-        tok,
-        storage,
-        shards,
-        stage,
-        indices,
-        knowledge_base.batch_size,
-        knowledge_base.num_workers,
-        draft=knowledge_base.jpeg_draft,
-    )
-    return {
-        "shards": len(results),
-        "embedded": sum(r.embedded for r in results),
-        "skipped": sum(r.skipped for r in results),
-    }
+    name = f"embed shards {indices[0]}..{indices[-1]}"
+    tags = {"react.stage": "embed-shards", "react.stage_uri": stage.uri}
+    with (tracker or NullTracker()).run(name, tags, parent_run_id, system_metrics=tracker is not None) as run:
+        m, tok = cached_model(model, checkpoint, storage)
+        results = embed_shards(
+            m,
+            tok,
+            storage,
+            shards,
+            stage,
+            indices,
+            knowledge_base.batch_size,
+            knowledge_base.num_workers,
+            draft=knowledge_base.jpeg_draft,
+        )
+        counts = {
+            "shards": len(results),
+            "embedded": sum(r.embedded for r in results),
+            "skipped": sum(r.skipped for r in results),
+        }
+        run.log_metrics({f"embed-shards/{k}": v for k, v in counts.items()})
+    return counts
 
 
 def run_embed_finish(
@@ -257,6 +266,7 @@ def run_embed(
         parent_run_id=parent_run_id,
         params={"knowledge_base": knowledge_base.model_dump(mode="json")},
         reports=("throughput.json",),
+        system_metrics=True,
     )
 
 
@@ -497,7 +507,7 @@ def run_train(
             replay=replay,
         )
 
-    return execute(stage, compute, params={"training": training.model_dump(mode="json")}, **track)
+    return execute(stage, compute, params={"training": training.model_dump(mode="json")}, system_metrics=True, **track)
 
 
 def run_head(

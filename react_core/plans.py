@@ -65,7 +65,9 @@ class Local:
 
     def shards(self, groups: list[list[int]], /, **inputs: Any) -> None:
         for indices in groups:
-            pipeline.run_embed_shards(self.storage, **inputs, indices=indices)
+            pipeline.run_embed_shards(
+                self.storage, **inputs, indices=indices, tracker=self.tracker, parent_run_id=self.parent_run_id
+            )
 
     def log(self, text: str) -> None:
         _logger.info("%s", text)

@@ -74,9 +74,14 @@ class Tracker:
 
     @contextlib.contextmanager
     def run(
-        self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
+        self,
+        name: str,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+        system_metrics: bool = False,
     ) -> Iterator[Tracker]:
-        """Open a run; ``parent_run_id`` nests it under a run opened elsewhere (another process)."""
+        """Open a run; ``parent_run_id`` nests it under a run opened elsewhere (another process); ``system_metrics``:
+        CPU, memory, disk, network and (with nvidia-ml-py) GPU use sampled into it while it is open."""
         yield self
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
@@ -145,9 +150,15 @@ class MemoryTracker(Tracker):
 
     @contextlib.contextmanager
     def run(
-        self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
+        self,
+        name: str,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+        system_metrics: bool = False,
     ) -> Iterator[Tracker]:
-        self.runs.append({"name": name, "tags": dict(tags or {}), "parent_run_id": parent_run_id})
+        self.runs.append(
+            {"name": name, "tags": dict(tags or {}), "parent_run_id": parent_run_id, "system_metrics": system_metrics}
+        )
         prev, self.run_id = self.run_id, f"run-{len(self.runs)}"
         try:
             yield self
@@ -247,14 +258,22 @@ class MLflowTracker(Tracker):
 
     @contextlib.contextmanager
     def run(
-        self, name: str, tags: Mapping[str, str] | None = None, parent_run_id: str | None = None
+        self,
+        name: str,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+        system_metrics: bool = False,
     ) -> Iterator[Tracker]:
         all_tags = {**owner_tags(), **dict(tags or {})}
         if parent_run_id:
             # MLflow's own nesting tag: works across processes, unlike start_run(nested=True).
             all_tags["mlflow.parentRunId"] = parent_run_id
         nested = self._mlflow.active_run() is not None
-        with self._mlflow.start_run(run_name=name, experiment_id=self.experiment_id, nested=nested, tags=all_tags) as r:
+        # None: MLflow's own switch decides (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING), for every run a user wants
+        sampled = True if system_metrics else None
+        with self._mlflow.start_run(
+            run_name=name, experiment_id=self.experiment_id, nested=nested, tags=all_tags, log_system_metrics=sampled
+        ) as r:
             prev = self.run_id
             self.run_id = r.info.run_id
             try:

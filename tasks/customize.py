@@ -12,8 +12,9 @@ from react_core.config import (
     ModelConfig,
     ReactConfig,
     StorageConfig,
+    TrackingConfig,
 )
-from tasks.common import TASK_OPTIONS, storage_of
+from tasks.common import TASK_OPTIONS, storage_of, tracker_of
 
 
 @task(name="preflight", cache_policy=None, persist_result=False)
@@ -49,14 +50,19 @@ def embed_shards(
     checkpoint: str | None,
     miniweb_uri: str | None,
     indices: list[int],
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
 ) -> dict[str, int]:
+    st = storage_of(storage)
     counts = pipeline.run_embed_shards(
-        storage_of(storage),
+        st,
         model=model,
         knowledge_base=knowledge_base,
         checkpoint=checkpoint,
         miniweb_uri=miniweb_uri,
         indices=indices,
+        tracker=tracker_of(tracking, st),
+        parent_run_id=parent_run_id,
     )
     get_run_logger().info("embedded shards %d..%d: %s", indices[0], indices[-1], counts)
     return counts

@@ -52,7 +52,8 @@ class PrefectRunner:
         return step.with_options(name=name, task_run_name=lambda: name)(fn.__name__, self.config.storage, inputs)
 
     def shards(self, groups: list[list[int]], /, **inputs: Any) -> None:
-        fixed = {"storage": self.config.storage, **inputs}
+        fixed = {"storage": self.config.storage, "tracking": self.config.tracking, "parent_run_id": self.parent_run_id}
+        fixed.update(inputs)
         kb = self.config.knowledge_base
         if kb.dask_address and groups:
             with embed_task_runner(kb) as runner:

@@ -41,11 +41,12 @@ def _flow_run_name(flow_run_id) -> str:
     return asyncio.run(go())
 
 
-def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness, tmp_path):
+def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from flows.customize import customize
 
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the tiny stages last seconds, not minutes
     cfg = tiny_config(tmp_path / "root")
     first = customize(config=cfg)
     assert set(first["table"]) == set(DATASETS)  # the generic probe is evaluated by default
@@ -60,10 +61,19 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     # Every stage records itself the same way (react_core.executor), each dataset's evaluation included.
-    assert {c.info.run_name for c in children} == {
+    names = {c.info.run_name for c in children}
+    shard_runs = {n for n in names if n.startswith("embed shards ")}  # each group of shards, where it ran
+    assert shard_runs and names - shard_runs == {
         "miniweb", "pretrain-base", "embed", "index", "retrieve", "download", "train", "evaluate", "export",
         *(f"eval {d}" for d in DATASETS)}  # fmt: skip
     runs = {c.info.run_name: c for c in children}
+    # the machine's use sampled while training ran (CPU and memory here; GPU too where NVML answers); the shard
+    # groups' runs sample too, but a tiny group ends before MLflow's first sample (1 s here)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        runs["train"].data.metrics
+    )
+    assert sum(runs[n].data.metrics["embed-shards/embedded"] for n in shard_runs) == runs["embed"].data.metrics[
+        "embed/embedded"]  # fmt: skip
     evals = [c for c in children if c.info.run_name == "eval miniweb-fine"]
     assert len(evals) == 2 and {c.data.params["weights"] for c in evals} == {
         first["base"],
