@@ -46,7 +46,8 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
 
     from flows.customize import customize
 
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # the tiny stages last seconds, not minutes
+    # MLflow publishes a sample only after a whole interval within the run: the tiny training lasts seconds
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.1")
     cfg = tiny_config(tmp_path / "root")
     first = customize(config=cfg)
     assert set(first["table"]) == set(DATASETS)  # the generic probe is evaluated by default
@@ -68,7 +69,7 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
         *(f"eval {d}" for d in DATASETS)}  # fmt: skip
     runs = {c.info.run_name: c for c in children}
     # the machine's use sampled while training ran (CPU and memory here; GPU too where NVML answers); the shard
-    # groups' runs sample too, but a tiny group ends before MLflow's first sample (1 s here)
+    # groups' runs sample too, but a tiny group can end before MLflow's first sample
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
         runs["train"].data.metrics
     )
@@ -148,8 +149,10 @@ def test_customize_flow_runs_caches_and_reruns_only_what_changed(prefect_harness
     )
     # ... an MLflow model (react_core.serving) linked to the train run, the towers inside it
     assert candidate.source.startswith("models:/m-") and candidate.tags["react.export_stage"] == first["export"]
-    assert {"model/MLmodel", "model/clip_pyfunc.py", "model/artifacts"} <= {
-        a.path for a in client.list_artifacts(runs["train"].info.run_id, "model")}  # fmt: skip
+    logged = client.get_logged_model(candidate.source.removeprefix("models:/"))
+    assert logged.source_run_id == runs["train"].info.run_id
+    assert {"MLmodel", "clip_pyfunc.py", "artifacts"} <= {
+        a.path for a in client.list_logged_model_artifacts(logged.model_id)}  # fmt: skip
 
     # The parent run lasts as long as the flow and says where every stage is and which run made it.
     assert parent.info.status == "FINISHED" and parent.info.end_time - parent.info.start_time > 5_000

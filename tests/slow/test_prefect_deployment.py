@@ -360,7 +360,11 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     earned = deltas["miniweb-fine"] > 0 and min(deltas["miniweb-generic"], deltas["miniweb-coarse"]) >= -0.02
     assert aliases == ({"candidate": str(version.version)} | ({"champion": str(version.version)} if earned else {}))
     # an MLflow model linked to the train run, its towers on the server's S3
-    assert {"model/MLmodel", "model/clip_pyfunc.py"} <= {a.path for a in client.list_artifacts(version.run_id, "model")}
+    # (read through the logged model: a run's list_artifacts resolves logged models through MLflow's process-wide
+    # tracking URI, which an earlier test of this session pointed at its own server)
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.source_run_id == version.run_id
+    assert {"MLmodel", "clip_pyfunc.py"} <= {a.path for a in client.list_logged_model_artifacts(logged.model_id)}
     mlflow_store = Storage("s3://react-test/mlflow-artifacts", {"endpoint_url": s3_endpoint})
     stored_files = mlflow_store.fs.find(mlflow_store.path(mlflow_store.root))
     assert any(u.endswith("/artifacts/image_encoder.pt2") for u in stored_files)
