@@ -48,6 +48,10 @@ class ModelRegistry:
         """The tags of the version ``alias`` points at (None: no such alias)."""
         return None
 
+    def model_of(self, name: str, version: str) -> str | None:
+        """The logged model a version was registered from (None: a version of files, or no registry)."""
+        return None
+
     def set_alias(self, name: str, alias: str, version: str) -> None: ...
 
     def find_version(self, name: str, match: Mapping[str, str | None]) -> str | None:
@@ -98,6 +102,9 @@ class MemoryModelRegistry(ModelRegistry):
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.models[name]["aliases"][alias] = version
+
+    def model_of(self, name: str, version: str) -> str | None:
+        return self.models[name]["versions"][int(version) - 1]["model_id"]
 
     def find_version(self, name: str, match: Mapping[str, str | None]) -> str | None:
         versions = self.models.get(name, {"versions": []})["versions"]
@@ -193,6 +200,10 @@ class MLflowModelRegistry(ModelRegistry):
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self._client().set_registered_model_alias(name, alias, version)
+
+    def model_of(self, name: str, version: str) -> str | None:
+        source = self._client().get_model_version(name, version).source
+        return source[len("models:/") :] if source.startswith("models:/m-") else None
 
     def find_version(self, name: str, match: Mapping[str, str | None]) -> str | None:
         try:

@@ -40,11 +40,11 @@ def register(
     existing = registry.find_version(name, {"react.train_stage": train, "react.gate_scale": f"{lam:g}"})
     if existing is None and lam == 1.0:
         existing = registry.find_version(name, {"react.train_stage": train, "react.gate_scale": None})
+    if existing is not None:  # a cached re-run: the version's own logged model (the parent run shows it)
+        model_id = registry.model_of(name, existing)
+        return {"name": name, "version": existing, "champion": None, "new": False, "model_id": model_id}
     producer = tracker.stage_producer(train)
     export = result.get("export")
-    if existing is not None:  # a cached re-run: its logged model found again (the parent run shows it)
-        model_id = registry.log_model(storage, export, producer, {}) if export and producer else None
-        return {"name": name, "version": existing, "champion": None, "new": False, "model_id": model_id}
     if producer is None:
         _logger.warning("not registering %s: no tracking run recorded its train stage %s", name, train)
         return None
