@@ -24,6 +24,6 @@ def customize(preset: Preset = "demo", config: ConfigOverrides | None = None) ->
     t.preflight(config)
     with tracked(config, "customize") as out:
         plans.customize_stages(config, PrefectRunner(config, out["mlflow_run_id"]), out)
-        out["registered"] = register_model(config, out)
+        out["registered"] = register_model(config, out, preset)
     publish(config, out)  # after the parent run ends: the table is the run's last log lines
     return out

@@ -48,6 +48,10 @@ class ModelRegistry:
         """The tags of the version ``alias`` points at (None: no such alias)."""
         return None
 
+    def version_tags(self, name: str, version: str) -> dict[str, str] | None:
+        """The tags of version ``version`` of ``name`` (None: no such version)."""
+        return None
+
     def model_of(self, name: str, version: str) -> str | None:
         """The logged model a version was registered from (None: a version of files, or no registry)."""
         return None
@@ -99,6 +103,10 @@ class MemoryModelRegistry(ModelRegistry):
         model = self.models.get(name, {"versions": [], "aliases": {}})
         version = model["aliases"].get(alias)
         return None if version is None else model["versions"][int(version) - 1]["tags"]
+
+    def version_tags(self, name: str, version: str) -> dict[str, str] | None:
+        versions = self.models.get(name, {"versions": []})["versions"]
+        return versions[int(version) - 1]["tags"] if 0 < int(version) <= len(versions) else None
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.models[name]["aliases"][alias] = version
@@ -195,6 +203,12 @@ class MLflowModelRegistry(ModelRegistry):
     def alias_tags(self, name: str, alias: str) -> dict[str, str] | None:
         try:
             return dict(self._client().get_model_version_by_alias(name, alias).tags)
+        except self._mlflow.exceptions.MlflowException:
+            return None
+
+    def version_tags(self, name: str, version: str) -> dict[str, str] | None:
+        try:
+            return dict(self._client().get_model_version(name, version).tags)
         except self._mlflow.exceptions.MlflowException:
             return None
 

@@ -32,6 +32,7 @@ from react_core.registry import (
     check_comparable,
     check_task,
     registered_name,
+    registered_tags,
     resolve_registered,
 )
 from react_core.storage import Storage, normalize_uri
@@ -155,13 +156,12 @@ def _registry(config: ReactConfig, storage: Storage):  # a ModelRegistry or None
 
 
 def check_registered(config: ReactConfig, storage: Storage, customized: str) -> None:
-    """A ``models:/NAME@ALIAS`` to evaluate: the alias exists, the version's weights are still where it says (a
+    """A ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` to evaluate: the version exists, the version's weights are still where it says (a
     local file of another folder too: a run whose root was deleted), and they are of the architecture this
     evaluation builds (``model.name``)."""
     model_registry = _registry(config, storage)
-    checkpoint = resolve_registered(customized, model_registry)[0]  # an alias nobody holds is one line there
-    name, _, alias = customized[len("models:/") :].partition("@")
-    theirs = (model_registry.alias_tags(name, alias) or {}).get("react.model")  # resolved: a registry
+    checkpoint = resolve_registered(customized, model_registry)[0]  # a version nobody holds is one line there
+    theirs = (registered_tags(customized, model_registry) or {}).get("react.model")  # resolved: a registry
     if theirs and theirs != config.model.name:
         raise ModelLoadError(
             f"{customized} is a {theirs} model and model.name is {config.model.name}; fix: evaluate it with "

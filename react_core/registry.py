@@ -253,18 +253,44 @@ def check_comparable(champion: Mapping[str, str] | None, name: str, architecture
         )
 
 
+def parse_registered(customized: str) -> tuple[str, str | None, str | None]:
+    """(name, alias, version) of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` (MLflow's two forms of a
+    registered model's URI); anything else under ``models:/`` is one line naming both."""
+    rest = customized[len("models:/") :]
+    name, sep, alias = rest.partition("@")
+    if sep and name and alias:
+        return name, alias, None
+    name, sep, version = rest.rpartition("/")
+    if sep and name and version.isdigit():
+        return name, None, version
+    raise ConfigError(
+        f"customized={customized}: not a registered model's URI; fix: give models:/NAME@ALIAS "
+        "(models:/react-miniweb-fine@champion) or models:/NAME/VERSION (models:/react-miniweb-fine/3)"
+    )
+
+
+def registered_tags(customized: str, model_registry: Any) -> dict[str, str] | None:
+    """The tags of the version ``customized`` (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) names; None
+    when there is no such version (or no registry)."""
+    name, alias, version = parse_registered(customized)
+    if model_registry is None:
+        return None
+    return model_registry.alias_tags(name, alias) if alias else model_registry.version_tags(name, version)
+
+
 def resolve_registered(customized: str | None, model_registry: Any) -> tuple[str | None, float | None]:
     """(checkpoint, lambda) of a checkpoint URI or a registered model as ``models:/{name}@{alias}``
-    (``models:/react-imagenet-1k@champion``): the checkpoint its version records and its gate scale
-    (``react.gate_scale``; 1 for versions registered before it); None for a plain checkpoint URI."""
+    (``models:/react-imagenet-1k@champion``) or ``models:/{name}/{version}`` (what a registration event names):
+    the checkpoint its version records and its gate scale (``react.gate_scale``; 1 for versions registered before
+    it); None for a plain checkpoint URI."""
     if not customized or not customized.startswith("models:/"):
         return customized, None
-    name, sep, alias = customized[len("models:/") :].partition("@")
-    tags = model_registry.alias_tags(name, alias) if (model_registry is not None and sep) else None
+    tags = registered_tags(customized, model_registry)
     if not tags or "react.model_file" not in tags:
+        name, alias, version = parse_registered(customized)
+        which = f"has the alias {alias!r}" if alias else f"is version {version}"
         raise ConfigError(
-            f"customized={customized}: no version of registered model {name!r} has the alias {alias!r}"
-            + ("" if sep else " (give one: models:/NAME@ALIAS)")
-            + "; fix: run customize first, or name a checkpoint URI"
+            f"customized={customized}: no version of registered model {name!r} {which}; fix: run customize first, "
+            "or name a checkpoint URI"
         )
     return tags["react.model_file"], float(tags.get("react.gate_scale", "1"))

@@ -4,20 +4,57 @@ registered name resolves to, what the Prefect UI shows (artifacts), the base mod
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
 
 from react_core import parent_run, promotion, registry, summary
 from react_core.config import ReactConfig, StorageConfig
 from tasks.common import storage_of, tracker_of
 
+REGISTERED = "react.model.registered"  # the event a new version emits; prefect.yaml's evaluate triggers expect it
+
 
 @task(name="register-model", cache_policy=None, persist_result=False)
-def register_model(config: ReactConfig, result: dict) -> dict | None:
-    """The customized model as a new version of the MLflow registered model, aliases moved (react_core.promotion)."""
+def register_model(config: ReactConfig, result: dict, preset: str | None = None) -> dict | None:
+    """The customized model as a new version of the MLflow registered model, aliases moved (react_core.promotion);
+    a new version is announced as a ``react.model.registered`` event (:func:`registered_event`), which the
+    ``evaluate`` deployment of ``preset`` follows (prefect.yaml ``triggers:``)."""
     st = storage_of(config.storage)
-    return promotion.register(st, config, result, tracker_of(config.tracking, st))
+    reg = promotion.register(st, config, result, tracker_of(config.tracking, st))
+    if reg and reg.get("new"):
+        emit_event(**registered_event(reg, preset, result.get("flow_run_id")))
+    return reg
+
+
+def registered_event(reg: dict, preset: str | None, flow_run_id: Any = None) -> dict[str, Any]:
+    """The event of a new registered version: the version as its resource (``react.model.uri`` is
+    ``models:/NAME/VERSION``, what the evaluate flow takes as ``customized``; ``react.preset``, what a trigger
+    matches), the flow run that registered it as a related resource, the promotion decision as its payload. No
+    tracking URI: it may hold credentials, and the worker that evaluates has its own."""
+    name, version = reg["name"], str(reg["version"])
+    resource = {
+        "prefect.resource.id": f"react.model-version.{name}.{version}",
+        "prefect.resource.name": f"{name} version {version}",
+        "react.model.name": name,
+        "react.model.version": version,
+        "react.model.uri": f"models:/{name}/{version}",
+        "react.champion": str(bool(reg.get("champion"))).lower(),
+    }
+    if preset:
+        resource["react.preset"] = preset
+    related = []
+    if flow_run_id:
+        related.append({"prefect.resource.id": f"prefect.flow-run.{flow_run_id}", "prefect.resource.role": "flow-run"})
+    decision = reg.get("decision") or {}
+    return {
+        "event": REGISTERED,
+        "resource": resource,
+        "related": related,
+        "payload": {"promotion": decision.get("reason"), "model_id": reg.get("model_id")},
+    }
 
 
 @task(name="resolve-model", cache_policy=None, persist_result=False)

@@ -123,16 +123,27 @@ GPU_POOLS = {
 }
 
 
+def _readme_pool_setup() -> list[list[str]]:
+    """The work-pool commands of README "Running with a team" step 2, as printed (the automations line is left to
+    the test of the automations: a second copy of them would act twice)."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("2. **Work pools**") :].split("```")[1]
+    return [line.split()[1:] for line in block.splitlines() if line.strip().startswith("prefect work-pool")]
+
+
 def _create_pools(env) -> None:
-    """The work pools of README "Running with a team": the process pool and the GPU pools from their templates
-    (a pool without a worker is only a queue: runs of the GPU deployments wait for a GPU worker)."""
-    out = _prefect(env, "work-pool", "create", "react-process", "--type", "process", "--overwrite")
-    assert out.returncode == 0, out.stdout + out.stderr
-    for name, (kind, file) in GPU_POOLS.items():
-        template = REPO / "infra" / "work-pools" / file
-        out = _prefect(env, "work-pool", "create", name, "--type", kind, "--base-job-template", str(template),
-                       "--overwrite")  # fmt: skip
+    """The work pools of README "Running with a team", with the commands it prints: the process pool, the GPU pools
+    from their templates (a pool without a worker is only a queue: runs of the GPU deployments wait for a GPU
+    worker) and the process pool's concurrency limit (one GPU host)."""
+    commands = _readme_pool_setup()
+    assert ["work-pool", "set-concurrency-limit", "react-process", "1"] in commands, commands
+    for args in commands:
+        extra = ["--overwrite"] if args[1] == "create" else []  # the server is shared by this module's tests
+        out = _prefect(env, *args, *extra)
         assert out.returncode == 0, out.stdout + out.stderr
+    for name, (_, file) in GPU_POOLS.items():
+        assert ["work-pool", "create", name, "--type", GPU_POOLS[name][0], "--base-job-template",
+                f"infra/work-pools/{file}"] in commands, commands  # fmt: skip
 
 
 def _run_deployment(env, name: str, config: dict, worker_log: Path) -> tuple[str, str]:
@@ -222,6 +233,21 @@ def _flow_run(env, flow_run_id: str):
     return asyncio.run(go())
 
 
+def _deployment_runs(env, deployment: str) -> list:
+    """The flow runs of a deployment, as the server has them."""
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async def go():
+        async with PrefectClient(env["PREFECT_API_URL"]) as client:
+            dep = await client.read_deployment_by_name(deployment)
+            return await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+
+    return asyncio.run(go())
+
+
 def _start_worker(env, home: Path, folder: Path, log_path: Path, team: dict | None = None) -> subprocess.Popen:
     """A process worker as on another host: its own PREFECT_HOME and working directory, and the environment README
     "Running with a team" gives a worker (``team``: the shared root, the S3 endpoint, the MLflow server)."""
@@ -279,7 +305,7 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     out = _prefect(env, "--no-prompt", "deploy", "--all", cwd=deployer)
     assert out.returncode == 0, out.stdout + out.stderr
     for name in ("customize/demo", "customize/tiny", "customize/imagenet", "evaluate/demo", "evaluate/imagenet",
-                 "prepare-world/demo"):  # fmt: skip
+                 "evaluate/tiny", "prepare-world/demo"):  # fmt: skip
         assert name in out.stdout, out.stdout
     assert _schedules(env, "evaluate/demo") == [True] and _schedules(env, "evaluate/imagenet") == [False]
     shutil.rmtree(deployer)  # nothing of the deploying machine's disk is left for the worker
@@ -298,7 +324,16 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     readme = {"training": {"epochs": 1}}  # README step 4, as printed
     try:
         tiny_run_id, tiny_watch = _run_deployment(env, "customize/tiny", readme, log_path)
+        # The version it registered emitted react.model.registered; evaluate/tiny's trigger (an automation made by
+        # `deploy`) scheduled an evaluation of that version, which this worker runs (after the run before it: the
+        # pool's limit is 1).
+        triggered = _wait_for("the evaluation the registration triggered", lambda: _deployment_runs(env, "evaluate/tiny"),
+                              120, 1)  # fmt: skip
         _run_deployment(env, "customize/imagenet", imagenet, log_path)
+        final = {"Completed", "Failed", "Crashed", "Cancelled"}
+        _wait_for(
+            "the triggered evaluation ending", lambda: _flow_run(env, triggered[0].id).state.name in final, 600, 2
+        )
         # A user error (README "Your own task": a misspelt task), on the warm worker.
         out = _prefect(env, "deployment", "run", "customize/tiny", "--params",
                        json.dumps({"config": {"retrieval": {"task": "miniweb-finee"}}}), "--watch", timeout=600)  # fmt: skip
@@ -310,15 +345,25 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     shutil.rmtree(worker_tmp)
     other = _start_worker(env, tmp_path / "other-prefect-home", tmp_path / "other-host", log_path, team)
     try:
-        again, _ = _run_deployment(env, "customize/tiny", readme, log_path)
-        # A run that fails after its parent MLflow run opened (retrieval finds too few pairs per class).
+        # Two runs scheduled at once for this one host (README step 2's limit of 1): the same parameters again, and
+        # a run that fails after its parent MLflow run opened (retrieval finds too few pairs per class).
         failing = {**readme, "retrieval": {"min_per_class": 100000}}
-        out = _prefect(env, "deployment", "run", "customize/tiny", "--params", json.dumps({"config": failing}),
-                       "--watch", timeout=600)  # fmt: skip
-        assert out.returncode != 0 and "Failed" in out.stdout, out.stdout + out.stderr
-        failed_id = re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
+        submitted = []
+        for params in (readme, failing):
+            out = _prefect(env, "deployment", "run", "customize/tiny", "--params", json.dumps({"config": params}))
+            assert out.returncode == 0, out.stdout + out.stderr
+            submitted.append(re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1))
+        again, failed_id = submitted
+        final = {"Completed", "Failed", "Crashed", "Cancelled"}
+        for run_id in submitted:
+            _wait_for(
+                "a submitted run ending", lambda run_id=run_id: _flow_run(env, run_id).state.name in final, 600, 1
+            )
     finally:
         _stop(other)
+    first, second = sorted((_flow_run(env, i) for i in submitted), key=lambda r: r.start_time)
+    assert second.start_time >= first.end_time, (first.start_time, first.end_time, second.start_time)
+    assert [_flow_run(env, i).state.name for i in submitted] == ["Completed", "Failed"]
     stages = {n: s for n, s in _task_states(env, again).items() if not n.startswith(("preflight", "start-", "end-",
               "embed-plan", "publish", "register", "report", "evaluation-table"))}  # fmt: skip
     assert stages and set(stages.values()) == {"Cached"}, stages
@@ -359,6 +404,17 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     }
     earned = deltas["miniweb-fine"] > 0 and min(deltas["miniweb-generic"], deltas["miniweb-coarse"]) >= -0.02
     assert aliases == ({"candidate": str(version.version)} | ({"champion": str(version.version)} if earned else {}))
+    # The evaluation that followed the registration: one run, of that version, completed on the worker, its MLflow
+    # parent named after the version it evaluated.
+    (evaluation,) = _deployment_runs(env, "evaluate/tiny")  # once: the cached re-run registered nothing new
+    uri = f"models:/react-miniweb-fine-react-micro-vit/{version.version}"
+    assert evaluation.parameters["customized"] == uri and evaluation.state.name == "Completed", evaluation.state
+    (evaluated,) = client.search_runs(
+        [client.get_experiment_by_name("react-tiny").experiment_id],
+        filter_string=f"tags.`prefect.flow_run_id` = '{evaluation.id}'",
+    )
+    assert evaluated.info.run_name.startswith(f"evaluate {uri} · ") and evaluated.info.status == "FINISHED"
+    assert evaluated.data.metrics["target/accuracy/delta"] == pytest.approx(deltas["miniweb-fine"], abs=1e-4)
     # an MLflow model linked to the train run, its towers on the server's S3
     # (read through the logged model: a run's list_artifacts resolves logged models through MLflow's process-wide
     # tracking URI, which an earlier test of this session pointed at its own server)

@@ -98,3 +98,62 @@ def test_the_ablate_deployment_runs_a_shipped_grid_that_fits_its_preset():
     grid = load_grid(grid_file(dep["parameters"]["grid"]), load_config(REPO / "deployments" / "demo.yaml"))
     assert set(grid.axes) >= {"tuning", "size", "search", "gated_layers", "filtering", "audit", "control", "rivals"}
     assert len(grid.seeds) == 3
+
+
+TRIGGERED = [d for d in DEPLOYMENTS if d.get("triggers")]
+
+
+def _registered(preset: str, name: str = "react-miniweb-fine", version: str = "3"):
+    """The event a customize run of ``preset`` emits for a new version (tasks.world.registered_event)."""
+    from prefect.events import Event
+
+    from tasks.world import registered_event
+
+    reg = {"name": name, "version": version, "champion": False, "new": True, "decision": {"reason": "candidate"}}
+    return Event(**registered_event(reg, preset, "0b5d2d3e-64a2-4b1a-9a63-2f1b7b7b0c11"))
+
+
+def _fires(trigger: dict, event) -> bool:
+    from prefect.events.schemas.events import ResourceSpecification
+
+    return event.event in trigger["expect"] and ResourceSpecification(trigger["match"]).includes([event.resource])
+
+
+@pytest.mark.parametrize("dep", TRIGGERED, ids=lambda d: d["name"])
+def test_each_evaluate_deployment_follows_the_registrations_of_its_preset_only(dep):
+    """A new version's event fires the trigger of the evaluate deployment of the run's preset and no other; the
+    trigger is a valid deployment trigger, enabled exactly where the deployment's schedule (or, without one, its
+    preset's data) is."""
+    from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
+
+    assert _flow(dep).name == "evaluate"
+    preset = dep["parameters"]["preset"]
+    for trigger in dep["triggers"]:
+        TypeAdapter(DeploymentTriggerTypes).validate_python(trigger)  # what `prefect deploy` validates
+        assert _fires(trigger, _registered(preset))
+        for other in {d["parameters"]["preset"] for d in TRIGGERED} - {preset}:
+            assert not _fires(trigger, _registered(other)), other
+        active = [s["active"] for s in dep.get("schedules", [])] or [
+            load_config(REPO / "deployments" / f"{preset}.yaml").uses_miniweb
+        ]
+        assert trigger["enabled"] == active[0]
+    assert len({t["name"] for d in TRIGGERED for t in d["triggers"]}) == sum(len(d["triggers"]) for d in TRIGGERED)
+
+
+@pytest.mark.parametrize("dep", TRIGGERED, ids=lambda d: d["name"])
+def test_a_trigger_runs_the_evaluate_flow_on_the_version_the_event_names(dep):
+    """The trigger's parameters rendered as the server renders a run-deployment action's (its v1 templates
+    upgraded, then hydrated with the triggering event): ``customized`` is ``models:/NAME/VERSION``, which the
+    evaluate flow resolves; `prefect deploy` leaves the template for the server (its own placeholders are the build
+    steps' outputs)."""
+    from prefect.server.events.actions import RunDeployment
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+    from prefect.utilities.templating import apply_values
+
+    (trigger,) = dep["triggers"]
+    params = apply_values(trigger["parameters"], {"commit": {"stdout": "abc"}})  # what deploy does with the file
+    RunDeployment._upgrade_v1_templates(params)
+    event = _registered(dep["parameters"]["preset"], "react-my-task", "12")
+    rendered = hydrate(params, HydrationContext(raise_on_error=True, render_jinja=True, jinja_context={"event": event}))
+    assert rendered == {"customized": "models:/react-my-task/12"}

@@ -78,6 +78,7 @@ def test_a_customized_model_is_registered_once_as_candidate_and_champion_only_wh
         tracker.model_registry.models["react-miniweb-fine"]["aliases"] == {"candidate": "3", "champion": "3"}
         and better["champion"]
     )
+    v3_file = tracker.model_registry.models["react-miniweb-fine"]["versions"][2]["tags"]["react.model_file"]
     never = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"promote": "never"})})
     register(st, never, trained(4e-3, 0.99), tracker)
     assert tracker.model_registry.models["react-miniweb-fine"]["aliases"] == {"candidate": "4", "champion": "3"}
@@ -90,6 +91,17 @@ def test_a_customized_model_is_registered_once_as_candidate_and_champion_only_wh
     assert len(tracker.model_registry.models["react-miniweb-fine"]["versions"]) == 4
     own = other.model_copy(update={"tracking": other.tracking.model_copy(update={"registered_model": "react-{task}-{model}"})})  # fmt: skip
     assert register(st, own, trained(5e-3, 0.99), tracker)["name"] == "react-miniweb-fine-react-micro-vit"
+
+    # A version resolves by its alias or its number (models:/NAME/VERSION, what a registration event names).
+    from react_core.registry import resolve_registered
+
+    by_alias = resolve_registered("models:/react-miniweb-fine@champion", tracker.model_registry)
+    assert resolve_registered("models:/react-miniweb-fine/3", tracker.model_registry) == by_alias
+    assert by_alias[0] == v3_file and by_alias[0] != v1["files"]["model.json"]["checkpoint"]
+    for gone, says in (("models:/react-miniweb-fine/9", "is version 9"), ("models:/react-miniweb-fine@best",
+                       "has the alias 'best'"), ("models:/react-miniweb-fine", "not a registered model's URI")):  # fmt: skip
+        with pytest.raises(ConfigError, match=says):
+            resolve_registered(gone, tracker.model_registry)
 
 
 def test_the_first_version_is_champion_only_when_it_beats_the_base_on_its_target(tmp_path):
