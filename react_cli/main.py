@@ -264,7 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="zero-shot (and few-shot probe) of model.pretrained, and of --customized against it, on evaluation.tasks",
     )
     _common(ev)
-    ev.add_argument("--customized", metavar="URI", help="a customized checkpoint to compare with the base")
+    ev.add_argument(
+        "--customized",
+        metavar="URI",
+        help="a customized checkpoint to compare with the base, or a registered version: models:/NAME@ALIAS, "
+        "models:/NAME/VERSION",
+    )
     ev.set_defaults(func=cmd_evaluate)
 
     ab = sub.add_parser(
