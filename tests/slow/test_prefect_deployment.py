@@ -363,6 +363,8 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
         _stop(other)
     first, second = sorted((_flow_run(env, i) for i in submitted), key=lambda r: r.start_time)
     assert second.start_time >= first.end_time, (first.start_time, first.end_time, second.start_time)
+    print(f"two runs submitted at once: the second started {(second.start_time - first.end_time).total_seconds():.1f} s "
+          f"after the first ended ({(first.end_time - first.start_time).total_seconds():.1f} s)")  # fmt: skip
     assert [_flow_run(env, i).state.name for i in submitted] == ["Completed", "Failed"]
     stages = {n: s for n, s in _task_states(env, again).items() if not n.startswith(("preflight", "start-", "end-",
               "embed-plan", "publish", "register", "report", "evaluation-table"))}  # fmt: skip
@@ -409,6 +411,10 @@ def test_deployed_from_one_checkout_run_by_workers_elsewhere_sharing_results_on_
     (evaluation,) = _deployment_runs(env, "evaluate/tiny")  # once: the cached re-run registered nothing new
     uri = f"models:/react-miniweb-fine-react-micro-vit/{version.version}"
     assert evaluation.parameters["customized"] == uri and evaluation.state.name == "Completed", evaluation.state
+    registered_by = _flow_run(env, tiny_run_id)
+    print(f"triggered evaluation: created {(evaluation.created - registered_by.start_time).total_seconds():.1f} s after "
+          f"the customize run started ({(registered_by.end_time - registered_by.start_time).total_seconds():.1f} s "
+          f"long), ran {(evaluation.end_time - evaluation.start_time).total_seconds():.1f} s")  # fmt: skip
     (evaluated,) = client.search_runs(
         [client.get_experiment_by_name("react-tiny").experiment_id],
         filter_string=f"tags.`prefect.flow_run_id` = '{evaluation.id}'",
