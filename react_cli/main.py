@@ -121,7 +121,8 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
     from react_core.tracking import default_tracking_uri
 
     tasks = ", ".join(cfg.retrieval.target_tasks)
-    lines = ["", f"REACT on the mini-web: retrieval for {tasks}, {cfg.training.mode} customization", ""]
+    how = f"{result['choice']['picked']} (chosen without labels)" if result.get("choice") else cfg.training.mode
+    lines = ["", f"REACT on the mini-web: retrieval for {tasks}, {how} customization", ""]
     from react_core.summary import ROLES, dataset_roles
 
     roles = dataset_roles(cfg)
@@ -134,6 +135,8 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
     lines.append("(target: what retrieval was for; generic: what the base knew; retrieval: image-text recall@1)")
     lines.append("")
     lines.append(f"customized model: {result['train']}/model.pt")
+    if choice := result.get("choice"):
+        lines.append(f"chosen without labels: {choice['reason']}")
     if (reg := result.get("registered")) and reg.get("version"):
         alias = ("champion" if reg.get("champion") else "candidate") if reg.get("new") else None
         where = f" (now models:/{reg['name']}@{alias})" if alias else " (registered by an earlier run)"

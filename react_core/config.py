@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -446,6 +447,75 @@ class RivalConfig(_Section):
     cache_beta: float = Field(5.5, gt=0, description="cache-head: sharpness of the key affinity exp(-beta(1-cos))")
 
 
+class ChoiceCandidate(_Section):
+    """One model ``training.choose`` may pick: the run's training with ``set`` changed, used at ``gate_scale``."""
+
+    label: str = Field(min_length=1, description="the candidate's name in the choice's table, tags and plot")
+    set: dict[str, Any] = Field(
+        default_factory=dict,
+        description="training fields this candidate changes, dotted (training.mode: locked-text, training.replay: "
+        "0.25); {}: the run's own training",
+    )
+    gate_scale: float = Field(
+        1.0, ge=0, le=1, description="lambda the candidate's gated blocks run at (evaluation.gate_scale); 1: as trained"
+    )
+
+
+class ChooseConfig(_Section):
+    """Several candidate models trained on the same retrieved pairs, one picked without a target label
+    (README "Choosing the model without labels")."""
+
+    candidates: list[ChoiceCandidate] = Field(
+        default_factory=list,
+        description="the models to choose from; [] (the default): no choice, the run trains its own training",
+    )
+    budget: int | None = Field(
+        None, ge=1, description="optimisation steps each candidate trains (training.steps); null: its own epochs"
+    )
+    keep: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="the rule: among the candidates keeping this share of the best proxy target gain, the one "
+        "losing the least retention",
+    )
+    retention_pairs: int = Field(
+        1000, ge=10, description="knowledge-base pairs, none retrieved, drawn for the retention proxy"
+    )
+
+    @field_validator("candidates")
+    @classmethod
+    def _candidates(cls, v: list[ChoiceCandidate]) -> list[ChoiceCandidate]:
+        problems = []
+        labels = [c.label for c in v]
+        if dups := sorted({x for x in labels if labels.count(x) > 1}):
+            problems.append(f"labels {dups} are given twice; fix: give each candidate its own label")
+        allowed = {p for p in field_paths(TrainingConfig, "training.") if not p.startswith(CHOICE_FIXED)}
+        for c in v:
+            for key in c.set:
+                if key not in allowed:
+                    why = (
+                        "is the same for every candidate (the proxies read its held-out pairs)"
+                        if key.startswith(CHOICE_FIXED)
+                        else "is not a training field"
+                    )
+                    problems.append(f"candidate {c.label!r}: {key} {why}; fix: name training fields other than "
+                                    f"{', '.join(CHOICE_FIXED)}")  # fmt: skip
+            mode = c.set.get("training.mode")
+            if mode in RIVAL_MODES:
+                problems.append(
+                    f"candidate {c.label!r}: training.mode={mode} fits a head on the base model, which cannot be "
+                    "registered as a model yet; fix: choose among tuning modes (gated-image, locked-text, ...)"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+
+# training fields every candidate of a choice shares: the held-out pairs the proxies read, and the choice itself
+CHOICE_FIXED = ("training.holdout", "training.choose")
+
+
 class TrainingConfig(_Section):
     mode: Literal[
         "gated-image",
@@ -523,6 +593,43 @@ class TrainingConfig(_Section):
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept under the stage's checkpoints/")
     resume: Literal["latest", "none"] = Field("latest", description="latest: continue from the newest checkpoint")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    choose: ChooseConfig = Field(default_factory=ChooseConfig)
+
+    @model_validator(mode="after")
+    def _choice_needs_holdout(self) -> TrainingConfig:
+        if self.choose.candidates and self.holdout <= 0:
+            raise ValueError(
+                "training.choose picks a model by its accuracy on held-out retrieved pairs, but training.holdout is "
+                "0; fix: set training.holdout (e.g. 0.1)"
+            )
+        problems = []
+        for c in self.choose.candidates:
+            try:
+                self.candidate(c)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    where = "".join(f".{x}" for x in err["loc"])
+                    msg = err["msg"].removeprefix("Value error, ")
+                    if "fix:" not in msg:
+                        msg += f" (got {err.get('input')!r}); fix: change the candidate's set"
+                    problems.append(f"candidate {c.label!r}: " + (f"training{where}: {msg}" if where else msg))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def candidate(self, candidate: ChoiceCandidate) -> TrainingConfig:
+        """This training with ``candidate.set`` changed and ``choose.budget`` as its steps; no choice of its own."""
+        tree = self.model_dump()
+        tree["choose"] = {}
+        if self.choose.budget is not None:
+            tree["steps"] = self.choose.budget
+        for key, value in candidate.set.items():
+            *parents, leaf = key.split(".")[1:]
+            node = tree
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        return TrainingConfig.model_validate(tree)
 
     @model_validator(mode="after")
     def _anchor_needs_replay(self) -> TrainingConfig:

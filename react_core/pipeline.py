@@ -391,6 +391,32 @@ def run_replay(
     )
 
 
+RETENTION_SEED = 10_000  # the retention sample's draw (training.choose), apart from any training seed in use
+
+
+def run_retention_sample(
+    storage: Storage,
+    *,
+    pairs: int,
+    embed_uri: str,
+    retrieve_uri: str,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """``pairs`` knowledge-base pairs at random, none retrieved (``training.choose.retention_pairs``): what the
+    choose stage's retention proxy reads, downloaded by :func:`run_download`. A replay sample's stage (the same
+    draw), with its own seed."""
+    inputs = {"embed": embed_uri, "retrieve": retrieve_uri}
+    stage = stages.REPLAY.stage(storage, {"training": {"seed": RETENTION_SEED}}, inputs, derived={"pairs": pairs})
+    return execute(
+        stage,
+        lambda _: sample_replay(storage, embed_uri, retrieve_uri, pairs, RETENTION_SEED, stage),
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        params={"retention": {"pairs": pairs, "seed": RETENTION_SEED}},
+    )
+
+
 def run_download(
     storage: Storage,
     *,
@@ -642,6 +668,62 @@ def _export_names(
         return list(evalset.classnames), list(evalset.templates), task
     spec = resolve_task(storage, task, miniweb_uri)
     return list(spec.classnames), list(spec.templates), classes[0] if classes else None
+
+
+def run_choose(
+    storage: Storage,
+    *,
+    model: ModelConfig,
+    checkpoint: str | None,
+    training: TrainingConfig,
+    evaluation: EvaluationConfig,
+    task: str,
+    candidates: Mapping[str, tuple[str, float]],
+    download_uri: str,
+    retention_uri: str,
+    miniweb_uri: str | None,
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """One of ``candidates`` (label -> (its train stage, lambda)) picked without a target label
+    (:mod:`react_core.evaluation.choice`): each, and the base model (``checkpoint``), scored on the held-out pairs
+    of the retrieval's download (``training.holdout``) and on the retention sample's download; ``choice.json``
+    names the pick."""
+    from react_core.evaluation.choice import choose_model
+
+    spec = resolve_task(storage, task, miniweb_uri)
+    inputs = {"base": checkpoint or "", "heldout": download_uri, "retention": retention_uri}
+    inputs.update({f"train {label}": train for label, (train, _) in candidates.items()})
+    derived = {"task": spec.name, "candidates": {label: float(scale) for label, (_, scale) in candidates.items()}}
+    stage = stages.CHOOSE.stage(storage, {"model": model, "training": training}, inputs, derived)
+    return execute(
+        stage,
+        lambda run: choose_model(
+            storage,
+            stage,
+            model=model,
+            base_checkpoint=checkpoint,
+            candidates=candidates,
+            heldout_shards=downloaded_shards(storage, download_uri),
+            holdout=training.holdout,
+            retention_shards=downloaded_shards(storage, retention_uri),
+            classnames=spec.classnames,
+            templates=spec.templates,
+            batch_size=evaluation.batch_size,
+            keep=training.choose.keep,
+            tracker=run,
+        ),
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        params={"choose": {"keep": training.choose.keep, "candidates": derived["candidates"]}},
+    )
+
+
+def read_choice(storage: Storage, *, choose_uri: str) -> dict[str, Any]:
+    """What the choose stage picked: ``choice.json`` (``picked``, ``reason``, every candidate's proxies)."""
+    from react_core.evaluation.choice import read_choice as read
+
+    return read(storage, choose_uri)
 
 
 def run_export(

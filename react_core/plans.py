@@ -169,6 +169,55 @@ def retrieve_and_train(
     return out
 
 
+def choose_and_train(
+    config: ReactConfig, run: Runner, checkpoint: str | None, miniweb: str | None, embedded: str, out: dict[str, Any]
+) -> float:
+    """``training.choose``: every candidate trained on the one retrieval (:func:`retrieve_and_train` with its
+    training; the stages they share run once), the retention sample, and the choose stage, which picks one
+    without a target label. ``out["train"]`` is the pick's train stage (each candidate's is ``train {label}``),
+    ``out["choice"]`` the pick and its reason; returns the pick's lambda."""
+    choose = config.training.choose
+    trained: dict[str, tuple[str, float]] = {}
+    for candidate in choose.candidates:
+        c = config.model_copy(update={"training": config.training.candidate(candidate)})
+        uris = retrieve_and_train(c, run, checkpoint, miniweb, embedded, {}, label=candidate.label)
+        out.update({k: uris[k] for k in ("index", "retrieve", "download")})
+        out[f"train {candidate.label}"] = uris["train"]
+        trained[candidate.label] = (uris["train"], candidate.gate_scale)
+    out["retention"] = run.stage(
+        "retention-sample",
+        pipeline.run_retention_sample,
+        pairs=choose.retention_pairs,
+        embed_uri=embedded,
+        retrieve_uri=out["retrieve"],
+    )
+    out["retention_download"] = run.stage(
+        "download retention",
+        pipeline.run_download,
+        download=config.download,
+        retrieve_uri=out["retention"],
+        miniweb_uri=miniweb,
+    )
+    out["choose"] = run.stage(
+        "choose",
+        pipeline.run_choose,
+        model=config.model,
+        checkpoint=checkpoint,
+        training=config.training,
+        evaluation=config.evaluation,
+        task=config.retrieval.target_tasks[0],
+        candidates=trained,
+        download_uri=out["download"],
+        retention_uri=out["retention_download"],
+        miniweb_uri=miniweb,
+    )
+    choice = run.step("choice", pipeline.read_choice, choose_uri=out["choose"])
+    out["train"], scale = trained[choice["picked"]]
+    out["choice"] = {"picked": choice["picked"], "reason": choice["reason"], "gate_scale": scale}
+    run.log(f"choice (no target label read): {choice['reason']}")
+    return scale
+
+
 def evaluate_datasets(
     config: ReactConfig,
     run: Runner,
@@ -218,14 +267,18 @@ def evaluate_models(
 
 
 def customize_stages(config: ReactConfig, run: Runner, out: dict[str, Any]) -> dict[str, Any]:
-    """The customize run's stages, into ``out``: the world, the embedding, retrieval and training, the evaluation of
-    the base and the customized model, the table, and the export of the customized model for the registry (when a
+    """The customize run's stages, into ``out``: the world, the embedding, retrieval and training (with
+    ``training.choose``: every candidate's, and the choice), the evaluation of the base and the customized model, the table, and the export of the customized model for the registry (when a
     model is registered: ``tracking.registered_model``)."""
     out["miniweb"], out["base"] = miniweb, checkpoint = world(config, run)
     out["embed"] = embedded = embed(config, run, checkpoint, miniweb)
-    retrieve_and_train(config, run, checkpoint, miniweb, embedded, out)
+    chosen = None  # the chosen candidate's lambda (training.choose)
+    if config.training.choose.candidates:
+        chosen = choose_and_train(config, run, checkpoint, miniweb, embedded, out)
+    else:
+        retrieve_and_train(config, run, checkpoint, miniweb, embedded, out)
     checkpoints = {"base": checkpoint, "customized": model_file(out["train"])}
-    out["evaluate"] = evaluated = evaluate_models(config, run, checkpoints, miniweb)
+    out["evaluate"] = evaluated = evaluate_models(config, run, checkpoints, miniweb, chosen)
     out["table"] = run.step("report", pipeline.evaluation_table, evaluate_uri=evaluated)
     if config.tracking.enabled and config.tracking.registered_model and config.training.mode not in RIVAL_MODES:
         out["export"] = run.stage(
@@ -236,7 +289,7 @@ def customize_stages(config: ReactConfig, run: Runner, out: dict[str, Any]) -> d
             evaluation=config.evaluation,
             task=config.retrieval.target_tasks[0],
             miniweb_uri=miniweb,
-            gate_scale=config.evaluation.customized_scale(),
+            gate_scale=config.evaluation.customized_scale(chosen),
         )
     return out
 

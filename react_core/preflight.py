@@ -127,6 +127,13 @@ def check_customize(config: ReactConfig, storage: Storage) -> None:
             "model to register); fix: compare it with `react ablate` (a grid axis of training.mode values), or use "
             "a tuning mode here (gated-image, locked-text, ...)"
         )
+    for candidate in config.training.choose.candidates:  # the models training.choose picks from
+        check_model(config.model, config.training.candidate(candidate))
+    if config.training.choose.candidates and len(config.retrieval.target_tasks) > 1:
+        raise ConfigError(
+            f"training.choose scores the candidates on one target task's held-out pairs, but retrieval.tasks lists "
+            f"{len(config.retrieval.target_tasks)}; fix: one task (retrieval.task), or no training.choose.candidates"
+        )
     for name in config.retrieval.target_tasks:
         check_task(storage, name)
     if config.tracking.enabled and config.tracking.registered_model:

@@ -36,7 +36,7 @@ def register(
     registry = tracker.model_registry
     # A version is a trained model at one lambda (evaluation.gate_scale): the same train stage at another lambda
     # is another version. Versions registered before lambda existed have no react.gate_scale tag: lambda 1.
-    lam = config.evaluation.gate_scale if config.evaluation.gate_scale is not None else 1.0
+    lam = config.evaluation.customized_scale((result.get("choice") or {}).get("gate_scale"))
     existing = registry.find_version(name, {"react.train_stage": train, "react.gate_scale": f"{lam:g}"})
     if existing is None and lam == 1.0:
         existing = registry.find_version(name, {"react.train_stage": train, "react.gate_scale": None})
@@ -57,6 +57,9 @@ def register(
         "react.evaluate_stage": str(result.get("evaluate") or ""),
         "react.gate_scale": f"{lam:g}",
     }
+    if choice := result.get("choice"):  # training.choose: which candidate, and why (no target label read)
+        tags.update({"react.choice.picked": choice["picked"], "react.choice.reason": choice["reason"]})
+        tags["react.choose_stage"] = str(result.get("choose") or "")
     for dataset, row in table.items():
         for col in ("base", "customized", "delta"):
             tags[f"{dataset}/{row['metric']}/{col}"] = f"{row[col]:.4f}"

@@ -339,6 +339,18 @@ EXPORT = StageSpec(
     "the export is checked on",
 )
 
+CHOOSE = StageSpec(
+    "choose",
+    (Key("model.name", "model"), Key("training.holdout", "holdout"), *keys("training.choose", "", "keep")),
+    inputs=("*",),
+    derived=("task", "candidates"),
+    entry="run_choose (only with `training.choose.candidates`)",
+    computed_by="evaluation/choice.py, evaluation/selection.py",
+    writes="`choice.json` (the base's and each candidate's proxies, the pick and its reason), `proxies.png`",
+    notes="inputs: `base`, `heldout` (the retrieval's download), `retention` (the retention sample's download), "
+    "`train {label}` for each candidate; `candidates`: label -> lambda",
+)
+
 ABLATION = StageSpec(
     "ablation",
     (),
@@ -364,6 +376,7 @@ STAGES: tuple[StageSpec, ...] = (
     EVAL,
     EVALUATE,
     EXPORT,
+    CHOOSE,
     ABLATION,
 )
 
@@ -393,6 +406,9 @@ NOT_IDENTITY: dict[str, str] = {
     "training.compile": _OPERATIONAL_TRAINING,
     "training.grad_checkpointing": _OPERATIONAL_TRAINING,
     "training.distributed.*": _OPERATIONAL_TRAINING,
+    "training.choose.candidates": "reach the choose stage as its candidates' train stages (inputs) and lambdas",
+    "training.choose.budget": "reaches the choose stage through the candidates' train stages (their steps)",
+    "training.choose.retention_pairs": "reaches the choose stage as its retention sample (an input)",
     "evaluation.tasks": "which eval stages exist (each is one dataset's)",
     "evaluation.generic": "a dataset's role in the report, not its result",
     "evaluation.data_root": "reaches the eval stages as each dataset's `location`",

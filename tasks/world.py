@@ -81,6 +81,8 @@ def publish(config: ReactConfig, result: dict) -> None:
             key = re.sub(r"[^a-z0-9-]+", "-", name.lower())  # Prefect: lowercase letters, digits, dashes
             create_link_artifact(target, link_text=target, key=key, description=name)
     lines = [f"- {name}: `{target}`" for name, target in found["links"].items()]
+    if choice := result.get("choice"):  # training.choose: the candidate picked, and why
+        lines.append(f"- chosen without labels: {choice['reason']} (the choose stage's proxies.png)")
     if reg := result.get("registered"):
         aliases = "candidate, champion" if reg.get("champion") else "candidate"
         lines.append(

@@ -13,7 +13,7 @@ import math
 import tarfile
 import zlib
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -111,7 +111,12 @@ def held_out(keys: Sequence[str], share: float) -> np.ndarray:
     the same pairs are held out in every process and run, and in whatever reads them back to choose settings."""
     if share <= 0:
         return np.zeros(len(keys), dtype=bool)
-    return np.array([zlib.crc32(k.encode()) / 2**32 < share for k in keys], dtype=bool)
+    return np.array([is_held_out(k, share) for k in keys], dtype=bool)
+
+
+def is_held_out(key: str, share: float) -> bool:
+    """Whether the pair ``key`` is held out at ``share`` (:func:`held_out` for one key)."""
+    return share > 0 and zlib.crc32(key.encode()) / 2**32 < share
 
 
 def training_subset(keys: Sequence[str], share: float, holdout: float = 0.0) -> np.ndarray:
@@ -125,14 +130,20 @@ def training_subset(keys: Sequence[str], share: float, holdout: float = 0.0) -> 
 
 
 def load_labelled_pairs(
-    storage: Storage, shard_uris: Sequence[str], image_size: int, max_samples: int | None = None
+    storage: Storage,
+    shard_uris: Sequence[str],
+    image_size: int,
+    max_samples: int | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> tuple[torch.Tensor, list[str], list[str], torch.Tensor]:
     """Decode image-caption pairs from shards into memory, shard by shard, each shard's in key order (manifest
     order): images (N, 3, H, W) uint8, captions, keys and each pair's ``class_id`` from its JSON (the
-    manifest's; -1 when absent)."""
+    manifest's; -1 when absent). ``keep``: the keys to decode (the others are skipped undecoded)."""
     images, captions, keys, class_ids = [], [], [], []
     for uri in shard_uris:
         for s in _pairs_in_key_order(storage, uri):
+            if keep is not None and not keep(s["__key__"]):
+                continue
             images.append(decode_image(s["jpg"], image_size))
             captions.append(s["txt"].decode("utf-8"))
             keys.append(s["__key__"])

@@ -225,3 +225,31 @@ def test_a_training_subset_is_nested_and_never_touches_the_held_out_pairs():
     assert not (half & out).any() and (whole == ~out).all()
     assert (quarter <= half).all() and (half <= whole).all()  # a smaller share lies inside a larger one
     assert abs(half.sum() / whole.sum() - 0.5) < 0.05 and abs(quarter.sum() / whole.sum() - 0.25) < 0.05
+
+
+def test_a_choice_s_candidates_are_trainings_checked_at_load_one_line_each():
+    pick = ["training.holdout=0.1", "training.choose.budget=50"]
+    both = "[{label: a}, {label: b, set: {training.replay: 0.25, training.anchor: 1.0}, gate_scale: 0.5}]"
+    cfg = load_config(None, [*pick, f"training.choose.candidates={both}"])
+    a, b = cfg.training.choose.candidates
+    assert cfg.training.candidate(a).model_copy(update={"steps": None}) == cfg.training.model_copy(
+        update={"choose": type(cfg.training.choose)()}
+    )  # {}: the run's own training, with the budget as its steps
+    assert cfg.training.candidate(a).steps == 50 and not cfg.training.candidate(a).choose.candidates
+    assert (cfg.training.candidate(b).replay, cfg.training.candidate(b).anchor, b.gate_scale) == (0.25, 1.0, 0.5)
+    assert cfg.training.replay == 0.0  # the run's own training is untouched
+    bad = {
+        "[{label: a}]": "training.choose picks a model by its accuracy on held-out retrieved pairs, but training.holdout",
+        "[{label: a}, {label: a}]": "labels ['a'] are given twice",
+        "[{label: a, set: {training.holdout: 0.3}}]": "candidate 'a': training.holdout is the same for every candidate",
+        "[{label: a, set: {training.epoch: 3}}]": "candidate 'a': training.epoch is not a training field",
+        "[{label: a, set: {training.mode: cache-head}}]": "cannot be registered as a model yet",
+        "[{label: a, set: {training.epochs: 0}}]": "candidate 'a': training.epochs: Input should be greater than or equal to 1 (got 0); fix:",
+        "[{label: a, set: {training.anchor: 1}}]": "candidate 'a': training.anchor=1 anchors the replayed images",
+        "[{label: a, gate_scale: 2}]": "less than or equal to 1",
+    }
+    for candidates, says in bad.items():
+        holdout = [] if "but training.holdout" in says else ["training.holdout=0.1"]
+        with pytest.raises(ConfigError) as err:
+            load_config(None, [*holdout, f"training.choose.candidates={candidates}"])
+        assert says in str(err.value) and "\n" not in str(err.value).strip(), str(err.value)

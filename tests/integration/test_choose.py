@@ -1,0 +1,72 @@
+"""training.choose on the tiny mini-web: candidates trained on one retrieval, one picked without a target label,
+and registered as an ordinary version."""
+
+import pytest
+
+from react_core.evaluation.choice import read_choice
+from react_core.plans import customize
+from react_core.storage import Storage
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.integration
+
+CANDIDATES = [
+    {"label": "gated", "set": {}},
+    {"label": "gated lambda 0.5", "set": {}, "gate_scale": 0.5},
+    {"label": "gated lambda 0", "set": {}, "gate_scale": 0.0},
+    {"label": "locked-text", "set": {"training.mode": "locked-text", "training.lr": 0.0005}},
+]
+
+
+def test_the_choice_scores_every_candidate_picks_by_the_rule_and_registers_the_pick(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = tiny_config(
+        tmp_path,
+        **{
+            "training.holdout": 0.2,
+            "training.choose.candidates": CANDIDATES,
+            "training.choose.retention_pairs": 200,
+        },
+    )
+    st = Storage(cfg.storage.root)
+    out = customize(cfg)
+
+    choice = read_choice(st, out["choose"])
+    cands, base = choice["candidates"], choice["base"]
+    assert set(cands) == {c["label"] for c in CANDIDATES}
+    # (the mini-web's server fails a few downloads on purpose, as the web does)
+    assert choice["heldout_pairs"] > 0 and 180 <= choice["retention_pairs"] <= 200
+    # the lambda settings of one training share its train stage; the other mode has its own
+    assert cands["gated"]["train"] == cands["gated lambda 0.5"]["train"] == cands["gated lambda 0"]["train"]
+    assert cands["locked-text"]["train"] != cands["gated"]["train"]
+    # lambda 0 is the base model exactly, on both proxies
+    assert cands["gated lambda 0"]["target"] == pytest.approx(base["target"], abs=1e-6)
+    assert cands["gated lambda 0"]["retention"] == pytest.approx(base["retention"], abs=1e-6)
+    # the rule: keep 0.9 of the best proxy gain, then the least retention loss
+    best = max(c["target_gain"] for c in cands.values())
+    eligible = {k: c for k, c in cands.items() if c["target_gain"] >= best - 0.1 * abs(best) - 1e-9}
+    assert choice["picked"] in eligible
+    assert cands[choice["picked"]]["retention"] == max(c["retention"] for c in eligible.values())
+    assert choice["reason"].startswith(choice["picked"] + ": ")
+
+    # The pick is the run's customized model, evaluated and registered at its lambda, with its reasons.
+    picked = cands[choice["picked"]]
+    assert out["train"] == picked["train"] and out["choice"]["picked"] == choice["picked"]
+    reg = out["registered"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    version = client.get_model_version(reg["name"], reg["version"])
+    assert version.tags["react.choice.picked"] == choice["picked"]
+    assert version.tags["react.choice.reason"] == choice["reason"]
+    assert float(version.tags["react.gate_scale"]) == picked["gate_scale"]
+    assert version.tags["react.train_stage"] == picked["train"]
+    # what the choice read: retrieved and random pairs and the models, never an evaluation set
+    inputs = st.stage_manifest(out["choose"])["inputs"]
+    assert set(inputs) == {"base", "heldout", "retention", *(f"train {c['label']}" for c in CANDIDATES)}
+    assert inputs["heldout"] == out["download"] and inputs["retention"] == out["retention_download"]
+    assert st.exists(out["choose"] + "/proxies.png")
+
+    again = customize(cfg)  # a re-run reuses every stage and picks the same
+    assert again["choose"] == out["choose"] and again["train"] == out["train"]
+    assert again["registered"]["new"] is False
