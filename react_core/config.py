@@ -482,6 +482,11 @@ class ChooseConfig(_Section):
     retention_pairs: int = Field(
         1000, ge=10, description="knowledge-base pairs, none retrieved, drawn for the retention proxy"
     )
+    evaluate_all: bool = Field(
+        True,
+        description="evaluate every candidate on evaluation.tasks too (where they have labels): its true changes "
+        "beside its proxies (the choice reads none of them); false: only the pick is evaluated",
+    )
 
     @field_validator("candidates")
     @classmethod

@@ -716,6 +716,35 @@ def run_choose(
         tracker=tracker,
         parent_run_id=parent_run_id,
         params={"choose": {"keep": training.choose.keep, "candidates": derived["candidates"]}},
+        reports=("choice.json",),
+    )
+
+
+def run_choice_report(
+    storage: Storage,
+    *,
+    choose_uri: str,
+    base_evals: Mapping[str, str],
+    candidate_evals: Mapping[str, Mapping[str, str]],
+    roles: Mapping[str, str],
+    tracker: Tracker | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Every candidate's true changes beside its proxies (:func:`react_core.evaluation.choice.write_choice_report`),
+    from the eval stages of the base (``base_evals``: dataset -> stage) and of each candidate."""
+    from react_core.evaluation.choice import write_choice_report
+
+    inputs = {"choose": choose_uri, **{f"base {d}": u for d, u in base_evals.items()}}
+    for label, evals in candidate_evals.items():
+        inputs.update({f"{label} {d}": u for d, u in evals.items()})
+    stage = stages.CHOICE_REPORT.stage(storage, {}, inputs, derived={"roles": dict(roles)})
+    return execute(
+        stage,
+        lambda run: write_choice_report(storage, stage, choose_uri, base_evals, candidate_evals, roles, run),
+        tracker=tracker,
+        parent_run_id=parent_run_id,
+        reports=("candidates.json",),
+        record=lambda run: run.log_text(storage.read_bytes(stage.file("candidates.md")).decode(), "candidates.md"),
     )
 
 

@@ -212,6 +212,19 @@ def choose_and_train(
         miniweb_uri=miniweb,
     )
     choice = run.step("choice", pipeline.read_choice, choose_uri=out["choose"])
+    if choose.evaluate_all:  # where labels exist: what each candidate truly gained and cost, beside its proxies
+        evals = {
+            label: evaluate_datasets(config, run, model_file(train), miniweb, label, scale)
+            for label, (train, scale) in trained.items()
+        }
+        out["choice_report"] = run.stage(
+            "choice-report",
+            pipeline.run_choice_report,
+            choose_uri=out["choose"],
+            base_evals=evaluate_datasets(config, run, checkpoint, miniweb, "base"),
+            candidate_evals=evals,
+            roles=dataset_roles(config),
+        )
     out["train"], scale = trained[choice["picked"]]
     out["choice"] = {"picked": choice["picked"], "reason": choice["reason"], "gate_scale": scale}
     run.log(f"choice (no target label read): {choice['reason']}")

@@ -351,6 +351,17 @@ CHOOSE = StageSpec(
     "`train {label}` for each candidate; `candidates`: label -> lambda",
 )
 
+CHOICE_REPORT = StageSpec(
+    "choice-report",
+    (),
+    inputs=("*",),
+    derived=("roles",),
+    entry="run_choice_report (with `training.choose.evaluate_all`)",
+    computed_by="evaluation/choice.py",
+    writes="`candidates.json`, `candidates.md` (proxies beside the true changes), `pareto.png`",
+    notes="inputs: the choose stage and every candidate's and the base's eval stages; `roles`: each dataset's role",
+)
+
 ABLATION = StageSpec(
     "ablation",
     (),
@@ -377,6 +388,7 @@ STAGES: tuple[StageSpec, ...] = (
     EVALUATE,
     EXPORT,
     CHOOSE,
+    CHOICE_REPORT,
     ABLATION,
 )
 
@@ -409,6 +421,7 @@ NOT_IDENTITY: dict[str, str] = {
     "training.choose.candidates": "reach the choose stage as its candidates' train stages (inputs) and lambdas",
     "training.choose.budget": "reaches the choose stage through the candidates' train stages (their steps)",
     "training.choose.retention_pairs": "reaches the choose stage as its retention sample (an input)",
+    "training.choose.evaluate_all": "which eval stages exist (each candidate's), not what one holds",
     "evaluation.tasks": "which eval stages exist (each is one dataset's)",
     "evaluation.generic": "a dataset's role in the report, not its result",
     "evaluation.data_root": "reaches the eval stages as each dataset's `location`",

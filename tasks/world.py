@@ -12,6 +12,7 @@ from prefect.events import emit_event
 
 from react_core import parent_run, promotion, registry, summary
 from react_core.config import ReactConfig, StorageConfig
+from react_core.storage import join
 from tasks.common import storage_of, tracker_of
 
 REGISTERED = "react.model.registered"  # the event a new version emits; prefect.yaml's evaluate triggers expect it
@@ -91,6 +92,9 @@ def publish(config: ReactConfig, result: dict) -> None:
         )
         if reg.get("decision"):  # why champion moved or not: tracking.promote and tracking.thresholds
             lines.append(f"- promotion: {reg['decision']['reason']}")
+    if uri := result.get("choice_report"):  # every candidate's proxies beside its true changes
+        table = st.read_bytes(join(uri, "candidates.md")).decode()
+        found["markdown"] += f"\n\n### Candidates of the label-free choice\n\n{table}"
     create_markdown_artifact("\n".join([*lines, "", found["markdown"]]), key="summary", description="REACT run")
     # The pointer a person watching the run ends with: the UI's logs, and `prefect deployment run ... --watch`
     # when the server streams logs out (PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED, as infra/compose.yaml sets it).

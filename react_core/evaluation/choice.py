@@ -95,8 +95,7 @@ def choose_model(
     }
     storage.write_json(stage.file(CHOICE_FILE), summary)
     fig = proxies_figure(scored, base, picked)
-    if tracker is not None:  # the stage's tracking run shows the choice and its plot
-        tracker.log_dict(summary, CHOICE_FILE)
+    if tracker is not None:  # the stage's tracking run shows the plot (and choice.json: run_choose's reports)
         tracker.log_figure(fig, "proxies.png")
     storage.write_bytes(stage.file("proxies.png"), figure_png(fig))
     p = scored[picked]
@@ -123,17 +122,16 @@ def reason(scored: Mapping[str, Proxies], base: Proxies, picked: str, keep: floa
     return text
 
 
-def proxies_figure(scored: Mapping[str, Proxies], base: Proxies, picked: str, truth: Mapping[str, Any] | None = None):
+def proxies_figure(scored: Mapping[str, Proxies], base: Proxies, picked: str):
     """Target-proxy gain (x) against retention change (y), one point per candidate, the pick ringed; the upper right
-    is better. ``truth``: label -> true target gain, written beside each point where labels exist."""
+    is better."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label, p in scored.items():
         x, y = 100 * (p.target - base.target), 100 * (p.retention - base.retention)
         ax.scatter([x], [y], s=60, color="#2c3e50", zorder=3)
         if label == picked:
             ax.scatter([x], [y], s=260, facecolors="none", edgecolors="#e67e22", linewidths=2, zorder=4)
-        note = label + (f" (true {100 * truth[label]:+.1f})" if truth and label in truth else "")
-        ax.annotate(note, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.axvline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("target proxy: gain on held-out retrieved pairs (points)")
@@ -145,3 +143,101 @@ def proxies_figure(scored: Mapping[str, Proxies], base: Proxies, picked: str, tr
 
 def read_choice(storage: Storage, choose_uri: str) -> dict[str, Any]:
     return storage.read_json(join(choose_uri, CHOICE_FILE))
+
+
+def write_choice_report(
+    storage: Storage,
+    stage: Stage,
+    choose_uri: str,
+    base_evals: Mapping[str, str],
+    candidate_evals: Mapping[str, Mapping[str, str]],
+    roles: Mapping[str, str],
+    tracker: Tracker | None = None,
+) -> str:
+    """Where labels exist: every candidate's true change from the base on each evaluated dataset beside its proxies
+    (what the choice could not see), as ``candidates.json``, ``candidates.md`` and ``pareto.png`` (the proxies'
+    plane and the true one: target gain against the worst generic change, the pick ringed in both)."""
+    choice = read_choice(storage, choose_uri)
+    base = _headline(storage, base_evals)
+    rows = []
+    for label, c in choice["candidates"].items():
+        got = _headline(storage, candidate_evals[label])
+        delta = {d: got[d] - base[d] for d in got if d in base}
+        by_role = {r: [delta[d] for d in delta if roles.get(d) == r] for r in ("target", "generic", "other")}
+        rows.append(
+            {
+                "candidate": label,
+                "gate_scale": c["gate_scale"],
+                "picked": label == choice["picked"],
+                "proxy_target_gain": c["target_gain"],
+                "proxy_retention_change": c["retention_change"],
+                "target_gain": sum(by_role["target"]) / len(by_role["target"]) if by_role["target"] else None,
+                "generic_change": min(by_role["generic"]) if by_role["generic"] else None,
+                "other_change": min(by_role["other"]) if by_role["other"] else None,
+                "deltas": delta,
+            }
+        )
+    best = max((r for r in rows if r["target_gain"] is not None), key=lambda r: r["target_gain"], default=None)
+    summary = {"picked": choice["picked"], "best_in_hindsight": best and best["candidate"], "candidates": rows}
+    storage.write_json(stage.file("candidates.json"), summary)
+    storage.write_bytes(stage.file("candidates.md"), candidates_markdown(rows).encode())
+    fig = pareto_figure(rows)
+    if tracker is not None:
+        tracker.log_figure(fig, "pareto.png")
+    storage.write_bytes(stage.file("pareto.png"), figure_png(fig))
+    return stage.complete(counts={"candidates": len(rows)})
+
+
+def _headline(storage: Storage, evals: Mapping[str, str]) -> dict[str, float]:
+    out = {}
+    for dataset, uri in evals.items():
+        r = storage.read_json(join(uri, "result.json"))
+        out[dataset] = float(r["zero_shot"][r["metric"]])
+    return out
+
+
+def _signed(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.3f}"
+
+
+def candidates_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The candidates' table: proxies (what chose) beside the true changes (what labels say)."""
+    lines = [
+        "| candidate | lambda | proxy target | proxy retention | target gain | generic change | other change |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name = f"**{r['candidate']}** (picked)" if r["picked"] else r["candidate"]
+        lines.append(
+            f"| {name} | {r['gate_scale']:g} | {_signed(r['proxy_target_gain'])} | "
+            f"{_signed(r['proxy_retention_change'])} | {_signed(r['target_gain'])} | {_signed(r['generic_change'])} | "
+            f"{_signed(r['other_change'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def pareto_figure(rows: Sequence[Mapping[str, Any]]):
+    """Two planes, one point per candidate, the pick ringed: proxies (left: what the choice saw) and, where the
+    evaluation has labels, the truth (right: target gain against the worst generic change)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    planes = (
+        (axes[0], "proxy_target_gain", "proxy_retention_change", "proxies (no label read)", "retention proxy"),
+        (axes[1], "target_gain", "generic_change", "with labels (evaluation)", "generic change"),
+    )
+    for ax, x_key, y_key, title, y_label in planes:
+        for r in rows:
+            if r[x_key] is None or r[y_key] is None:
+                continue
+            x, y = 100 * r[x_key], 100 * r[y_key]
+            ax.scatter([x], [y], s=60, color="#2c3e50", zorder=3)
+            if r["picked"]:
+                ax.scatter([x], [y], s=260, facecolors="none", edgecolors="#e67e22", linewidths=2, zorder=4)
+            ax.annotate(r["candidate"], (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ax.set_title(title)
+        ax.set_xlabel("target gain (points)")
+        ax.set_ylabel(f"{y_label} (points)")
+    fig.suptitle("candidates of the label-free choice (ringed: the pick; upper right is better)")
+    fig.tight_layout()
+    return fig

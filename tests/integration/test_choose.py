@@ -67,6 +67,20 @@ def test_the_choice_scores_every_candidate_picks_by_the_rule_and_registers_the_p
     assert inputs["heldout"] == out["download"] and inputs["retention"] == out["retention_download"]
     assert st.exists(out["choose"] + "/proxies.png")
 
+    # Where labels exist, every candidate's true changes beside its proxies; lambda 0 changes nothing at all.
+    report = st.read_json(out["choice_report"] + "/candidates.json")
+    rows = {r["candidate"]: r for r in report["candidates"]}
+    assert set(rows) == set(cands) and [r["candidate"] for r in report["candidates"] if r["picked"]] == [
+        choice["picked"]
+    ]
+    assert rows["gated lambda 0"]["target_gain"] == 0 and rows["gated lambda 0"]["generic_change"] == 0
+    assert rows[choice["picked"]]["target_gain"] == pytest.approx(out["table"]["miniweb-fine"]["delta"], abs=1e-9)
+    assert rows["locked-text"]["proxy_target_gain"] == cands["locked-text"]["target_gain"]
+    assert st.exists(out["choice_report"] + "/pareto.png")
+    assert (
+        "| **" + choice["picked"] + "** (picked) |" in st.read_bytes(out["choice_report"] + "/candidates.md").decode()
+    )
+
     again = customize(cfg)  # a re-run reuses every stage and picks the same
     assert again["choose"] == out["choose"] and again["train"] == out["train"]
     assert again["registered"]["new"] is False
