@@ -28,7 +28,7 @@ def evaluate(
     config = run_config(preset, config)
     t.preflight(config, "evaluate", customized)
     with tracked(config, "evaluate", customized or f"{config.model.name} (base)") as out:
-        checkpoint, registered_scale = resolve_model(config, customized)
-        plans.evaluate_stages(config, PrefectRunner(config, out["mlflow_run_id"]), out, checkpoint, registered_scale)
+        checkpoint, scale, head = resolve_model(config, customized)
+        plans.evaluate_stages(config, PrefectRunner(config, out["mlflow_run_id"]), out, checkpoint, scale, head)
     publish(config, out)  # the table and summary as the flow run's artifacts, and its last log lines
     return out

@@ -123,7 +123,7 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
     tasks = ", ".join(cfg.retrieval.target_tasks)
     how = f"{result['choice']['picked']} (chosen without labels)" if result.get("choice") else cfg.training.mode
     lines = ["", f"REACT on the mini-web: retrieval for {tasks}, {how} customization", ""]
-    from react_core.summary import ROLES, dataset_roles
+    from react_core.summary import ROLES, customized_model, dataset_roles
 
     roles = dataset_roles(cfg)
     lines.append(f"{'dataset':18s} {'role':9s} {'metric':9s} {'base':>7s} {'customized':>11s} {'delta':>8s}")
@@ -134,7 +134,7 @@ def _demo_table(cfg: ReactConfig, result: dict[str, Any]) -> str:
         )
     lines.append("(target: what retrieval was for; generic: what the base knew; retrieval: image-text recall@1)")
     lines.append("")
-    lines.append(f"customized model: {result['train']}/model.pt")
+    lines.append(f"customized model: {customized_model(result)}")
     if choice := result.get("choice"):
         lines.append(f"chosen without labels: {choice['reason']}")
     if (reg := result.get("registered")) and reg.get("version"):

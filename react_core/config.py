@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import re
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -450,7 +451,11 @@ class RivalConfig(_Section):
 class ChoiceCandidate(_Section):
     """One model ``training.choose`` may pick: the run's training with ``set`` changed, used at ``gate_scale``."""
 
-    label: str = Field(min_length=1, description="the candidate's name in the choice's table, tags and plot")
+    label: str = Field(
+        min_length=1,
+        description="the candidate's name in the choice's table, tags and plot (letters, digits, spaces and _ - . :, "
+        "as MLflow names allow)",
+    )
     set: dict[str, Any] = Field(
         default_factory=dict,
         description="training fields this candidate changes, dotted (training.mode: locked-text, training.replay: "
@@ -458,6 +463,23 @@ class ChoiceCandidate(_Section):
     )
     gate_scale: float = Field(
         1.0, ge=0, le=1, description="lambda the candidate's gated blocks run at (evaluation.gate_scale); 1: as trained"
+    )
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        if bad := sorted(set(re.sub(r"[A-Za-z0-9_.: -]", "", v))):
+            raise ValueError(
+                f"{v!r} has {''.join(bad)!r}, which MLflow refuses in the tags and run names it becomes; fix: letters, "
+                "digits, spaces and _ - . : only"
+            )
+        return v
+
+    head: Literal["real-linear", "cache-head"] | None = Field(
+        None,
+        description="a cheap rival's head fitted on this candidate's own features (at its lambda) for the target "
+        "task, as training.mode real-linear / cache-head fits one on the base's: the customized model with a head; "
+        "null: none",
     )
 
 
@@ -507,11 +529,21 @@ class ChooseConfig(_Section):
                     problems.append(f"candidate {c.label!r}: {key} {why}; fix: name training fields other than "
                                     f"{', '.join(CHOICE_FIXED)}")  # fmt: skip
             mode = c.set.get("training.mode")
-            if mode in RIVAL_MODES:
+            if mode in RIVAL_MODES and c.head is not None:
                 problems.append(
-                    f"candidate {c.label!r}: training.mode={mode} fits a head on the base model, which cannot be "
-                    "registered as a model yet; fix: choose among tuning modes (gated-image, locked-text, ...)"
+                    f"candidate {c.label!r}: training.mode={mode} is a head on the base model already, and head "
+                    f"{c.head} would be a second; fix: head on a tuning mode (gated-image, ...), or no head"
                 )
+            if mode in RIVAL_MODES and c.gate_scale != 1:
+                problems.append(
+                    f"candidate {c.label!r}: training.mode={mode} keeps the base model, which has no gated blocks for "
+                    f"gate_scale={c.gate_scale:g} to scale; fix: gate_scale 1 (the default)"
+                )
+        if v and all(c.set.get("training.mode") == "real-prompt" for c in v):
+            problems.append(
+                "every candidate is real-prompt, which retrieves nothing, and the held-out pairs the choice scores "
+                "on are retrieved ones; fix: add a candidate that trains (e.g. {label: gated})"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return v

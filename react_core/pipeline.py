@@ -546,11 +546,14 @@ def run_head(
     embed_uri: str,
     download_uri: str,
     miniweb_uri: str | None,
+    gate_scale: float = 1.0,
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
 ) -> str:
     """A cheap rival's head for the retrieval's target task (``training.mode`` real-prompt, real-linear, cache-head;
-    :mod:`react_core.training.heads`): on the downloaded pairs, or (real-prompt) on the knowledge base's captions."""
+    :mod:`react_core.training.heads`): on the downloaded pairs, or (real-prompt) on the knowledge base's captions.
+    ``checkpoint``: the model whose features it is fitted on (the base's; ``training.choose``'s candidate heads: a
+    customized model's, at ``gate_scale``)."""
     if training.mode not in RIVAL_MODES:
         raise ConfigError(
             f"training.mode={training.mode}: run_head fits the rivals {RIVAL_MODES}; fix: run_train for a tuning mode"
@@ -563,6 +566,8 @@ def run_head(
     prompts = training.mode == "real-prompt"
     task = resolve_task(storage, retrieval.target_tasks[0], miniweb_uri, synonyms=prompts)
     inputs = {"checkpoint": checkpoint or "", **({"embed": embed_uri} if prompts else {"download": download_uri})}
+    if gate_scale != 1.0:
+        inputs["gate_scale"] = float(gate_scale)
     stage = stages.HEAD.stage(storage, {"model": model, "training": training}, inputs, derived={"task": task.name})
 
     def compute(_: Tracker) -> str:
@@ -572,7 +577,17 @@ def run_head(
             storage.write_json(stage.file("name_counts.json"), counts)
         shards = [] if prompts else downloaded_shards(storage, download_uri)
         return fit_head(
-            model.name, checkpoint, training, storage, task.name, task.classnames, task.templates, shards, stage, names
+            model.name,
+            checkpoint,
+            training,
+            storage,
+            task.name,
+            task.classnames,
+            task.templates,
+            shards,
+            stage,
+            names,
+            gate_scale=gate_scale,
         )
 
     return execute(
@@ -678,14 +693,15 @@ def run_choose(
     training: TrainingConfig,
     evaluation: EvaluationConfig,
     task: str,
-    candidates: Mapping[str, tuple[str, float]],
+    candidates: Mapping[str, Mapping[str, Any]],
     download_uri: str,
     retention_uri: str,
     miniweb_uri: str | None,
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
 ) -> str:
-    """One of ``candidates`` (label -> (its train stage, lambda)) picked without a target label
+    """One of ``candidates`` (label -> :func:`react_core.evaluation.selection.candidate`: the stage that made it,
+    its checkpoint, lambda and head) picked without a target label
     (:mod:`react_core.evaluation.choice`): each, and the base model (``checkpoint``), scored on the held-out pairs
     of the retrieval's download (``training.holdout``) and on the retention sample's download; ``choice.json``
     names the pick."""
@@ -693,8 +709,8 @@ def run_choose(
 
     spec = resolve_task(storage, task, miniweb_uri)
     inputs = {"base": checkpoint or "", "heldout": download_uri, "retention": retention_uri}
-    inputs.update({f"train {label}": train for label, (train, _) in candidates.items()})
-    derived = {"task": spec.name, "candidates": {label: float(scale) for label, (_, scale) in candidates.items()}}
+    inputs.update({f"train {label}": c["stage"] for label, c in candidates.items()})
+    derived = {"task": spec.name, "candidates": {label: float(c["gate_scale"]) for label, c in candidates.items()}}
     stage = stages.CHOOSE.stage(storage, {"model": model, "training": training}, inputs, derived)
     return execute(
         stage,
@@ -764,10 +780,11 @@ def run_export(
     task: str,
     miniweb_uri: str | None,
     gate_scale: float = 1.0,
+    head_uri: str | None = None,
     tracker: Tracker | None = None,
     parent_run_id: str | None = None,
 ) -> str:
-    """The customized model at ``gate_scale`` exported (:mod:`react_core.serving.export`): both towers as
+    """The customized model at ``gate_scale`` (with ``head_uri``: a head stage, a ``training.choose`` pick's) exported (:mod:`react_core.serving.export`): both towers as
     ``torch.export`` programs, the zero-shot head of ``task`` (a target task) and ``serving.json``, checked against
     the model on up to :data:`EXPORT_CHECK_IMAGES` evaluation images (``export.json``: the lowest cosine, top-1
     agreement, ms per image eager and exported, sizes). What the registered MLflow model serves."""
@@ -778,7 +795,7 @@ def run_export(
     classnames, templates, check = _export_names(storage, evaluation, task, miniweb_uri)
     names = version_hash({"classes": classnames, "templates": templates}, {}, 1)
     scaled = {"gate_scale": float(gate_scale)} if gate_scale != 1.0 else {}
-    inputs = {"checkpoint": checkpoint, **scaled}
+    inputs = {"checkpoint": checkpoint, **scaled, **({"head": head_uri} if head_uri else {})}
     derived = {"task": task, "names": names, "check": check}
     stage = stages.EXPORT.stage(storage, {"model": model}, inputs, derived)
     check_checkpoint(storage, checkpoint)
@@ -789,7 +806,8 @@ def run_export(
             set_gate_scale(m, gate_scale)
         m = m.float().cpu().eval()
         with tempfile.TemporaryDirectory(prefix="react-export-") as out:
-            serving = export_model(m, tok, classnames, templates, out)
+            head = load_head(storage, join(head_uri, HEAD_FILE)) if head_uri else None
+            serving = export_model(m, tok, classnames, templates, out, head)
             found: dict[str, Any] = {"task": task, "check_set": check, "images": 0}
             if check is not None:
                 evalset = open_eval(storage, evaluation, check, miniweb_uri, evaluation.split)

@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 from react_core import parent_run, pipeline, preflight, promotion
 from react_core.ablation import Grid
 from react_core.config import RIVAL_MODES, ReactConfig
+from react_core.evaluation.selection import candidate
 from react_core.models import model_file
 from react_core.registry import resolve_registered
 from react_core.storage import Storage
@@ -171,19 +172,40 @@ def retrieve_and_train(
 
 def choose_and_train(
     config: ReactConfig, run: Runner, checkpoint: str | None, miniweb: str | None, embedded: str, out: dict[str, Any]
-) -> float:
-    """``training.choose``: every candidate trained on the one retrieval (:func:`retrieve_and_train` with its
-    training; the stages they share run once), the retention sample, and the choose stage, which picks one
-    without a target label. ``out["train"]`` is the pick's train stage (each candidate's is ``train {label}``),
-    ``out["choice"]`` the pick and its reason; returns the pick's lambda."""
+) -> dict[str, Any]:
+    """``training.choose``: every candidate made on the one retrieval (:func:`retrieve_and_train` with its training,
+    then its ``head`` fitted on its features; the stages they share run once), the retention sample, and the choose
+    stage, which picks one without a target label. ``out["train"]`` is the stage that made the pick (its train
+    stage, or its head stage: ``train {label}`` / ``head {label}`` for each candidate), ``out["choice"]`` the pick and
+    its reason; returns the pick (:func:`selection.candidate`: checkpoint, lambda, head)."""
     choose = config.training.choose
-    trained: dict[str, tuple[str, float]] = {}
-    for candidate in choose.candidates:
-        c = config.model_copy(update={"training": config.training.candidate(candidate)})
-        uris = retrieve_and_train(c, run, checkpoint, miniweb, embedded, {}, label=candidate.label)
-        out.update({k: uris[k] for k in ("index", "retrieve", "download")})
-        out[f"train {candidate.label}"] = uris["train"]
-        trained[candidate.label] = (uris["train"], candidate.gate_scale)
+    made: dict[str, dict[str, Any]] = {}
+    for cand in choose.candidates:
+        c = config.model_copy(update={"training": config.training.candidate(cand)})
+        uris = retrieve_and_train(c, run, checkpoint, miniweb, embedded, {}, label=cand.label)
+        out.update({k: uris[k] for k in ("index", "retrieve", "download") if k in uris})  # real-prompt: none
+        if c.training.mode in RIVAL_MODES:  # a head on the base model
+            made[cand.label] = candidate(uris["train"], checkpoint, 1.0, uris["train"])
+            out[f"head {cand.label}"] = uris["train"]
+            continue
+        out[f"train {cand.label}"] = uris["train"]
+        made[cand.label] = candidate(uris["train"], model_file(uris["train"]), cand.gate_scale)
+        if cand.head is not None:  # a rival's head on this candidate's own features
+            head_training = c.training.model_copy(update={"mode": cand.head})
+            head = run.stage(
+                f"head {cand.label}",
+                pipeline.run_head,
+                model=config.model,
+                checkpoint=model_file(uris["train"]),
+                training=head_training,
+                retrieval=config.retrieval,
+                embed_uri=embedded,
+                download_uri=out["download"],
+                miniweb_uri=miniweb,
+                gate_scale=cand.gate_scale,
+            )
+            out[f"head {cand.label}"] = head
+            made[cand.label] = candidate(head, model_file(uris["train"]), cand.gate_scale, head)
     out["retention"] = run.stage(
         "retention-sample",
         pipeline.run_retention_sample,
@@ -206,7 +228,7 @@ def choose_and_train(
         training=config.training,
         evaluation=config.evaluation,
         task=config.retrieval.target_tasks[0],
-        candidates=trained,
+        candidates=made,
         download_uri=out["download"],
         retention_uri=out["retention_download"],
         miniweb_uri=miniweb,
@@ -214,8 +236,8 @@ def choose_and_train(
     choice = run.step("choice", pipeline.read_choice, choose_uri=out["choose"])
     if choose.evaluate_all:  # where labels exist: what each candidate truly gained and cost, beside its proxies
         evals = {
-            label: evaluate_datasets(config, run, model_file(train), miniweb, label, scale)
-            for label, (train, scale) in trained.items()
+            label: evaluate_datasets(config, run, c["checkpoint"], miniweb, label, c["gate_scale"], c["head"])
+            for label, c in made.items()
         }
         out["choice_report"] = run.stage(
             "choice-report",
@@ -225,10 +247,11 @@ def choose_and_train(
             candidate_evals=evals,
             roles=dataset_roles(config),
         )
-    out["train"], scale = trained[choice["picked"]]
-    out["choice"] = {"picked": choice["picked"], "reason": choice["reason"], "gate_scale": scale}
+    picked = made[choice["picked"]]
+    out["train"] = picked["stage"]
+    out["choice"] = {"picked": choice["picked"], "reason": choice["reason"], **picked}
     run.log(f"choice (no target label read): {choice['reason']}")
-    return scale
+    return picked
 
 
 def evaluate_datasets(
@@ -264,13 +287,17 @@ def evaluate_models(
     checkpoints: Mapping[str, str | None],
     miniweb: str | None,
     registered_scale: float | None = None,
+    head: str | None = None,
 ) -> str:
     """Every (model, dataset), then the report. The customized model is evaluated at ``evaluation.gate_scale``, else
-    ``registered_scale`` (a registered version's lambda), else 1; the base at 1."""
+    ``registered_scale`` (a registered version's lambda), else 1, with ``head`` (a head stage) on its target task;
+    the base at 1, with none."""
     scale = config.evaluation.customized_scale(registered_scale)
     results = {
         label: list(
-            evaluate_datasets(config, run, ckpt, miniweb, label, scale if label == "customized" else 1.0).values()
+            evaluate_datasets(
+                config, run, ckpt, miniweb, label, *((scale, head) if label == "customized" else (1.0, None))
+            ).values()
         )
         for label, ckpt in checkpoints.items()
     }
@@ -285,35 +312,43 @@ def customize_stages(config: ReactConfig, run: Runner, out: dict[str, Any]) -> d
     model is registered: ``tracking.registered_model``)."""
     out["miniweb"], out["base"] = miniweb, checkpoint = world(config, run)
     out["embed"] = embedded = embed(config, run, checkpoint, miniweb)
-    chosen = None  # the chosen candidate's lambda (training.choose)
-    if config.training.choose.candidates:
-        chosen = choose_and_train(config, run, checkpoint, miniweb, embedded, out)
+    if config.training.choose.candidates:  # the pick: its checkpoint, lambda and head
+        picked = choose_and_train(config, run, checkpoint, miniweb, embedded, out)
     else:
         retrieve_and_train(config, run, checkpoint, miniweb, embedded, out)
-    checkpoints = {"base": checkpoint, "customized": model_file(out["train"])}
-    out["evaluate"] = evaluated = evaluate_models(config, run, checkpoints, miniweb, chosen)
+        picked = candidate(out["train"], model_file(out["train"]))
+    chosen = picked["gate_scale"] if config.training.choose.candidates else None
+    checkpoints = {"base": checkpoint, "customized": picked["checkpoint"]}
+    out["evaluate"] = evaluated = evaluate_models(config, run, checkpoints, miniweb, chosen, picked["head"])
     out["table"] = run.step("report", pipeline.evaluation_table, evaluate_uri=evaluated)
     if config.tracking.enabled and config.tracking.registered_model and config.training.mode not in RIVAL_MODES:
         out["export"] = run.stage(
             "export",
             pipeline.run_export,
             model=config.model,
-            checkpoint=checkpoints["customized"],
+            checkpoint=picked["checkpoint"],
             evaluation=config.evaluation,
             task=config.retrieval.target_tasks[0],
             miniweb_uri=miniweb,
             gate_scale=config.evaluation.customized_scale(chosen),
+            head_uri=picked["head"],
         )
     return out
 
 
 def evaluate_stages(
-    config: ReactConfig, run: Runner, out: dict[str, Any], customized: str | None, registered_scale: float | None
+    config: ReactConfig,
+    run: Runner,
+    out: dict[str, Any],
+    customized: str | None,
+    registered_scale: float | None,
+    head: str | None = None,
 ) -> dict[str, Any]:
-    """The evaluate run's stages, into ``out``: the base (and ``customized``, a checkpoint URI) on every dataset."""
+    """The evaluate run's stages, into ``out``: the base (and ``customized``, a checkpoint URI, with ``head``, a
+    registered version's head stage) on every dataset."""
     miniweb, base = world(config, run)
     checkpoints = {"base": base} if customized is None else {"base": base, "customized": customized}
-    out["evaluate"] = evaluated = evaluate_models(config, run, checkpoints, miniweb, registered_scale)
+    out["evaluate"] = evaluated = evaluate_models(config, run, checkpoints, miniweb, registered_scale, head)
     out["table"] = run.step("report", pipeline.evaluation_table, evaluate_uri=evaluated)
     return out
 
@@ -362,10 +397,14 @@ def evaluate(config: ReactConfig, customized: str | None = None) -> dict[str, An
     ``models:/NAME@ALIAS``) against it, on ``evaluation.tasks``."""
     storage = Storage(config.storage.root, config.storage.options)
     preflight.check_evaluate(config, storage, customized)
-    checkpoint, scale = resolve_registered(customized, make_tracker(config.tracking, storage).model_registry)
+    checkpoint, scale, head = resolve_registered(customized, make_tracker(config.tracking, storage).model_registry)
     subject = customized or f"{config.model.name} (base)"
     return _tracked(
-        config, "evaluate", storage, lambda run, out: evaluate_stages(config, run, out, checkpoint, scale), subject
+        config,
+        "evaluate",
+        storage,
+        lambda run, out: evaluate_stages(config, run, out, checkpoint, scale, head),
+        subject,
     )
 
 

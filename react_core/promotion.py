@@ -49,17 +49,22 @@ def register(
         _logger.warning("not registering %s: no tracking run recorded its train stage %s", name, train)
         return None
     table = result.get("table") or {}
+    choice = result.get("choice") or {}
+    # training.choose's pick: its own checkpoint (a rival's head: the base's) and head; else the train stage's model
+    checkpoint, head = choice.get("checkpoint") or model_file(train), choice.get("head")
     tags = {
         "react.train_stage": train,
-        "react.model_file": model_file(train),
+        "react.model_file": checkpoint,
         "react.model": config.model.name,
         "react.task": task,
         "react.evaluate_stage": str(result.get("evaluate") or ""),
         "react.gate_scale": f"{lam:g}",
     }
-    if choice := result.get("choice"):  # training.choose: which candidate, and why (no target label read)
+    if choice:  # training.choose: which candidate, and why (no target label read)
         tags.update({"react.choice.picked": choice["picked"], "react.choice.reason": choice["reason"]})
         tags["react.choose_stage"] = str(result.get("choose") or "")
+    if head:  # the classes are the head's: an evaluation of this version must score with it (resolve_registered)
+        tags["react.head_stage"] = head
     for dataset, row in table.items():
         for col in ("base", "customized", "delta"):
             tags[f"{dataset}/{row['metric']}/{col}"] = f"{row[col]:.4f}"
@@ -74,8 +79,8 @@ def register(
     ]
     files = {
         "model.json": {
-            **storage.read_json(join(train, "model.json")),
-            "checkpoint": model_file(train),
+            **(storage.read_json(join(train, "model.json")) if head is None else {"head": head}),
+            "checkpoint": checkpoint,
             "architecture": config.model.name,
             "gate_scale": lam,
         },

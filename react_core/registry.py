@@ -278,13 +278,14 @@ def registered_tags(customized: str, model_registry: Any) -> dict[str, str] | No
     return model_registry.alias_tags(name, alias) if alias else model_registry.version_tags(name, version)
 
 
-def resolve_registered(customized: str | None, model_registry: Any) -> tuple[str | None, float | None]:
-    """(checkpoint, lambda) of a checkpoint URI or a registered model as ``models:/{name}@{alias}``
+def resolve_registered(customized: str | None, model_registry: Any) -> tuple[str | None, float | None, str | None]:
+    """(checkpoint, lambda, head) of a checkpoint URI or a registered model as ``models:/{name}@{alias}``
     (``models:/react-imagenet-1k@champion``) or ``models:/{name}/{version}`` (what a registration event names):
-    the checkpoint its version records and its gate scale (``react.gate_scale``; 1 for versions registered before
-    it); None for a plain checkpoint URI."""
+    the checkpoint its version records, its gate scale (``react.gate_scale``; 1 for versions registered before
+    it) and its head stage (``react.head_stage``: a ``training.choose`` pick with a rival's head; None: none);
+    lambda and head None for a plain checkpoint URI."""
     if not customized or not customized.startswith("models:/"):
-        return customized, None
+        return customized, None, None
     tags = registered_tags(customized, model_registry)
     if not tags or "react.model_file" not in tags:
         name, alias, version = parse_registered(customized)
@@ -293,4 +294,4 @@ def resolve_registered(customized: str | None, model_registry: Any) -> tuple[str
             f"customized={customized}: no version of registered model {name!r} {which}; fix: run customize first, "
             "or name a checkpoint URI"
         )
-    return tags["react.model_file"], float(tags.get("react.gate_scale", "1"))
+    return tags["react.model_file"], float(tags.get("react.gate_scale", "1")), tags.get("react.head_stage") or None

@@ -285,13 +285,15 @@ TRAIN = StageSpec(
 HEAD = StageSpec(
     "head",
     (Key("model.name", "model"), *_recipe(seed=lambda d: d["training"]["mode"] == "real-linear")),
-    inputs=("checkpoint", "embed", "download"),
+    inputs=("checkpoint", "embed", "download", "gate_scale"),
     derived=("task",),
-    entry="run_head (cheap rivals only: `training.mode` real-prompt, real-linear, cache-head)",
+    entry="run_head (cheap rivals only: `training.mode` real-prompt, real-linear, cache-head; "
+    "`training.choose` candidates' `head`)",
     computed_by="training/heads.py, knowledge/names.py (real-prompt's name counts)",
     writes="`head.pt`, `head.json` (pairs, steps, trainable parameters, seconds), `name_counts.json`",
     notes="the seed only for real-linear (the prompts and the cache are the same for every seed); real-prompt reads "
-    "the embed stage, the others the download",
+    "the embed stage, the others the download; `checkpoint`: the model it is fitted on (a candidate's own), "
+    "`gate_scale` only when not 1",
 )
 
 EVAL = StageSpec(
@@ -329,7 +331,7 @@ EVALUATE = StageSpec(
 EXPORT = StageSpec(
     "export",
     (Key("model.name", "model"),),
-    inputs=("checkpoint", "gate_scale"),
+    inputs=("checkpoint", "gate_scale", "head"),
     derived=("task", "names", "check"),
     entry="run_export (a customized model, after its evaluation; registered as an MLflow model)",
     computed_by="serving/export.py",
@@ -348,7 +350,8 @@ CHOOSE = StageSpec(
     computed_by="evaluation/choice.py, evaluation/selection.py",
     writes="`choice.json` (the base's and each candidate's proxies, the pick and its reason), `proxies.png`",
     notes="inputs: `base`, `heldout` (the retrieval's download), `retention` (the retention sample's download), "
-    "`train {label}` for each candidate; `candidates`: label -> lambda",
+    "`train {label}` for each candidate (its train stage, or its head stage when it has a head, which names the "
+    "checkpoint it was fitted on); `candidates`: label -> lambda",
 )
 
 CHOICE_REPORT = StageSpec(

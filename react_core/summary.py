@@ -56,6 +56,13 @@ def table_text(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
+def customized_model(result: Mapping[str, Any]) -> str:
+    """Where the run's customized model is: its checkpoint, and its head (a ``training.choose`` pick's) beside it."""
+    choice = result.get("choice") or {}
+    where = choice.get("checkpoint") or model_file(result["train"])
+    return f"{where} with the head {choice['head']}/head.pt" if choice.get("head") else where
+
+
 def run_summary(
     storage: Storage,
     result: Mapping[str, Any],
@@ -82,7 +89,7 @@ def run_summary(
     ]
     links: dict[str, str] = {}
     if result.get("train"):
-        links["customized model"] = model_file(result["train"])
+        links["customized model"] = customized_model(result)
     run_id = result.get("mlflow_run_id")
     if tracker is not None and run_id:
         links["MLflow run"] = tracker.run_url(run_id) or run_id

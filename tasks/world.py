@@ -59,9 +59,9 @@ def registered_event(reg: dict, preset: str | None, flow_run_id: Any = None) -> 
 
 
 @task(name="resolve-model", cache_policy=None, persist_result=False)
-def resolve_model(config: ReactConfig, customized: str | None) -> tuple[str | None, float | None]:
-    """(checkpoint, lambda): a checkpoint URI as given (lambda None), or ``models:/{name}@{alias}`` resolved through
-    the MLflow registry to its checkpoint and the gate scale it was registered with."""
+def resolve_model(config: ReactConfig, customized: str | None) -> tuple[str | None, float | None, str | None]:
+    """(checkpoint, lambda, head): a checkpoint URI as given (lambda and head None), or ``models:/{name}@{alias}``
+    resolved through the MLflow registry to its checkpoint, the gate scale it was registered with and its head."""
     return registry.resolve_registered(
         customized, tracker_of(config.tracking, storage_of(config.storage)).model_registry
     )

@@ -21,9 +21,9 @@ import matplotlib.pyplot as plt
 
 from react_core.config import ModelConfig
 from react_core.data import DatasetError, is_held_out, load_labelled_pairs
+from react_core.evaluation.heads import HEAD_FILE, load_head
 from react_core.evaluation.report import figure_png
 from react_core.evaluation.selection import Proxies, choose, generic_pairs_set, heldout_set, proxies
-from react_core.models import model_file
 from react_core.models.cache import inference_model
 from react_core.models.encode import model_image_size
 from react_core.models.gated import set_gate_scale
@@ -39,7 +39,7 @@ def choose_model(
     *,
     model: ModelConfig,
     base_checkpoint: str | None,
-    candidates: Mapping[str, tuple[str, float]],  # label -> (its train stage, lambda)
+    candidates: Mapping[str, Mapping[str, Any]],  # label -> its stage, checkpoint, gate_scale, head
     heldout_shards: Sequence[str],
     holdout: float,
     retention_shards: Sequence[str],
@@ -49,9 +49,10 @@ def choose_model(
     keep: float,
     tracker: Tracker | None = None,
 ) -> str:
-    """Score the base model and every candidate (label -> (train stage, lambda)) on the proxies, pick one
-    (:func:`selection.choose`), write ``choice.json`` and ``proxies.png`` into ``stage`` (and into ``tracker``'s
-    run); returns its URI."""
+    """Score the base model and every candidate on the proxies, pick one (:func:`selection.choose`), write
+    ``choice.json`` and ``proxies.png`` into ``stage`` (and into ``tracker``'s run); returns its URI. A candidate
+    (:func:`selection.candidate`): the stage that made it, its backbone's checkpoint (None: the base's pretrained weights), its
+    lambda and its head stage (a cheap rival's head on its features; None: the zero-shot classifier)."""
     base_net, tokenizer = inference_model(model, base_checkpoint, storage)
     image_size = model_image_size(base_net)
     images, _, _, labels = load_labelled_pairs(
@@ -66,14 +67,15 @@ def choose_model(
     g_images, g_captions, _, _ = load_labelled_pairs(storage, retention_shards, image_size)
     retention = generic_pairs_set(g_images, g_captions)
 
-    def score(checkpoint: str, scale: float) -> Proxies:
-        net, tok = inference_model(model, checkpoint, storage)
-        set_gate_scale(net, scale)
-        return proxies(net, tok, heldout, retention, batch_size)
+    def score(c: Mapping[str, Any]) -> Proxies:
+        net, tok = inference_model(model, c["checkpoint"], storage)
+        set_gate_scale(net, c["gate_scale"])
+        head = load_head(storage, join(c["head"], HEAD_FILE)) if c["head"] else None
+        return proxies(net, tok, heldout, retention, batch_size, head)
 
     base = proxies(base_net, tokenizer, heldout, retention, batch_size)
     del base_net
-    scored = {label: score(model_file(train), scale) for label, (train, scale) in candidates.items()}
+    scored = {label: score(c) for label, c in candidates.items()}
     picked = choose(scored, base, keep)
     summary = {
         "picked": picked,
@@ -84,13 +86,15 @@ def choose_model(
         "base": vars(base),
         "candidates": {
             label: {
-                "train": train,
-                "gate_scale": scale,
+                "train": c["stage"],
+                "checkpoint": c["checkpoint"],
+                "gate_scale": c["gate_scale"],
+                "head": c["head"],
                 **vars(scored[label]),
                 "target_gain": scored[label].target - base.target,
                 "retention_change": scored[label].retention - base.retention,
             }
-            for label, (train, scale) in candidates.items()
+            for label, c in candidates.items()
         },
     }
     storage.write_json(stage.file(CHOICE_FILE), summary)

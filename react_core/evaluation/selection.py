@@ -16,12 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from react_core.data.datasets import EvalSet, from_tensors
+from react_core.evaluation.heads import Head, head_logits
 from react_core.evaluation.retrieval import image_text_retrieval
-from react_core.evaluation.zeroshot import evaluate_zero_shot
+from react_core.evaluation.zeroshot import evaluate_zero_shot, zero_shot
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,23 @@ def proxies(
     heldout: EvalSet,
     generic: EvalSet,
     batch_size: int = 256,
+    head: Head | None = None,
 ) -> Proxies:
-    target = evaluate_zero_shot(model, tokenizer, heldout, batch_size=batch_size)["accuracy"]
+    """``head``: a rival's head for the held-out pairs' task, which then scores their classes; the retention proxy
+    is the model's alone (a head changes one task's classifier, not what the model matches)."""
+    if head is None:
+        target = evaluate_zero_shot(model, tokenizer, heldout, batch_size=batch_size)["accuracy"]
+    else:
+        z = zero_shot(model, tokenizer, heldout, batch_size)
+        logits = head_logits(head, model, tokenizer, list(heldout.templates), z.features, z.classifier)
+        target = float((logits.argmax(1) == z.targets).float().mean())
     recalls, _ = image_text_retrieval(model, tokenizer, generic, batch_size)
     return Proxies(float(target), sum(recalls.values()) / len(recalls))
+
+
+def candidate(stage: str, checkpoint: str | None, gate_scale: float = 1.0, head: str | None = None) -> dict[str, Any]:
+    """A candidate of the choice, as the choose stage and the plans pass it (plain JSON: a task parameter)."""
+    return {"stage": stage, "checkpoint": checkpoint, "gate_scale": float(gate_scale), "head": head}
 
 
 def choose(candidates: Mapping[str, Proxies], base: Proxies, keep: float = 0.9) -> str:

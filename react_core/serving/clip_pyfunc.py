@@ -6,12 +6,14 @@ registered version loads and serves wherever those packages are installed.
 
 Artifacts (written by the ``export`` stage): ``image_encoder`` and ``text_encoder`` (``torch.export`` programs
 with a dynamic batch), ``classifier`` (``(D, C)`` float32: the task's zero-shot head, one L2-normalised column per
-class), ``serving`` (JSON: classes, templates, image size, pixel mean and std, the tokenizer, the logit scale).
+class; a ``training.choose`` pick with a linear or prompts head: that head folded in), ``serving`` (JSON: classes,
+templates, image size, pixel mean and std, the tokenizer, the logit scale, ``cache``: a cache head's alpha and beta),
+``cache_keys`` and ``cache_labels`` (a cache head's retrieved image features and their classes).
 
 Input: a DataFrame with a binary column ``image`` (a JPEG/PNG file's bytes; base64 in JSON) and/or a string column
 ``text``. Params: ``output``: ``probabilities`` (default: ``label``, ``score`` and ``probabilities`` over the
 classes), ``image_embedding`` or ``text_embedding`` (``embedding``: L2-normalised); ``classes``: class names to
-score instead of the task's (each put into the task's templates). A request the model cannot answer raises
+score instead of the task's (each put into the task's templates; zero-shot: a head scores the task's own classes only). A request the model cannot answer raises
 MLflow's invalid-parameter error: ``mlflow models serve`` answers it with HTTP 400 and the one-line reason.
 """
 
@@ -69,6 +71,12 @@ class CustomizedClip(mlflow.pyfunc.PythonModel):
         self.image = torch.export.load(art["image_encoder"]).module()
         self.text = torch.export.load(art["text_encoder"]).module() if "text_encoder" in art else None
         self.classifier = torch.from_numpy(np.load(art["classifier"]))
+        self.cache = None
+        if "cache_keys" in art:  # a cache head (Tip-Adapter's, per class mean): added to the task's logits
+            keys = torch.from_numpy(np.load(art["cache_keys"])).float()
+            labels = torch.from_numpy(np.load(art["cache_labels"])).long()
+            onehot = torch.nn.functional.one_hot(labels, self.classifier.shape[1]).float()
+            self.cache = (keys, onehot / onehot.sum(dim=0).clamp(min=1), self.spec["cache"])
         self.mean = torch.tensor(self.spec["mean"]).view(1, 3, 1, 1)
         self.std = torch.tensor(self.spec["std"]).view(1, 3, 1, 1)
         self._tok = None
@@ -105,6 +113,16 @@ class CustomizedClip(mlflow.pyfunc.PythonModel):
         per_class = emb.view(len(names), len(templates), -1).mean(dim=1)
         return names, torch.nn.functional.normalize(per_class, dim=-1).T
 
+    def _cache_logits(self, feats: torch.Tensor, scale: float) -> torch.Tensor:
+        """``alpha * scale * A``: per class, the mean of ``exp(-beta (1 - f . k))`` over that class's keys. The
+        project's cache_affinity (evaluation/heads.py), written out here: this file imports nothing of the project."""
+        keys, per_class, spec = self.cache
+        out = [
+            torch.exp(-spec["beta"] * (1 - feats[i : i + 4096] @ keys.T)) @ per_class
+            for i in range(0, len(feats), 4096)
+        ]
+        return spec["alpha"] * scale * torch.cat(out)
+
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         params = dict(params or {})
         output = params.get("output") or "probabilities"
@@ -121,8 +139,13 @@ class CustomizedClip(mlflow.pyfunc.PythonModel):
         feats = self._images(model_input["image"])
         if output == "image_embedding":
             return pd.DataFrame({"embedding": list(feats.numpy())})
-        names, clf = self._classifier(params.get("classes"))
-        probs = torch.softmax(float(self.spec["logit_scale"]) * feats @ clf, dim=1).numpy()
+        classes = params.get("classes")
+        names, clf = self._classifier(classes)
+        scale = float(self.spec["logit_scale"])
+        logits = scale * feats @ clf
+        if self.cache is not None and (classes is None or len(classes) == 0):
+            logits = logits + self._cache_logits(feats, scale)
+        probs = torch.softmax(logits, dim=1).numpy()
         top = probs.argmax(axis=1)
         return pd.DataFrame(
             {"label": [names[i] for i in top], "score": probs[np.arange(len(top)), top], "probabilities": list(probs)}

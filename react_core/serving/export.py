@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from react_core.errors import ReactError
+from react_core.evaluation.heads import Head
 from react_core.evaluation.zeroshot import LOGIT_SCALE
 from react_core.models.encode import model_image_size, normalize, text_classifier
 
@@ -31,6 +32,7 @@ IMAGE_FILE, TEXT_FILE, CLASSIFIER_FILE, SERVING_FILE = (
     "classifier.npy",
     "serving.json",
 )
+CACHE_KEYS_FILE, CACHE_LABELS_FILE = "cache_keys.npy", "cache_labels.npy"  # a cache head's (training.choose)
 EXPORTED_FILES = (IMAGE_FILE, TEXT_FILE, CLASSIFIER_FILE, SERVING_FILE)
 MIN_COSINE = 1 - 1e-4  # exported features against PyTorch's, per image
 
@@ -73,11 +75,32 @@ def _program(model: torch.nn.Module, text: bool, example: torch.Tensor) -> torch
     return torch.export.export(_Tower(model, text).eval(), (example,), dynamic_shapes={"x": {0: batch}})
 
 
+def head_classifier(
+    head: Head, model: torch.nn.Module, tokenizer: Any, templates: Sequence[str], classifier: torch.Tensor
+) -> torch.Tensor:
+    """The (D, C) classifier whose ``100 * f @ W`` are the head's logits, for a head that is linear in the features:
+    prompts (the classifier of its names) and linear (``(1 - mix) * zero-shot + mix * W``); a cache head adds a
+    term no matrix holds, and keeps the zero-shot classifier (its keys are exported beside it)."""
+    if head.kind == "prompts":
+        return text_classifier(model, tokenizer, head.names, list(templates)).float().cpu()
+    if head.kind == "linear":
+        return (1 - head.mix) * classifier + head.mix * head.weight.float()
+    return classifier
+
+
 @torch.no_grad()
 def export_model(
-    model: torch.nn.Module, tokenizer: Any, classnames: Sequence[str], templates: Sequence[str], out: str
+    model: torch.nn.Module,
+    tokenizer: Any,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    out: str,
+    head: Head | None = None,
 ) -> dict[str, Any]:
-    """Write the towers, the head and ``serving.json`` into the local folder ``out``; returns ``serving.json``."""
+    """Write the towers, the head and ``serving.json`` into the local folder ``out``; returns ``serving.json``.
+    ``head``: a rival's head for the task (a ``training.choose`` pick's), which then scores its classes: folded into
+    ``classifier.npy`` (prompts, linear), or exported as its keys and labels beside it (cache: ``serving.json``'s
+    ``cache`` holds alpha and beta)."""
     model = model.float().cpu().eval()
     size = model_image_size(model)
     os.makedirs(out, exist_ok=True)
@@ -86,7 +109,20 @@ def export_model(
     if spec is not None:
         tokens = tokenizer(["a photo.", "a photo of a thing."])
         torch.export.save(_program(model, True, tokens), os.path.join(out, TEXT_FILE))
-    clf = text_classifier(model, tokenizer, classnames, templates).float().cpu().numpy()
+    clf = text_classifier(model, tokenizer, classnames, templates).float().cpu()
+    cache = None
+    if head is not None:
+        if list(head.classnames) != list(classnames):
+            raise ExportError(
+                f"the {head.kind} head of {head.task} has other classes than the task exported; fix: fit the head "
+                "for the task's class list"
+            )
+        clf = head_classifier(head, model, tokenizer, templates, clf)
+        if head.kind == "cache":
+            np.save(os.path.join(out, CACHE_KEYS_FILE), head.keys.half().numpy())
+            np.save(os.path.join(out, CACHE_LABELS_FILE), head.labels.long().numpy())
+            cache = {"alpha": float(head.alpha), "beta": float(head.beta)}
+    clf = clf.numpy()
     np.save(os.path.join(out, CLASSIFIER_FILE), clf)
     serving = {
         "classes": list(classnames),
@@ -97,6 +133,8 @@ def export_model(
         "tokenizer": spec,
         "logit_scale": LOGIT_SCALE,
         "embedding_dim": int(clf.shape[0]),
+        "head": head.kind if head is not None else None,
+        "cache": cache,
     }
     with open(os.path.join(out, SERVING_FILE), "w") as f:
         json.dump(serving, f, indent=2)

@@ -10,7 +10,14 @@ import os
 from importlib.metadata import version
 from typing import Any
 
-from react_core.serving.export import CLASSIFIER_FILE, IMAGE_FILE, SERVING_FILE, TEXT_FILE
+from react_core.serving.export import (
+    CACHE_KEYS_FILE,
+    CACHE_LABELS_FILE,
+    CLASSIFIER_FILE,
+    IMAGE_FILE,
+    SERVING_FILE,
+    TEXT_FILE,
+)
 
 CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_pyfunc.py")
 # What clip_pyfunc imports, at the versions this model was exported with (torch.export's format follows torch's).
@@ -58,8 +65,13 @@ def save(export_dir: str, path: str, model_id: str | None = None) -> None:
         "classifier": os.path.join(export_dir, CLASSIFIER_FILE),
         "serving": os.path.join(export_dir, SERVING_FILE),
     }
-    if os.path.exists(os.path.join(export_dir, TEXT_FILE)):
-        artifacts["text_encoder"] = os.path.join(export_dir, TEXT_FILE)
+    for key, name in (
+        ("text_encoder", TEXT_FILE),
+        ("cache_keys", CACHE_KEYS_FILE),
+        ("cache_labels", CACHE_LABELS_FILE),
+    ):
+        if os.path.exists(os.path.join(export_dir, name)):
+            artifacts[key] = os.path.join(export_dir, name)
     mlflow.pyfunc.save_model(
         path,
         python_model=CODE,

@@ -28,6 +28,7 @@ from react_core.evaluation.heads import HEAD_FILE, Head, head_logits, save_head
 from react_core.evaluation.zeroshot import LOGIT_SCALE
 from react_core.models import create_model
 from react_core.models.encode import default_device, model_device, model_image_size, normalize, text_classifier
+from react_core.models.gated import set_gate_scale
 from react_core.storage import Stage, Storage
 
 
@@ -94,8 +95,10 @@ def fit_head(
     shards: Sequence[str],
     stage: Stage,
     names: Sequence[str] | None = None,
+    gate_scale: float = 1.0,
 ) -> str:
-    """Fit the head of ``cfg.mode`` for ``task`` and write it (``head.pt``, ``head.json``) into ``stage``."""
+    """Fit the head of ``cfg.mode`` for ``task`` on the features of ``checkpoint`` (a customized model's: at
+    ``gate_scale``) and write it (``head.pt``, ``head.json``) into ``stage``."""
     t0 = time.time()
     classnames = list(classnames)
     head = Head(kind="prompts", task=task, classnames=classnames)
@@ -107,6 +110,7 @@ def fit_head(
         if not shards:
             raise DatasetError(f"no retrieved pairs to fit the {cfg.mode} head on; fix: check the download stage")
         model, tokenizer = create_model(model_name, checkpoint, storage, device=default_device())
+        set_gate_scale(model, gate_scale)
         model.eval()
         all_images, _, keys, all_labels = load_labelled_pairs(storage, shards, model_image_size(model))
         classed = (all_labels >= 0) & (all_labels < len(classnames))

@@ -84,3 +84,67 @@ def test_the_choice_scores_every_candidate_picks_by_the_rule_and_registers_the_p
     again = customize(cfg)  # a re-run reuses every stage and picks the same
     assert again["choose"] == out["choose"] and again["train"] == out["train"]
     assert again["registered"]["new"] is False
+
+
+HEADS = [
+    {"label": "real-linear", "set": {"training.mode": "real-linear"}},
+    {"label": "cache-head", "set": {"training.mode": "cache-head"}},
+    {"label": "gated with linear head", "set": {}, "head": "real-linear"},
+]
+
+
+def test_a_head_is_a_candidate_and_its_pick_registers_evaluates_and_serves_with_the_head(tmp_path, monkeypatch):
+    """The cheap rivals' heads (on the base model, and on a candidate's own features) as candidates: a pick with a
+    head is an ordinary version: its evaluation, its evaluation by registered version and its MLflow model all
+    score the target task with the head."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from react_core.data.datasets import read_image_bytes
+    from react_core.evaluation.suite import open_eval
+    from react_core.models import model_file
+    from react_core.plans import evaluate
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = tiny_config(
+        tmp_path,
+        **{"training.holdout": 0.2, "training.choose.candidates": HEADS, "training.choose.retention_pairs": 200},
+    )
+    st = Storage(cfg.storage.root)
+    out = customize(cfg)
+    choice = read_choice(st, out["choose"])
+    cands, base = choice["candidates"], choice["base"]
+    # a head on the base model changes one task's classifier, never what the model matches
+    for label in ("real-linear", "cache-head"):
+        assert cands[label]["retention"] == pytest.approx(base["retention"], abs=1e-9)
+        assert cands[label]["checkpoint"] == out["base"] and cands[label]["head"] == cands[label]["train"]
+    combined = cands["gated with linear head"]
+    assert st.stage_manifest(combined["head"])["inputs"]["checkpoint"] == combined["checkpoint"]
+    assert combined["checkpoint"] == model_file(out["train gated with linear head"])
+    assert combined["retention"] != pytest.approx(base["retention"], abs=1e-9)  # the gated blocks moved it
+
+    picked = cands[choice["picked"]]
+    assert out["choice"]["head"] == picked["head"] and out["train"] == picked["train"]
+    report = {r["candidate"]: r for r in st.read_json(out["choice_report"] + "/candidates.json")["candidates"]}
+    table = out["table"]["miniweb-fine"]
+    assert report[choice["picked"]]["target_gain"] == pytest.approx(table["delta"], abs=1e-9)
+    for label in ("real-linear", "cache-head"):  # the base model elsewhere: nothing else moved
+        assert report[label]["generic_change"] == 0 and report[label]["other_change"] == 0
+
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    version = mlflow.tracking.MlflowClient(tracking).get_model_version(out["registered"]["name"], "1")
+    assert version.tags["react.head_stage"] == picked["head"]
+    assert version.tags["react.model_file"] == picked["checkpoint"]
+    # evaluated by its registered version, as the trigger after registration does: the head scores the target
+    again = evaluate(cfg, f"models:/{out['registered']['name']}/1")
+    assert again["table"]["miniweb-fine"]["customized"] == pytest.approx(table["customized"], abs=1e-9)
+
+    # the registered MLflow model answers with the head: its accuracy is the evaluation's
+    mlflow.set_tracking_uri(tracking)
+    served = mlflow.pyfunc.load_model(f"models:/{out['registered']['name']}@candidate")
+    evalset = open_eval(st, cfg.evaluation, "miniweb-fine", out["miniweb"], cfg.evaluation.split)
+    images = pd.DataFrame({"image": [read_image_bytes(st, u) for u in evalset.images]})
+    labels = served.predict(images)["label"].tolist()
+    accuracy = float(np.mean([evalset.classnames.index(lab) in t for lab, t in zip(labels, evalset.targets)]))
+    assert accuracy == pytest.approx(table["customized"], abs=1e-6)

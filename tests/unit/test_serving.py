@@ -85,3 +85,59 @@ def test_the_model_declares_what_it_imports():
     source = Path(clip_pyfunc.__file__).read_text()
     assert "react_core" not in source and "from react" not in source  # it loads without this project
     assert set(names) == {"torch", "numpy", "pandas", "pillow", "mlflow", "open_clip_torch"}
+
+
+@pytest.mark.parametrize("kind", ["linear", "cache", "prompts"])
+def test_a_head_exported_with_the_model_serves_the_heads_probabilities(kind, tmp_path):
+    """A training.choose pick with a rival's head: the served probabilities are head_logits' softmax (the linear
+    and prompts heads folded into classifier.npy, the cache head's keys beside it); other classes: zero-shot."""
+    import mlflow
+
+    from react_core.evaluation.heads import Head, head_logits
+    from react_core.models.encode import normalize, text_classifier
+
+    model, tok = create_model("react-micro-vit")
+    model.eval()
+    classes, templates = ["cat", "dog", "bird"], ["a photo of a {}.", "a {}."]
+    g = torch.Generator().manual_seed(0)
+    dim = model.text_projection.shape[1]
+    head = Head(kind=kind, task="pets", classnames=classes)
+    if kind == "linear":
+        head.weight, head.mix = torch.randn(dim, 3, generator=g), 0.75
+    elif kind == "cache":
+        head.keys = torch.nn.functional.normalize(torch.randn(12, dim, generator=g), dim=-1).half()
+        head.labels, head.alpha, head.beta = torch.tensor([0, 0, 1, 1, 1, 2] * 2), 3.0, 5.5
+    else:
+        head.names = ["kitten", "puppy", "sparrow"]
+    out = str(tmp_path / "export")
+    serving = export_model(model, tok, classes, templates, out, head)
+    mlflow_model.save(out, str(tmp_path / "model"))
+    served = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+
+    pngs = [_png((30, 30), s) for s in range(5)]
+    got = np.stack(served.predict(pd.DataFrame({"image": pngs}))["probabilities"])
+    size = serving["image_size"]
+    x = torch.stack([prepare(Image.open(io.BytesIO(p)), size) for p in pngs])
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(model.encode_image(normalize(x, size)).float(), dim=-1)
+        zero_shot = text_classifier(model, tok, classes, templates).float()
+        want = torch.softmax(head_logits(head, model, tok, templates, feats, zero_shot), dim=1).numpy()
+    assert np.abs(got - want).max() < 1e-4
+    assert serving["head"] == kind and (serving["cache"] is not None) == (kind == "cache")
+    renamed = served.predict(pd.DataFrame({"image": pngs}), params={"classes": ["red", "green"]})
+    assert len(renamed["probabilities"][0]) == 2  # other classes: their zero-shot classifier, no head
+
+
+def test_a_head_of_other_classes_is_not_exported(tmp_path):
+    from react_core.evaluation.heads import Head
+
+    model, tok = create_model("react-micro-vit")
+    with pytest.raises(ExportError, match="other classes than the task exported"):
+        export_model(
+            model,
+            tok,
+            ["cat", "dog"],
+            ["a {}."],
+            str(tmp_path),
+            Head(kind="prompts", task="x", classnames=["a", "b"], names=["a", "b"]),
+        )
