@@ -167,7 +167,7 @@ def check_registered(config: ReactConfig, storage: Storage, customized: str) -> 
     local file of another folder too: a run whose root was deleted), and they are of the architecture this
     evaluation builds (``model.name``)."""
     model_registry = _registry(config, storage)
-    checkpoint = resolve_registered(customized, model_registry)[0]  # a version nobody holds is one line there
+    checkpoint, _, head = resolve_registered(customized, model_registry)  # a version nobody holds: one line there
     theirs = (registered_tags(customized, model_registry) or {}).get("react.model")  # resolved: a registry
     if theirs and theirs != config.model.name:
         raise ModelLoadError(
@@ -176,17 +176,20 @@ def check_registered(config: ReactConfig, storage: Storage, customized: str) -> 
         )
     if checkpoint is None:
         return
-    if checkpoint.startswith(storage.root):
-        there = storage.exists(checkpoint)
-    elif checkpoint.startswith("file://"):  # another folder (a root since deleted): the local disk, not the root's fs
-        there = os.path.exists(checkpoint[len("file://") :])
-    else:  # another object store: the evaluation reads it with its own credentials
-        there = True
-    if not there:
-        raise ModelLoadError(
-            f"{customized} names weights that are gone ({checkpoint}); fix: run the customize flow that made them "
-            "again (it rebuilds them at that place), or point the alias at a version whose weights exist"
-        )
+    for what, uri in (("weights", checkpoint), ("head", head and head.rstrip("/") + "/head.pt")):
+        if uri is None or "://" not in uri and not uri.startswith("/"):  # none, or a pretrained tag (openai)
+            continue
+        if uri.startswith(storage.root):
+            there = storage.exists(uri)
+        elif uri.startswith("file://"):  # another folder (a root since deleted): the local disk, not the root's fs
+            there = os.path.exists(uri[len("file://") :])
+        else:  # another object store: the evaluation reads it with its own credentials
+            there = True
+        if not there:
+            raise ModelLoadError(
+                f"{customized} names {what} that are gone ({uri}); fix: run the customize flow that made them "
+                "again (it rebuilds them at that place), or point the alias at a version whose files exist"
+            )
     if checkpoint.startswith(storage.root):
         check_checkpoint(storage, checkpoint)  # damaged since its stage wrote it
 

@@ -1,6 +1,8 @@
 """training.choose on the tiny mini-web: candidates trained on one retrieval, one picked without a target label,
 and registered as an ordinary version."""
 
+import os
+
 import pytest
 
 from react_core.evaluation.choice import read_choice
@@ -148,3 +150,10 @@ def test_a_head_is_a_candidate_and_its_pick_registers_evaluates_and_serves_with_
     labels = served.predict(images)["label"].tolist()
     accuracy = float(np.mean([evalset.classnames.index(lab) in t for lab, t in zip(labels, evalset.targets)]))
     assert accuracy == pytest.approx(table["customized"], abs=1e-6)
+
+    # a version whose head was deleted is refused before any stage, naming the file
+    from react_core.models import ModelLoadError
+
+    os.remove(picked["head"][len("file://") :] + "/head.pt")
+    with pytest.raises(ModelLoadError, match=r"names head that are gone \(.*/head.pt\); fix:"):
+        evaluate(cfg, f"models:/{out['registered']['name']}/1")
