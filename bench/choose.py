@@ -12,7 +12,8 @@ The world, the base, the embedding, the index and the retrieval are cached stage
 Per case it prints the pick, the best single candidate in hindsight (best target accuracy among those whose
 generic change is within ``--max-loss``, the forgetting goal; and the best on the target regardless), and whether
 the pick is within ``--within`` of the admissible best on the target with generic loss <= ``--max-loss``; then each
-candidate's mean target accuracy over the cases beside the pick's.
+candidate's mean target accuracy over the cases beside the pick's. ``--from-json F --without LABEL ...`` prints the
+cases again as if some candidates had not been offered (the rule re-applied to the others' proxies).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from react_core.config_loading import load_config
+from react_core.evaluation.selection import Proxies, choose
 from react_core.plans import customize
 from react_core.storage import Storage, join
 
@@ -84,6 +86,14 @@ def case(config: str, world: list[str], seed: int, extra: list[str]) -> dict:
     return {"picked": report["picked"], "base": base, "candidates": rows, "wall_s": round(time.time() - t0, 1)}
 
 
+def without(result: dict, drop: list[str], keep: float) -> dict:
+    """The case as if ``drop`` had not been candidates: the rule (:func:`selection.choose`) applied again to the
+    others' proxies, which it reads alone (no candidate's proxies depend on another's)."""
+    rows = {k: r for k, r in result["candidates"].items() if k not in drop}
+    proxies = {k: Proxies(r["proxy_target_gain"], r["proxy_retention_change"]) for k, r in rows.items()}
+    return {**result, "candidates": rows, "picked": choose(proxies, Proxies(0.0, 0.0), keep)}
+
+
 def judge(result: dict, within: float, max_loss: float) -> dict:
     rows, picked = result["candidates"], result["picked"]
     admissible = {k: r for k, r in rows.items() if r["generic"] >= -max_loss}
@@ -131,13 +141,15 @@ def main() -> None:
     ap.add_argument("--max-loss", type=float, default=0.02, help="the forgetting goal: generic loss at most this")
     ap.add_argument("--json", default=None, help="write every case's figures here")
     ap.add_argument("--from-json", default=None, help="print (and plot) the cases of an earlier --json, run nothing")
+    ap.add_argument("--without", nargs="+", default=[], help="with --from-json: as if these were no candidates")
+    ap.add_argument("--keep", type=float, default=0.9, help="with --without: training.choose.keep of the runs")
     ap.add_argument("--plot", default=None, help="a PNG: every candidate's target accuracy per case, the pick ringed")
     args = ap.parse_args()
 
     results: dict[str, dict] = {}
     if args.from_json:
         with open(args.from_json) as f:
-            results = json.load(f)
+            results = {k: without(r, args.without, args.keep) for k, r in json.load(f).items()}
     print("| world | seed | picked | its target (gain) | its generic | best admissible in hindsight | gap | best on "
           "target (its generic) | goal met | s |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
