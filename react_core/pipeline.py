@@ -347,8 +347,12 @@ def run_retrieve(
         return retrieve(m, tok, storage, embed_uri, index_uri, target, retrieval, stage, sets)
 
     def figures(run: Tracker) -> None:
+        import matplotlib.pyplot as plt
+
         counts = storage.read_json(stage.file("class_counts.json"))
-        run.log_figure(retrieval_report.class_count_figure(counts), "class_counts.png")
+        fig = retrieval_report.class_count_figure(counts)
+        run.log_figure(fig, "class_counts.png")
+        plt.close(fig)  # pyplot keeps every figure until closed: a long process would hold them all
         run.log_image(retrieval_report.sample_grid(storage, read_manifest(storage, stage.uri)), "retrieved_samples.png")
 
     return execute(
