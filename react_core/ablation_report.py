@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from react_core.ablation import REFERENCE, Grid, slug
+from react_core.evaluation.report import headline
 from react_core.storage import Stage, Storage
 from react_core.tracking import NullTracker, Tracker, metric_key
 
@@ -31,15 +32,6 @@ def cell_result(storage: Storage, uris: Mapping[str, Any]) -> dict[str, Any]:
         "train_s": float(summary["wall_s"]),
         "data_bytes": int(sum(size for n, size in files.items() if n.endswith(".tar"))),
     }
-
-
-def headline(storage: Storage, evals: Mapping[str, str]) -> dict[str, float]:
-    """dataset -> its headline zero-shot metric (accuracy, or i2t recall@1 for a caption set)."""
-    out = {}
-    for dataset, uri in evals.items():
-        r = storage.read_json(f"{uri}/result.json")
-        out[dataset] = float(r["zero_shot"][r["metric"]])
-    return out
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:

@@ -17,7 +17,7 @@ import torch
 
 from react_core import stages
 from react_core.ablation import Grid
-from react_core.ablation_report import cell_result, headline, write_ablation
+from react_core.ablation_report import cell_result, write_ablation
 from react_core.config import (
     RIVAL_MODES,
     ConfigError,
@@ -33,7 +33,7 @@ from react_core.config import (
 from react_core.data import DatasetError
 from react_core.data.datasets import EvalSet
 from react_core.evaluation.heads import HEAD_FILE, load_head
-from react_core.evaluation.report import write_report
+from react_core.evaluation.report import headline, write_report
 from react_core.evaluation.suite import dataset_uri, evaluate_dataset, is_caption_set, metrics_for, open_eval
 from react_core.executor import execute
 from react_core.knowledge import report as retrieval_report

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 from react_core.config import ModelConfig
 from react_core.data import DatasetError, is_held_out, load_labelled_pairs
 from react_core.evaluation.heads import HEAD_FILE, load_head
-from react_core.evaluation.report import figure_png
+from react_core.evaluation.report import figure_png, headline
 from react_core.evaluation.selection import Proxies, choose, generic_pairs_set, heldout_set, proxies
 from react_core.models.cache import inference_model
 from react_core.models.encode import model_image_size
@@ -162,10 +162,10 @@ def write_choice_report(
     (what the choice could not see), as ``candidates.json``, ``candidates.md`` and ``pareto.png`` (the proxies'
     plane and the true one: target gain against the worst generic change, the pick ringed in both)."""
     choice = read_choice(storage, choose_uri)
-    base = _headline(storage, base_evals)
+    base = headline(storage, base_evals)
     rows = []
     for label, c in choice["candidates"].items():
-        got = _headline(storage, candidate_evals[label])
+        got = headline(storage, candidate_evals[label])
         delta = {d: got[d] - base[d] for d in got if d in base}
         by_role = {r: [delta[d] for d in delta if roles.get(d) == r] for r in ("target", "generic", "other")}
         rows.append(
@@ -190,14 +190,6 @@ def write_choice_report(
         tracker.log_figure(fig, "pareto.png")
     storage.write_bytes(stage.file("pareto.png"), figure_png(fig))
     return stage.complete(counts={"candidates": len(rows)})
-
-
-def _headline(storage: Storage, evals: Mapping[str, str]) -> dict[str, float]:
-    out = {}
-    for dataset, uri in evals.items():
-        r = storage.read_json(join(uri, "result.json"))
-        out[dataset] = float(r["zero_shot"][r["metric"]])
-    return out
 
 
 def _signed(v: float | None) -> str:

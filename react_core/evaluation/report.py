@@ -102,6 +102,15 @@ def delta_figure(
     return fig
 
 
+def headline(storage: Storage, evals: Mapping[str, str]) -> dict[str, float]:
+    """dataset -> its headline zero-shot metric (accuracy, or i2t recall@1 for a caption set)."""
+    out = {}
+    for dataset, uri in evals.items():
+        r = storage.read_json(f"{uri}/result.json")
+        out[dataset] = float(r["zero_shot"][r["metric"]])
+    return out
+
+
 def figure_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
