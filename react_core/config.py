@@ -504,6 +504,14 @@ class ChooseConfig(_Section):
     retention_pairs: int = Field(
         1000, ge=10, description="knowledge-base pairs, none retrieved, drawn for the retention proxy"
     )
+    label_modes: list[Literal["t2t", "t2i"]] = Field(
+        default_factory=lambda: ["t2t"],
+        min_length=1,
+        description="the held-out retrieved pairs the target proxy reads, by the search that gave them their class: "
+        "t2t (their caption matched the class's prompts) or t2i (their image did); t2i classes are the base "
+        "model's own reading of the image, which a head fitted on the base's features reproduces, so they favour "
+        "heads over trainings",
+    )
     evaluate_all: bool = Field(
         True,
         description="evaluate every candidate on evaluation.tasks too (where they have labels): its true changes "
@@ -802,6 +810,17 @@ class ReactConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _choice_reads_a_searched_mode(self) -> ReactConfig:
+        choose = self.training.choose
+        if choose.candidates and not set(choose.label_modes) & set(self.retrieval.modes):
+            raise ValueError(
+                f"training.choose.label_modes={choose.label_modes} reads held-out pairs of searches that "
+                f"retrieval.modes={self.retrieval.modes} does not run, so no pair would be scored; fix: "
+                f"training.choose.label_modes={self.retrieval.modes}, or add t2t to retrieval.modes"
+            )
+        return self
 
     @model_validator(mode="after")
     def _no_password_in_a_url(self) -> ReactConfig:

@@ -726,6 +726,7 @@ def run_choose(
             candidates=candidates,
             heldout_shards=downloaded_shards(storage, download_uri),
             holdout=training.holdout,
+            label_modes=training.choose.label_modes,
             retention_shards=downloaded_shards(storage, retention_uri),
             classnames=spec.classnames,
             templates=spec.templates,
@@ -735,7 +736,13 @@ def run_choose(
         ),
         tracker=tracker,
         parent_run_id=parent_run_id,
-        params={"choose": {"keep": training.choose.keep, "candidates": derived["candidates"]}},
+        params={
+            "choose": {
+                "keep": training.choose.keep,
+                "label_modes": training.choose.label_modes,
+                "candidates": derived["candidates"],
+            }
+        },
         reports=("choice.json",),
     )
 

@@ -343,7 +343,7 @@ EXPORT = StageSpec(
 
 CHOOSE = StageSpec(
     "choose",
-    (Key("model.name", "model"), Key("training.holdout", "holdout"), *keys("training.choose", "", "keep")),
+    (Key("model.name", "model"), Key("training.holdout", "holdout"), *keys("training.choose", "", "keep label_modes")),
     inputs=("*",),
     derived=("task", "candidates"),
     entry="run_choose (only with `training.choose.candidates`)",

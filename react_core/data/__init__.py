@@ -13,7 +13,7 @@ import math
 import tarfile
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -135,10 +135,13 @@ def load_labelled_pairs(
     image_size: int,
     max_samples: int | None = None,
     keep: Callable[[str], bool] | None = None,
+    label_modes: Collection[str] | None = None,
 ) -> tuple[torch.Tensor, list[str], list[str], torch.Tensor]:
     """Decode image-caption pairs from shards into memory, shard by shard, each shard's in key order (manifest
     order): images (N, 3, H, W) uint8, captions, keys and each pair's ``class_id`` from its JSON (the
-    manifest's; -1 when absent). ``keep``: the keys to decode (the others are skipped undecoded)."""
+    manifest's; -1 when absent). ``keep``: the keys to decode (the others are skipped undecoded);
+    ``label_modes``: only pairs whose class came from one of these searches (the manifest's ``mode``: t2t, t2i)
+    keep it, the others get -1."""
     images, captions, keys, class_ids = [], [], [], []
     for uri in shard_uris:
         for s in _pairs_in_key_order(storage, uri):
@@ -148,7 +151,7 @@ def load_labelled_pairs(
             captions.append(s["txt"].decode("utf-8"))
             keys.append(s["__key__"])
             meta = json.loads(s["json"]) if "json" in s else {}
-            cid = meta.get("class_id")
+            cid = meta.get("class_id") if label_modes is None or meta.get("mode") in label_modes else None
             class_ids.append(int(cid) if isinstance(cid, (int, float)) and not math.isnan(cid) else -1)
             if max_samples is not None and len(images) >= max_samples:
                 break

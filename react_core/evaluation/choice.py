@@ -2,7 +2,8 @@
 (``training.choose``; the rule and its proxies: :mod:`react_core.evaluation.selection`).
 
 Each candidate (and the base model) is scored on two proxies: zero-shot accuracy on the *held-out retrieved
-pairs* (``training.holdout``; each pair labelled with the class it was retrieved for) and image-text recall on
+pairs* (``training.holdout``; each pair labelled with the class it was retrieved for, and only those whose class a
+search of ``training.choose.label_modes`` gave: by default their caption's, t2t) and image-text recall on
 *retention pairs* (knowledge-base pairs drawn at random, none retrieved). :func:`selection.choose` keeps the
 candidates with at least ``keep`` of the best proxy target gain and picks the one losing the least retention.
 The stage writes ``choice.json`` (every candidate's proxies, the pick and its reason in one line) and
@@ -42,6 +43,7 @@ def choose_model(
     candidates: Mapping[str, Mapping[str, Any]],  # label -> its stage, checkpoint, gate_scale, head
     heldout_shards: Sequence[str],
     holdout: float,
+    label_modes: Sequence[str],
     retention_shards: Sequence[str],
     classnames: Sequence[str],
     templates: Sequence[str],
@@ -56,13 +58,14 @@ def choose_model(
     base_net, tokenizer = inference_model(model, base_checkpoint, storage)
     image_size = model_image_size(base_net)
     images, _, _, labels = load_labelled_pairs(
-        storage, heldout_shards, image_size, keep=lambda key: is_held_out(key, holdout)
+        storage, heldout_shards, image_size, keep=lambda key: is_held_out(key, holdout), label_modes=label_modes
     )
     heldout = heldout_set(images, labels, classnames, templates)
     if len(heldout) == 0:
         raise DatasetError(
-            f"none of the retrieved pairs is held out at training.holdout={holdout:g} with a class; fix: a larger "
-            "training.holdout (e.g. 0.1)"
+            f"none of the retrieved pairs is held out at training.holdout={holdout:g} with a class from a "
+            f"{'/'.join(label_modes)} search; fix: a larger training.holdout (e.g. 0.1), or "
+            "training.choose.label_modes=[t2t, t2i]"
         )
     g_images, g_captions, _, _ = load_labelled_pairs(storage, retention_shards, image_size)
     retention = generic_pairs_set(g_images, g_captions)
@@ -82,6 +85,7 @@ def choose_model(
         "reason": reason(scored, base, picked, keep),
         "rule": f"keep >= {keep:g} of the best proxy target gain, then the least retention loss",
         "heldout_pairs": len(heldout),
+        "label_modes": list(label_modes),
         "retention_pairs": len(retention),
         "base": vars(base),
         "candidates": {

@@ -4,7 +4,10 @@ Two proxies, from what a run has:
 
 * **target proxy**: zero-shot accuracy on the *held-out retrieved pairs* (``training.holdout``), each image
   labelled with the class it was retrieved for. The labels are noisy (retrieval is), but the noise is the same
-  for every candidate, so the proxy ranks candidates as the target task would;
+  for every candidate, so the proxy ranks candidates as the target task would. Only pairs whose class came from
+  their *caption* (the t2t search; ``training.choose.label_modes``) count by default: a t2i pair's class is the
+  base model's own reading of its image, which a head fitted on the base's features learns to repeat, so those
+  pairs favour heads over models that change the image or text tower (measured: BENCHMARKS.md);
 * **retention proxy**: image-text retrieval (mean of R@1/5/10 both ways) on *generic pairs*, knowledge-base
   pairs drawn at random and trained on by no candidate: how much of what the base saw is still matched.
 

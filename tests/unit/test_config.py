@@ -257,3 +257,9 @@ def test_a_choice_s_candidates_are_trainings_checked_at_load_one_line_each():
         with pytest.raises(ConfigError) as err:
             load_config(None, [*holdout, f"training.choose.candidates={candidates}"])
         assert says in str(err.value) and "\n" not in str(err.value).strip(), str(err.value)
+    # the target proxy reads held-out pairs of the searches named; one the retrieval does not run is refused
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [*pick, "training.choose.candidates=[{label: a}]", "retrieval.modes=[t2i]"])
+    assert "training.choose.label_modes=['t2t'] reads held-out pairs of searches that retrieval.modes" in str(err.value)
+    assert "fix: training.choose.label_modes=['t2i']" in str(err.value)
+    assert load_config(None, [*pick, "training.choose.candidates=[{label: a}]"]).training.choose.label_modes == ["t2t"]

@@ -164,3 +164,32 @@ def test_prepare_gives_open_clips_validation_pixels():
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         ours = normalize(prepare(img, 32)[None])[0]
         assert torch.allclose(ours, preprocess(img), atol=1e-5), (w, h)
+
+
+def test_labelled_pairs_keep_the_class_of_the_searches_named(tmp_path):
+    """The choice's target proxy reads held-out pairs whose class a caption search gave (label_modes=[t2t]); a
+    t2i pair's class (the base model's reading of its image) is dropped to -1, its image still decoded."""
+    import json
+
+    from react_core.data import load_labelled_pairs
+
+    st = Storage(str(tmp_path))
+    rows = [(0, "t2t"), (1, "t2i"), (2, "t2t"), (None, None)]  # None: an unclassed pair
+    with tarfile.open(tmp_path / "00000.tar", "w") as tar:
+        for i, (cid, mode) in enumerate(rows):
+            meta = {} if cid is None else {"class_id": cid, "mode": mode}
+            for ext, data in (
+                ("jpg", jpeg(30 * i + 10)),
+                ("txt", f"pair {i}".encode()),
+                ("json", json.dumps(meta).encode()),
+            ):
+                info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    uri = st.uri("00000.tar")
+    images, captions, _, every = load_labelled_pairs(st, [uri], 8)
+    assert every.tolist() == [0, 1, 2, -1] and len(images) == 4
+    _, _, _, t2t = load_labelled_pairs(st, [uri], 8, label_modes=["t2t"])
+    assert t2t.tolist() == [0, -1, 2, -1]
+    _, _, _, both = load_labelled_pairs(st, [uri], 8, label_modes=["t2t", "t2i"])
+    assert both.tolist() == every.tolist() and captions == ["pair 0", "pair 1", "pair 2", "pair 3"]
