@@ -1,11 +1,15 @@
 """training.choose on the tiny mini-web: candidates trained on one retrieval, one picked without a target label,
 and registered as an ordinary version."""
 
+import json
 import os
+from collections import Counter
 
 import pytest
 
+from react_core.data import is_held_out, iter_shard
 from react_core.evaluation.choice import read_choice
+from react_core.knowledge.download import downloaded_shards
 from react_core.plans import customize
 from react_core.storage import Storage
 from tests.conftest import tiny_config
@@ -38,6 +42,12 @@ def test_the_choice_scores_every_candidate_picks_by_the_rule_and_registers_the_p
     assert set(cands) == {c["label"] for c in CANDIDATES}
     # (the mini-web's server fails a few downloads on purpose, as the web does)
     assert choice["heldout_pairs"] > 0 and 180 <= choice["retention_pairs"] <= 200
+    # the target proxy reads the held-out pairs whose caption found their class (t2t), not the image search's
+    held = [json.loads(s["json"]) for u in downloaded_shards(st, out["download"]) for s in iter_shard(st, u)
+            if "json" in s and is_held_out(s["__key__"], 0.2)]  # fmt: skip
+    modes = Counter(m["mode"] for m in held if m.get("class_id", -1) >= 0)
+    assert choice["label_modes"] == ["t2t"] and modes["t2i"] > 0
+    assert choice["heldout_pairs"] == modes["t2t"]
     # the lambda settings of one training share its train stage; the other mode has its own
     assert cands["gated"]["train"] == cands["gated lambda 0.5"]["train"] == cands["gated lambda 0"]["train"]
     assert cands["locked-text"]["train"] != cands["gated"]["train"]
