@@ -115,7 +115,7 @@ def plot(results: dict[str, dict], path: str, max_loss: float) -> None:
 
     labels = list(next(iter(results.values()))["candidates"])
     colors = dict(zip(labels, plt.get_cmap("tab10").colors, strict=False))
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(results)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(results)) + 2, 4.5))
     for i, (name, r) in enumerate(results.items()):
         for label, c in r["candidates"].items():
             hollow = c["generic"] < -max_loss
@@ -126,7 +126,7 @@ def plot(results: dict[str, dict], path: str, max_loss: float) -> None:
     ax.set_xticks(range(len(results)), list(results), rotation=30)
     ax.set_ylabel("target accuracy (true, with labels)")
     ax.set_title("the label-free pick against every candidate (hollow: generic loss > the goal)", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: it hid the low points
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
