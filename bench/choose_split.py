@@ -5,8 +5,9 @@
 
 The case's stages are reused (run ``bench/choose.py`` with the same settings first). The held-out retrieved pairs
 are split in two by their key's hash: each head's blend with zero-shot is chosen again on the first half, and every
-candidate (and the base) is scored on the second. The script prints each candidate's proxy gain as the choose stage
-computed it (all held-out pairs, blend chosen on them), its proxy gain on the second half, and its true gain.
+candidate (and the base) is scored on the second. The pairs are those the choose stage reads
+(``training.choose.label_modes``). The script prints each candidate's proxy gain as the choose stage computed it
+(every such pair, blend chosen on all held-out pairs), its proxy gain on the second half, and its true gain.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ def main() -> None:
     task = resolve_task(st, cfg.retrieval.target_tasks[0], out["miniweb"])
     base, tok = inference_model(cfg.model, out["base"], st)
     images, _, keys, labels = load_labelled_pairs(
-        st, downloaded_shards(st, out["download"]), model_image_size(base), keep=lambda k: is_held_out(k, holdout)
+        st,
+        downloaded_shards(st, out["download"]),
+        model_image_size(base),
+        keep=lambda k: is_held_out(k, holdout),
+        label_modes=cfg.training.choose.label_modes,  # the pairs the choose stage scored
     )
     first = torch.tensor([zlib.crc32(k.encode()) / 2**32 < holdout / 2 for k in keys])
     classed = labels >= 0
